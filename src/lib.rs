@@ -1,0 +1,21 @@
+//! # resgrad
+//!
+//! Deep residual networks with every gradient derived and written out by
+//! hand, and a probe that measures how gradients flow through residual
+//! connections (He et al. 2016, "Identity Mappings in Deep Residual
+//! Networks", arXiv 1603.05027).
+//!
+//! Conventions (see ARCHITECTURE.md): NCHW images, (N, F) features,
+//! row-major contiguous buffers; gradients are `d`-prefixed and accumulate
+//! with `+=`; forward overwrites its output.
+
+pub mod error;
+pub mod gemm;
+pub mod gradcheck;
+pub mod ops;
+pub mod scalar;
+pub mod tensor;
+
+pub use error::{Error, Result};
+pub use scalar::Scalar;
+pub use tensor::Tensor;
