@@ -87,7 +87,10 @@ impl<'a, T> MatMut<'a, T> {
 /// consequence of user input (callers validate shapes first).
 pub fn matmul<T: Scalar>(dst: MatMut<'_, T>, a: Mat<'_, T>, b: Mat<'_, T>, accumulate: bool) {
     let (m, n, k) = (dst.rows, dst.cols, a.cols);
-    assert!(a.rows == m && b.rows == k && b.cols == n, "matmul: inconsistent dims");
+    assert!(
+        a.rows == m && b.rows == k && b.cols == n,
+        "matmul: inconsistent dims"
+    );
     if m == 0 || n == 0 {
         return;
     }
@@ -103,8 +106,14 @@ pub fn matmul<T: Scalar>(dst: MatMut<'_, T>, a: Mat<'_, T>, b: Mat<'_, T>, accum
     }
     let dmax = (m - 1) * dst.rs + (n - 1) * dst.cs;
     assert!(dmax < dst.data.len(), "matmul: dst view out of bounds");
-    assert!(a.max_index() < a.data.len(), "matmul: lhs view out of bounds");
-    assert!(b.max_index() < b.data.len(), "matmul: rhs view out of bounds");
+    assert!(
+        a.max_index() < a.data.len(),
+        "matmul: lhs view out of bounds"
+    );
+    assert!(
+        b.max_index() < b.data.len(),
+        "matmul: rhs view out of bounds"
+    );
     // SAFETY: all three views were bounds-checked above; `dst` is a unique
     // borrow, so it cannot alias `a` or `b`.
     unsafe {
@@ -122,8 +131,8 @@ pub fn matmul<T: Scalar>(dst: MatMut<'_, T>, a: Mat<'_, T>, b: Mat<'_, T>, accum
             b.data.as_ptr(),
             b.cs as isize,
             b.rs as isize,
-            T::one(),  // alpha: factor on the old dst (gemm's convention)
-            T::one(),  // beta: factor on a*b
+            T::one(), // alpha: factor on the old dst (gemm's convention)
+            T::one(), // beta: factor on a*b
             false,
             false,
             false,
@@ -156,12 +165,22 @@ mod tests {
         let want = naive(m, n, k, &a, &b);
         // plain
         let mut c = vec![0.0; m * n];
-        matmul(MatMut::rm(&mut c, m, n), Mat::rm(&a, m, k), Mat::rm(&b, k, n), false);
+        matmul(
+            MatMut::rm(&mut c, m, n),
+            Mat::rm(&a, m, k),
+            Mat::rm(&b, k, n),
+            false,
+        );
         for (x, y) in c.iter().zip(&want) {
             assert!((x - y).abs() < 1e-12);
         }
         // accumulate on top: doubles
-        matmul(MatMut::rm(&mut c, m, n), Mat::rm(&a, m, k), Mat::rm(&b, k, n), true);
+        matmul(
+            MatMut::rm(&mut c, m, n),
+            Mat::rm(&a, m, k),
+            Mat::rm(&b, k, n),
+            true,
+        );
         for (x, y) in c.iter().zip(&want) {
             assert!((x - 2.0 * y).abs() < 1e-12);
         }
@@ -179,7 +198,12 @@ mod tests {
             }
         }
         let mut ct = vec![0.0; n * m];
-        matmul(MatMut::rm_t(&mut ct, m, n), Mat::rm_t(&at, m, k), Mat::rm_t(&bt, k, n), false);
+        matmul(
+            MatMut::rm_t(&mut ct, m, n),
+            Mat::rm_t(&at, m, k),
+            Mat::rm_t(&bt, k, n),
+            false,
+        );
         for i in 0..m {
             for j in 0..n {
                 assert!((ct[j * m + i] - want[i * n + j]).abs() < 1e-12);
@@ -189,7 +213,12 @@ mod tests {
         let af: Vec<f32> = a.iter().map(|&x| x as f32).collect();
         let bf: Vec<f32> = b.iter().map(|&x| x as f32).collect();
         let mut cf = vec![0f32; m * n];
-        matmul(MatMut::rm(&mut cf, m, n), Mat::rm(&af, m, k), Mat::rm(&bf, k, n), false);
+        matmul(
+            MatMut::rm(&mut cf, m, n),
+            Mat::rm(&af, m, k),
+            Mat::rm(&bf, k, n),
+            false,
+        );
         for (x, y) in cf.iter().zip(&want) {
             assert!((*x as f64 - y).abs() < 1e-5);
         }

@@ -41,7 +41,13 @@ impl Rand {
     pub fn away_from_zero(&mut self, n: usize, gap: f64) -> Vec<f64> {
         self.normal_vec(n)
             .into_iter()
-            .map(|v| if v.abs() < gap { v.signum() * gap + v } else { v })
+            .map(|v| {
+                if v.abs() < gap {
+                    v.signum() * gap + v
+                } else {
+                    v
+                }
+            })
             .collect()
     }
     pub fn usize_below(&mut self, n: usize) -> usize {

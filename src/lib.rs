@@ -12,7 +12,11 @@
 pub mod error;
 pub mod gemm;
 pub mod gradcheck;
+pub mod grads;
+pub mod io;
+pub mod model;
 pub mod ops;
+pub mod probe;
 pub mod scalar;
 pub mod tensor;
 

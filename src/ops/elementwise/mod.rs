@@ -25,14 +25,32 @@ pub fn mul_forward<T: Scalar>(_out: &mut [T], _a: &[T], _b: &[T]) -> Result<()> 
     todo!()
 }
 /// `da += dout * b; db += dout * a`.
-pub fn mul_backward<T: Scalar>(_da: &mut [T], _db: &mut [T], _dout: &[T], _a: &[T], _b: &[T]) -> Result<()> {
+pub fn mul_backward<T: Scalar>(
+    _da: &mut [T],
+    _db: &mut [T],
+    _dout: &[T],
+    _a: &[T],
+    _b: &[T],
+) -> Result<()> {
     todo!()
 }
 /// In place: `x[n, c, p] += bias[c]` for x (N, C, HW).
-pub fn bias_add_forward<T: Scalar>(_x: &mut [T], _bias: &[T], _n: usize, _c: usize, _hw: usize) -> Result<()> {
+pub fn bias_add_forward<T: Scalar>(
+    _x: &mut [T],
+    _bias: &[T],
+    _n: usize,
+    _c: usize,
+    _hw: usize,
+) -> Result<()> {
     todo!()
 }
 /// `dbias[c] += sum_{n,p} dout[n, c, p]`.
-pub fn bias_add_backward<T: Scalar>(_dbias: &mut [T], _dout: &[T], _n: usize, _c: usize, _hw: usize) -> Result<()> {
+pub fn bias_add_backward<T: Scalar>(
+    _dbias: &mut [T],
+    _dout: &[T],
+    _n: usize,
+    _c: usize,
+    _hw: usize,
+) -> Result<()> {
     todo!()
 }

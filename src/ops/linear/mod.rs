@@ -41,10 +41,10 @@ impl LinearShape {
 
 /// `out = inp · w^T + b` (out is overwritten).
 pub fn linear_forward<T: Scalar>(
-    out: &mut [T],        // (N, fout)
-    inp: &[T],            // (N, fin)
-    weight: &[T],         // (fout, fin)
-    bias: Option<&[T]>,   // (fout)
+    out: &mut [T],      // (N, fout)
+    inp: &[T],          // (N, fin)
+    weight: &[T],       // (fout, fin)
+    bias: Option<&[T]>, // (fout)
     s: LinearShape,
 ) -> Result<()> {
     s.validate()?;
@@ -71,12 +71,12 @@ pub fn linear_forward<T: Scalar>(
 /// `dinp` may be `None` when nobody needs the input gradient.
 #[allow(clippy::too_many_arguments)]
 pub fn linear_backward<T: Scalar>(
-    dinp: Option<&mut [T]>,     // (N, fin)
-    dweight: &mut [T],          // (fout, fin)
-    dbias: Option<&mut [T]>,    // (fout)
-    dout: &[T],                 // (N, fout)
-    inp: &[T],                  // (N, fin)
-    weight: &[T],               // (fout, fin)
+    dinp: Option<&mut [T]>,  // (N, fin)
+    dweight: &mut [T],       // (fout, fin)
+    dbias: Option<&mut [T]>, // (fout)
+    dout: &[T],              // (N, fout)
+    inp: &[T],               // (N, fin)
+    weight: &[T],            // (fout, fin)
     s: LinearShape,
 ) -> Result<()> {
     s.validate()?;
@@ -124,7 +124,11 @@ mod tests {
         // inp = [[1, 2]], w = [[3, 4], [5, 6]], b = [0.5, -1]
         // out = [1*3 + 2*4 + 0.5, 1*5 + 2*6 - 1] = [11.5, 16]
         let (inp, w, b) = ([1.0, 2.0], [3.0, 4.0, 5.0, 6.0], [0.5, -1.0]);
-        let s = LinearShape { n: 1, fin: 2, fout: 2 };
+        let s = LinearShape {
+            n: 1,
+            fin: 2,
+            fout: 2,
+        };
         let mut out = [0.0f64; 2];
         linear_forward(&mut out, &inp, &w, Some(&b), s).unwrap();
         assert_eq!(out, [11.5, 16.0]);
@@ -143,7 +147,12 @@ mod tests {
     #[test]
     fn gradcheck_random_shapes() {
         let mut r = Rand::new(1);
-        for &(n, fin, fout, with_bias) in &[(1, 1, 1, true), (3, 5, 7, true), (4, 9, 2, false), (1, 6, 3, false)] {
+        for &(n, fin, fout, with_bias) in &[
+            (1, 1, 1, true),
+            (3, 5, 7, true),
+            (4, 9, 2, false),
+            (1, 6, 3, false),
+        ] {
             let s = LinearShape { n, fin, fout };
             let x = r.normal_vec(n * fin);
             let w = r.normal_vec(fout * fin);
@@ -180,7 +189,11 @@ mod tests {
 
     #[test]
     fn shape_errors_name_the_layer() {
-        let s = LinearShape { n: 2, fin: 3, fout: 4 };
+        let s = LinearShape {
+            n: 2,
+            fin: 3,
+            fout: 4,
+        };
         let mut out = vec![0.0f32; 8];
         let e = linear_forward(&mut out, &[0.0; 5], &[0.0; 12], None, s).unwrap_err();
         let msg = e.to_string();

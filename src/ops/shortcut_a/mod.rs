@@ -26,11 +26,19 @@ impl ShortcutAShape {
     }
 }
 
-pub fn shortcut_a_forward<T: Scalar>(_out: &mut [T], _inp: &[T], _s: &ShortcutAShape) -> Result<()> {
+pub fn shortcut_a_forward<T: Scalar>(
+    _out: &mut [T],
+    _inp: &[T],
+    _s: &ShortcutAShape,
+) -> Result<()> {
     todo!()
 }
 
 /// `dinp += ` the subsampled, channel-cropped `dout`.
-pub fn shortcut_a_backward<T: Scalar>(_dinp: &mut [T], _dout: &[T], _s: &ShortcutAShape) -> Result<()> {
+pub fn shortcut_a_backward<T: Scalar>(
+    _dinp: &mut [T],
+    _dout: &[T],
+    _s: &ShortcutAShape,
+) -> Result<()> {
     todo!()
 }

@@ -39,9 +39,9 @@ fn check_labels(labels: &[usize], n: usize, classes: usize) -> Result<()> {
 /// Forward: writes the probabilities `probs` (N, K) and returns the mean loss
 /// (accumulated in f64).
 pub fn softmax_ce_forward<T: Scalar>(
-    probs: &mut [T],   // (N, K)
-    logits: &[T],      // (N, K)
-    labels: &[usize],  // (N)
+    probs: &mut [T],  // (N, K)
+    logits: &[T],     // (N, K)
+    labels: &[usize], // (N)
     n: usize,
     classes: usize,
 ) -> Result<f64> {

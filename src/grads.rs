@@ -1,0 +1,86 @@
+//! `resgrad grads`: one training-mode forward/backward of a spec'd network
+//! on given weights and inputs, written in the reference's fixture format
+//! (`logits`, `loss`, `grad.<param>`, `dx.<i>`), so any tensor can be
+//! compared with PyTorch's.
+
+use crate::error::{Error, Result};
+use crate::io::safetensors::SafeTensors;
+use crate::model::{Arch, Net, Shortcut, Spec};
+use crate::scalar::Scalar;
+use crate::tensor::Tensor;
+
+/// The spec a gradient comparison runs: dropout shortcuts get p = 0, as the
+/// reference does when it writes fixtures.
+pub fn spec_for_grads(spec: &Spec) -> Spec {
+    let mut s = spec.clone();
+    if let Shortcut::Dropout { .. } = s.shortcut {
+        s.shortcut = Shortcut::Dropout { p: 0.0 };
+    }
+    s
+}
+
+/// Read `input` and `labels` from a tensor file: the input as `T`, the
+/// labels as class indices (checked non-negative; the range is checked
+/// against the classes by the loss).
+pub fn read_batch<T: Scalar>(x: &SafeTensors) -> Result<(Tensor<T>, Vec<usize>)> {
+    let input: Tensor<T> = x.get("input")?;
+    let (lshape, labels) = x.get_i64("labels")?;
+    let n = input.shape().first().copied().unwrap_or(0);
+    if lshape != [n] {
+        return Err(Error::Shape { op: "grads", what: "labels", expected: vec![n], got: lshape });
+    }
+    let labels = labels
+        .iter()
+        .map(|&l| usize::try_from(l).map_err(|_| Error::InvalidParam { op: "grads", msg: format!("negative label {l}") }))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((input, labels))
+}
+
+/// Build the network for `spec` and the input's image size.
+pub fn net_for_input<T: Scalar>(spec: &Spec, input: &Tensor<T>) -> Result<Net<T>> {
+    let shape = input.shape();
+    let image = match spec.arch {
+        Arch::Cifar => {
+            if shape.len() != 4 || shape[1] != spec.in_channels || shape[2] != shape[3] {
+                return Err(Error::Shape {
+                    op: "grads",
+                    what: "input",
+                    expected: vec![0, spec.in_channels, 0, 0],
+                    got: shape.to_vec(),
+                });
+            }
+            shape[2]
+        }
+        Arch::Mlp => {
+            let f = spec.in_features.unwrap_or(0);
+            if shape.len() != 2 || shape[1] != f {
+                return Err(Error::Shape { op: "grads", what: "input", expected: vec![0, f], got: shape.to_vec() });
+            }
+            1
+        }
+    };
+    Net::new(spec, image, 0)
+}
+
+/// One training-mode forward/backward; returns the tensors the reference
+/// writes (`logits`, `loss`, `grad.*`, `dx.*`).
+pub fn compute_grads<T: Scalar>(spec: &Spec, weights: &SafeTensors, batch: &SafeTensors) -> Result<SafeTensors> {
+    let spec = spec_for_grads(spec);
+    let (input, labels) = read_batch::<T>(batch)?;
+    let mut net = net_for_input::<T>(&spec, &input)?;
+    net.load_state(weights)?;
+    net.zero_grad();
+    let loss = net.forward_backward(input.data(), &labels, false)?;
+    let n = labels.len();
+    let mut out = SafeTensors::new();
+    out.insert("logits", &Tensor::from_vec(&[n, spec.classes], net.logits().to_vec())?);
+    out.insert("loss", &Tensor::from_vec(&[1], vec![T::of(loss)])?);
+    net.save_grads(&mut out)?;
+    for i in 0..=net.num_units() {
+        let g = net.units.get(i).map(|u| u.in_geom).unwrap_or_else(|| net.units[i - 1].out_geom);
+        let shape = if spec.arch == Arch::Cifar { vec![n, g.c, g.h, g.w] } else { vec![n, g.c] };
+        out.insert(format!("dx.{i}"), &Tensor::from_vec(&shape, net.dx(i).to_vec())?);
+    }
+    out.metadata.insert("spec".into(), serde_json::to_string(&spec).map_err(|e| Error::Spec(e.to_string()))?);
+    Ok(out)
+}

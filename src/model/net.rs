@@ -1,0 +1,536 @@
+//! A whole network built from a [`Spec`]: stem, residual units, top
+//! (final BN-ReLU for pre-activation nets, global average pooling, fc),
+//! softmax cross-entropy. The backward calls every unit's backward in exact
+//! reverse order of the forward.
+//!
+//! Tensors at unit boundaries: `x_0` is the stem's output, `x_i` the input
+//! of unit `i`, `x_U` the last unit's output; the backward leaves
+//! `dL/dx_i` in `dx(i)` (the reference's `dx.<i>`).
+
+use super::layers::{BnLayer, Buffer, Geom, Param, WeightLayer};
+use super::spec::{Arch, Block, Spec};
+use super::unit::{Unit, UnitFlow};
+use crate::error::{check_len, Error, Result};
+use crate::ops::activation::{relu_backward, relu_forward};
+use crate::ops::conv2d::ConvWorkspace;
+use crate::ops::pool::{avgpool_backward, avgpool_forward};
+use crate::ops::softmax_ce::{softmax_ce_backward, softmax_ce_forward};
+use crate::scalar::Scalar;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+/// A residual network and all its buffers for one batch size.
+pub struct Net<T> {
+    pub spec: Spec,
+    pub stem: WeightLayer<T>,
+    pub stem_bn: Option<BnLayer<T>>,
+    stem_relu: bool,
+    pub units: Vec<Unit<T>>,
+    pub final_bn: Option<BnLayer<T>>,
+    final_relu: bool,
+    pool: bool,
+    pub fc: WeightLayer<T>,
+    in_geom: Geom,
+    body_geom: Geom,
+    top_geom: Geom,
+    n: usize,
+    // activations
+    stem_out: Vec<T>, // (N, C0, H, W)
+    stem_bn_out: Vec<T>,
+    x0: Vec<T>, // stem output after its activation: the first unit's input
+    final_bn_out: Vec<T>,
+    final_out: Vec<T>, // (N, C, h, w) after the final BN/ReLU
+    pooled: Vec<T>,    // (N, C)
+    logits: Vec<T>,    // (N, classes)
+    probs: Vec<T>,     // (N, classes)
+    // gradients
+    dxs: Vec<Vec<T>>, // dL/dx_i, i = 0..=U
+    dstem_out: Vec<T>,
+    dstem_bn_out: Vec<T>,
+    dfinal_bn_out: Vec<T>,
+    dfinal_out: Vec<T>,
+    dpooled: Vec<T>,
+    dlogits: Vec<T>,
+    ws: ConvWorkspace<T>,
+    /// RNG of the dropout shortcuts
+    pub rng: ChaCha8Rng,
+    /// per-unit gradient split of the last `backward(.., probe = true)`
+    pub flow: Vec<UnitFlow>,
+}
+
+fn alloc<T: Scalar>(v: &mut Vec<T>, len: usize) {
+    if v.len() != len {
+        *v = vec![T::zero(); len];
+    }
+}
+
+fn zero<T: Scalar>(v: &mut [T]) {
+    v.iter_mut().for_each(|x| *x = T::zero());
+}
+
+impl<T: Scalar> Net<T> {
+    /// Build and initialise (He et al.) a network for inputs of
+    /// `in_channels x image x image` (cifar; `image` is ignored for mlp).
+    pub fn new(spec: &Spec, image: usize, seed: u64) -> Result<Self> {
+        spec.validate()?;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let preact = spec.unit.is_preact();
+        let mut units = Vec::new();
+        let (stem, stem_bn, stem_relu, in_geom, body_geom, final_bn, final_relu, pool, top_c);
+        match spec.arch {
+            Arch::Cifar => {
+                if image == 0 {
+                    return Err(Error::Spec("image size must be at least 1".into()));
+                }
+                let n = spec.units_per_stage()?;
+                let w = spec.width;
+                in_geom = Geom {
+                    c: spec.in_channels,
+                    h: image,
+                    w: image,
+                };
+                stem = WeightLayer::conv("stem", spec.in_channels, w, 3, 1, None, &mut rng);
+                stem_bn = if preact {
+                    None
+                } else {
+                    Some(BnLayer::new("stem_bn", w))
+                };
+                stem_relu = !preact;
+                body_geom = stem.out_geom(in_geom);
+                let expand = if spec.block == Block::Bottleneck {
+                    4
+                } else {
+                    1
+                };
+                let mut g = body_geom;
+                for (s, width) in [w, 2 * w, 4 * w].into_iter().enumerate() {
+                    for j in 0..n {
+                        let stride = if s > 0 && j == 0 { 2 } else { 1 };
+                        let u =
+                            Unit::new(spec, units.len(), width * expand, stride, g, true, &mut rng);
+                        g = u.out_geom;
+                        units.push(u);
+                    }
+                }
+                top_c = g.c;
+                final_bn = if preact {
+                    Some(BnLayer::new("final_bn", top_c))
+                } else {
+                    None
+                };
+                final_relu = preact;
+                pool = true;
+            }
+            Arch::Mlp => {
+                let (fin, hid, nu) = (
+                    spec.in_features.unwrap_or(0),
+                    spec.hidden.unwrap_or(0),
+                    spec.units.unwrap_or(0),
+                );
+                let bn_on = spec.batchnorm;
+                in_geom = Geom { c: fin, h: 1, w: 1 };
+                stem = WeightLayer::linear("stem", fin, hid, !bn_on, None, &mut rng);
+                stem_bn = if preact || !bn_on {
+                    None
+                } else {
+                    Some(BnLayer::new("stem_bn", hid))
+                };
+                stem_relu = !preact;
+                body_geom = Geom { c: hid, h: 1, w: 1 };
+                for i in 0..nu {
+                    units.push(Unit::new(spec, i, hid, 1, body_geom, false, &mut rng));
+                }
+                top_c = hid;
+                final_bn = if preact && bn_on {
+                    Some(BnLayer::new("final_bn", hid))
+                } else {
+                    None
+                };
+                final_relu = preact;
+                pool = false;
+            }
+        }
+        let top_geom = units.last().map(|u| u.out_geom).unwrap_or(body_geom);
+        let fc = WeightLayer::linear("fc", top_c, spec.classes, true, None, &mut rng);
+        let nu = units.len();
+        Ok(Net {
+            spec: spec.clone(),
+            stem,
+            stem_bn,
+            stem_relu,
+            units,
+            final_bn,
+            final_relu,
+            pool,
+            fc,
+            in_geom,
+            body_geom,
+            top_geom,
+            n: 0,
+            stem_out: vec![],
+            stem_bn_out: vec![],
+            x0: vec![],
+            final_bn_out: vec![],
+            final_out: vec![],
+            pooled: vec![],
+            logits: vec![],
+            probs: vec![],
+            dxs: vec![vec![]; nu + 1],
+            dstem_out: vec![],
+            dstem_bn_out: vec![],
+            dfinal_bn_out: vec![],
+            dfinal_out: vec![],
+            dpooled: vec![],
+            dlogits: vec![],
+            ws: ConvWorkspace::default(),
+            rng: ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_d20b),
+            flow: vec![UnitFlow::default(); nu],
+        })
+    }
+
+    /// Input geometry (C, H, W) of one sample.
+    pub fn input_geom(&self) -> Geom {
+        self.in_geom
+    }
+    pub fn classes(&self) -> usize {
+        self.spec.classes
+    }
+    pub fn num_units(&self) -> usize {
+        self.units.len()
+    }
+
+    fn ensure(&mut self, n: usize) {
+        if self.n == n {
+            return;
+        }
+        self.n = n;
+        let b = self.body_geom.len(n);
+        let t = self.top_geom.len(n);
+        alloc(&mut self.stem_out, b);
+        alloc(
+            &mut self.stem_bn_out,
+            if self.stem_bn.is_some() { b } else { 0 },
+        );
+        alloc(&mut self.x0, b);
+        alloc(&mut self.dstem_out, b);
+        alloc(
+            &mut self.dstem_bn_out,
+            if self.stem_bn.is_some() { b } else { 0 },
+        );
+        alloc(
+            &mut self.final_bn_out,
+            if self.final_bn.is_some() { t } else { 0 },
+        );
+        alloc(
+            &mut self.dfinal_bn_out,
+            if self.final_bn.is_some() { t } else { 0 },
+        );
+        alloc(&mut self.final_out, t);
+        alloc(&mut self.dfinal_out, t);
+        alloc(&mut self.pooled, n * self.top_geom.c);
+        alloc(&mut self.dpooled, n * self.top_geom.c);
+        alloc(&mut self.logits, n * self.spec.classes);
+        alloc(&mut self.probs, n * self.spec.classes);
+        alloc(&mut self.dlogits, n * self.spec.classes);
+        alloc(&mut self.dxs[0], b);
+        for (i, u) in self.units.iter().enumerate() {
+            let len = u.out_geom.len(n);
+            alloc(&mut self.dxs[i + 1], len);
+        }
+    }
+
+    /// Batch size of `input` (N, C, H, W), checked against the geometry.
+    pub fn batch_of(&self, input: &[T]) -> Result<usize> {
+        let per = self.in_geom.len(1);
+        if input.is_empty() || input.len() % per != 0 {
+            return Err(Error::Shape {
+                op: "net",
+                what: "input",
+                expected: vec![0, self.in_geom.c, self.in_geom.h, self.in_geom.w],
+                got: vec![input.len()],
+            });
+        }
+        Ok(input.len() / per)
+    }
+
+    /// Forward pass; returns the logits (N, classes). `train` selects batch
+    /// statistics (and live dropout) versus running statistics.
+    pub fn forward(&mut self, input: &[T], train: bool) -> Result<&[T]> {
+        let n = self.batch_of(input)?;
+        self.ensure(n);
+        let ws = &mut self.ws;
+        // stem: conv (or linear), then BN-ReLU for post-activation nets
+        self.stem
+            .forward(&mut self.stem_out, input, n, self.in_geom, ws)?;
+        let mut cur: &[T] = &self.stem_out;
+        if let Some(bn) = self.stem_bn.as_mut() {
+            bn.forward(&mut self.stem_bn_out, cur, n, self.body_geom, train)?;
+            cur = &self.stem_bn_out;
+        }
+        if self.stem_relu {
+            relu_forward(&mut self.x0, cur)?;
+        } else {
+            self.x0.copy_from_slice(cur);
+        }
+        // the residual units, in order
+        for i in 0..self.units.len() {
+            let (done, rest) = self.units.split_at_mut(i);
+            let x: &[T] = if i == 0 {
+                &self.x0
+            } else {
+                done[i - 1].output()
+            };
+            rest[0].forward(x, n, train, ws, &mut self.rng)?;
+        }
+        // top: final BN-ReLU (pre-activation nets), pool, fc
+        let mut cur: &[T] = match self.units.last() {
+            Some(u) => u.output(),
+            None => &self.x0,
+        };
+        if let Some(bn) = self.final_bn.as_mut() {
+            bn.forward(&mut self.final_bn_out, cur, n, self.top_geom, train)?;
+            cur = &self.final_bn_out;
+        }
+        if self.final_relu {
+            relu_forward(&mut self.final_out, cur)?;
+        } else {
+            self.final_out.copy_from_slice(cur);
+        }
+        if self.pool {
+            avgpool_forward(
+                &mut self.pooled,
+                &self.final_out,
+                n,
+                self.top_geom.c,
+                self.top_geom.hw(),
+            )?;
+        } else {
+            self.pooled.copy_from_slice(&self.final_out);
+        }
+        let top = Geom {
+            c: self.top_geom.c,
+            h: 1,
+            w: 1,
+        };
+        self.fc
+            .forward(&mut self.logits, &self.pooled, n, top, ws)?;
+        Ok(&self.logits)
+    }
+
+    /// Softmax cross-entropy of the last forward's logits (mean over the batch).
+    pub fn loss(&mut self, labels: &[usize]) -> Result<f64> {
+        softmax_ce_forward(
+            &mut self.probs,
+            &self.logits,
+            labels,
+            self.n,
+            self.spec.classes,
+        )
+    }
+
+    /// The logits of the last forward.
+    pub fn logits(&self) -> &[T] {
+        &self.logits
+    }
+
+    /// Zero every parameter gradient.
+    pub fn zero_grad(&mut self) {
+        for p in self.params_mut() {
+            p.zero_grad();
+        }
+    }
+
+    /// Backward of `loss(labels)` after `forward(.., train = true)` and
+    /// `loss`: accumulates (`+=`) every parameter gradient and leaves
+    /// `dL/dx_i` in `dx(i)`. With `probe`, each unit's gradient is split into
+    /// its shortcut and branch terms (`self.flow`).
+    pub fn backward(&mut self, labels: &[usize], probe: bool) -> Result<()> {
+        let n = self.n;
+        check_len("net", "labels", labels, &[n])?;
+        let ws = &mut self.ws;
+        zero(&mut self.dlogits);
+        softmax_ce_backward(
+            &mut self.dlogits,
+            &self.probs,
+            labels,
+            n,
+            self.spec.classes,
+            T::one(),
+        )?;
+        // fc
+        zero(&mut self.dpooled);
+        let top = Geom {
+            c: self.top_geom.c,
+            h: 1,
+            w: 1,
+        };
+        self.fc.backward(
+            Some(&mut self.dpooled),
+            &self.dlogits,
+            &self.pooled,
+            n,
+            top,
+            ws,
+        )?;
+        // pool
+        zero(&mut self.dfinal_out);
+        if self.pool {
+            avgpool_backward(
+                &mut self.dfinal_out,
+                &self.dpooled,
+                n,
+                self.top_geom.c,
+                self.top_geom.hw(),
+            )?;
+        } else {
+            self.dfinal_out.copy_from_slice(&self.dpooled);
+        }
+        // final BN-ReLU, into dx_U
+        let nu = self.units.len();
+        let x_top: &[T] = match self.units.last() {
+            Some(u) => u.output(),
+            None => &self.x0,
+        };
+        {
+            let dtop = &mut self.dxs[nu];
+            zero(dtop);
+            let after_bn: &mut [T] = if self.final_bn.is_some() {
+                &mut self.dfinal_bn_out
+            } else {
+                dtop
+            };
+            zero(after_bn);
+            if self.final_relu {
+                relu_backward(after_bn, &self.dfinal_out, &self.final_out)?;
+            } else {
+                for (d, &g) in after_bn.iter_mut().zip(&self.dfinal_out) {
+                    *d += g;
+                }
+            }
+            if let Some(bn) = self.final_bn.as_mut() {
+                bn.backward(dtop, &self.dfinal_bn_out, x_top, n, self.top_geom)?;
+            }
+        }
+        // the residual units, in exact reverse order
+        for i in (0..nu).rev() {
+            let (dlo, dhi) = self.dxs.split_at_mut(i + 1);
+            let dx = &mut dlo[i];
+            zero(dx);
+            let (ulo, uhi) = self.units.split_at_mut(i);
+            let x: &[T] = if i == 0 {
+                &self.x0
+            } else {
+                ulo[i - 1].output()
+            };
+            let flow = if probe { Some(&mut self.flow[i]) } else { None };
+            uhi[0].backward(dx, &dhi[0], x, ws, flow)?;
+        }
+        // stem
+        zero(&mut self.dstem_out);
+        let dx0 = &self.dxs[0];
+        let before_relu: &mut [T] = if self.stem_bn.is_some() {
+            &mut self.dstem_bn_out
+        } else {
+            &mut self.dstem_out
+        };
+        zero(before_relu);
+        if self.stem_relu {
+            relu_backward(before_relu, dx0, &self.x0)?;
+        } else {
+            for (d, &g) in before_relu.iter_mut().zip(dx0) {
+                *d += g;
+            }
+        }
+        if let Some(bn) = self.stem_bn.as_mut() {
+            bn.backward(
+                &mut self.dstem_out,
+                &self.dstem_bn_out,
+                &self.stem_out,
+                n,
+                self.body_geom,
+            )?;
+        }
+        // nobody needs dL/d(input): only the stem's weight gradient
+        let input_len = self.in_geom.len(n);
+        let _ = input_len;
+        Ok(())
+    }
+
+    /// Backward of the stem needs the input; call `backward_stem` after
+    /// `backward` (split so `backward` does not have to keep the input).
+    pub fn backward_stem(&mut self, input: &[T]) -> Result<()> {
+        let n = self.n;
+        self.stem
+            .backward(None, &self.dstem_out, input, n, self.in_geom, &mut self.ws)
+    }
+
+    /// One training-mode forward and backward; returns the loss.
+    pub fn forward_backward(&mut self, input: &[T], labels: &[usize], probe: bool) -> Result<f64> {
+        self.forward(input, true)?;
+        let loss = self.loss(labels)?;
+        self.backward(labels, probe)?;
+        self.backward_stem(input)?;
+        Ok(loss)
+    }
+
+    /// `dL/dx_i` (i = 0..=U) after `backward`.
+    pub fn dx(&self, i: usize) -> &[T] {
+        &self.dxs[i]
+    }
+
+    /// All BN layers, in state-dict order.
+    pub fn bn_layers_mut(&mut self) -> Vec<&mut BnLayer<T>> {
+        let mut v: Vec<&mut BnLayer<T>> = Vec::new();
+        v.extend(self.stem_bn.as_mut());
+        for u in self.units.iter_mut() {
+            v.extend(u.bns.iter_mut());
+        }
+        v.extend(self.final_bn.as_mut());
+        v
+    }
+
+    /// Every learnable parameter with its gradient.
+    pub fn params_mut(&mut self) -> Vec<&mut Param<T>> {
+        let mut v: Vec<&mut Param<T>> = Vec::new();
+        v.extend(self.stem.params_mut());
+        if let Some(bn) = self.stem_bn.as_mut() {
+            v.extend(bn.params_mut());
+        }
+        for u in self.units.iter_mut() {
+            v.extend(u.params_mut());
+        }
+        if let Some(bn) = self.final_bn.as_mut() {
+            v.extend(bn.params_mut());
+        }
+        v.extend(self.fc.params_mut());
+        v
+    }
+
+    /// Every BN running-statistics buffer, with the owning layer's
+    /// `num_batches_tracked` (stored as i64 under `<prefix>.num_batches_tracked`).
+    pub fn buffers_mut(&mut self) -> Vec<(&mut Buffer<T>, String)> {
+        let mut v = Vec::new();
+        for bn in self.bn_layers_mut() {
+            let p = bn.prefix.clone();
+            for b in bn.buffers_mut() {
+                v.push((b, p.clone()));
+            }
+        }
+        v
+    }
+
+    /// Per-unit direct-path factors `prod_{k >= l} lambda_k` from unit l to
+    /// the top (`None` where a shortcut on the way is not a scalar multiple
+    /// of the identity); entry U (the last unit's output) is 1.
+    pub fn direct_factors(&self) -> Vec<Option<f64>> {
+        let nu = self.units.len();
+        let mut out = vec![Some(1.0); nu + 1];
+        for i in (0..nu).rev() {
+            out[i] = match (out[i + 1], self.units[i].direct_factor()) {
+                (Some(a), Some(b)) => Some(a * b),
+                _ => None,
+            };
+        }
+        out
+    }
+}
