@@ -12,6 +12,7 @@
 pub mod error;
 pub mod gemm;
 pub mod gradcheck;
+pub mod io;
 pub mod ops;
 pub mod scalar;
 pub mod tensor;
