@@ -19,6 +19,7 @@ pub mod ops;
 pub mod probe;
 pub mod scalar;
 pub mod tensor;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use scalar::Scalar;

@@ -1,0 +1,4 @@
+//! Training: optimiser, learning-rate schedules, the training loop.
+
+pub mod optim;
+pub mod schedule;
