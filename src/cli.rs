@@ -46,13 +46,25 @@ pub enum Cmd {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Demo => {
-            println!("resgrad demo: the training job is not built yet (see the open training issue).");
+            println!(
+                "resgrad demo: the training job is not built yet (see the open training issue)."
+            );
             Ok(())
         }
-        Cmd::Grads { spec, weights, input, out, f64 } => {
+        Cmd::Grads {
+            spec,
+            weights,
+            input,
+            out,
+            f64,
+        } => {
             let spec = Spec::from_file(&spec)?;
             let w = SafeTensors::read(&weights)?;
-            let x = if input == weights { None } else { Some(SafeTensors::read(&input)?) };
+            let x = if input == weights {
+                None
+            } else {
+                Some(SafeTensors::read(&input)?)
+            };
             let x = x.as_ref().unwrap_or(&w);
             let g = if f64 {
                 resgrad::grads::compute_grads::<f64>(&spec, &w, x)?
@@ -61,7 +73,11 @@ pub fn run(cli: Cli) -> Result<()> {
             };
             g.write_atomic(&out)?;
             let loss = g.get_f64("loss")?.1[0];
-            println!("wrote {} tensors to {} (loss {loss:.6})", g.tensors.len(), out.display());
+            println!(
+                "wrote {} tensors to {} (loss {loss:.6})",
+                g.tensors.len(),
+                out.display()
+            );
             Ok(())
         }
     }

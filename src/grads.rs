@@ -27,11 +27,21 @@ pub fn read_batch<T: Scalar>(x: &SafeTensors) -> Result<(Tensor<T>, Vec<usize>)>
     let (lshape, labels) = x.get_i64("labels")?;
     let n = input.shape().first().copied().unwrap_or(0);
     if lshape != [n] {
-        return Err(Error::Shape { op: "grads", what: "labels", expected: vec![n], got: lshape });
+        return Err(Error::Shape {
+            op: "grads",
+            what: "labels",
+            expected: vec![n],
+            got: lshape,
+        });
     }
     let labels = labels
         .iter()
-        .map(|&l| usize::try_from(l).map_err(|_| Error::InvalidParam { op: "grads", msg: format!("negative label {l}") }))
+        .map(|&l| {
+            usize::try_from(l).map_err(|_| Error::InvalidParam {
+                op: "grads",
+                msg: format!("negative label {l}"),
+            })
+        })
         .collect::<Result<Vec<_>>>()?;
     Ok((input, labels))
 }
@@ -54,7 +64,12 @@ pub fn net_for_input<T: Scalar>(spec: &Spec, input: &Tensor<T>) -> Result<Net<T>
         Arch::Mlp => {
             let f = spec.in_features.unwrap_or(0);
             if shape.len() != 2 || shape[1] != f {
-                return Err(Error::Shape { op: "grads", what: "input", expected: vec![0, f], got: shape.to_vec() });
+                return Err(Error::Shape {
+                    op: "grads",
+                    what: "input",
+                    expected: vec![0, f],
+                    got: shape.to_vec(),
+                });
             }
             1
         }
@@ -64,7 +79,11 @@ pub fn net_for_input<T: Scalar>(spec: &Spec, input: &Tensor<T>) -> Result<Net<T>
 
 /// One training-mode forward/backward; returns the tensors the reference
 /// writes (`logits`, `loss`, `grad.*`, `dx.*`).
-pub fn compute_grads<T: Scalar>(spec: &Spec, weights: &SafeTensors, batch: &SafeTensors) -> Result<SafeTensors> {
+pub fn compute_grads<T: Scalar>(
+    spec: &Spec,
+    weights: &SafeTensors,
+    batch: &SafeTensors,
+) -> Result<SafeTensors> {
     let spec = spec_for_grads(spec);
     let (input, labels) = read_batch::<T>(batch)?;
     let mut net = net_for_input::<T>(&spec, &input)?;
@@ -73,14 +92,31 @@ pub fn compute_grads<T: Scalar>(spec: &Spec, weights: &SafeTensors, batch: &Safe
     let loss = net.forward_backward(input.data(), &labels, false)?;
     let n = labels.len();
     let mut out = SafeTensors::new();
-    out.insert("logits", &Tensor::from_vec(&[n, spec.classes], net.logits().to_vec())?);
+    out.insert(
+        "logits",
+        &Tensor::from_vec(&[n, spec.classes], net.logits().to_vec())?,
+    );
     out.insert("loss", &Tensor::from_vec(&[1], vec![T::of(loss)])?);
     net.save_grads(&mut out)?;
     for i in 0..=net.num_units() {
-        let g = net.units.get(i).map(|u| u.in_geom).unwrap_or_else(|| net.units[i - 1].out_geom);
-        let shape = if spec.arch == Arch::Cifar { vec![n, g.c, g.h, g.w] } else { vec![n, g.c] };
-        out.insert(format!("dx.{i}"), &Tensor::from_vec(&shape, net.dx(i).to_vec())?);
+        let g = net
+            .units
+            .get(i)
+            .map(|u| u.in_geom)
+            .unwrap_or_else(|| net.units[i - 1].out_geom);
+        let shape = if spec.arch == Arch::Cifar {
+            vec![n, g.c, g.h, g.w]
+        } else {
+            vec![n, g.c]
+        };
+        out.insert(
+            format!("dx.{i}"),
+            &Tensor::from_vec(&shape, net.dx(i).to_vec())?,
+        );
     }
-    out.metadata.insert("spec".into(), serde_json::to_string(&spec).map_err(|e| Error::Spec(e.to_string()))?);
+    out.metadata.insert(
+        "spec".into(),
+        serde_json::to_string(&spec).map_err(|e| Error::Spec(e.to_string()))?,
+    );
     Ok(out)
 }

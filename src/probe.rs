@@ -15,7 +15,8 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 /// The CSV header of `flow.csv`.
-pub const FLOW_CSV_HEADER: &str = "iter,unit,grad_norm,shortcut_norm,branch_norm,cosine,direct_factor";
+pub const FLOW_CSV_HEADER: &str =
+    "iter,unit,grad_norm,shortcut_norm,branch_norm,cosine,direct_factor";
 
 /// One row: unit `unit`'s input gradient at iteration `iter`. Row `unit = U`
 /// is the last unit's output, which has no split (its fields are `None`).

@@ -13,14 +13,21 @@ impl<T: Scalar> Net<T> {
     /// `num_batches_tracked` as an I64 scalar) under its state-dict name.
     pub fn save_state(&mut self, st: &mut SafeTensors) -> Result<()> {
         for p in self.params_mut() {
-            st.insert(p.name.clone(), &Tensor::from_vec(&p.shape, p.value.clone())?);
+            st.insert(
+                p.name.clone(),
+                &Tensor::from_vec(&p.shape, p.value.clone())?,
+            );
         }
         for bn in self.bn_layers_mut() {
             let c = bn.c;
             for b in bn.buffers() {
                 st.insert(b.name.clone(), &Tensor::from_vec(&[c], b.value.clone())?);
             }
-            st.insert_i64(format!("{}.num_batches_tracked", bn.prefix), &[], &[bn.num_batches_tracked])?;
+            st.insert_i64(
+                format!("{}.num_batches_tracked", bn.prefix),
+                &[],
+                &[bn.num_batches_tracked],
+            )?;
         }
         Ok(())
     }
@@ -28,7 +35,10 @@ impl<T: Scalar> Net<T> {
     /// Write `grad.<name>` for every parameter.
     pub fn save_grads(&mut self, st: &mut SafeTensors) -> Result<()> {
         for p in self.params_mut() {
-            st.insert(format!("grad.{}", p.name), &Tensor::from_vec(&p.shape, p.grad.clone())?);
+            st.insert(
+                format!("grad.{}", p.name),
+                &Tensor::from_vec(&p.shape, p.grad.clone())?,
+            );
         }
         Ok(())
     }
@@ -40,7 +50,9 @@ impl<T: Scalar> Net<T> {
     pub fn load_state(&mut self, st: &SafeTensors) -> Result<()> {
         fn fetch<T: Scalar>(st: &SafeTensors, name: &str, shape: &[usize]) -> Result<Vec<T>> {
             if !st.contains(name) {
-                return Err(Error::Weights(format!("missing tensor {name:?} (expected shape {shape:?})")));
+                return Err(Error::Weights(format!(
+                    "missing tensor {name:?} (expected shape {shape:?})"
+                )));
             }
             let t: Tensor<T> = st.get(name)?;
             if t.shape() != shape {
@@ -50,7 +62,9 @@ impl<T: Scalar> Net<T> {
                 )));
             }
             if let Some(i) = t.data().iter().position(|v| !v.is_finite()) {
-                return Err(Error::Weights(format!("tensor {name:?} holds a non-finite value at flat index {i}")));
+                return Err(Error::Weights(format!(
+                    "tensor {name:?} holds a non-finite value at flat index {i}"
+                )));
             }
             Ok(t.into_data())
         }
@@ -65,7 +79,9 @@ impl<T: Scalar> Net<T> {
             let key = format!("{}.num_batches_tracked", bn.prefix);
             if st.contains(&key) {
                 let (_, v) = st.get_i64(&key)?;
-                bn.num_batches_tracked = *v.first().ok_or_else(|| Error::Weights(format!("{key:?} is empty")))?;
+                bn.num_batches_tracked = *v
+                    .first()
+                    .ok_or_else(|| Error::Weights(format!("{key:?} is empty")))?;
             }
         }
         Ok(())

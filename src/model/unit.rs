@@ -535,7 +535,7 @@ impl<T: Scalar> Unit<T> {
             }
             for i in (0..self.post.len()).rev() {
                 let (lo, hi) = self.dpost.split_at_mut(i);
-                let dout: &[T] = if i + 1 == self.post.len() { dy } else { &hi[1] };
+                let dout: &[T] = if i + 1 == self.post.len() { dy } else { &hi[0] };
                 let dinp: &mut [T] = if i == 0 {
                     &mut self.dsum
                 } else {

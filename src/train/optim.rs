@@ -26,7 +26,12 @@ pub struct SgdConfig {
 
 impl Default for SgdConfig {
     fn default() -> Self {
-        SgdConfig { momentum: 0.9, nesterov: false, weight_decay: 1e-4, no_decay_bn_bias: false }
+        SgdConfig {
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 1e-4,
+            no_decay_bn_bias: false,
+        }
     }
 }
 
@@ -39,13 +44,19 @@ pub struct Sgd<T> {
 
 impl<T: Scalar> Sgd<T> {
     pub fn new(cfg: SgdConfig) -> Self {
-        Sgd { cfg, velocity: Vec::new() }
+        Sgd {
+            cfg,
+            velocity: Vec::new(),
+        }
     }
 
     /// One update of every parameter with learning rate `lr`.
     pub fn step(&mut self, params: &mut [&mut Param<T>], lr: f64) {
         if self.velocity.len() != params.len() {
-            self.velocity = params.iter().map(|p| vec![T::zero(); p.value.len()]).collect();
+            self.velocity = params
+                .iter()
+                .map(|p| vec![T::zero(); p.value.len()])
+                .collect();
         }
         let mu = T::of(self.cfg.momentum);
         let lr = T::of(lr);
@@ -79,14 +90,24 @@ mod tests {
         // step 1: d = 0.5 + 0.01 = 0.51, v = 0.51, p = 1 - 0.051 = 0.949
         // step 2 (same grad): d = 0.5 + 0.00949 = 0.50949, v = 0.9*0.51 + 0.50949 = 0.96849,
         //         p = 0.949 - 0.096849 = 0.852151
-        let mut opt = Sgd::new(SgdConfig { momentum: 0.9, nesterov: false, weight_decay: 0.01, no_decay_bn_bias: false });
+        let mut opt = Sgd::new(SgdConfig {
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 0.01,
+            no_decay_bn_bias: false,
+        });
         let mut p = param(1.0, 0.5, ParamKind::Weight);
         opt.step(&mut [&mut p], 0.1);
         assert!((p.value[0] - 0.949).abs() < 1e-15);
         opt.step(&mut [&mut p], 0.1);
         assert!((p.value[0] - 0.852151).abs() < 1e-12);
         // Nesterov, no decay: d = 0.5, v = 0.5, step = 0.5 + 0.45 = 0.95
-        let mut opt = Sgd::new(SgdConfig { momentum: 0.9, nesterov: true, weight_decay: 0.0, no_decay_bn_bias: false });
+        let mut opt = Sgd::new(SgdConfig {
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 0.0,
+            no_decay_bn_bias: false,
+        });
         let mut p = param(1.0, 0.5, ParamKind::Weight);
         opt.step(&mut [&mut p], 0.1);
         assert!((p.value[0] - 0.905).abs() < 1e-15);
@@ -94,7 +115,12 @@ mod tests {
 
     #[test]
     fn bn_and_bias_exemption() {
-        let cfg = SgdConfig { momentum: 0.0, nesterov: false, weight_decay: 0.5, no_decay_bn_bias: true };
+        let cfg = SgdConfig {
+            momentum: 0.0,
+            nesterov: false,
+            weight_decay: 0.5,
+            no_decay_bn_bias: true,
+        };
         let mut opt = Sgd::new(cfg);
         let mut w = param(1.0, 0.0, ParamKind::Weight);
         let mut b = param(1.0, 0.0, ParamKind::BnWeight);

@@ -22,9 +22,15 @@ pub enum Decay {
 pub enum Warmup {
     None,
     /// a constant `lr` (He et al.: 0.01 for the first 400 iterations of ResNet-110)
-    Constant { iters: u64, lr: f64 },
+    Constant {
+        iters: u64,
+        lr: f64,
+    },
     /// linear from `start_factor * base` to `base`
-    Linear { iters: u64, start_factor: f64 },
+    Linear {
+        iters: u64,
+        start_factor: f64,
+    },
 }
 
 /// A complete schedule.
@@ -38,7 +44,11 @@ pub struct Schedule {
 
 impl Schedule {
     pub fn constant(lr: f64) -> Self {
-        Schedule { base_lr: lr, decay: Decay::Constant, warmup: Warmup::None }
+        Schedule {
+            base_lr: lr,
+            decay: Decay::Constant,
+            warmup: Warmup::None,
+        }
     }
 
     /// He et al.'s CIFAR recipe: 0.1, 0.01 for the first 400 iterations,
@@ -46,29 +56,46 @@ impl Schedule {
     pub fn paper() -> Self {
         Schedule {
             base_lr: 0.1,
-            decay: Decay::Step { milestones: vec![32_000, 48_000], gamma: 0.1 },
-            warmup: Warmup::Constant { iters: 400, lr: 0.01 },
+            decay: Decay::Step {
+                milestones: vec![32_000, 48_000],
+                gamma: 0.1,
+            },
+            warmup: Warmup::Constant {
+                iters: 400,
+                lr: 0.01,
+            },
         }
     }
 
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
         if !(self.base_lr.is_finite() && self.base_lr > 0.0) {
-            return bad(format!("learning rate must be finite and > 0, got {}", self.base_lr));
+            return bad(format!(
+                "learning rate must be finite and > 0, got {}",
+                self.base_lr
+            ));
         }
         match &self.decay {
             Decay::Step { gamma, .. } if !(gamma.is_finite() && *gamma > 0.0) => {
                 return bad(format!("step gamma must be > 0, got {gamma}"))
             }
-            Decay::Cosine { min_lr, total } if !(min_lr.is_finite() && *min_lr >= 0.0) || *total == 0 => {
+            Decay::Cosine { min_lr, total }
+                if !(min_lr.is_finite() && *min_lr >= 0.0) || *total == 0 =>
+            {
                 return bad("cosine needs total > 0 and min_lr >= 0".into())
             }
             _ => {}
         }
         match self.warmup {
-            Warmup::Constant { lr, .. } if !(lr.is_finite() && lr > 0.0) => bad(format!("warm-up lr must be > 0, got {lr}")),
-            Warmup::Linear { start_factor, .. } if !(start_factor.is_finite() && start_factor > 0.0) => {
-                bad(format!("warm-up start factor must be > 0, got {start_factor}"))
+            Warmup::Constant { lr, .. } if !(lr.is_finite() && lr > 0.0) => {
+                bad(format!("warm-up lr must be > 0, got {lr}"))
+            }
+            Warmup::Linear { start_factor, .. }
+                if !(start_factor.is_finite() && start_factor > 0.0) =>
+            {
+                bad(format!(
+                    "warm-up start factor must be > 0, got {start_factor}"
+                ))
             }
             _ => Ok(()),
         }
@@ -78,7 +105,10 @@ impl Schedule {
     pub fn lr_at(&self, iter: u64) -> f64 {
         match self.warmup {
             Warmup::Constant { iters, lr } if iter < iters => return lr,
-            Warmup::Linear { iters, start_factor } if iter < iters => {
+            Warmup::Linear {
+                iters,
+                start_factor,
+            } if iter < iters => {
                 let t = iter as f64 / iters as f64;
                 return self.base_lr * (start_factor + (1.0 - start_factor) * t);
             }
@@ -120,7 +150,17 @@ mod tests {
 
     #[test]
     fn cosine_and_linear_warmup() {
-        let s = Schedule { base_lr: 1.0, decay: Decay::Cosine { total: 110, min_lr: 0.0 }, warmup: Warmup::Linear { iters: 10, start_factor: 0.1 } };
+        let s = Schedule {
+            base_lr: 1.0,
+            decay: Decay::Cosine {
+                total: 110,
+                min_lr: 0.0,
+            },
+            warmup: Warmup::Linear {
+                iters: 10,
+                start_factor: 0.1,
+            },
+        };
         assert!((s.lr_at(0) - 0.1).abs() < 1e-15);
         assert!((s.lr_at(5) - 0.55).abs() < 1e-15);
         assert_eq!(s.lr_at(10), 1.0);
