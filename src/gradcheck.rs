@@ -58,9 +58,17 @@ impl Rand {
 /// Max relative error between an analytic and a numeric gradient (see the
 /// module doc for the measure).
 pub fn max_rel_err(analytic: &[f64], numeric: &[f64]) -> f64 {
+    max_rel_err_atol(analytic, numeric, 1e-300)
+}
+
+/// [`max_rel_err`] with an absolute floor `atol` as well: entries below
+/// `atol` are compared absolutely. For tensors that are analytically zero
+/// (a bias feeding a BatchNorm, whose gradient cancels exactly), where both
+/// sides are rounding noise.
+pub fn max_rel_err_atol(analytic: &[f64], numeric: &[f64], atol: f64) -> f64 {
     assert_eq!(analytic.len(), numeric.len());
     let scale = numeric.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    let floor = (1e-3 * scale).max(1e-300);
+    let floor = (1e-3 * scale).max(atol);
     analytic
         .iter()
         .zip(numeric)
