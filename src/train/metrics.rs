@@ -1,0 +1,90 @@
+//! `metrics.csv` and `flow.csv`: append-only CSV files whose rows are
+//! written whole (one `write` of a complete line, then fsync), so a killed
+//! run leaves only complete rows; on resume, rows past the checkpoint are
+//! dropped (the file is rewritten atomically).
+
+use crate::error::{Error, Result};
+use crate::io::write_atomic;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::Path;
+
+pub const METRICS_CSV: &str = "metrics.csv";
+pub const METRICS_HEADER: &str =
+    "iter,epoch,lr,train_loss,train_acc,test_loss,test_acc,images_per_s,wall_s";
+pub const FLOW_CSV: &str = "flow.csv";
+
+/// One evaluation point.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct MetricsRow {
+    pub iter: u64,
+    pub epoch: f64,
+    pub lr: f64,
+    pub train_loss: f64,
+    pub train_acc: f64,
+    pub test_loss: f64,
+    pub test_acc: f64,
+    pub images_per_s: f64,
+    pub wall_s: f64,
+}
+
+impl MetricsRow {
+    pub fn csv_line(&self) -> String {
+        format!(
+            "{},{:.4},{},{:.6},{:.6},{:.6},{:.6},{:.1},{:.3}\n",
+            self.iter,
+            self.epoch,
+            self.lr,
+            self.train_loss,
+            self.train_acc,
+            self.test_loss,
+            self.test_acc,
+            self.images_per_s,
+            self.wall_s
+        )
+    }
+}
+
+/// Append complete lines to `path` (created with `header` if absent).
+pub fn append_lines(path: &Path, header: &str, lines: &str) -> Result<()> {
+    let exists = path.exists();
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    let mut buf = String::new();
+    if !exists {
+        buf.push_str(header);
+        buf.push('\n');
+    }
+    buf.push_str(lines);
+    f.write_all(buf.as_bytes())
+        .map_err(|e| Error::io(path, e))?;
+    f.sync_data().map_err(|e| Error::io(path, e))
+}
+
+/// Keep the header and the rows whose first column (the iteration)
+/// satisfies `keep` (and drop a torn last line); rewrite atomically.
+pub fn retain_rows(path: &Path, keep: impl Fn(u64) -> bool) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut out = String::new();
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        if !line.ends_with('\n') {
+            break; // torn write
+        }
+        let keep = i == 0
+            || line
+                .split(',')
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .is_some_and(&keep);
+        if keep {
+            out.push_str(line);
+        }
+    }
+    write_atomic(path, out.as_bytes())
+}

@@ -1,0 +1,254 @@
+//! The training loop. One step: batch from the loader thread -> learning
+//! rate from the schedule -> zero grads -> forward -> softmax CE -> backward
+//! (with the gradient-flow probe every `flow_every` iterations) -> divergence
+//! check -> SGD update. At every evaluation point (each epoch, or every
+//! `eval_every` iterations, and the end): evaluate with BN running
+//! statistics, append a `metrics.csv` row, write the checkpoint atomically.
+
+use super::checkpoint::{self, CHECKPOINT};
+use super::config::{load_data, TrainConfig};
+use super::metrics::{
+    append_lines, retain_rows, MetricsRow, FLOW_CSV, METRICS_CSV, METRICS_HEADER,
+};
+use super::optim::Sgd;
+use super::progress::Progress;
+use crate::data::{Batch, Dataset, Loader};
+use crate::error::{Error, Result};
+use crate::io::write_atomic;
+use crate::model::Net;
+use crate::probe::{flow_rows, rows_to_csv, FlowRow, FLOW_CSV_HEADER};
+use crate::tensor::norm;
+use serde::Serialize;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// How a run ended.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunOutcome {
+    pub name: String,
+    /// last evaluation
+    pub last: MetricsRow,
+    /// probe rows at the first and at the last probed iteration
+    pub flow_first: Vec<FlowRow>,
+    pub flow_last: Vec<FlowRow>,
+    /// `Some(message)` when the run diverged (it stopped there)
+    pub diverged: Option<String>,
+}
+
+impl RunOutcome {
+    /// ||dL/dx_0|| / ||dL/dx_U|| from a set of probe rows.
+    pub fn ratio(rows: &[FlowRow]) -> Option<f64> {
+        let first = rows.first()?.grad_norm;
+        let last = rows.last()?.grad_norm;
+        Some(first / last)
+    }
+}
+
+/// Evaluate in eval mode (BN running statistics, no dropout); returns (loss, accuracy).
+pub fn evaluate(net: &mut Net<f32>, data: &Dataset, batch: usize) -> Result<(f64, f64)> {
+    let mut it = data.eval_batches(batch);
+    let mut b = Batch::default();
+    let (mut loss, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+    while it.next_into(&mut b) {
+        net.forward(&b.images, false)?;
+        loss += net.loss(&b.labels)? * b.n as f64;
+        correct += count_correct(net.logits(), &b.labels, net.classes());
+        seen += b.n;
+    }
+    if seen == 0 {
+        return Err(Error::Config("the evaluation set is empty".into()));
+    }
+    Ok((loss / seen as f64, correct as f64 / seen as f64))
+}
+
+/// Number of rows whose arg-max equals the label.
+pub fn count_correct(logits: &[f32], labels: &[usize], classes: usize) -> usize {
+    logits
+        .chunks_exact(classes)
+        .zip(labels)
+        .filter(|(row, &y)| {
+            let best = row
+                .iter()
+                .enumerate()
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+                );
+            best.0 == y
+        })
+        .count()
+}
+
+/// Look for the unit where the gradient blew up or vanished; `None` when
+/// every norm is finite and below `max_norm`.
+pub fn divergence(net: &Net<f32>, loss: f64, max_norm: f64) -> Option<String> {
+    let u = net.num_units();
+    let norms: Vec<f64> = (0..=u).map(|i| norm(net.dx(i))).collect();
+    // from the top down: the first boundary where the gradient is no longer usable
+    for i in (0..=u).rev() {
+        let n = norms[i];
+        let at = if i == u {
+            "the last unit's output".to_string()
+        } else {
+            format!("unit {i}'s input")
+        };
+        if !n.is_finite() {
+            return Some(format!(
+                "the gradient became non-finite at {at} (||dL/dx_{i}|| = {n})"
+            ));
+        }
+        if n > max_norm {
+            return Some(format!(
+                "the gradient blew up at {at}: ||dL/dx_{i}|| = {n:e} > {max_norm:e}"
+            ));
+        }
+    }
+    if !loss.is_finite() {
+        let vanished = (0..=u).rev().find(|&i| norms[i] == 0.0);
+        return Some(match vanished {
+            Some(i) => format!(
+                "the loss is {loss} and the gradient vanished below unit {i} (||dL/dx_{i}|| = 0)"
+            ),
+            None => format!("the loss is {loss}"),
+        });
+    }
+    None
+}
+
+/// Train (or resume) the run in `dir`.
+pub fn train_run(cfg: &TrainConfig, dir: &Path, resume: bool, quiet: bool) -> Result<RunOutcome> {
+    cfg.validate()?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let data = load_data(cfg)?;
+    let image = data.train.h;
+    let mut net: Net<f32> = Net::new(&cfg.spec, image, cfg.seed)?;
+    if cfg.branch_init_scale != 1.0 {
+        for u in net.units.iter_mut() {
+            u.scale_branch_output(cfg.branch_init_scale);
+        }
+    }
+    let mut opt: Sgd<f32> = Sgd::new(cfg.sgd.clone());
+    let ckpt_path = dir.join(CHECKPOINT);
+    let metrics_path = dir.join(METRICS_CSV);
+    let flow_path = dir.join(FLOW_CSV);
+    let (mut iter, mut wall_before) = (0u64, 0.0f64);
+    if resume && ckpt_path.exists() {
+        let r = checkpoint::load(&ckpt_path, &mut net, &mut opt)?;
+        iter = r.iter;
+        wall_before = r.wall_s;
+        retain_rows(&metrics_path, |it| it <= iter)?;
+        retain_rows(&flow_path, |it| it < iter)?;
+    } else {
+        for p in [&metrics_path, &flow_path, &ckpt_path] {
+            if p.exists() {
+                std::fs::remove_file(p).map_err(|e| Error::io(p, e))?;
+            }
+        }
+    }
+    let cfg_json = serde_json::to_string_pretty(cfg).map_err(|e| Error::Config(e.to_string()))?;
+    write_atomic(&dir.join("config.json"), cfg_json.as_bytes())?;
+
+    let train = Arc::new(data.train);
+    let loader = Loader::new(train.clone(), cfg.batch, cfg.seed, Some(cfg.augment))?;
+    let bpe = loader.batches_per_epoch() as u64;
+    if bpe == 0 {
+        return Err(Error::Config(format!(
+            "batch {} is larger than the {} training images",
+            cfg.batch, train.n
+        )));
+    }
+    let eval_every = if cfg.eval_every > 0 {
+        cfg.eval_every
+    } else {
+        bpe
+    };
+    let mut progress = Progress::new(&cfg.name, cfg.iters, iter, quiet);
+    let start = Instant::now();
+    let mut window = (0.0f64, 0usize, 0usize, 0.0f64); // (loss sum, correct, seen, compute seconds)
+    let mut last = MetricsRow::default();
+    let (mut flow_first, mut flow_last): (Vec<FlowRow>, Vec<FlowRow>) = (vec![], vec![]);
+    let mut diverged = None;
+    'outer: while iter < cfg.iters {
+        let epoch = iter / bpe;
+        let mut batches = loader.epoch_from(epoch, (iter % bpe) as usize);
+        while let Some(b) = batches.next() {
+            let t0 = Instant::now();
+            let lr = cfg.schedule.lr_at(iter);
+            let probe = cfg.flow_every > 0 && (iter % cfg.flow_every == 0 || iter + 1 == cfg.iters);
+            net.zero_grad();
+            let loss = net.forward_backward(&b.images, &b.labels, probe)?;
+            if let Some(msg) = divergence(&net, loss, cfg.max_grad_norm) {
+                diverged = Some(format!("iteration {iter}: {msg}"));
+                if probe {
+                    flow_last = flow_rows(&net, iter);
+                    append_lines(&flow_path, FLOW_CSV_HEADER, &rows_to_csv(&flow_last))?;
+                }
+                break 'outer;
+            }
+            if probe {
+                let rows = flow_rows(&net, iter);
+                append_lines(&flow_path, FLOW_CSV_HEADER, &rows_to_csv(&rows))?;
+                if flow_first.is_empty() {
+                    flow_first = rows.clone();
+                }
+                flow_last = rows;
+            }
+            window.0 += loss * b.n as f64;
+            window.1 += count_correct(net.logits(), &b.labels, net.classes());
+            window.2 += b.n;
+            opt.step(&mut net.params_mut(), lr);
+            window.3 += t0.elapsed().as_secs_f64();
+            iter += 1;
+            let ips = window.2 as f64 / window.3.max(1e-9);
+            progress.update(
+                iter,
+                iter as f64 / bpe as f64,
+                window.0 / window.2.max(1) as f64,
+                window.1 as f64 / window.2.max(1) as f64,
+                ips,
+            );
+            batches.recycle(b);
+            if iter % eval_every == 0 || iter == cfg.iters {
+                let (test_loss, test_acc) = evaluate(&mut net, &data.eval, cfg.batch)?;
+                let wall_s = wall_before + start.elapsed().as_secs_f64();
+                last = MetricsRow {
+                    iter,
+                    epoch: iter as f64 / bpe as f64,
+                    lr,
+                    train_loss: window.0 / window.2 as f64,
+                    train_acc: window.1 as f64 / window.2 as f64,
+                    test_loss,
+                    test_acc,
+                    images_per_s: ips,
+                    wall_s,
+                };
+                append_lines(&metrics_path, METRICS_HEADER, &last.csv_line())?;
+                checkpoint::save(&ckpt_path, cfg, &mut net, &opt, iter, wall_s)?;
+                progress.println(&format!(
+                    "{}: iter {iter} epoch {:.2}: train loss {:.4} acc {:.2}%, test loss {test_loss:.4} acc {:.2}%, {ips:.0} img/s",
+                    cfg.name,
+                    last.epoch,
+                    last.train_loss,
+                    100.0 * last.train_acc,
+                    100.0 * test_acc
+                ));
+                window = (0.0, 0, 0, 0.0);
+            }
+            if iter >= cfg.iters {
+                break 'outer;
+            }
+        }
+    }
+    progress.finish();
+    if flow_first.is_empty() {
+        flow_first = flow_last.clone();
+    }
+    Ok(RunOutcome {
+        name: cfg.name.clone(),
+        last,
+        flow_first,
+        flow_last,
+        diverged,
+    })
+}
