@@ -10,6 +10,7 @@
 //! with `+=`; forward overwrites its output.
 
 pub mod data;
+pub mod demo;
 pub mod error;
 pub mod gemm;
 pub mod gradcheck;
