@@ -9,6 +9,7 @@
 //! row-major contiguous buffers; gradients are `d`-prefixed and accumulate
 //! with `+=`; forward overwrites its output.
 
+pub mod derive;
 pub mod error;
 pub mod gemm;
 pub mod gradcheck;
