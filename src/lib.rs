@@ -11,6 +11,7 @@
 
 pub mod data;
 pub mod demo;
+pub mod derive;
 pub mod error;
 pub mod gemm;
 pub mod gradcheck;

@@ -49,6 +49,24 @@ pub enum Cmd {
         #[arg(long)]
         batchnorm: bool,
     },
+    /// The seed derivation, evaluated: how dL/dx5 flows back through the
+    /// shortcuts and branches of a tiny 4-layer residual net, term by term,
+    /// post-activation vs pre-activation vs a scaled shortcut. Exits 1 if
+    /// any identity it states fails.
+    Derive {
+        /// Seed of the weights, labels and input (14: every term of row 0 is non-zero).
+        #[arg(long, default_value_t = 14)]
+        seed: u64,
+        /// Also write everything (weights, every term, every check) as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Batch size N (1..=16).
+        #[arg(long, default_value_t = 2)]
+        batch: usize,
+        /// Hidden width d (1..=32).
+        #[arg(long, default_value_t = 4)]
+        width: usize,
+    },
     /// Train one network; writes config.json, metrics.csv, flow.csv and a checkpoint into the run directory.
     #[command(after_help = DATA_NOTE)]
     Train(Box<train::TrainArgs>),
@@ -152,6 +170,10 @@ pub fn run(cli: Cli) -> Result<()> {
             println!("\n{}", resgrad::demo::format_table(&rows));
             println!("runs and summary.md in {}", out.display());
             Ok(())
+        }
+        Cmd::Derive { seed, json, batch, width } => {
+            let cfg = resgrad::derive::DeriveConfig { seed, batch, width };
+            resgrad::derive::run(&cfg, json.as_deref())
         }
         Cmd::Train(args) => {
             let (cfg, dir, resume) = args.config()?;
