@@ -45,9 +45,9 @@ pub enum Cmd {
         /// epochs per variant
         #[arg(long, default_value_t = 8)]
         epochs: u64,
-        /// BatchNorm in every branch
+        /// skip the second table (every variant again with BatchNorm in its branches)
         #[arg(long)]
-        batchnorm: bool,
+        no_bn: bool,
     },
     /// The seed derivation, evaluated: how dL/dx5 flows back through the
     /// shortcuts and branches of a tiny 4-layer residual net, term by term,
@@ -154,24 +154,38 @@ pub fn run(cli: Cli) -> Result<()> {
             out,
             units,
             epochs,
-            batchnorm,
+            no_bn,
         } => {
             let s = resgrad::demo::DemoSettings {
                 units,
                 epochs,
-                batchnorm,
+                with_bn: !no_bn,
                 ..Default::default()
             };
             println!(
                 "resgrad demo: a {}-unit residual MLP (hidden {}) on the built-in 5,000 MNIST digits, {} epochs per variant",
                 s.units, s.hidden, s.epochs
             );
-            let rows = resgrad::demo::run_demo(&out, &s)?;
-            println!("\n{}", resgrad::demo::format_table(&rows));
+            let (plain, bn) = resgrad::demo::run_demo(&out, &s)?;
+            println!(
+                "\nWithout BatchNorm (the direct term is prod(lambda)):\n{}",
+                resgrad::demo::format_table(&plain)
+            );
+            if !bn.is_empty() {
+                println!(
+                    "With BatchNorm in every branch (BN rescales the branch Jacobian):\n{}",
+                    resgrad::demo::format_table(&bn)
+                );
+            }
             println!("runs and summary.md in {}", out.display());
             Ok(())
         }
-        Cmd::Derive { seed, json, batch, width } => {
+        Cmd::Derive {
+            seed,
+            json,
+            batch,
+            width,
+        } => {
             let cfg = resgrad::derive::DeriveConfig { seed, batch, width };
             resgrad::derive::run(&cfg, json.as_deref())
         }
