@@ -13,6 +13,7 @@ pub mod error;
 pub mod gemm;
 pub mod gradcheck;
 pub mod ops;
+pub mod report;
 pub mod scalar;
 pub mod tensor;
 
