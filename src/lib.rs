@@ -20,6 +20,7 @@ pub mod io;
 pub mod model;
 pub mod ops;
 pub mod probe;
+pub mod report;
 pub mod scalar;
 pub mod tensor;
 pub mod train;

@@ -121,6 +121,17 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Build a report (PNG/SVG plots and a self-contained index.html) from
+    /// training run directories.
+    Report {
+        /// Run directories (each with config.json, metrics.csv, flow.csv and
+        /// optionally summary.json).
+        #[arg(required = true, value_name = "RUN_DIR")]
+        runs: Vec<PathBuf>,
+        /// Directory to write the report into (created if missing).
+        #[arg(long, value_name = "REPORT_DIR")]
+        out: PathBuf,
+    },
     /// Data sets.
     Data {
         #[command(subcommand)]
@@ -178,6 +189,15 @@ pub fn run(cli: Cli) -> Result<()> {
                 );
             }
             println!("runs and summary.md in {}", out.display());
+            Ok(())
+        }
+        Cmd::Report { runs, out } => {
+            let s = resgrad::report::report(&runs, &out)?;
+            for r in &s.runs {
+                let verdict = r.verdict.as_deref().unwrap_or("no summary");
+                println!("{:<40} {verdict}", r.label);
+            }
+            println!("wrote {} files; open {}", s.files.len(), s.index.display());
             Ok(())
         }
         Cmd::Derive {

@@ -1,0 +1,140 @@
+//! `resgrad report`: turn training run directories into a report of how
+//! the gradients flowed.
+//!
+//! ```text
+//! RUN_DIR/config.json    required; opaque apart from "name" and "spec"
+//! RUN_DIR/metrics.csv    iter,epoch,lr,train_loss,train_acc,test_loss,test_acc,images_per_s,wall_s
+//! RUN_DIR/flow.csv       iter,unit,grad_norm,shortcut_norm,branch_norm,cosine,direct_factor
+//! RUN_DIR/summary.json   optional {verdict, ratio_init, ratio_end, test_acc}
+//! ```
+//!
+//! [`report`] writes to `REPORT_DIR`: `grad_norm`, `shortcut_branch` and
+//! `training` as `.png` and `.svg`, and a self-contained `index.html` that
+//! inlines the SVGs. Every file is written atomically.
+
+mod figures;
+mod html;
+mod parse;
+mod plots;
+#[doc(hidden)]
+pub mod synthetic;
+#[cfg(test)]
+mod tests;
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+pub use parse::{
+    load_run, parse_flow, parse_metrics, spec_label, FlowProbe, FlowUnit, MetricRow, Run,
+    RunSummaryFile,
+};
+
+use crate::error::{Error, Result};
+
+/// One row of the report's summary table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRow {
+    pub label: String,
+    pub dir: PathBuf,
+    pub spec_label: String,
+    pub final_test_acc: Option<f64>,
+    pub ratio_init: Option<f64>,
+    pub ratio_end: Option<f64>,
+    pub verdict: Option<String>,
+}
+
+/// What [`report`] wrote.
+#[derive(Debug, Clone)]
+pub struct ReportSummary {
+    /// `REPORT_DIR/index.html`.
+    pub index: PathBuf,
+    /// Every file written, `index.html` last.
+    pub files: Vec<PathBuf>,
+    pub runs: Vec<RunRow>,
+}
+
+/// Build the report for `runs` (run directories) into `out`, creating `out`
+/// if needed. Fails on the first unreadable or malformed run; nothing is
+/// written then.
+pub fn report(runs: &[PathBuf], out: &Path) -> Result<ReportSummary> {
+    if runs.is_empty() {
+        return Err(Error::Config("report: no run directories given".into()));
+    }
+    let loaded = runs
+        .iter()
+        .map(|d| load_run(d))
+        .collect::<Result<Vec<Run>>>()?;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+
+    let mut files = Vec::new();
+    let mut figures = Vec::new();
+    for spec in figures::figures(&loaded) {
+        let png_path = out.join(format!("{}.png", spec.name));
+        let svg_path = out.join(format!("{}.svg", spec.name));
+        let fig = plots::render(spec, &png_path)?;
+        write_atomic(&png_path, &fig.png)?;
+        write_atomic(&svg_path, fig.svg.as_bytes())?;
+        files.push(png_path);
+        files.push(svg_path);
+        figures.push(fig);
+    }
+    let index = out.join("index.html");
+    write_atomic(&index, html::index_html(&loaded, &figures).as_bytes())?;
+    files.push(index.clone());
+
+    let rows = loaded
+        .iter()
+        .map(|r| RunRow {
+            label: r.label.clone(),
+            dir: r.dir.clone(),
+            spec_label: r.spec_label.clone(),
+            final_test_acc: r.final_test_acc(),
+            ratio_init: r.ratio_init(),
+            ratio_end: r.ratio_end(),
+            verdict: r.verdict(),
+        })
+        .collect();
+    Ok(ReportSummary {
+        index,
+        files,
+        runs: rows,
+    })
+}
+
+/// Write `bytes` to `path` atomically: a temporary file in the same
+/// directory, fsync, rename over `path`, then fsync the directory (best
+/// effort). Readers see the old file or the new one, never a torn one.
+///
+/// Private stand-in for the crate-wide `io::write_atomic` being added on
+/// another branch; swap it in when that lands.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::io(path, std::io::Error::other("not a file path")))?;
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(
+        ".{}.tmp.{}.{seq}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
+        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+        drop(f);
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        return result;
+    }
+    if let Ok(d) = std::fs::File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}

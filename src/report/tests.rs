@@ -1,0 +1,262 @@
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "resgrad-report-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const PNG_MAGIC: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'];
+
+#[test]
+fn report_writes_all_outputs() {
+    let tmp = TempDir::new("all");
+    let runs = synthetic::write_example_runs(&tmp.path().join("runs")).unwrap();
+    let out = tmp.path().join("report");
+    let s = report(&runs, &out).unwrap();
+
+    assert_eq!(s.index, out.join("index.html"));
+    assert_eq!(s.files.len(), 7);
+    for name in ["grad_norm", "shortcut_branch", "training"] {
+        let png = std::fs::read(out.join(format!("{name}.png"))).unwrap();
+        assert!(png.starts_with(&PNG_MAGIC), "{name}.png is not a PNG");
+        assert!(png.len() > 5_000, "{name}.png is suspiciously small");
+        let svg = std::fs::read_to_string(out.join(format!("{name}.svg"))).unwrap();
+        assert!(
+            svg.contains("<svg") && svg.trim_end().ends_with("</svg>"),
+            "{name}.svg"
+        );
+        assert!(!svg.contains("NaN"), "{name}.svg has a NaN coordinate");
+    }
+    // No temporary files left behind.
+    for e in std::fs::read_dir(&out).unwrap() {
+        let n = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(!n.starts_with('.'), "left over {n}");
+    }
+
+    let html = std::fs::read_to_string(&s.index).unwrap();
+    assert_eq!(html.matches("<tr class=\"run\">").count(), 3);
+    assert_eq!(html.matches("<svg").count(), 3);
+    assert_eq!(html.matches("<details>").count(), 3);
+    for label in ["identity", "scale 0.5", "conv_diverged"] {
+        assert!(html.contains(label), "missing run {label}");
+    }
+    assert!(html.contains("shortcut scale(0.5)"));
+    assert!(html.contains("diverged (inferred)"));
+    assert!(!html.contains("<?xml"));
+}
+
+#[test]
+fn html_is_self_contained() {
+    let tmp = TempDir::new("selfcontained");
+    let runs = synthetic::write_example_runs(tmp.path()).unwrap();
+    let s = report(&runs, &tmp.path().join("out")).unwrap();
+    let html = std::fs::read_to_string(&s.index).unwrap();
+    // Drop xmlns="..." attributes, then no URL may remain.
+    let mut stripped = String::new();
+    let mut rest = html.as_str();
+    while let Some(i) = rest.find("xmlns") {
+        stripped.push_str(&rest[..i]);
+        let after = &rest[i..];
+        let open = after.find('"').unwrap() + 1;
+        let close = open + after[open..].find('"').unwrap();
+        assert!(after[..close].ends_with("=\"http://www.w3.org/2000/svg"));
+        rest = &after[close + 1..];
+    }
+    stripped.push_str(rest);
+    let lower = stripped.to_lowercase();
+    for bad in ["http://", "https://", "<script", "<link", "@import", "url("] {
+        assert!(!lower.contains(bad), "index.html contains {bad}");
+    }
+}
+
+#[test]
+fn summary_rows_and_ratios() {
+    let tmp = TempDir::new("rows");
+    let runs = synthetic::write_example_runs(tmp.path()).unwrap();
+    let s = report(&runs, &tmp.path().join("out")).unwrap();
+    let [id, half, div] = s.runs.as_slice() else {
+        panic!("3 runs")
+    };
+
+    assert_eq!(id.label, "identity");
+    assert_eq!(id.verdict.as_deref(), Some("healthy"));
+    assert_eq!(id.final_test_acc, Some(0.9187));
+    let r = id.ratio_init.unwrap();
+    assert!((0.9..1.5).contains(&r), "identity ratio {r}");
+
+    // 0.5^U up to the synthetic wobble.
+    let r = half.ratio_init.unwrap();
+    let want = 0.5f64.powi(synthetic::UNITS as i32);
+    assert!((r / want - 1.0).abs() < 0.2, "scale ratio {r} vs {want}");
+
+    assert_eq!(div.label, "conv_diverged");
+    assert_eq!(div.verdict.as_deref(), Some("diverged (inferred)"));
+    assert!(div.ratio_init.unwrap() > 100.0);
+    assert!(div.ratio_end.unwrap().is_nan());
+    assert!(div.final_test_acc.unwrap().is_nan());
+}
+
+#[test]
+fn parses_rust_float_formats_and_empty_cells() {
+    let p = Path::new("flow.csv");
+    let text = "iter,unit,grad_norm,shortcut_norm,branch_norm,cosine,direct_factor\n\
+                10,1,2.5e-1,,,,\n\
+                10,0,1.5e-3,NaN,inf,-0.5,2.5E-1\n\
+                0,0,-inf,1,2,0,\r\n";
+    let probes = parse_flow(p, text).unwrap();
+    assert_eq!(probes.len(), 2);
+    assert_eq!(probes[0].iter, 0);
+    assert_eq!(probes[0].units[0].grad_norm, f64::NEG_INFINITY);
+    let u = &probes[1].units;
+    assert_eq!(u[0].unit, 0, "units sorted");
+    assert_eq!(u[0].grad_norm, 1.5e-3);
+    assert!(u[0].shortcut_norm.unwrap().is_nan());
+    assert_eq!(u[0].branch_norm, Some(f64::INFINITY));
+    assert_eq!(u[0].direct_factor, Some(0.25));
+    assert_eq!(u[1].shortcut_norm, None);
+    assert_eq!(probes[1].ratio(), Some(1.5e-3 / 0.25));
+}
+
+fn format_msg(e: Error) -> (PathBuf, String) {
+    match e {
+        Error::Format { path, msg } => (path, msg),
+        other => panic!("expected Error::Format, got {other:?}"),
+    }
+}
+
+#[test]
+fn malformed_csv_is_a_format_error_with_file_and_line() {
+    let p = Path::new("runs/a/metrics.csv");
+    let bad_number = "iter,epoch,lr,train_loss,train_acc,test_loss,test_acc,images_per_s,wall_s\n\
+                      0,0,0.1,2.3,0.1,,,1,0\n\
+                      50,0.1,0.1,abc,0.2,,,1,1\n";
+    let (path, msg) = format_msg(parse_metrics(p, bad_number).unwrap_err());
+    assert_eq!(path, p);
+    assert!(
+        msg.contains("line 3") && msg.contains("train_loss") && msg.contains("abc"),
+        "{msg}"
+    );
+
+    let missing_col = "iter,epoch,lr,train_acc,test_acc\n0,0,0.1,0.1,0.1\n";
+    let (_, msg) = format_msg(parse_metrics(p, missing_col).unwrap_err());
+    assert!(
+        msg.contains("line 1") && msg.contains("train_loss"),
+        "{msg}"
+    );
+
+    let short_row = "iter,unit,grad_norm,shortcut_norm,branch_norm,cosine,direct_factor\n0,0,1\n";
+    let (_, msg) = format_msg(parse_flow(Path::new("flow.csv"), short_row).unwrap_err());
+    assert!(msg.contains("line 2") && msg.contains("3 fields"), "{msg}");
+
+    let bad_iter =
+        "iter,unit,grad_norm,shortcut_norm,branch_norm,cosine,direct_factor\n-1,0,1,,,,\n";
+    let (_, msg) = format_msg(parse_flow(Path::new("flow.csv"), bad_iter).unwrap_err());
+    assert!(msg.contains("iter"), "{msg}");
+
+    let (_, msg) = format_msg(parse_flow(Path::new("flow.csv"), "").unwrap_err());
+    assert!(msg.contains("header"), "{msg}");
+}
+
+#[test]
+fn malformed_run_dir_fails_the_report() {
+    let tmp = TempDir::new("malformed");
+    let runs = synthetic::write_example_runs(tmp.path()).unwrap();
+    let flow = runs[1].join("flow.csv");
+    let mut text = std::fs::read_to_string(&flow).unwrap();
+    text.push_str("2000,3,oops,1,1,1,1\n");
+    std::fs::write(&flow, text).unwrap();
+    let out = tmp.path().join("out");
+    let (path, msg) = format_msg(report(&runs, &out).unwrap_err());
+    assert_eq!(path, flow);
+    assert!(msg.contains("oops"), "{msg}");
+    assert!(!out.join("index.html").exists());
+
+    // A directory without config.json is not a run: an I/O error naming it.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    match report(std::slice::from_ref(&empty), &out).unwrap_err() {
+        Error::Io { path, .. } => assert_eq!(path, empty.join("config.json")),
+        other => panic!("{other:?}"),
+    }
+    // Bad JSON in config.json.
+    std::fs::write(empty.join("config.json"), "{not json").unwrap();
+    let (path, _) = format_msg(report(std::slice::from_ref(&empty), &out).unwrap_err());
+    assert_eq!(path, empty.join("config.json"));
+}
+
+#[test]
+fn optional_files_may_be_absent() {
+    let tmp = TempDir::new("optional");
+    let runs = synthetic::write_example_runs(tmp.path()).unwrap();
+    std::fs::remove_file(runs[0].join("summary.json")).unwrap();
+    std::fs::remove_file(runs[0].join("flow.csv")).unwrap();
+    std::fs::remove_file(runs[1].join("metrics.csv")).unwrap();
+    let s = report(&runs, &tmp.path().join("out")).unwrap();
+    assert_eq!(s.runs[0].verdict, None);
+    assert_eq!(s.runs[0].ratio_init, None);
+    // Falls back to the last evaluated metrics row.
+    assert!((s.runs[0].final_test_acc.unwrap() - 0.9).abs() < 0.05);
+    let html = std::fs::read_to_string(&s.index).unwrap();
+    assert!(html.contains("no flow.csv") && html.contains("no metrics.csv"));
+    assert!(html.contains("no summary"));
+}
+
+#[test]
+fn spec_labels() {
+    let v: serde_json::Value = serde_json::from_str(
+        r#"{"arch":"resnet","depth":110,"unit":"preact","shortcut":{"kind":"gate","init":-6,"learn":true},"width":16}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        spec_label(&v),
+        "resnet-110 · preact · shortcut gate(init=-6, learn=true) · width 16"
+    );
+    assert_eq!(spec_label(&serde_json::json!({"foo": 1})), r#"{"foo":1}"#);
+}
+
+#[test]
+fn write_atomic_replaces_and_cleans_up() {
+    let tmp = TempDir::new("atomic");
+    let p = tmp.path().join("x.txt");
+    write_atomic(&p, b"one").unwrap();
+    write_atomic(&p, b"two").unwrap();
+    assert_eq!(std::fs::read(&p).unwrap(), b"two");
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
+    assert!(write_atomic(&tmp.path().join("no/such/dir/x"), b"").is_err());
+}
+
+#[test]
+fn html_escapes_labels() {
+    let tmp = TempDir::new("escape");
+    let runs = synthetic::write_example_runs(tmp.path()).unwrap();
+    let cfg = runs[0].join("config.json");
+    std::fs::write(&cfg, r#"{"name": "<b>x</b> & y", "spec": {"arch": "r"}}"#).unwrap();
+    let s = report(&runs, &tmp.path().join("out")).unwrap();
+    let html = std::fs::read_to_string(&s.index).unwrap();
+    assert!(!html.contains("<b>x</b>"));
+    assert!(html.contains("&lt;b&gt;x&lt;/b&gt; &amp; y"));
+}
