@@ -114,6 +114,25 @@ fn valid(k: usize, pad: usize, stride: usize, len: usize, olen: usize) -> Range<
     lo.min(hi)..hi
 }
 
+/// For a block of `len` entries read from `src[start + j]`: the span `lo..hi`
+/// of `j` that lies inside `0..src_len` (the rest are padding entries).
+fn shifted_span(len: usize, start: isize, src_len: usize) -> (usize, usize) {
+    let lo = (-start).clamp(0, len as isize) as usize;
+    let hi = (src_len as isize - start).clamp(lo as isize, len as isize) as usize;
+    (lo, hi)
+}
+
+/// Zeroes the columns outside `xs` of every `ow`-wide row of `block`.
+fn zero_padding_columns<T: Scalar>(block: &mut [T], ow: usize, xs: &Range<usize>) {
+    if xs.start == 0 && xs.end == ow {
+        return;
+    }
+    for r in block.chunks_exact_mut(ow) {
+        r[..xs.start].fill(T::zero());
+        r[xs.end..].fill(T::zero());
+    }
+}
+
 /// `col[(c, ki, kj), (oy, ox)] = img[c, oy*stride + ki - pad, ox*stride + kj - pad]`
 /// (zero where that falls in the padding); col (cin*kh*kw, oh*ow), img (cin, h, w).
 fn im2col<T: Scalar>(col: &mut [T], img: &[T], s: &Conv2dShape) {
@@ -127,6 +146,21 @@ fn im2col<T: Scalar>(col: &mut [T], img: &[T], s: &Conv2dShape) {
                 let row = rows.next().expect("col has cin*kh*kw rows");
                 row[..ys.start * ow].fill(T::zero());
                 row[ys.end * ow..].fill(T::zero());
+                if st == 1 && ow == s.w {
+                    // Rows `ys` of this col row are plane rows `oy + ki - pad`
+                    // shifted by `kj - pad` columns, with the same row
+                    // length: one contiguous copy. The few entries that wrap
+                    // around a row edge fall exactly in the padding columns,
+                    // zeroed right after.
+                    let block = &mut row[ys.start * ow..ys.end * ow];
+                    let start =
+                        ((ys.start + ki - s.pad) * s.w) as isize + kj as isize - s.pad as isize;
+                    let (lo, hi) = shifted_span(block.len(), start, plane.len());
+                    let src = (start + lo as isize) as usize;
+                    block[lo..hi].copy_from_slice(&plane[src..src + (hi - lo)]);
+                    zero_padding_columns(block, ow, &xs);
+                    continue;
+                }
                 for oy in ys.clone() {
                     let src = &plane[(oy * st + ki - s.pad) * s.w..][..s.w];
                     let dst = &mut row[oy * ow..][..ow];
@@ -148,15 +182,30 @@ fn im2col<T: Scalar>(col: &mut [T], img: &[T], s: &Conv2dShape) {
 
 /// The adjoint of [`im2col`]: `dimg[c, iy, ix] += dcol[(c, ki, kj), (oy, ox)]`
 /// over every (ki, kj, oy, ox) that im2col read (c, iy, ix) into.
-fn col2im_add<T: Scalar>(dimg: &mut [T], dcol: &[T], s: &Conv2dShape) {
+/// `dcol` is scratch: its entries in the padding columns may be zeroed.
+fn col2im_add<T: Scalar>(dimg: &mut [T], dcol: &mut [T], s: &Conv2dShape) {
     let (oh, ow, st) = (s.oh(), s.ow(), s.stride);
-    let mut rows = dcol.chunks_exact(oh * ow);
+    let mut rows = dcol.chunks_exact_mut(oh * ow);
     for plane in dimg.chunks_exact_mut(s.h * s.w) {
         for ki in 0..s.kh {
             let ys = valid(ki, s.pad, st, s.h, oh);
             for kj in 0..s.kw {
                 let xs = valid(kj, s.pad, st, s.w, ow);
                 let row = rows.next().expect("dcol has cin*kh*kw rows");
+                if st == 1 && ow == s.w {
+                    // the mirror of im2col's contiguous copy: zero the
+                    // gradient of the padding columns, then one contiguous add
+                    let block = &mut row[ys.start * ow..ys.end * ow];
+                    zero_padding_columns(block, ow, &xs);
+                    let start =
+                        ((ys.start + ki - s.pad) * s.w) as isize + kj as isize - s.pad as isize;
+                    let (lo, hi) = shifted_span(block.len(), start, plane.len());
+                    let dst = (start + lo as isize) as usize;
+                    for (d, &g) in plane[dst..dst + (hi - lo)].iter_mut().zip(&block[lo..hi]) {
+                        *d += g;
+                    }
+                    continue;
+                }
                 for oy in ys.clone() {
                     let dst = &mut plane[(oy * st + ki - s.pad) * s.w..][..s.w];
                     let src = &row[oy * ow..][..ow];

@@ -383,6 +383,8 @@ mod tests {
             shape(2, 2, 6, 5, 3, 3, 1, 1, 2), // non-square 3x1, pad 2
             shape(2, 3, 5, 7, 2, 1, 3, 2, 2), // 1x3, stride 2, pad 2
             shape(2, 2, 4, 4, 3, 3, 3, 3, 0), // stride 3 leaves a remainder
+            shape(2, 2, 5, 6, 3, 1, 3, 1, 1), // 1x3 pad 1: ow == w (contiguous im2col), oh = h + 2
+            shape(1, 2, 4, 5, 2, 5, 5, 1, 2), // 5x5 pad 2: wrap-around by 2 columns
         ];
         // ... plus random ones
         for _ in 0..4 {
@@ -448,6 +450,8 @@ mod tests {
                 shape(4, 6, 6, 6, 5, 1, 1, 1, 0),
                 shape(5, 4, 9, 8, 6, 1, 1, 2, 0),
                 shape(1, 2, 5, 6, 3, 3, 2, 1, 2),
+                shape(3, 3, 6, 7, 2, 5, 5, 1, 2),
+                shape(5, 2, 4, 6, 3, 2, 3, 1, 1),
             ] {
                 let inp = r.normal_vec(s.n * s.cin * s.h * s.w);
                 let w = r.normal_vec(s.cout * s.cin * s.kh * s.kw);
