@@ -30,22 +30,25 @@ struct Row {
     pass: &'static str,
     work: f64,
     flops: bool,
+    /// median and fastest of criterion's samples, seconds per call
     secs: f64,
+    best: f64,
 }
 
 fn randn(r: &mut Rand, n: usize) -> Vec<f32> {
     r.normal_vec(n).into_iter().map(|v| v as f32).collect()
 }
 
-/// Benchmarks `f` as `group/pass` and returns the median seconds per call
-/// (None when criterion's filter skipped it).
+/// Benchmarks `f` as `group/pass` and returns the (median, fastest) seconds
+/// per call over criterion's samples (None when criterion's filter skipped
+/// it). The fastest sample is the least disturbed on a shared machine.
 fn bench(
     c: &mut Criterion,
     group: &str,
     pass: &'static str,
     tp: Throughput,
     mut f: impl FnMut(),
-) -> Option<f64> {
+) -> Option<(f64, f64)> {
     let mut per_iter = Vec::new();
     let mut g = c.benchmark_group(group);
     g.throughput(tp);
@@ -65,7 +68,7 @@ fn bench(
         return None;
     }
     per_iter.sort_by(f64::total_cmp);
-    Some(per_iter[per_iter.len() / 2])
+    Some((per_iter[per_iter.len() / 2], per_iter[0]))
 }
 
 fn conv_benches(c: &mut Criterion, rows: &mut Vec<Row>) {
@@ -100,14 +103,15 @@ fn conv_benches(c: &mut Criterion, rows: &mut Vec<Row>) {
         let mut dw = vec![0.0f32; w.len()];
         let group = format!("conv {label}");
         let tp = || Throughput::Elements(flops as u64);
-        let mut row = |pass, secs: Option<f64>| {
-            if let Some(secs) = secs {
+        let mut row = |pass, t: Option<(f64, f64)>| {
+            if let Some((secs, best)) = t {
                 rows.push(Row {
                     case: label.to_string(),
                     pass,
                     work: flops as f64,
                     flops: true,
                     secs,
+                    best,
                 });
             }
         };
@@ -137,14 +141,15 @@ fn pointwise_benches(c: &mut Criterion, rows: &mut Vec<Row>) {
     let dout = randn(&mut r, numel);
     let mut out = vec![0.0f32; numel];
     let mut dinp = vec![0.0f32; numel];
-    let mut push = |pass, work: f64, secs: Option<f64>| {
-        if let Some(secs) = secs {
+    let mut push = |pass, work: f64, t: Option<(f64, f64)>| {
+        if let Some((secs, best)) = t {
             rows.push(Row {
                 case: label.to_string(),
                 pass,
                 work,
                 flops: false,
                 secs,
+                best,
             });
         }
     };
@@ -244,23 +249,22 @@ fn main() {
         "\nrayon threads: {}, batch {BATCH}, f32",
         rayon::current_num_threads()
     );
-    println!("| case | pass | work | median time | throughput | share of peak |");
-    println!("|---|---|---|---|---|---|");
+    println!("| case | pass | work | median time | median | best sample | best, share of peak |");
+    println!("|---|---|---|---|---|---|---|");
     for r in &rows {
-        let ms = r.secs * 1e3;
+        let (ms, med, best) = (r.secs * 1e3, r.work / r.secs / 1e9, r.work / r.best / 1e9);
         if r.flops {
-            let g = r.work / r.secs / 1e9;
             println!(
-                "| conv {} | {} | {:.3} GFLOP | {ms:.2} ms | {g:.1} GFLOP/s | {:.0}% of {PEAK_GFLOPS} |",
+                "| conv {} | {} | {:.3} GFLOP | {ms:.2} ms | {med:.1} GFLOP/s ({:.0}%) | {best:.1} GFLOP/s | {:.0}% of {PEAK_GFLOPS} |",
                 r.case,
                 r.pass,
                 r.work / 1e9,
-                100.0 * g / PEAK_GFLOPS
+                100.0 * med / PEAK_GFLOPS,
+                100.0 * best / PEAK_GFLOPS
             );
         } else {
-            let g = r.work / r.secs / 1e9;
             println!(
-                "| {} | {} | {:.1} MB | {ms:.2} ms | {g:.1} GB/s | - |",
+                "| {} | {} | {:.1} MB | {ms:.2} ms | {med:.1} GB/s | {best:.1} GB/s | - |",
                 r.case,
                 r.pass,
                 r.work / 1e6
