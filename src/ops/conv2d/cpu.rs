@@ -322,7 +322,7 @@ pub(super) fn backward_weight<T: Scalar>(
             // (cout, oh*ow) x (oh*ow, cin*kh*kw) -> (cout, cin*kh*kw), written
             // through a transposed view into dwt (K, cout): the gemm crate
             // picks its loop order from the output strides and this
-            // orientation measured ~2.5x faster (BENCHMARKS.md).
+            // orientation measured 2-2.7x faster on the 3x3 shapes (BENCHMARKS.md).
             matmul(
                 MatMut::rm_t(&mut sc.dwt[..d.k * s.cout], s.cout, d.k),
                 Mat::rm(&dout[i * d.oimg..][..d.oimg], s.cout, d.p),
