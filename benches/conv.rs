@@ -1,0 +1,274 @@
+//! Throughput of the convolution passes (GFLOP/s, and the share of this
+//! machine's measured 461 GFLOP/s 2-core AVX-512 f32 FMA peak), and of the
+//! memory-bound pointwise layers (GB/s) on a ResNet-sized tensor.
+//!
+//! `cargo bench --bench conv` runs every case through criterion and then
+//! prints a summary table (median time per pass of criterion's samples).
+//! BatchNorm is only benchmarked with `RESGRAD_BENCH_BN=1` (its
+//! implementation lands separately).
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput};
+use resgrad::gradcheck::Rand;
+use resgrad::ops::activation::{relu_backward, relu_forward};
+use resgrad::ops::batchnorm::{
+    batchnorm_backward, batchnorm_forward_train, BnShape, BN_EPS, BN_MOMENTUM,
+};
+use resgrad::ops::conv2d::{
+    conv2d_backward_input, conv2d_backward_weight, conv2d_forward, Conv2dShape, ConvWorkspace,
+};
+
+/// Measured 2-core AVX-512 f32 FMA peak of the project machine (GFLOP/s).
+const PEAK_GFLOPS: f64 = 461.0;
+const BATCH: usize = 128;
+
+/// One summary line: `work` is FLOPs (conv) or bytes (pointwise).
+struct Row {
+    case: String,
+    pass: &'static str,
+    work: f64,
+    flops: bool,
+    /// median and fastest of criterion's samples, seconds per call
+    secs: f64,
+    best: f64,
+}
+
+fn randn(r: &mut Rand, n: usize) -> Vec<f32> {
+    r.normal_vec(n).into_iter().map(|v| v as f32).collect()
+}
+
+/// Benchmarks `f` as `group/pass` and returns the (median, fastest) seconds
+/// per call over criterion's samples (None when criterion's filter skipped
+/// it). The fastest sample is the least disturbed on a shared machine.
+fn bench(
+    c: &mut Criterion,
+    group: &str,
+    pass: &'static str,
+    tp: Throughput,
+    mut f: impl FnMut(),
+) -> Option<(f64, f64)> {
+    let mut per_iter = Vec::new();
+    let mut g = c.benchmark_group(group);
+    g.throughput(tp);
+    g.bench_function(pass, |b| {
+        b.iter_custom(|iters| {
+            let t = Instant::now();
+            for _ in 0..iters {
+                f();
+            }
+            let e = t.elapsed();
+            per_iter.push(e.as_secs_f64() / iters as f64);
+            e
+        })
+    });
+    g.finish();
+    if per_iter.is_empty() {
+        return None;
+    }
+    per_iter.sort_by(f64::total_cmp);
+    Some((per_iter[per_iter.len() / 2], per_iter[0]))
+}
+
+fn conv_benches(c: &mut Criterion, rows: &mut Vec<Row>) {
+    let mut r = Rand::new(7);
+    // (label, cin, cout, input h = w, kernel, stride, pad)
+    let shapes = [
+        ("3x3 16->16 32x32", 16, 16, 32, 3, 1, 1),
+        ("3x3 32->32 16x16", 32, 32, 16, 3, 1, 1),
+        ("3x3 64->64 8x8", 64, 64, 8, 3, 1, 1),
+        ("1x1/2 16->32 32x32", 16, 32, 32, 1, 2, 0),
+        ("1x1/2 32->64 16x16", 32, 64, 16, 1, 2, 0),
+    ];
+    let mut ws = ConvWorkspace::<f32>::default();
+    for (label, cin, cout, hw, k, stride, pad) in shapes {
+        let s = Conv2dShape {
+            n: BATCH,
+            cin,
+            h: hw,
+            w: hw,
+            cout,
+            kh: k,
+            kw: k,
+            stride,
+            pad,
+        };
+        let flops = 2 * s.macs();
+        let inp = randn(&mut r, BATCH * cin * hw * hw);
+        let w = randn(&mut r, cout * cin * k * k);
+        let dout = randn(&mut r, BATCH * cout * s.oh() * s.ow());
+        let mut out = vec![0.0f32; dout.len()];
+        let mut dinp = vec![0.0f32; inp.len()];
+        let mut dw = vec![0.0f32; w.len()];
+        let group = format!("conv {label}");
+        let tp = || Throughput::Elements(flops as u64);
+        let mut row = |pass, t: Option<(f64, f64)>| {
+            if let Some((secs, best)) = t {
+                rows.push(Row {
+                    case: label.to_string(),
+                    pass,
+                    work: flops as f64,
+                    flops: true,
+                    secs,
+                    best,
+                });
+            }
+        };
+        let t = bench(c, &group, "forward", tp(), || {
+            conv2d_forward(&mut out, black_box(&inp), &w, &s, &mut ws).unwrap()
+        });
+        row("forward", t);
+        let t = bench(c, &group, "backward-input", tp(), || {
+            conv2d_backward_input(&mut dinp, black_box(&dout), &w, &s, &mut ws).unwrap()
+        });
+        row("backward-input", t);
+        let t = bench(c, &group, "backward-weight", tp(), || {
+            conv2d_backward_weight(&mut dw, black_box(&dout), &inp, &s, &mut ws).unwrap()
+        });
+        row("backward-weight", t);
+        black_box((&out, &dinp, &dw));
+    }
+}
+
+fn pointwise_benches(c: &mut Criterion, rows: &mut Vec<Row>) {
+    let mut r = Rand::new(8);
+    let (c_, hw) = (16, 32 * 32);
+    let numel = BATCH * c_ * hw;
+    let label = "(128,16,32,32) f32";
+    let bytes = |streams: usize| (streams * numel * std::mem::size_of::<f32>()) as f64;
+    let inp = randn(&mut r, numel);
+    let dout = randn(&mut r, numel);
+    let mut out = vec![0.0f32; numel];
+    let mut dinp = vec![0.0f32; numel];
+    let mut push = |pass, work: f64, t: Option<(f64, f64)>| {
+        if let Some((secs, best)) = t {
+            rows.push(Row {
+                case: label.to_string(),
+                pass,
+                work,
+                flops: false,
+                secs,
+                best,
+            });
+        }
+    };
+    // bytes counted = compulsory traffic: forward reads inp and writes out
+    // (2 streams); backward reads dout and the saved tensor and
+    // reads+writes the accumulated dinp (4 streams)
+    let t = bench(
+        c,
+        "relu",
+        "forward",
+        Throughput::Bytes(bytes(2) as u64),
+        || relu_forward(&mut out, black_box(&inp)).unwrap(),
+    );
+    push("relu forward", bytes(2), t);
+    let t = bench(
+        c,
+        "relu",
+        "backward",
+        Throughput::Bytes(bytes(4) as u64),
+        || relu_backward(&mut dinp, black_box(&dout), &out).unwrap(),
+    );
+    push("relu backward", bytes(4), t);
+
+    if std::env::var("RESGRAD_BENCH_BN").as_deref() != Ok("1") {
+        println!(
+            "batchnorm2d: skipped (set RESGRAD_BENCH_BN=1 once ops::batchnorm is implemented)"
+        );
+        return;
+    }
+    let s = BnShape {
+        n: BATCH,
+        c: c_,
+        hw,
+    };
+    let (gamma, beta) = (vec![1.0f32; c_], vec![0.0f32; c_]);
+    let (mut mean, mut rstd) = (vec![0.0f32; c_], vec![0.0f32; c_]);
+    let (mut rmean, mut rvar) = (vec![0.0f32; c_], vec![1.0f32; c_]);
+    let (mut dgamma, mut dbeta) = (vec![0.0f32; c_], vec![0.0f32; c_]);
+    let t = bench(
+        c,
+        "batchnorm2d",
+        "forward-train",
+        Throughput::Bytes(bytes(2) as u64),
+        || {
+            batchnorm_forward_train(
+                &mut out,
+                &mut mean,
+                &mut rstd,
+                black_box(&inp),
+                &gamma,
+                &beta,
+                &mut rmean,
+                &mut rvar,
+                BN_MOMENTUM,
+                BN_EPS,
+                s,
+            )
+            .unwrap()
+        },
+    );
+    push("batchnorm2d forward-train", bytes(2), t);
+    let t = bench(
+        c,
+        "batchnorm2d",
+        "backward",
+        Throughput::Bytes(bytes(4) as u64),
+        || {
+            batchnorm_backward(
+                &mut dinp,
+                &mut dgamma,
+                &mut dbeta,
+                black_box(&dout),
+                &inp,
+                &mean,
+                &rstd,
+                &gamma,
+                s,
+            )
+            .unwrap()
+        },
+    );
+    push("batchnorm2d backward", bytes(4), t);
+}
+
+fn main() {
+    let mut c = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .configure_from_args();
+    let mut rows = Vec::new();
+    conv_benches(&mut c, &mut rows);
+    pointwise_benches(&mut c, &mut rows);
+    c.final_summary();
+
+    println!(
+        "\nrayon threads: {}, batch {BATCH}, f32",
+        rayon::current_num_threads()
+    );
+    println!("| case | pass | work | median time | median | best sample | best, share of peak |");
+    println!("|---|---|---|---|---|---|---|");
+    for r in &rows {
+        let (ms, med, best) = (r.secs * 1e3, r.work / r.secs / 1e9, r.work / r.best / 1e9);
+        if r.flops {
+            println!(
+                "| conv {} | {} | {:.3} GFLOP | {ms:.2} ms | {med:.1} GFLOP/s ({:.0}%) | {best:.1} GFLOP/s | {:.0}% of {PEAK_GFLOPS} |",
+                r.case,
+                r.pass,
+                r.work / 1e9,
+                100.0 * med / PEAK_GFLOPS,
+                100.0 * best / PEAK_GFLOPS
+            );
+        } else {
+            println!(
+                "| {} | {} | {:.1} MB | {ms:.2} ms | {med:.1} GB/s | {best:.1} GB/s | - |",
+                r.case,
+                r.pass,
+                r.work / 1e6
+            );
+        }
+    }
+}
