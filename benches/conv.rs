@@ -4,8 +4,6 @@
 //!
 //! `cargo bench --bench conv` runs every case through criterion and then
 //! prints a summary table (median time per pass of criterion's samples).
-//! BatchNorm is only benchmarked with `RESGRAD_BENCH_BN=1` (its
-//! implementation lands separately).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -173,12 +171,6 @@ fn pointwise_benches(c: &mut Criterion, rows: &mut Vec<Row>) {
     );
     push("relu backward", bytes(4), t);
 
-    if std::env::var("RESGRAD_BENCH_BN").as_deref() != Ok("1") {
-        println!(
-            "batchnorm2d: skipped (set RESGRAD_BENCH_BN=1 once ops::batchnorm is implemented)"
-        );
-        return;
-    }
     let s = BnShape {
         n: BATCH,
         c: c_,

@@ -188,6 +188,17 @@ pub fn run(cli: Cli) -> Result<()> {
                     resgrad::demo::format_table(&bn)
                 );
             }
+            for (rows, dir) in [
+                (&plain, out.join("report")),
+                (&bn, out.join("bn").join("report")),
+            ] {
+                if rows.is_empty() {
+                    continue;
+                }
+                let runs: Vec<PathBuf> = rows.iter().map(|r| r.dir.clone()).collect();
+                let rep = resgrad::report::report(&runs, &dir)?;
+                println!("report: {}", rep.index.display());
+            }
             println!("runs and summary.md in {}", out.display());
             Ok(())
         }

@@ -230,9 +230,6 @@ impl Spec {
                 if self.in_channels == 0 {
                     return bad("in_channels must be at least 1".into());
                 }
-                if self.block == Block::Bottleneck && self.width == 0 {
-                    return bad("bottleneck width must be at least 1".into());
-                }
                 for f in ["in_features", "hidden", "units"] {
                     let set = match f {
                         "in_features" => self.in_features.is_some(),
@@ -373,7 +370,7 @@ mod tests {
                 "6n+2",
             ),
             (
-                r#"{"depth":20,"block":"bottleneck","unit":"original","shortcut":{"kind":"identity"}}"#,
+                r#"{"depth":21,"block":"bottleneck","unit":"original","shortcut":{"kind":"identity"}}"#,
                 "9n+2",
             ),
             (
