@@ -271,15 +271,13 @@ impl Spec {
                     }
                 }
             }
-            Shortcut::ExclusiveGate { bias_init } | Shortcut::ShortcutGate { bias_init } => {
-                if !bias_init.is_finite() {
-                    return bad(format!("gate bias_init must be finite, got {bias_init}"));
-                }
+            Shortcut::ExclusiveGate { bias_init } | Shortcut::ShortcutGate { bias_init }
+                if !bias_init.is_finite() =>
+            {
+                return bad(format!("gate bias_init must be finite, got {bias_init}"));
             }
-            Shortcut::Dropout { p } => {
-                if !(0.0..1.0).contains(&p) {
-                    return bad(format!("dropout p must be in [0, 1), got {p}"));
-                }
+            Shortcut::Dropout { p } if !(0.0..1.0).contains(&p) => {
+                return bad(format!("dropout p must be in [0, 1), got {p}"));
             }
             _ => {}
         }
@@ -289,7 +287,10 @@ impl Spec {
     /// A short human-readable name, e.g. `cifar-20 full_preact identity B`.
     pub fn label(&self) -> String {
         let sc = match self.shortcut {
-            Shortcut::Scale { shortcut, branch } if branch == 1.0 => format!("scale {shortcut}"),
+            Shortcut::Scale {
+                shortcut,
+                branch: 1.0,
+            } => format!("scale {shortcut}"),
             Shortcut::Scale { shortcut, branch } => format!("scale {shortcut}/{branch}"),
             Shortcut::Dropout { p } => format!("dropout {p}"),
             s => s.kind_name().to_string(),

@@ -55,7 +55,7 @@ pub enum ShortcutPath<T> {
     /// 1x1 conv (or Linear): a B projection or the conv1x1 shortcut kind;
     /// `reads_pre`: it reads the pre-activated input (pre-act B projections)
     Projection {
-        layer: WeightLayer<T>,
+        layer: Box<WeightLayer<T>>,
         reads_pre: bool,
     },
     /// no shortcut: a plain net
@@ -255,7 +255,10 @@ impl<T: Scalar> Unit<T> {
                 WeightLayer::linear(&name, cin, cout, false, None, rng)
             };
             let reads_pre = kind.is_preact() && !matches!(sc, Shortcut::Conv1x1);
-            ShortcutPath::Projection { layer, reads_pre }
+            ShortcutPath::Projection {
+                layer: Box::new(layer),
+                reads_pre,
+            }
         } else if matches!(sc, Shortcut::None) {
             ShortcutPath::None
         } else if shape_change {

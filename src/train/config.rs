@@ -180,7 +180,7 @@ impl TrainConfig {
                 self.sgd.weight_decay
             ));
         }
-        if !(self.max_grad_norm > 0.0) {
+        if self.max_grad_norm.is_nan() || self.max_grad_norm <= 0.0 {
             return bad(format!(
                 "max_grad_norm must be > 0, got {}",
                 self.max_grad_norm

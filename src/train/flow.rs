@@ -20,6 +20,9 @@ pub enum FlowData {
     Synthetic { image: usize },
 }
 
+/// Produces the (images, labels) batch of an iteration.
+type BatchSource = dyn FnMut(u64) -> Result<(Vec<f32>, Vec<usize>)>;
+
 /// Probe rows at iteration 0 and after `steps` SGD steps (`cfg.batch`,
 /// `cfg.schedule`, `cfg.sgd`, `cfg.seed`, `cfg.branch_init_scale` apply).
 pub fn flow_study(cfg: &TrainConfig, data: FlowData, steps: u64) -> Result<Vec<FlowRow>> {
@@ -29,7 +32,7 @@ pub fn flow_study(cfg: &TrainConfig, data: FlowData, steps: u64) -> Result<Vec<F
         return Err(Error::Config("batch must be at least 2".into()));
     }
     // a source of (images, labels) batches
-    let mut next: Box<dyn FnMut(u64) -> Result<(Vec<f32>, Vec<usize>)>>;
+    let mut next: Box<BatchSource>;
     let image;
     match data {
         FlowData::Real => {
