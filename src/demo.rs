@@ -195,7 +195,9 @@ fn run_part(out: &Path, s: &DemoSettings, batchnorm: bool) -> Result<Vec<DemoRow
         };
         let summary = serde_json::json!({
             "verdict": row.verdict, "ratio_init": row.ratio_init, "ratio_end": row.ratio_end,
-            "test_acc": row.test_acc, "diverged": row.diverged,
+            // a diverged run has no final accuracy
+            "test_acc": if row.diverged.is_some() { None } else { Some(row.test_acc) },
+            "diverged": row.diverged,
         });
         write_atomic(&dir.join("summary.json"), summary.to_string().as_bytes())?;
         rows.push(row);

@@ -250,7 +250,15 @@ pub fn spec_label(spec: &Value) -> String {
     if let Some(s) = obj.get("shortcut") {
         parts.push(format!("shortcut {}", shortcut_label(s)));
     }
-    if let Some(w) = obj.get("width") {
+    let mlp = obj.get("arch").and_then(Value::as_str) == Some("mlp");
+    if mlp {
+        if let (Some(h), Some(u)) = (obj.get("hidden"), obj.get("units")) {
+            parts.push(format!("{} units x {} wide", scalar(u), scalar(h)));
+        }
+        if obj.get("batchnorm").and_then(Value::as_bool) == Some(false) {
+            parts.push("no BN".into());
+        }
+    } else if let Some(w) = obj.get("width") {
         parts.push(format!("width {}", scalar(w)));
     }
     if parts.is_empty() {
