@@ -21,6 +21,7 @@ pub mod model;
 pub mod ops;
 pub mod probe;
 pub mod scalar;
+pub mod sweep;
 pub mod tensor;
 pub mod train;
 

@@ -121,6 +121,18 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Train a grid of runs (TOML) as separate processes, N at a time,
+    /// resumably; tabulate the median test error over seeds per grid cell.
+    Sweep {
+        /// the grid file (see experiments/*.toml)
+        grid: PathBuf,
+        /// output directory, one sub-directory per run (default runs/<grid name>)
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// trainings at a time
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+    },
     /// Data sets.
     Data {
         #[command(subcommand)]
@@ -258,6 +270,9 @@ pub fn run(cli: Cli) -> Result<()> {
                 print_flow(&rows);
             }
             Ok(())
+        }
+        Cmd::Sweep { grid, out, jobs } => {
+            resgrad::sweep::main(&grid, out.as_deref(), jobs, cli.threads)
         }
         Cmd::Data {
             cmd:
