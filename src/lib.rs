@@ -22,6 +22,7 @@ pub mod ops;
 pub mod probe;
 pub mod report;
 pub mod scalar;
+pub mod sweep;
 pub mod tensor;
 pub mod train;
 

@@ -132,6 +132,18 @@ pub enum Cmd {
         #[arg(long, value_name = "REPORT_DIR")]
         out: PathBuf,
     },
+    /// Train a grid of runs (TOML) as separate processes, N at a time,
+    /// resumably; tabulate the median test error over seeds per grid cell.
+    Sweep {
+        /// the grid file (see experiments/*.toml)
+        grid: PathBuf,
+        /// output directory, one sub-directory per run (default runs/<grid name>)
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// trainings at a time
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+    },
     /// Data sets.
     Data {
         #[command(subcommand)]
@@ -225,7 +237,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let out = train_run(&cfg, &dir, resume, args.quiet)?;
             if let Some(msg) = out.diverged {
                 return Err(Error::Diverged {
-                    iter: out.last.iter,
+                    iter: out.iter,
                     msg,
                 });
             }
@@ -303,6 +315,9 @@ pub fn run(cli: Cli) -> Result<()> {
                 print_flow(&rows);
             }
             Ok(())
+        }
+        Cmd::Sweep { grid, out, jobs } => {
+            resgrad::sweep::main(&grid, out.as_deref(), jobs, cli.threads)
         }
         Cmd::Data {
             cmd:

@@ -34,6 +34,8 @@ pub struct RunOutcome {
     pub flow_last: Vec<FlowRow>,
     /// `Some(message)` when the run diverged (it stopped there)
     pub diverged: Option<String>,
+    /// iterations completed (for a diverged run: the one that diverged)
+    pub iter: u64,
 }
 
 impl RunOutcome {
@@ -179,7 +181,7 @@ pub fn train_run(cfg: &TrainConfig, dir: &Path, resume: bool, quiet: bool) -> Re
             net.zero_grad();
             let loss = net.forward_backward(&b.images, &b.labels, probe)?;
             if let Some(msg) = divergence(&net, loss, cfg.max_grad_norm) {
-                diverged = Some(format!("iteration {iter}: {msg}"));
+                diverged = Some(msg);
                 if probe {
                     flow_last = flow_rows(&net, iter);
                     append_lines(&flow_path, FLOW_CSV_HEADER, &rows_to_csv(&flow_last))?;
@@ -250,5 +252,6 @@ pub fn train_run(cfg: &TrainConfig, dir: &Path, resume: bool, quiet: bool) -> Re
         flow_first,
         flow_last,
         diverged,
+        iter,
     })
 }
