@@ -180,7 +180,7 @@ impl TrainConfig {
                 self.sgd.weight_decay
             ));
         }
-        if !(self.max_grad_norm > 0.0) {
+        if self.max_grad_norm.is_nan() || self.max_grad_norm <= 0.0 {
             return bad(format!(
                 "max_grad_norm must be > 0, got {}",
                 self.max_grad_norm
@@ -232,10 +232,13 @@ pub fn load_data(cfg: &TrainConfig) -> Result<RunData> {
         Arch::Mlp => {
             if Some(t.c * t.h * t.w) != cfg.spec.in_features {
                 return Err(Error::Config(format!(
-                    "{} has {} features per image; the spec wants in_features {:?}",
+                    "{} has {} features per image ({}x{}x{}); the spec wants in_features {}",
                     cfg.data,
                     t.c * t.h * t.w,
-                    cfg.spec.in_features
+                    t.c,
+                    t.h,
+                    t.w,
+                    cfg.spec.in_features.unwrap_or(0)
                 )));
             }
         }

@@ -10,6 +10,9 @@ use crate::model::{Arch, Net};
 use crate::probe::{flow_rows, FlowRow};
 use std::sync::Arc;
 
+/// Iteration -> (images, labels).
+type BatchSource = dyn FnMut(u64) -> Result<(Vec<f32>, Vec<usize>)>;
+
 /// Where the probe's batches come from.
 pub enum FlowData {
     /// the run's data set (`cfg.data`)
@@ -29,7 +32,7 @@ pub fn flow_study(cfg: &TrainConfig, data: FlowData, steps: u64) -> Result<Vec<F
         return Err(Error::Config("batch must be at least 2".into()));
     }
     // a source of (images, labels) batches
-    let mut next: Box<dyn FnMut(u64) -> Result<(Vec<f32>, Vec<usize>)>>;
+    let mut next: Box<BatchSource>;
     let image;
     match data {
         FlowData::Real => {
