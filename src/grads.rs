@@ -25,21 +25,31 @@ pub fn spec_for_grads(spec: &Spec) -> Spec {
 pub fn read_batch<T: Scalar>(x: &SafeTensors) -> Result<(Tensor<T>, Vec<usize>)> {
     let input: Tensor<T> = x.get("input")?;
     let (lshape, labels) = x.get_i64("labels")?;
-    let n = input.shape().first().copied().unwrap_or(0);
-    if lshape != [n] {
-        return Err(Error::Shape {
-            op: "grads",
-            what: "labels",
-            expected: vec![n],
-            got: lshape,
+    if let Some(i) = input.data().iter().position(|v| !v.is_finite()) {
+        return Err(Error::Format {
+            path: x.origin.clone(),
+            msg: format!("tensor \"input\" holds a non-finite value at flat index {i}"),
         });
+    }
+    let n = input.shape().first().copied().unwrap_or(0);
+    let bad = |msg: String| Error::Format {
+        path: x.origin.clone(),
+        msg,
+    };
+    if lshape != [n] {
+        return Err(bad(format!(
+            "tensor \"labels\" has shape {lshape:?}, expected [{n}] (one per row of \"input\", shape {:?})",
+            input.shape()
+        )));
     }
     let labels = labels
         .iter()
-        .map(|&l| {
-            usize::try_from(l).map_err(|_| Error::InvalidParam {
-                op: "grads",
-                msg: format!("negative label {l}"),
+        .enumerate()
+        .map(|(i, &l)| {
+            usize::try_from(l).map_err(|_| {
+                bad(format!(
+                    "tensor \"labels\": negative label {l} at index {i}"
+                ))
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -49,27 +59,25 @@ pub fn read_batch<T: Scalar>(x: &SafeTensors) -> Result<(Tensor<T>, Vec<usize>)>
 /// Build the network for `spec` and the input's image size.
 pub fn net_for_input<T: Scalar>(spec: &Spec, input: &Tensor<T>) -> Result<Net<T>> {
     let shape = input.shape();
+    let wrong = |want: String| {
+        Error::Config(format!(
+            "tensor \"input\" has shape {shape:?}; the spec wants {want}"
+        ))
+    };
     let image = match spec.arch {
         Arch::Cifar => {
             if shape.len() != 4 || shape[1] != spec.in_channels || shape[2] != shape[3] {
-                return Err(Error::Shape {
-                    op: "grads",
-                    what: "input",
-                    expected: vec![0, spec.in_channels, 0, 0],
-                    got: shape.to_vec(),
-                });
+                return Err(wrong(format!(
+                    "(N, {}, S, S): in_channels {} and square images",
+                    spec.in_channels, spec.in_channels
+                )));
             }
             shape[2]
         }
         Arch::Mlp => {
             let f = spec.in_features.unwrap_or(0);
             if shape.len() != 2 || shape[1] != f {
-                return Err(Error::Shape {
-                    op: "grads",
-                    what: "input",
-                    expected: vec![0, f],
-                    got: shape.to_vec(),
-                });
+                return Err(wrong(format!("(N, {f}): in_features {f}")));
             }
             1
         }
@@ -86,6 +94,15 @@ pub fn compute_grads<T: Scalar>(
 ) -> Result<SafeTensors> {
     let spec = spec_for_grads(spec);
     let (input, labels) = read_batch::<T>(batch)?;
+    if let Some((i, &l)) = labels.iter().enumerate().find(|(_, &l)| l >= spec.classes) {
+        return Err(Error::Format {
+            path: batch.origin.clone(),
+            msg: format!(
+                "tensor \"labels\": label {l} at index {i} is out of range 0..{} (the spec's classes)",
+                spec.classes
+            ),
+        });
+    }
     let mut net = net_for_input::<T>(&spec, &input)?;
     net.load_state(weights)?;
     net.zero_grad();

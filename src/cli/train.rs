@@ -298,17 +298,27 @@ impl TrainArgs {
         cfg.max_grad_norm = self.max_grad_norm;
         cfg.branch_init_scale = self.branch_init_scale;
         // iterations: --iters, or --epochs times the batches per epoch
+        // (an estimate: the loader checks the real sizes; --val larger than
+        // the data is reported when the data is split)
         let train_images = match &cfg.data {
-            DataSource::Mnist5k => 4000,
+            DataSource::Mnist5k => 4000usize,
             DataSource::Cifar10(_) | DataSource::Cifar100(_) => 50_000,
             DataSource::Mnist(_) => 60_000,
-        } - cfg.val;
+        }
+        .saturating_sub(cfg.val);
+        let per_epoch = (train_images / cfg.batch.max(1)) as u64;
         if let Some(i) = self.iters {
             cfg.iters = i;
         } else if let Some(e) = self.epochs {
-            cfg.iters = e * (train_images / cfg.batch.max(1)) as u64;
+            if per_epoch == 0 {
+                return Err(Error::Config(format!(
+                    "--epochs: an epoch of the {train_images} training images of {} (after --val {}) has no full batch of {}",
+                    cfg.data, cfg.val, cfg.batch
+                )));
+            }
+            cfg.iters = e.saturating_mul(per_epoch);
         } else if cfg.iters == 0 {
-            cfg.iters = 10 * (train_images / cfg.batch.max(1)) as u64;
+            cfg.iters = 10 * per_epoch;
         }
         if let Decay::Cosine { total, .. } = &mut cfg.schedule.decay {
             *total = cfg.iters;

@@ -217,6 +217,12 @@ impl TempPath {
     fn persist(mut self, dest: &Path) -> Result<()> {
         std::fs::rename(&self.path, dest).map_err(|e| Error::io(dest, e))?;
         self.keep = true;
+        // make the rename durable (as `write_atomic` does)
+        if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
         Ok(())
     }
 }
@@ -326,7 +332,12 @@ fn unpack_cifar(archive: &Path, sub: &str, dest: &Path) -> Result<()> {
         };
         let target = dest.join(&name);
         let mut out = File::create(&target).map_err(|e| Error::io(&target, e))?;
-        std::io::copy(&mut entry, &mut out).map_err(bad)?;
+        let mut buf = Vec::with_capacity(entry.header().size().unwrap_or(0).min(1 << 28) as usize);
+        entry.read_to_end(&mut buf).map_err(bad)?;
+        // a write error (a full disk) names the file, not the archive
+        out.write_all(&buf)
+            .and_then(|_| out.sync_all())
+            .map_err(|e| Error::io(&target, e))?;
     }
     Ok(())
 }

@@ -44,8 +44,8 @@ pub use augment::{hflip_into, pad_crop_into, Augment};
 pub use download::{download, download_files, remote_files, DataKind, RemoteFile};
 pub use loader::{Batch, EpochIter, EvalIter, Loader};
 pub use readers::{
-    builtin_mnist5k, parse_mnist_csv, read_cifar10, read_cifar100, read_mnist, read_mnist_csv,
-    MNIST5K_CSV_GZ,
+    builtin_mnist5k, cifar_records_from_bytes, idx_images_from_bytes, idx_labels_from_bytes,
+    parse_mnist_csv, read_cifar10, read_cifar100, read_mnist, read_mnist_csv, MNIST5K_CSV_GZ,
 };
 
 use crate::{Error, Result};

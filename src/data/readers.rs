@@ -151,6 +151,15 @@ fn read_cifar(path: &Path, spec: &CifarSpec) -> Result<DataSplit> {
             std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
         ));
     }
+    if !path.is_dir() {
+        return Err(fmt_err(
+            path,
+            format!(
+                "not a directory, nor a .tar.gz / .tgz / .tar archive: give the folder holding the {} batch files or the official {}",
+                spec.name, spec.archive
+            ),
+        ));
+    }
     // A directory: the batch files themselves, the official top-level folder
     // inside it, or the official archive inside it.
     let dir = if path.join(spec.train[0]).exists() || path.join(spec.test).exists() {
@@ -289,6 +298,21 @@ pub fn read_cifar100(path: &Path) -> Result<DataSplit> {
     read_cifar(path, &CIFAR100)
 }
 
+/// Parse the bytes of one CIFAR binary batch file (CIFAR-10 when
+/// `cifar100` is false: 1 label byte + 3072 pixels per record; CIFAR-100:
+/// coarse and fine label bytes + 3072 pixels) into (raw pixels, labels).
+/// `origin` is only used in error messages. Never panics on any input.
+pub fn cifar_records_from_bytes(
+    bytes: &[u8],
+    cifar100: bool,
+    origin: &Path,
+) -> Result<(Vec<f32>, Vec<u8>)> {
+    let spec = if cifar100 { &CIFAR100 } else { &CIFAR10 };
+    let (mut images, mut labels) = (Vec::new(), Vec::new());
+    parse_cifar_records(bytes, spec, origin, &mut images, &mut labels)?;
+    Ok((images, labels))
+}
+
 // ---------------------------------------------------------------- MNIST --
 
 fn be_u32(b: &[u8], at: usize) -> u32 {
@@ -398,6 +422,23 @@ fn parse_idx_labels(b: &[u8], path: &Path, classes: usize) -> Result<Vec<u8>> {
         ));
     }
     Ok(b[8..].to_vec())
+}
+
+/// Parse the bytes of an IDX3 image file, raw or gzipped, into (count,
+/// rows, cols, raw pixels). `origin` is only used in error messages. Never
+/// panics on any input.
+pub fn idx_images_from_bytes(
+    bytes: &[u8],
+    origin: &Path,
+) -> Result<(usize, usize, usize, Vec<f32>)> {
+    parse_idx_images(&gunzip_if_gz(bytes.to_vec(), origin)?, origin)
+}
+
+/// Parse the bytes of an IDX1 label file, raw or gzipped; every label must
+/// be below `classes`. `origin` is only used in error messages. Never
+/// panics on any input.
+pub fn idx_labels_from_bytes(bytes: &[u8], origin: &Path, classes: usize) -> Result<Vec<u8>> {
+    parse_idx_labels(&gunzip_if_gz(bytes.to_vec(), origin)?, origin, classes)
 }
 
 fn read_mnist_pair(dir: &Path, prefix: &str, split: &str) -> Result<Dataset> {

@@ -41,7 +41,6 @@ pub use net::{Form, Params};
 use net::{Net, Part};
 pub use report::render;
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::Path;
 
 /// Number of classes of the classifier head.
@@ -486,29 +485,16 @@ impl Derivation {
     }
 }
 
-/// Write the derivation as pretty JSON, atomically (a temp file in the same
-/// directory, then rename).
+/// Write the derivation as pretty JSON, atomically
+/// ([`crate::io::write_atomic`]: temp file, fsync, rename, fsync of the
+/// directory).
 pub fn write_json(d: &Derivation, path: &Path) -> Result<()> {
-    let text = serde_json::to_string_pretty(d).map_err(|e| Error::Format {
+    let mut text = serde_json::to_string_pretty(d).map_err(|e| Error::Format {
         path: path.into(),
         msg: e.to_string(),
     })?;
-    let name = path
-        .file_name()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "derive.json".into());
-    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.write_all(b"\n")?;
-        f.sync_all()
-    };
-    if let Err(e) = write().and_then(|_| std::fs::rename(&tmp, path)) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
-    }
-    Ok(())
+    text.push('\n');
+    crate::io::write_atomic(path, text.as_bytes())
 }
 
 /// `resgrad derive`: derive, print, write the JSON (also when a check

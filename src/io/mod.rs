@@ -20,8 +20,42 @@ use crate::error::{Error, Result};
 /// finally the directory is fsynced (on Unix) so the rename itself is
 /// durable. On failure the temporary file is removed and the error names the
 /// path concerned. Every file resgrad writes goes through here.
+///
+/// A symlink at `path` is followed: the file it points to is replaced and
+/// the link kept. A target that exists but is not a regular file (a
+/// directory, a device such as `/dev/full`, a FIFO) is refused with an error
+/// instead of being replaced by the rename. A failed write (a full disk)
+/// leaves the old file untouched and reports `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let resolved;
+    let path = match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => match fs::canonicalize(path) {
+            Ok(p) => {
+                resolved = p;
+                resolved.as_path()
+            }
+            // a dangling link: the rename replaces the link itself
+            Err(_) => path,
+        },
+        _ => path,
+    };
+    if let Ok(m) = fs::metadata(path) {
+        if !m.is_file() {
+            let what = if m.is_dir() {
+                "a directory"
+            } else {
+                "not a regular file (a device, FIFO or socket)"
+            };
+            return Err(Error::io(
+                path,
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("cannot write here: the target is {what}; resgrad writes whole files (temporary file, then rename)"),
+                ),
+            ));
+        }
+    }
     let name = path.file_name().ok_or_else(|| {
         Error::io(
             path,
@@ -49,13 +83,56 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     })();
     if let Err(e) = written {
         let _ = fs::remove_file(&tmp);
-        return Err(Error::io(&tmp, e));
+        // name the file the caller asked for (the temporary is gone)
+        return Err(Error::io(
+            path,
+            std::io::Error::new(
+                e.kind(),
+                format!("{e} (while writing the temporary {})", tmp.display()),
+            ),
+        ));
     }
     if let Err(e) = fs::rename(&tmp, path) {
         let _ = fs::remove_file(&tmp);
         return Err(Error::io(path, e));
     }
     sync_dir(&dir)
+}
+
+/// Remove the temporary files that [`write_atomic`] left in `dir` when its
+/// process was killed mid-write (`.<name>.tmp.<pid>.<n>` whose process no
+/// longer runs; checked through `/proc`, so only on systems that have it).
+/// Returns how many were removed. Errors are ignored: this is tidying.
+pub fn remove_stale_temporaries(dir: &Path) -> usize {
+    if !Path::new("/proc/self").exists() {
+        return 0;
+    }
+    let Ok(rd) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let me = std::process::id();
+    let mut removed = 0;
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with('.') {
+            continue;
+        }
+        // .<name>.tmp.<pid>.<n>
+        let mut parts = name.rsplitn(3, '.');
+        let (Some(n), Some(pid), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        if !rest.ends_with(".tmp") || n.parse::<u64>().is_err() || pid == me {
+            continue;
+        }
+        if !Path::new(&format!("/proc/{pid}")).exists() && fs::remove_file(e.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 /// fsync a directory so a rename inside it is durable (Unix only; a no-op
@@ -127,6 +204,54 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("out.bin")]);
+    }
+
+    #[test]
+    fn stale_temporaries_of_dead_processes_are_removed() {
+        let d = TempDir::new("stale");
+        // pid 0 never names a user process; our own pid is kept
+        let dead = d.0.join(".checkpoint.safetensors.tmp.4294967294.3");
+        let mine = d.0.join(format!(".x.tmp.{}.0", std::process::id()));
+        let other = d.0.join(".notes.tmp");
+        for p in [&dead, &mine, &other] {
+            fs::write(p, b"x").unwrap();
+        }
+        if Path::new("/proc/self").exists() {
+            assert_eq!(remove_stale_temporaries(&d.0), 1);
+            assert!(!dead.exists());
+        }
+        assert!(mine.exists() && other.exists());
+    }
+
+    #[test]
+    fn write_atomic_refuses_non_regular_targets_and_follows_links() {
+        let d = TempDir::new("atomic-kind");
+        let e = write_atomic(&d.0, b"x").unwrap_err().to_string();
+        assert!(e.contains("is a directory"), "{e}");
+        #[cfg(unix)]
+        {
+            let link = d.0.join("full");
+            std::os::unix::fs::symlink("/dev/full", &link).unwrap();
+            let e = write_atomic(&link, b"x").unwrap_err().to_string();
+            assert!(
+                e.contains("/dev/full") && e.contains("not a regular file"),
+                "{e}"
+            );
+            assert!(fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink());
+            let real = d.0.join("real");
+            fs::write(&real, b"old").unwrap();
+            let link2 = d.0.join("link");
+            std::os::unix::fs::symlink(&real, &link2).unwrap();
+            write_atomic(&link2, b"new").unwrap();
+            assert_eq!(fs::read(&real).unwrap(), b"new");
+            assert!(fs::symlink_metadata(&link2)
+                .unwrap()
+                .file_type()
+                .is_symlink());
+        }
     }
 
     #[test]

@@ -222,7 +222,8 @@ impl SafeTensors {
         self.tensors.contains_key(name)
     }
 
-    fn origin_str(&self) -> String {
+    /// The file this was read from, or `<in-memory safetensors>`.
+    pub fn origin_str(&self) -> String {
         if self.origin.as_os_str().is_empty() {
             "<in-memory safetensors>".to_string()
         } else {

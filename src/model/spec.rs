@@ -8,6 +8,12 @@ use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+/// The most parameters (an upper bound, [`Spec::param_bound`]) a spec may
+/// describe: 2^30, about 4 GiB of f32 weights before gradients and
+/// momentum. Anything larger is refused as a spec error instead of failing
+/// an allocation (an abort, not an error) when the network is built.
+pub const MAX_PARAMS: f64 = (1u64 << 30) as f64;
+
 /// CIFAR-style convolutional ResNet or residual MLP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -172,7 +178,22 @@ pub struct Spec {
 impl Spec {
     /// Parse and validate a JSON spec.
     pub fn from_json(text: &str) -> Result<Self> {
-        let spec: Spec = serde_json::from_str(text).map_err(|e| Error::Spec(e.to_string()))?;
+        let spec: Spec = serde_json::from_str(text).map_err(|e| {
+            // valid JSON of the wrong kind: say so (serde's message for
+            // `[1, 2]` is a bare "expected value")
+            let kind = match serde_json::from_str::<serde_json::Value>(text) {
+                Ok(serde_json::Value::Array(_)) => Some("an array"),
+                Ok(serde_json::Value::String(_)) => Some("a string"),
+                Ok(serde_json::Value::Number(_)) => Some("a number"),
+                Ok(serde_json::Value::Bool(_)) => Some("a boolean"),
+                Ok(serde_json::Value::Null) => Some("null"),
+                _ => None,
+            };
+            match kind {
+                Some(k) => Error::Spec(format!("the spec must be a JSON object, not {k}")),
+                None => Error::Spec(e.to_string()),
+            }
+        })?;
         spec.validate()?;
         Ok(spec)
     }
@@ -261,6 +282,12 @@ impl Spec {
                 }
             }
         }
+        let params = self.param_bound();
+        if params > MAX_PARAMS {
+            return bad(format!(
+                "the network would have about {params:.3e} parameters, more than the 2^30 (about 1.07e9) resgrad builds (check depth, units, width, hidden, in_features, classes)"
+            ));
+        }
         match self.shortcut {
             Shortcut::Scale { shortcut, branch } => {
                 for (n, v) in [("shortcut", shortcut), ("branch", branch)] {
@@ -282,6 +309,57 @@ impl Spec {
             _ => {}
         }
         Ok(())
+    }
+
+    /// An upper bound on the number of parameters (weights, biases, BN
+    /// affine parameters) of the network, as a float so that absurd sizes
+    /// cannot overflow. Used to refuse specs that could never be built.
+    pub fn param_bound(&self) -> f64 {
+        let f = |v: usize| v as f64;
+        match self.arch {
+            Arch::Mlp => {
+                let (fin, hid, nu) = (
+                    f(self.in_features.unwrap_or(0)),
+                    f(self.hidden.unwrap_or(0)),
+                    f(self.units.unwrap_or(0)),
+                );
+                // stem, per unit up to three hidden x hidden layers (two
+                // branch layers and a gate / 1x1 shortcut) with biases and
+                // BN, the head
+                fin * hid
+                    + 4.0 * hid
+                    + nu * 3.0 * (hid * hid + 3.0 * hid)
+                    + hid * f(self.classes)
+                    + f(self.classes)
+            }
+            Arch::Cifar => {
+                let per = match self.block {
+                    Block::Basic => 6.0,
+                    Block::Bottleneck => 9.0,
+                };
+                let n = (f(self.depth.unwrap_or(0)) - 2.0).max(0.0) / per;
+                let w = f(self.width);
+                let expand = if self.block == Block::Bottleneck {
+                    4.0
+                } else {
+                    1.0
+                };
+                // every unit bounded by three 3x3 convs at its widest
+                // (output) width, plus a 1x1 shortcut / gate and BN
+                let stages: f64 = [w, 2.0 * w, 4.0 * w]
+                    .iter()
+                    .map(|&c| {
+                        let c = c * expand;
+                        n * (3.0 * 9.0 * c * c + c * c + 8.0 * c)
+                    })
+                    .sum();
+                9.0 * f(self.in_channels) * w
+                    + 2.0 * w
+                    + stages
+                    + 4.0 * w * expand * f(self.classes)
+                    + f(self.classes)
+            }
+        }
     }
 
     /// A short human-readable name, e.g. `cifar-20 full_preact identity B`.
@@ -371,7 +449,7 @@ mod tests {
                 "6n+2",
             ),
             (
-                r#"{"depth":21,"block":"bottleneck","unit":"original","shortcut":{"kind":"identity"}}"#,
+                r#"{"depth":26,"block":"bottleneck","unit":"original","shortcut":{"kind":"identity"}}"#,
                 "9n+2",
             ),
             (

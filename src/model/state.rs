@@ -51,19 +51,22 @@ impl<T: Scalar> Net<T> {
         fn fetch<T: Scalar>(st: &SafeTensors, name: &str, shape: &[usize]) -> Result<Vec<T>> {
             if !st.contains(name) {
                 return Err(Error::Weights(format!(
-                    "missing tensor {name:?} (expected shape {shape:?})"
+                    "{}: missing tensor {name:?} (expected shape {shape:?})",
+                    st.origin_str()
                 )));
             }
             let t: Tensor<T> = st.get(name)?;
             if t.shape() != shape {
                 return Err(Error::Weights(format!(
-                    "tensor {name:?} has shape {:?}, the model needs {shape:?}",
+                    "{}: tensor {name:?} has shape {:?}, the model needs {shape:?}",
+                    st.origin_str(),
                     t.shape()
                 )));
             }
             if let Some(i) = t.data().iter().position(|v| !v.is_finite()) {
                 return Err(Error::Weights(format!(
-                    "tensor {name:?} holds a non-finite value at flat index {i}"
+                    "{}: tensor {name:?} holds a non-finite value at flat index {i}",
+                    st.origin_str()
                 )));
             }
             Ok(t.into_data())
@@ -79,9 +82,9 @@ impl<T: Scalar> Net<T> {
             let key = format!("{}.num_batches_tracked", bn.prefix);
             if st.contains(&key) {
                 let (_, v) = st.get_i64(&key)?;
-                bn.num_batches_tracked = *v
-                    .first()
-                    .ok_or_else(|| Error::Weights(format!("{key:?} is empty")))?;
+                bn.num_batches_tracked = *v.first().ok_or_else(|| {
+                    Error::Weights(format!("{}: {key:?} is empty", st.origin_str()))
+                })?;
             }
         }
         Ok(())

@@ -232,10 +232,13 @@ pub fn load_data(cfg: &TrainConfig) -> Result<RunData> {
         Arch::Mlp => {
             if Some(t.c * t.h * t.w) != cfg.spec.in_features {
                 return Err(Error::Config(format!(
-                    "{} has {} features per image; the spec wants in_features {:?}",
+                    "{} has {} features per image ({}x{}x{}); the spec wants in_features {}",
                     cfg.data,
                     t.c * t.h * t.w,
-                    cfg.spec.in_features
+                    t.c,
+                    t.h,
+                    t.w,
+                    cfg.spec.in_features.unwrap_or(0)
                 )));
             }
         }

@@ -10,6 +10,9 @@ use crate::model::{Arch, Net};
 use crate::probe::{flow_rows, FlowRow};
 use std::sync::Arc;
 
+/// Iteration -> (images, labels).
+type BatchSource = dyn FnMut(u64) -> Result<(Vec<f32>, Vec<usize>)>;
+
 /// Where the probe's batches come from.
 pub enum FlowData {
     /// the run's data set (`cfg.data`)
@@ -19,9 +22,6 @@ pub enum FlowData {
     /// initialisation for any spec, no data needed
     Synthetic { image: usize },
 }
-
-/// Produces the (images, labels) batch of an iteration.
-type BatchSource = dyn FnMut(u64) -> Result<(Vec<f32>, Vec<usize>)>;
 
 /// Probe rows at iteration 0 and after `steps` SGD steps (`cfg.batch`,
 /// `cfg.schedule`, `cfg.sgd`, `cfg.seed`, `cfg.branch_init_scale` apply).

@@ -45,6 +45,45 @@ impl MetricsRow {
     }
 }
 
+impl MetricsRow {
+    /// Parse one data line of `metrics.csv` (the inverse of [`csv_line`],
+    /// up to its rounding); `None` if it is not nine numbers.
+    ///
+    /// [`csv_line`]: MetricsRow::csv_line
+    pub fn parse_csv_line(line: &str) -> Option<MetricsRow> {
+        let f: Vec<&str> = line.trim_end().split(',').collect();
+        if f.len() != 9 {
+            return None;
+        }
+        let x = |i: usize| f[i].trim().parse::<f64>().ok();
+        Some(MetricsRow {
+            iter: f[0].trim().parse().ok()?,
+            epoch: x(1)?,
+            lr: x(2)?,
+            train_loss: x(3)?,
+            train_acc: x(4)?,
+            test_loss: x(5)?,
+            test_acc: x(6)?,
+            images_per_s: x(7)?,
+            wall_s: x(8)?,
+        })
+    }
+}
+
+/// The last complete row of a `metrics.csv`, if the file exists and has one.
+pub fn last_row(path: &Path) -> Result<Option<MetricsRow>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    Ok(text
+        .split_inclusive('\n')
+        .skip(1)
+        .filter(|l| l.ends_with('\n'))
+        .filter_map(MetricsRow::parse_csv_line)
+        .last())
+}
+
 /// Append complete lines to `path` (created with `header` if absent).
 pub fn append_lines(path: &Path, header: &str, lines: &str) -> Result<()> {
     let exists = path.exists();

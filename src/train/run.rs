@@ -8,7 +8,7 @@
 use super::checkpoint::{self, CHECKPOINT};
 use super::config::{load_data, TrainConfig};
 use super::metrics::{
-    append_lines, retain_rows, MetricsRow, FLOW_CSV, METRICS_CSV, METRICS_HEADER,
+    append_lines, last_row, retain_rows, MetricsRow, FLOW_CSV, METRICS_CSV, METRICS_HEADER,
 };
 use super::optim::Sgd;
 use super::progress::Progress;
@@ -122,6 +122,8 @@ pub fn divergence(net: &Net<f32>, loss: f64, max_norm: f64) -> Option<String> {
 pub fn train_run(cfg: &TrainConfig, dir: &Path, resume: bool, quiet: bool) -> Result<RunOutcome> {
     cfg.validate()?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    // a run killed while writing its checkpoint leaves the temporary behind
+    crate::io::remove_stale_temporaries(dir);
     let data = load_data(cfg)?;
     let image = data.train.h;
     let mut net: Net<f32> = Net::new(&cfg.spec, image, cfg.seed)?;
@@ -168,7 +170,15 @@ pub fn train_run(cfg: &TrainConfig, dir: &Path, resume: bool, quiet: bool) -> Re
     let mut progress = Progress::new(&cfg.name, cfg.iters, iter, quiet);
     let start = Instant::now();
     let mut window = (0.0f64, 0usize, 0usize, 0.0f64); // (loss sum, correct, seen, compute seconds)
-    let mut last = MetricsRow::default();
+                                                       // a resumed run that had already finished reports its last evaluation
+    let mut last = if iter > 0 {
+        last_row(&metrics_path)?.unwrap_or(MetricsRow {
+            iter,
+            ..MetricsRow::default()
+        })
+    } else {
+        MetricsRow::default()
+    };
     let (mut flow_first, mut flow_last): (Vec<FlowRow>, Vec<FlowRow>) = (vec![], vec![]);
     let mut diverged = None;
     'outer: while iter < cfg.iters {

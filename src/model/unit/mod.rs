@@ -50,6 +50,7 @@ pub enum Step {
 
 /// The shortcut path `h(x)`.
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // one per unit: size does not matter
 pub enum ShortcutPath<T> {
     Identity,
     /// strided subsampling + zero-padded channels
