@@ -35,7 +35,7 @@ pub struct ModelArgs {
     #[arg(long, default_value_t = 1.0)]
     pub branch: f64,
     /// gate bias initialisation (gated shortcuts)
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub gate_bias: f64,
     /// dropout probability (dropout shortcuts)
     #[arg(long, default_value_t = 0.5)]

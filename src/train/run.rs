@@ -23,6 +23,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// The final weights of a finished run (state dict only, no optimiser state).
+pub const WEIGHTS: &str = "weights.safetensors";
+
 /// How a run ended.
 #[derive(Clone, Debug, Serialize)]
 pub struct RunOutcome {
@@ -253,6 +256,17 @@ pub fn train_run(cfg: &TrainConfig, dir: &Path, resume: bool, quiet: bool) -> Re
         }
     }
     progress.finish();
+    if diverged.is_none() && iter >= cfg.iters {
+        // the final weights alone, under the reference's state-dict names:
+        // `Net(spec).load_state_dict(safetensors.torch.load_file(...))` takes them as is
+        let mut st = crate::io::safetensors::SafeTensors::new();
+        net.save_state(&mut st)?;
+        st.metadata.insert(
+            "spec".into(),
+            serde_json::to_string(&cfg.spec).map_err(|e| Error::Config(e.to_string()))?,
+        );
+        st.write_atomic(&dir.join(WEIGHTS))?;
+    }
     if flow_first.is_empty() {
         flow_first = flow_last.clone();
     }
