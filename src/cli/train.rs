@@ -3,7 +3,7 @@
 use clap::Args;
 use resgrad::error::{Error, Result};
 use resgrad::model::{Arch, Block, Downsample, Shortcut, Spec, UnitKind};
-use resgrad::train::schedule::{Decay, Warmup};
+use resgrad::train::settings::{geometry, Settings};
 use resgrad::train::{DataSource, TrainConfig};
 use std::path::PathBuf;
 
@@ -157,9 +157,9 @@ pub struct TrainArgs {
     /// step schedule factor
     #[arg(long, default_value_t = 0.1)]
     pub gamma: f64,
-    /// warm-up iterations
-    #[arg(long, default_value_t = 0)]
-    pub warmup_iters: u64,
+    /// warm-up iterations (the preset's warm-up is kept unless this is given)
+    #[arg(long)]
+    pub warmup_iters: Option<u64>,
     /// constant | linear
     #[arg(long, default_value = "constant")]
     pub warmup: String,
@@ -217,112 +217,34 @@ impl TrainArgs {
         }
         let data = DataSource::parse(&self.data)?;
         // the image geometry decides in_channels / in_features
-        let (c, feats, classes) = match &data {
-            DataSource::Mnist5k | DataSource::Mnist(_) => (1, 784, 10),
-            DataSource::Cifar10(_) => (3, 3072, 10),
-            DataSource::Cifar100(_) => (3, 3072, 100),
-        };
+        let (c, feats, classes) = geometry(&data);
         let spec = self.model.spec(c, feats, classes)?;
-        let name = spec.label();
-        let mut cfg = TrainConfig::new(&name, spec, data);
-        match self.preset.as_deref() {
-            None => {}
-            Some("paper") => cfg.apply_paper_preset(),
-            Some(p) => return Err(Error::Config(format!("unknown preset {p:?} (paper)"))),
-        }
-        if let Some(b) = self.batch {
-            cfg.batch = b;
-        }
-        if let Some(lr) = self.lr {
-            cfg.schedule.base_lr = lr;
-        }
-        if let Some(m) = self.momentum {
-            cfg.sgd.momentum = m;
-        }
-        if let Some(wd) = self.wd {
-            cfg.sgd.weight_decay = wd;
-        }
-        cfg.sgd.nesterov |= self.nesterov;
-        cfg.sgd.no_decay_bn_bias |= self.no_decay_bn_bias;
-        match self.schedule.as_deref() {
-            None => {}
-            Some("constant") => cfg.schedule.decay = Decay::Constant,
-            Some("step") => {
-                cfg.schedule.decay = Decay::Step {
-                    milestones: self.milestones.clone(),
-                    gamma: self.gamma,
-                }
-            }
-            Some("cosine") => {
-                cfg.schedule.decay = Decay::Cosine {
-                    total: 0,
-                    min_lr: 0.0,
-                }
-            }
-            Some(s) => {
-                return Err(Error::Config(format!(
-                    "unknown schedule {s:?} (constant, step, cosine)"
-                )))
-            }
-        }
-        if self.schedule.is_none() && !self.milestones.is_empty() {
-            cfg.schedule.decay = Decay::Step {
-                milestones: self.milestones.clone(),
-                gamma: self.gamma,
-            };
-        }
-        if self.warmup_iters > 0 {
-            cfg.schedule.warmup = match self.warmup.as_str() {
-                "constant" => Warmup::Constant {
-                    iters: self.warmup_iters,
-                    lr: self.warmup_lr.unwrap_or(cfg.schedule.base_lr / 10.0),
-                },
-                "linear" => Warmup::Linear {
-                    iters: self.warmup_iters,
-                    start_factor: self.warmup_lr.unwrap_or(0.1),
-                },
-                w => {
-                    return Err(Error::Config(format!(
-                        "unknown warm-up {w:?} (constant, linear)"
-                    )))
-                }
-            };
-        }
-        cfg.seed = self.seed;
-        cfg.val = self.val;
-        if self.no_augment {
-            cfg.augment = resgrad::data::Augment::none();
-        }
-        cfg.flow_every = self.flow_every;
-        cfg.eval_every = self.eval_every;
-        cfg.max_grad_norm = self.max_grad_norm;
-        cfg.branch_init_scale = self.branch_init_scale;
-        // iterations: --iters, or --epochs times the batches per epoch
-        // (an estimate: the loader checks the real sizes; --val larger than
-        // the data is reported when the data is split)
-        let train_images = match &cfg.data {
-            DataSource::Mnist5k => 4000usize,
-            DataSource::Cifar10(_) | DataSource::Cifar100(_) => 50_000,
-            DataSource::Mnist(_) => 60_000,
-        }
-        .saturating_sub(cfg.val);
-        let per_epoch = (train_images / cfg.batch.max(1)) as u64;
-        if let Some(i) = self.iters {
-            cfg.iters = i;
-        } else if let Some(e) = self.epochs {
-            if per_epoch == 0 {
-                return Err(Error::Config(format!(
-                    "--epochs: an epoch of the {train_images} training images of {} (after --val {}) has no full batch of {}",
-                    cfg.data, cfg.val, cfg.batch
-                )));
-            }
-            cfg.iters = e.saturating_mul(per_epoch);
-        } else if cfg.iters == 0 {
-            cfg.iters = 10 * per_epoch;
-        }
-        if let Decay::Cosine { total, .. } = &mut cfg.schedule.decay {
-            *total = cfg.iters;
-        }
+        let settings = Settings {
+            data: Some(self.data.clone()),
+            preset: self.preset.clone(),
+            iters: self.iters,
+            epochs: self.epochs,
+            batch: self.batch,
+            lr: self.lr,
+            momentum: self.momentum,
+            nesterov: self.nesterov.then_some(true),
+            wd: self.wd,
+            no_decay_bn_bias: self.no_decay_bn_bias.then_some(true),
+            schedule: self.schedule.clone(),
+            milestones: (!self.milestones.is_empty()).then(|| self.milestones.clone()),
+            gamma: Some(self.gamma),
+            warmup: self.warmup_iters.map(|_| self.warmup.clone()),
+            warmup_iters: self.warmup_iters,
+            warmup_lr: self.warmup_lr,
+            seed: Some(self.seed),
+            val: Some(self.val),
+            augment: self.no_augment.then_some(false),
+            flow_every: Some(self.flow_every),
+            eval_every: Some(self.eval_every),
+            max_grad_norm: Some(self.max_grad_norm),
+            branch_init_scale: Some(self.branch_init_scale),
+        };
+        let cfg = settings.build(&spec.label(), spec, data)?;
         let out = self
             .out
             .clone()

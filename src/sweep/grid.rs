@@ -8,12 +8,10 @@
 //! before the first run starts, so a typo in the last cell of a grid fails
 //! the sweep at once (exit 2), not an hour in.
 
-use crate::data::Augment;
 use crate::error::{Error, Result};
 use crate::model::Spec;
-use crate::train::schedule::{Decay, Warmup};
+pub use crate::train::settings::{geometry, Settings};
 use crate::train::{DataSource, TrainConfig};
-use serde::Deserialize;
 use serde_json::{Map, Value};
 
 /// Keys of the model spec (`[base].spec` and grid keys).
@@ -61,45 +59,6 @@ pub const SETTING_KEYS: &[&str] = &[
 ];
 
 const TOP_KEYS: &str = "name, description, fail_above, [base], [grid]";
-
-/// Training settings of one run, as written in the grid file. Every field is
-/// optional: unset ones keep `TrainConfig::new`'s default or the preset's.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Settings {
-    /// mnist5k | cifar10:DIR | cifar100:DIR | mnist:DIR (default mnist5k)
-    pub data: Option<String>,
-    /// `paper`: He et al.'s CIFAR recipe; the other fields override it
-    pub preset: Option<String>,
-    pub iters: Option<u64>,
-    pub epochs: Option<u64>,
-    pub batch: Option<usize>,
-    pub lr: Option<f64>,
-    pub momentum: Option<f64>,
-    pub nesterov: Option<bool>,
-    /// weight decay
-    pub wd: Option<f64>,
-    pub no_decay_bn_bias: Option<bool>,
-    /// constant | step | cosine
-    pub schedule: Option<String>,
-    /// step milestones (iterations); alone they imply `schedule = "step"`
-    pub milestones: Option<Vec<u64>>,
-    /// step factor (default 0.1)
-    pub gamma: Option<f64>,
-    /// constant | linear | none (with `warmup_iters`)
-    pub warmup: Option<String>,
-    pub warmup_iters: Option<u64>,
-    /// lr of a constant warm-up (default lr/10); start factor of a linear one (default 0.1)
-    pub warmup_lr: Option<f64>,
-    pub seed: Option<u64>,
-    pub val: Option<usize>,
-    /// pad-crop-flip augmentation on (true) or off (false); default: the data set's
-    pub augment: Option<bool>,
-    pub flow_every: Option<u64>,
-    pub eval_every: Option<u64>,
-    pub max_grad_norm: Option<f64>,
-    pub branch_init_scale: Option<f64>,
-}
 
 /// One axis of the grid: a key (or several keys linked with `+`, which vary
 /// together) and its values.
@@ -447,25 +406,9 @@ fn sanitize(s: &str) -> String {
         .collect()
 }
 
-/// Image geometry of a data source: (channels, features per image, classes).
-pub fn geometry(data: &DataSource) -> (usize, usize, usize) {
-    match data {
-        DataSource::Mnist5k | DataSource::Mnist(_) => (1, 784, 10),
-        DataSource::Cifar10(_) => (3, 3072, 10),
-        DataSource::Cifar100(_) => (3, 3072, 100),
-    }
-}
-
-fn train_images(data: &DataSource) -> usize {
-    match data {
-        DataSource::Mnist5k => 4000,
-        DataSource::Cifar10(_) | DataSource::Cifar100(_) => 50_000,
-        DataSource::Mnist(_) => 60_000,
-    }
-}
-
 /// Build the run's config from its merged spec and settings, the way
-/// `resgrad train`'s flags do: defaults, then the preset, then every field set.
+/// `resgrad train`'s flags do (see [`Settings::build`]); the data decide the
+/// input geometry unless the spec says otherwise.
 pub fn build_config(
     name: &str,
     mut spec: Map<String, Value>,
@@ -474,7 +417,6 @@ pub fn build_config(
     let s: Settings = serde_json::from_value(Value::Object(settings))
         .map_err(|e| Error::Config(format!("settings: {e}")))?;
     let data = DataSource::parse(s.data.as_deref().unwrap_or("mnist5k"))?;
-    // the data decide the input geometry unless the spec says otherwise
     let (c, feats, classes) = geometry(&data);
     let mlp = spec.get("arch").and_then(Value::as_str) == Some("mlp");
     spec.entry("in_channels").or_insert(Value::from(c));
@@ -484,124 +426,15 @@ pub fn build_config(
     }
     let spec: Spec =
         serde_json::from_value(Value::Object(spec)).map_err(|e| Error::Spec(e.to_string()))?;
-    spec.validate()?;
-    let mut cfg = TrainConfig::new(name, spec, data);
-    match s.preset.as_deref() {
-        None => {}
-        Some("paper") => cfg.apply_paper_preset(),
-        Some(p) => return Err(Error::Config(format!("unknown preset {p:?} (paper)"))),
-    }
-    if let Some(b) = s.batch {
-        cfg.batch = b;
-    }
-    if let Some(lr) = s.lr {
-        cfg.schedule.base_lr = lr;
-    }
-    if let Some(m) = s.momentum {
-        cfg.sgd.momentum = m;
-    }
-    if let Some(wd) = s.wd {
-        cfg.sgd.weight_decay = wd;
-    }
-    if let Some(n) = s.nesterov {
-        cfg.sgd.nesterov = n;
-    }
-    if let Some(n) = s.no_decay_bn_bias {
-        cfg.sgd.no_decay_bn_bias = n;
-    }
-    let gamma = s.gamma.unwrap_or(0.1);
-    let milestones = s.milestones.clone().unwrap_or_default();
-    match s.schedule.as_deref() {
-        None if s.milestones.is_some() => cfg.schedule.decay = Decay::Step { milestones, gamma },
-        None => {
-            if let (Some(g), Decay::Step { gamma, .. }) = (s.gamma, &mut cfg.schedule.decay) {
-                *gamma = g;
-            }
-        }
-        Some("constant") => cfg.schedule.decay = Decay::Constant,
-        Some("step") => cfg.schedule.decay = Decay::Step { milestones, gamma },
-        Some("cosine") => {
-            cfg.schedule.decay = Decay::Cosine {
-                total: 0,
-                min_lr: 0.0,
-            }
-        }
-        Some(x) => {
-            return Err(Error::Config(format!(
-                "unknown schedule {x:?} (constant, step, cosine)"
-            )))
-        }
-    }
-    match (s.warmup_iters, s.warmup.as_deref()) {
-        (Some(0), _) | (_, Some("none")) => cfg.schedule.warmup = Warmup::None,
-        (Some(iters), None | Some("constant")) => {
-            cfg.schedule.warmup = Warmup::Constant {
-                iters,
-                lr: s.warmup_lr.unwrap_or(cfg.schedule.base_lr / 10.0),
-            }
-        }
-        (Some(iters), Some("linear")) => {
-            cfg.schedule.warmup = Warmup::Linear {
-                iters,
-                start_factor: s.warmup_lr.unwrap_or(0.1),
-            }
-        }
-        (Some(_), Some(w)) => {
-            return Err(Error::Config(format!(
-                "unknown warm-up {w:?} (constant, linear, none)"
-            )))
-        }
-        (None, Some(w)) => return Err(Error::Config(format!("warmup = {w:?} needs warmup_iters"))),
-        (None, None) => {
-            if let (Some(lr), Warmup::Constant { lr: wl, .. }) =
-                (s.warmup_lr, &mut cfg.schedule.warmup)
-            {
-                *wl = lr;
-            }
-        }
-    }
-    if let Some(seed) = s.seed {
-        cfg.seed = seed;
-    }
-    if let Some(v) = s.val {
-        cfg.val = v;
-    }
-    match s.augment {
-        Some(true) => cfg.augment = Augment::cifar(),
-        Some(false) => cfg.augment = Augment::none(),
-        None => {}
-    }
-    if let Some(f) = s.flow_every {
-        cfg.flow_every = f;
-    }
-    if let Some(e) = s.eval_every {
-        cfg.eval_every = e;
-    }
-    if let Some(m) = s.max_grad_norm {
-        cfg.max_grad_norm = m;
-    }
-    if let Some(b) = s.branch_init_scale {
-        cfg.branch_init_scale = b;
-    }
-    let per_epoch = (train_images(&cfg.data).saturating_sub(cfg.val) / cfg.batch.max(1)) as u64;
-    match (s.iters, s.epochs) {
-        (Some(_), Some(_)) => return Err(Error::Config("give iters or epochs, not both".into())),
-        (Some(i), None) => cfg.iters = i,
-        (None, Some(e)) => cfg.iters = e * per_epoch,
-        (None, None) if cfg.iters == 0 => cfg.iters = 10 * per_epoch,
-        (None, None) => {}
-    }
-    if let Decay::Cosine { total, .. } = &mut cfg.schedule.decay {
-        *total = cfg.iters;
-    }
-    cfg.validate()?;
-    Ok(cfg)
+    s.build(name, spec, data)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::Augment;
     use crate::model::{Arch, Shortcut};
+    use crate::train::schedule::{Decay, Warmup};
 
     const TINY: &str = r#"
 name = "tiny"

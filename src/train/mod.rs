@@ -9,6 +9,7 @@ pub mod optim;
 pub mod progress;
 pub mod run;
 pub mod schedule;
+pub mod settings;
 
 pub use config::{DataSource, TrainConfig};
 pub use run::{train_run, RunOutcome};
