@@ -65,7 +65,7 @@ fn alloc<T: Scalar>(v: &mut Vec<T>, len: usize) {
 }
 
 fn zero<T: Scalar>(v: &mut [T]) {
-    v.iter_mut().for_each(|x| *x = T::zero());
+    crate::ops::par::par_zero(v);
 }
 
 impl<T: Scalar> Net<T> {

@@ -33,6 +33,7 @@ use crate::error::Result;
 use crate::ops::activation::{relu_backward, relu_forward, sigmoid_forward};
 use crate::ops::conv2d::ConvWorkspace;
 use crate::ops::dropout::dropout_forward;
+use crate::ops::par::{par_pieces, par_pieces2, par_zero};
 use crate::ops::shortcut_a::{shortcut_a_backward, shortcut_a_forward, ShortcutAShape};
 use crate::scalar::Scalar;
 use crate::tensor::{dot, norm};
@@ -127,7 +128,7 @@ fn resize<T: Scalar>(v: &mut Vec<T>, len: usize) {
 }
 
 fn zero<T: Scalar>(v: &mut [T]) {
-    v.iter_mut().for_each(|x| *x = T::zero());
+    par_zero(v);
 }
 
 impl<T: Scalar> Unit<T> {
@@ -381,6 +382,12 @@ impl<T: Scalar> Unit<T> {
         self.post_acts.last().unwrap_or(&self.sum)
     }
 
+    /// Identity shortcut with a plain addition: the backward adds `dsum`
+    /// to `dx` and to `dF` in one pass, without materialising `dh`.
+    fn fused_identity_add(&self) -> bool {
+        matches!(self.path, ShortcutPath::Identity) && self.mix == Mix::Add
+    }
+
     fn ensure(&mut self, n: usize) {
         if self.n == n {
             return;
@@ -400,14 +407,10 @@ impl<T: Scalar> Unit<T> {
         let needs_h = !matches!(self.path, ShortcutPath::Identity | ShortcutPath::None)
             || matches!(self.mix, Mix::Dropout { .. });
         resize(&mut self.h, if needs_h { out } else { 0 });
-        resize(
-            &mut self.dh,
-            if matches!(self.path, ShortcutPath::None) {
-                0
-            } else {
-                out
-            },
-        );
+        // the identity + add backward writes dh straight into dx (no buffer)
+        // except when the probe keeps the terms apart (allocated then)
+        let no_dh = matches!(self.path, ShortcutPath::None) || self.fused_identity_add();
+        resize(&mut self.dh, if no_dh { 0 } else { out });
         let drop = matches!(self.mix, Mix::Dropout { .. });
         resize(&mut self.hd, if drop { out } else { 0 });
         resize(&mut self.mask, if drop { out } else { 0 });
@@ -415,9 +418,15 @@ impl<T: Scalar> Unit<T> {
         resize(&mut self.g, if gated { out } else { 0 });
         resize(&mut self.dz, if gated { out } else { 0 });
         resize(&mut self.sum, out);
-        resize(&mut self.dsum, out);
+        // dsum only when post steps follow the addition (else dsum is dy);
+        // dpost[i] holds the gradient of post step i's output for i < last
+        // (the last one's is dy)
+        let np = self.post.len();
+        resize(&mut self.dsum, if np > 0 { out } else { 0 });
         self.post_acts = self.post.iter().map(|_| vec![T::zero(); out]).collect();
-        self.dpost = self.post.iter().map(|_| vec![T::zero(); out]).collect();
+        self.dpost = (0..np)
+            .map(|i| vec![T::zero(); if i + 1 < np { out } else { 0 }])
+            .collect();
         if let ShortcutPath::OptionA(s) = &mut self.path {
             s.n = n;
         }
@@ -478,11 +487,11 @@ impl<T: Scalar> Unit<T> {
         let f = self.acts.last().expect("branch has steps");
         // the addition
         match self.mix {
-            Mix::Add => {
-                for ((y, &a), &b) in self.sum.iter_mut().zip(h).zip(f) {
+            Mix::Add => par_pieces(&mut self.sum, |at, sum| {
+                for ((y, &a), &b) in sum.iter_mut().zip(&h[at..]).zip(&f[at..]) {
                     *y = a + b;
                 }
-            }
+            }),
             Mix::Scale { shortcut, branch } => {
                 let (a, b) = (T::of(shortcut), T::of(branch));
                 for ((y, &hv), &fv) in self.sum.iter_mut().zip(h).zip(f) {
@@ -593,16 +602,28 @@ impl<T: Scalar> Unit<T> {
             matches!(self.path, ShortcutPath::Identity) && !matches!(self.mix, Mix::Dropout { .. });
         let h: &[T] = if identity_h { x } else { &self.h };
         let nsteps = self.steps.len();
+        let fused = self.fused_identity_add() && !probe;
+        if self.fused_identity_add() && probe {
+            resize(&mut self.dh, dx.len());
+        }
         {
             let df = &mut self.dacts[nsteps - 1];
             let f = &self.acts[nsteps - 1];
             match self.mix {
-                Mix::Add => {
-                    for ((a, b), &s) in self.dh.iter_mut().zip(df.iter_mut()).zip(dsum) {
+                // identity + add: the shortcut term dx += h'^T dh = dsum and
+                // dF = dsum, in one pass
+                Mix::Add if fused => par_pieces2(dx, df, |at, dx, df| {
+                    for ((a, b), &s) in dx.iter_mut().zip(df.iter_mut()).zip(&dsum[at..]) {
+                        *a += s; // dx += dh = s (the gradient highway)
+                        *b += s; // dF = s
+                    }
+                }),
+                Mix::Add => par_pieces2(&mut self.dh, df, |at, dh, df| {
+                    for ((a, b), &s) in dh.iter_mut().zip(df.iter_mut()).zip(&dsum[at..]) {
                         *a = s; // dh = s
                         *b += s; // dF = s
                     }
-                }
+                }),
                 Mix::Scale { shortcut, branch } => {
                     let (ca, cb) = (T::of(shortcut), T::of(branch));
                     for ((a, b), &s) in self.dh.iter_mut().zip(df.iter_mut()).zip(dsum) {
@@ -648,10 +669,14 @@ impl<T: Scalar> Unit<T> {
         let short_target: &mut [T] = if probe { &mut self.dx_short } else { dx };
         match &mut self.path {
             ShortcutPath::None => {}
+            ShortcutPath::Identity if fused => {} // done above
             ShortcutPath::Identity => {
-                for (d, &g) in short_target.iter_mut().zip(&self.dh) {
-                    *d += g;
-                }
+                let dh = &self.dh;
+                par_pieces(short_target, |at, t| {
+                    for (d, &g) in t.iter_mut().zip(&dh[at..]) {
+                        *d += g;
+                    }
+                });
             }
             ShortcutPath::OptionA(s) => shortcut_a_backward(short_target, &self.dh, s)?,
             ShortcutPath::Projection { layer, reads_pre } => match (*reads_pre, self.pre_idx) {

@@ -18,6 +18,7 @@ pub mod conv2d;
 pub mod dropout;
 pub mod elementwise;
 pub mod linear;
+pub mod par;
 pub mod pool;
 pub mod shortcut_a;
 pub mod softmax_ce;

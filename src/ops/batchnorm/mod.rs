@@ -151,24 +151,72 @@ fn block<T>(x: &[T], s: BnShape, n: usize, c: usize) -> &[T] {
     &x[at..at + s.hw]
 }
 
+/// Independent f64 accumulators per reduction: a single running sum is one
+/// dependent add per element (latency-bound, ~4 cycles each); `LANES`
+/// separate sums, added up at the end, vectorise. The order is fixed, so
+/// the result still does not depend on the thread count.
+const LANES: usize = 8;
+
+/// `sum_i f(i)` over `0..len` with `LANES` interleaved f64 accumulators.
+#[inline(always)]
+fn lane_sum(len: usize, f: impl Fn(usize) -> f64) -> f64 {
+    let mut acc = [0.0f64; LANES];
+    let full = len / LANES * LANES;
+    let mut i = 0;
+    while i < full {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a += f(i + l);
+        }
+        i += LANES;
+    }
+    let mut tail = 0.0;
+    for j in full..len {
+        tail += f(j);
+    }
+    acc.iter().sum::<f64>() + tail
+}
+
+/// `(sum_i f(i).0, sum_i f(i).1)` over `0..len`, `LANES` accumulators each.
+#[inline(always)]
+fn lane_sum2(len: usize, f: impl Fn(usize) -> (f64, f64)) -> (f64, f64) {
+    let mut a0 = [0.0f64; LANES];
+    let mut a1 = [0.0f64; LANES];
+    let full = len / LANES * LANES;
+    let mut i = 0;
+    while i < full {
+        for l in 0..LANES {
+            let (x, y) = f(i + l);
+            a0[l] += x;
+            a1[l] += y;
+        }
+        i += LANES;
+    }
+    let (mut t0, mut t1) = (0.0, 0.0);
+    for j in full..len {
+        let (x, y) = f(j);
+        t0 += x;
+        t1 += y;
+    }
+    (a0.iter().sum::<f64>() + t0, a1.iter().sum::<f64>() + t1)
+}
+
 /// Batch mean and biased variance of every channel, in f64 (two passes).
 fn batch_stats<T: Scalar>(inp: &[T], s: BnShape, parallel: bool) -> Vec<(f64, f64)> {
     let m = s.m() as f64;
     per_channel(s.c, parallel, |c| {
         let mut sum = 0.0f64;
         for n in 0..s.n {
-            sum += block(inp, s, n, c).iter().map(|v| v.f64()).sum::<f64>();
+            let b = block(inp, s, n, c);
+            sum += lane_sum(b.len(), |i| b[i].f64());
         }
         let mu = sum / m;
         let mut sq = 0.0f64;
         for n in 0..s.n {
-            sq += block(inp, s, n, c)
-                .iter()
-                .map(|v| {
-                    let d = v.f64() - mu;
-                    d * d
-                })
-                .sum::<f64>();
+            let b = block(inp, s, n, c);
+            sq += lane_sum(b.len(), |i| {
+                let d = b[i].f64() - mu;
+                d * d
+            });
         }
         (mu, sq / m)
     })
@@ -344,13 +392,16 @@ fn batchnorm_backward_unchecked<T: Scalar>(
         let (mu, r) = (mean[c].f64(), rstd[c].f64());
         let (mut sdy, mut sdyx) = (0.0f64, 0.0f64);
         for n in 0..s.n {
-            for (&g, &x) in block(dout, s, n, c).iter().zip(block(inp, s, n, c)) {
-                let g = g.f64();
-                sdy += g;
-                sdyx += g * (x.f64() - mu) * r;
-            }
+            let (gb, xb) = (block(dout, s, n, c), block(inp, s, n, c));
+            // sum dy and sum dy * (x - mu); the rstd factor once at the end
+            let (a, b) = lane_sum2(gb.len(), |i| {
+                let g = gb[i].f64();
+                (g, g * (xb[i].f64() - mu))
+            });
+            sdy += a;
+            sdyx += b;
         }
-        (sdy, sdyx)
+        (sdy, sdyx * r)
     });
     // dx = k * (dy - a - (x - mu) * b) with k = gamma * rstd, a = sum(dy) / M,
     // b = rstd * sum(dy * xhat) / M  (the xhat_i of the formula is (x - mu) * rstd)
