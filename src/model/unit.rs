@@ -487,11 +487,15 @@ impl<T: Scalar> Unit<T> {
         let f = self.acts.last().expect("branch has steps");
         // the addition
         match self.mix {
-            Mix::Add => par_pieces(&mut self.sum, |at, sum| {
-                for ((y, &a), &b) in sum.iter_mut().zip(&h[at..]).zip(&f[at..]) {
-                    *y = a + b;
-                }
-            }),
+            Mix::Add => par_pieces(
+                &mut self.sum,
+                #[inline(always)]
+                |at, sum| {
+                    for ((y, &a), &b) in sum.iter_mut().zip(&h[at..]).zip(&f[at..]) {
+                        *y = a + b;
+                    }
+                },
+            ),
             Mix::Scale { shortcut, branch } => {
                 let (a, b) = (T::of(shortcut), T::of(branch));
                 for ((y, &hv), &fv) in self.sum.iter_mut().zip(h).zip(f) {
@@ -612,18 +616,28 @@ impl<T: Scalar> Unit<T> {
             match self.mix {
                 // identity + add: the shortcut term dx += h'^T dh = dsum and
                 // dF = dsum, in one pass
-                Mix::Add if fused => par_pieces2(dx, df, |at, dx, df| {
-                    for ((a, b), &s) in dx.iter_mut().zip(df.iter_mut()).zip(&dsum[at..]) {
-                        *a += s; // dx += dh = s (the gradient highway)
-                        *b += s; // dF = s
-                    }
-                }),
-                Mix::Add => par_pieces2(&mut self.dh, df, |at, dh, df| {
-                    for ((a, b), &s) in dh.iter_mut().zip(df.iter_mut()).zip(&dsum[at..]) {
-                        *a = s; // dh = s
-                        *b += s; // dF = s
-                    }
-                }),
+                Mix::Add if fused => par_pieces2(
+                    dx,
+                    df,
+                    #[inline(always)]
+                    |at, dx, df| {
+                        for ((a, b), &s) in dx.iter_mut().zip(df.iter_mut()).zip(&dsum[at..]) {
+                            *a += s; // dx += dh = s (the gradient highway)
+                            *b += s; // dF = s
+                        }
+                    },
+                ),
+                Mix::Add => par_pieces2(
+                    &mut self.dh,
+                    df,
+                    #[inline(always)]
+                    |at, dh, df| {
+                        for ((a, b), &s) in dh.iter_mut().zip(df.iter_mut()).zip(&dsum[at..]) {
+                            *a = s; // dh = s
+                            *b += s; // dF = s
+                        }
+                    },
+                ),
                 Mix::Scale { shortcut, branch } => {
                     let (ca, cb) = (T::of(shortcut), T::of(branch));
                     for ((a, b), &s) in self.dh.iter_mut().zip(df.iter_mut()).zip(dsum) {
@@ -672,11 +686,15 @@ impl<T: Scalar> Unit<T> {
             ShortcutPath::Identity if fused => {} // done above
             ShortcutPath::Identity => {
                 let dh = &self.dh;
-                par_pieces(short_target, |at, t| {
-                    for (d, &g) in t.iter_mut().zip(&dh[at..]) {
-                        *d += g;
-                    }
-                });
+                par_pieces(
+                    short_target,
+                    #[inline(always)]
+                    |at, t| {
+                        for (d, &g) in t.iter_mut().zip(&dh[at..]) {
+                            *d += g;
+                        }
+                    },
+                );
             }
             ShortcutPath::OptionA(s) => shortcut_a_backward(short_target, &self.dh, s)?,
             ShortcutPath::Projection { layer, reads_pre } => match (*reads_pre, self.pre_idx) {

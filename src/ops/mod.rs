@@ -21,4 +21,5 @@ pub mod linear;
 pub mod par;
 pub mod pool;
 pub mod shortcut_a;
+pub mod simd;
 pub mod softmax_ce;

@@ -8,6 +8,7 @@
 //! inputs at `start..start + piece.len()`. Elementwise work has no
 //! reductions, so the result is bitwise the same for any split.
 
+use super::simd::fast;
 use rayon::prelude::*;
 
 /// Below this many elements a pass runs on the calling thread.
@@ -22,13 +23,19 @@ fn piece_len(len: usize) -> usize {
 pub fn par_pieces<T: Send>(out: &mut [T], f: impl Fn(usize, &mut [T]) + Sync + Send) {
     let len = out.len();
     if len < PAR_MIN_ELEMS || rayon::current_num_threads() == 1 {
-        f(0, out);
+        fast(
+            #[inline(always)]
+            || f(0, out),
+        );
         return;
     }
     let p = piece_len(len);
-    out.par_chunks_mut(p)
-        .enumerate()
-        .for_each(|(i, piece)| f(i * p, piece));
+    out.par_chunks_mut(p).enumerate().for_each(|(i, piece)| {
+        fast(
+            #[inline(always)]
+            || f(i * p, piece),
+        )
+    });
 }
 
 /// `f(start, piece_a, piece_b)` over matching pieces of two equally long outputs.
@@ -40,19 +47,31 @@ pub fn par_pieces2<T: Send>(
     assert_eq!(a.len(), b.len(), "par_pieces2: lengths differ");
     let len = a.len();
     if len < PAR_MIN_ELEMS || rayon::current_num_threads() == 1 {
-        f(0, a, b);
+        fast(
+            #[inline(always)]
+            || f(0, a, b),
+        );
         return;
     }
     let p = piece_len(len);
     a.par_chunks_mut(p)
         .zip(b.par_chunks_mut(p))
         .enumerate()
-        .for_each(|(i, (pa, pb))| f(i * p, pa, pb));
+        .for_each(|(i, (pa, pb))| {
+            fast(
+                #[inline(always)]
+                || f(i * p, pa, pb),
+            )
+        });
 }
 
 /// `x = 0`, in parallel for long slices.
 pub fn par_zero<T: Copy + Default + Send>(x: &mut [T]) {
-    par_pieces(x, |_, p| p.fill(T::default()));
+    par_pieces(
+        x,
+        #[inline(always)]
+        |_, p| p.fill(T::default()),
+    );
 }
 
 #[cfg(test)]
