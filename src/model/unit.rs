@@ -45,6 +45,31 @@ pub enum Step {
     Conv(usize),
     Bn(usize),
     Relu,
+    /// `Bn(i)` then `Relu`, fused (`ops::fused`): one output tensor, no
+    /// stored BN output
+    BnRelu(usize),
+}
+
+/// Merges every `Bn(i), Relu` pair into `BnRelu(i)`; `pre_idx` (an index
+/// into `steps`) follows: a pointer at a merged pair's ReLU now points at
+/// the fused step.
+fn fuse_bn_relu(steps: Vec<Step>, pre_idx: Option<usize>) -> (Vec<Step>, Option<usize>) {
+    let mut out = Vec::with_capacity(steps.len());
+    let mut map = Vec::with_capacity(steps.len()); // old index -> new index
+    let mut i = 0;
+    while i < steps.len() {
+        if let (Step::Bn(j), Some(Step::Relu)) = (steps[i], steps.get(i + 1)) {
+            out.push(Step::BnRelu(j));
+            map.push(out.len() - 1);
+            map.push(out.len() - 1);
+            i += 2;
+        } else {
+            out.push(steps[i]);
+            map.push(out.len() - 1);
+            i += 1;
+        }
+    }
+    (out, pre_idx.map(|p| map[p]))
 }
 
 /// The shortcut path `h(x)`.
@@ -232,6 +257,8 @@ impl<T: Scalar> Unit<T> {
             }
             _ => {}
         }
+        let (steps, pre_idx) = fuse_bn_relu(steps, pre_idx);
+        let (post, _) = fuse_bn_relu(post, None);
         // geometry of every step output
         let mut geoms = Vec::with_capacity(steps.len());
         let mut g = in_geom;
@@ -341,7 +368,7 @@ impl<T: Scalar> Unit<T> {
         for step in self.steps.iter().rev() {
             match *step {
                 Step::Relu => continue,
-                Step::Bn(j) => {
+                Step::Bn(j) | Step::BnRelu(j) => {
                     let bn = &mut self.bns[j];
                     bn.gamma
                         .value
@@ -793,6 +820,7 @@ pub(crate) fn step_forward<T: Scalar>(
         Step::Conv(i) => convs[i].forward(out, inp, n, gin, ws),
         Step::Bn(i) => bns[i].forward(out, inp, n, gin, train),
         Step::Relu => relu_forward(out, inp),
+        Step::BnRelu(i) => bns[i].forward_relu(out, inp, n, gin, train),
     }
 }
 
@@ -814,6 +842,7 @@ pub(crate) fn step_backward<T: Scalar>(
         Step::Conv(i) => convs[i].backward(Some(dinp), dout, inp, n, gin, ws),
         Step::Bn(i) => bns[i].backward(dinp, dout, inp, n, gin),
         Step::Relu => relu_backward(dinp, dout, out),
+        Step::BnRelu(i) => bns[i].backward_relu(dinp, dout, out, inp, n, gin),
     }
 }
 

@@ -17,6 +17,7 @@ pub mod batchnorm;
 pub mod conv2d;
 pub mod dropout;
 pub mod elementwise;
+pub mod fused;
 pub mod linear;
 pub mod par;
 pub mod pool;

@@ -103,6 +103,9 @@ impl BnShape {
     fn parallel(&self) -> bool {
         self.len() >= PAR_MIN
     }
+    pub(crate) fn parallel_pub(&self) -> bool {
+        self.parallel()
+    }
 }
 
 fn check_eps(eps: f64) -> Result<()> {
@@ -234,6 +237,48 @@ fn lane_sum2<T: Scalar>(x: &[T], y: &[T], f: impl Fn(T, T) -> (f64, f64)) -> (f6
     )
 }
 
+/// [`lane_sum2`] over three inputs.
+#[inline(always)]
+fn lane_sum3<T: Scalar>(
+    x: &[T],
+    y: &[T],
+    z: &[T],
+    f: impl Fn(T, T, T) -> (f64, f64),
+) -> (f64, f64) {
+    fast(
+        #[inline(always)]
+        || {
+            let mut a0 = [0.0f64; LANES];
+            let mut a1 = [0.0f64; LANES];
+            let (mut t0, mut t1) = (0.0, 0.0);
+            let mut ix = x.chunks_exact(LANES);
+            let mut iy = y.chunks_exact(LANES);
+            let mut iz = z.chunks_exact(LANES);
+            for ((cx, cy), cz) in (&mut ix).zip(&mut iy).zip(&mut iz) {
+                let cx: &[T; LANES] = cx.try_into().expect("LANES long");
+                let cy: &[T; LANES] = cy.try_into().expect("LANES long");
+                let cz: &[T; LANES] = cz.try_into().expect("LANES long");
+                for l in 0..LANES {
+                    let (p, q) = f(cx[l], cy[l], cz[l]);
+                    a0[l] += p;
+                    a1[l] += q;
+                }
+            }
+            let rest = ix
+                .remainder()
+                .iter()
+                .zip(iy.remainder())
+                .zip(iz.remainder());
+            for ((&u, &v), &w) in rest {
+                let (p, q) = f(u, v, w);
+                t0 += p;
+                t1 += q;
+            }
+            (a0.iter().sum::<f64>() + t0, a1.iter().sum::<f64>() + t1)
+        },
+    )
+}
+
 /// Batch mean and biased variance of every channel, in f64 (two passes).
 fn batch_stats<T: Scalar>(inp: &[T], s: BnShape, parallel: bool) -> Vec<(f64, f64)> {
     let m = s.m() as f64;
@@ -264,6 +309,19 @@ fn normalise<T: Scalar>(
     s: BnShape,
     parallel: bool,
 ) {
+    normalise_act::<T, false>(out, inp, mu, k, beta, s, parallel)
+}
+
+/// [`normalise`], then `max(0, .)` when `RELU` (the fused BN-ReLU forward).
+pub(crate) fn normalise_act<T: Scalar, const RELU: bool>(
+    out: &mut [T],
+    inp: &[T],
+    mu: &[T],
+    k: &[T],
+    beta: &[T],
+    s: BnShape,
+    parallel: bool,
+) {
     per_block(
         out,
         s,
@@ -273,7 +331,8 @@ fn normalise<T: Scalar>(
             let c = i % s.c;
             let (mc, kc, bc) = (mu[c], k[c], beta[c]);
             for (y, &x) in o.iter_mut().zip(&inp[i * s.hw..(i + 1) * s.hw]) {
-                *y = (x - mc) * kc + bc;
+                let v = (x - mc) * kc + bc;
+                *y = if RELU && v <= T::zero() { T::zero() } else { v };
             }
         },
     );
@@ -286,6 +345,36 @@ fn normalise<T: Scalar>(
 /// `N * HW == 1` (no variance to estimate) or `momentum` is not in [0, 1].
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_forward_train<T: Scalar>(
+    out: &mut [T],          // (N, C, HW)
+    mean: &mut [T],         // (C)   saved batch mean
+    rstd: &mut [T],         // (C)   saved 1 / sqrt(var + eps)
+    inp: &[T],              // (N, C, HW)
+    gamma: &[T],            // (C)
+    beta: &[T],             // (C)
+    running_mean: &mut [T], // (C)
+    running_var: &mut [T],  // (C)
+    momentum: f64,
+    eps: f64,
+    s: BnShape,
+) -> Result<()> {
+    forward_train_act::<T, false>(
+        out,
+        mean,
+        rstd,
+        inp,
+        gamma,
+        beta,
+        running_mean,
+        running_var,
+        momentum,
+        eps,
+        s,
+    )
+}
+
+/// [`batchnorm_forward_train`], with `out = max(0, y)` when `RELU`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn forward_train_act<T: Scalar, const RELU: bool>(
     out: &mut [T],          // (N, C, HW)
     mean: &mut [T],         // (C)   saved batch mean
     rstd: &mut [T],         // (C)   saved 1 / sqrt(var + eps)
@@ -336,7 +425,7 @@ pub fn batchnorm_forward_train<T: Scalar>(
         running_mean[c] = T::of((1.0 - momentum) * running_mean[c].f64() + momentum * mu);
         running_var[c] = T::of((1.0 - momentum) * running_var[c].f64() + momentum * var * unbias);
     }
-    normalise(out, inp, mean, &k, beta, s, par);
+    normalise_act::<T, RELU>(out, inp, mean, &k, beta, s, par);
     Ok(())
 }
 
@@ -424,6 +513,47 @@ fn batchnorm_backward_unchecked<T: Scalar>(
     s: BnShape,
     par: bool,
 ) {
+    backward_act::<T, false>(
+        dinp,
+        dgamma,
+        dbeta,
+        dout,
+        &[],
+        inp,
+        mean,
+        rstd,
+        gamma,
+        s,
+        par,
+    )
+}
+
+/// The training-mode backward; with `RELU`, of BN followed by ReLU: the
+/// gradient reaching the BN output is `dout * [y > 0]` with `y` = `act`, the
+/// ReLU's output (`act` is ignored without `RELU`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward_act<T: Scalar, const RELU: bool>(
+    dinp: &mut [T],
+    dgamma: &mut [T],
+    dbeta: &mut [T],
+    dout: &[T],
+    act: &[T],
+    inp: &[T],
+    mean: &[T],
+    rstd: &[T],
+    gamma: &[T],
+    s: BnShape,
+    par: bool,
+) {
+    // dL/d(BN output): dout, or dout masked by the ReLU
+    #[inline(always)]
+    fn dy<T: Scalar, const RELU: bool>(g: T, y: T) -> T {
+        if RELU && y <= T::zero() {
+            T::zero()
+        } else {
+            g
+        }
+    }
     let m = s.m() as f64;
     // per channel: (sum dy, sum dy * xhat), in f64
     let sums = per_channel(s.c, par, |c| {
@@ -431,10 +561,22 @@ fn batchnorm_backward_unchecked<T: Scalar>(
         let (mut sdy, mut sdyx) = (0.0f64, 0.0f64);
         for n in 0..s.n {
             // sum dy and sum dy * (x - mu); the rstd factor once at the end
-            let (a, b) = lane_sum2(block(dout, s, n, c), block(inp, s, n, c), |g, x| {
-                let g = g.f64();
-                (g, g * (x.f64() - mu))
-            });
+            let (a, b) = if RELU {
+                lane_sum3(
+                    block(dout, s, n, c),
+                    block(act, s, n, c),
+                    block(inp, s, n, c),
+                    |g, y, x| {
+                        let g = dy::<T, RELU>(g, y).f64();
+                        (g, g * (x.f64() - mu))
+                    },
+                )
+            } else {
+                lane_sum2(block(dout, s, n, c), block(inp, s, n, c), |g, x| {
+                    let g = g.f64();
+                    (g, g * (x.f64() - mu))
+                })
+            };
             sdy += a;
             sdyx += b;
         }
@@ -459,8 +601,19 @@ fn batchnorm_backward_unchecked<T: Scalar>(
             let (k, a, b) = coef[c];
             let mu = mean[c];
             let range = i * s.hw..(i + 1) * s.hw;
-            for ((dx, &g), &x) in d.iter_mut().zip(&dout[range.clone()]).zip(&inp[range]) {
-                *dx += k * (g - a - (x - mu) * b);
+            if RELU {
+                let (g, y, x) = (
+                    &dout[range.clone()],
+                    &act[range.clone()],
+                    &inp[range.clone()],
+                );
+                for (dx, ((&g, &y), &x)) in d.iter_mut().zip(g.iter().zip(y).zip(x)) {
+                    *dx += k * (dy::<T, RELU>(g, y) - a - (x - mu) * b);
+                }
+            } else {
+                for ((dx, &g), &x) in d.iter_mut().zip(&dout[range.clone()]).zip(&inp[range]) {
+                    *dx += k * (g - a - (x - mu) * b);
+                }
             }
         },
     );
