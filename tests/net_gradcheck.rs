@@ -46,7 +46,7 @@ fn check_net(spec: &Spec, image: usize, batch: usize, per_param: usize, seed: u6
         for &i in &idx {
             // fourth-order central difference: truncation O(h^4), round-off ~1e-16/h
             let h = 1e-5;
-            let mut loss_at = |delta: f64, net: &mut Net<f64>| {
+            let loss_at = |delta: f64, net: &mut Net<f64>| {
                 let orig = net.params_mut()[pi].value[i];
                 net.params_mut()[pi].value[i] = orig + delta;
                 net.forward(&x, true).unwrap();

@@ -74,6 +74,7 @@ fn fuse_bn_relu(steps: Vec<Step>, pre_idx: Option<usize>) -> (Vec<Step>, Option<
 
 /// The shortcut path `h(x)`.
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // one per unit: boxing buys nothing
 pub enum ShortcutPath<T> {
     Identity,
     /// strided subsampling + zero-padded channels

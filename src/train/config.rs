@@ -180,6 +180,7 @@ impl TrainConfig {
                 self.sgd.weight_decay
             ));
         }
+        #[allow(clippy::neg_cmp_op_on_partial_ord)] // NaN must fail too
         if !(self.max_grad_norm > 0.0) {
             return bad(format!(
                 "max_grad_norm must be > 0, got {}",

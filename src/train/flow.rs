@@ -29,6 +29,7 @@ pub fn flow_study(cfg: &TrainConfig, data: FlowData, steps: u64) -> Result<Vec<F
         return Err(Error::Config("batch must be at least 2".into()));
     }
     // a source of (images, labels) batches
+    #[allow(clippy::type_complexity)]
     let mut next: Box<dyn FnMut(u64) -> Result<(Vec<f32>, Vec<usize>)>>;
     let image;
     match data {
