@@ -9,7 +9,7 @@
 
 use super::layers::{BnLayer, Buffer, Geom, Param, WeightLayer};
 use super::spec::{Arch, Block, Spec};
-use super::unit::{Unit, UnitFlow};
+use super::unit::{Unit, UnitFlow, UnitGrads};
 use crate::error::{check_len, Error, Result};
 use crate::ops::activation::{relu_backward, relu_forward};
 use crate::ops::conv2d::ConvWorkspace;
@@ -48,6 +48,8 @@ pub struct Net<T> {
     dpooled: Vec<T>,
     dlogits: Vec<T>,
     ws: ConvWorkspace<T>,
+    /// gradient scratch shared by every unit's backward
+    grads: UnitGrads<T>,
     /// RNG of the dropout shortcuts
     pub rng: ChaCha8Rng,
     /// per-unit gradient split of the last `backward(.., probe = true)`
@@ -175,6 +177,7 @@ impl<T: Scalar> Net<T> {
             dpooled: vec![],
             dlogits: vec![],
             ws: ConvWorkspace::default(),
+            grads: UnitGrads::default(),
             rng: ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_d20b),
             flow: vec![UnitFlow::default(); nu],
         })
@@ -392,7 +395,7 @@ impl<T: Scalar> Net<T> {
                 ulo[i - 1].output()
             };
             let flow = if probe { Some(&mut self.flow[i]) } else { None };
-            uhi[0].backward(dx, &dhi[0], x, ws, flow)?;
+            uhi[0].backward(dx, &dhi[0], x, ws, &mut self.grads, flow)?;
         }
         // stem
         zero(&mut self.dstem_out);

@@ -113,6 +113,39 @@ pub struct UnitFlow {
     pub cosine: f64,
 }
 
+/// The gradient scratch of a unit's backward (branch steps, post steps,
+/// the probe's two terms): alive only during one unit's backward, so a
+/// network keeps one set for all its units.
+pub struct UnitGrads<T> {
+    dacts: Vec<Vec<T>>,
+    dsum: Vec<T>,
+    dpost: Vec<Vec<T>>,
+    dx_short: Vec<T>,
+    dx_branch: Vec<T>,
+}
+
+impl<T> Default for UnitGrads<T> {
+    fn default() -> Self {
+        UnitGrads {
+            dacts: vec![],
+            dsum: vec![],
+            dpost: vec![],
+            dx_short: vec![],
+            dx_branch: vec![],
+        }
+    }
+}
+
+impl<T> UnitGrads<T> {
+    fn swap(&mut self, u: &mut Unit<T>) {
+        std::mem::swap(&mut self.dacts, &mut u.dacts);
+        std::mem::swap(&mut self.dsum, &mut u.dsum);
+        std::mem::swap(&mut self.dpost, &mut u.dpost);
+        std::mem::swap(&mut self.dx_short, &mut u.dx_short);
+        std::mem::swap(&mut self.dx_branch, &mut u.dx_branch);
+    }
+}
+
 /// One residual unit with its parameters and its activation buffers.
 pub struct Unit<T> {
     pub index: usize,
@@ -137,7 +170,8 @@ pub struct Unit<T> {
     g: Vec<T>,              // gate sigmoid(z)
     sum: Vec<T>,            // mix output
     post_acts: Vec<Vec<T>>, // post step outputs
-    // gradients
+    // gradients (dacts, dsum, dpost, dx_short, dx_branch: swapped in from
+    // the net's shared UnitGrads during backward, empty otherwise)
     dacts: Vec<Vec<T>>,
     dh: Vec<T>,
     dz: Vec<T>,
@@ -427,11 +461,6 @@ impl<T: Scalar> Unit<T> {
             .iter()
             .map(|g| vec![T::zero(); g.len(n)])
             .collect();
-        self.dacts = self
-            .geoms
-            .iter()
-            .map(|g| vec![T::zero(); g.len(n)])
-            .collect();
         let needs_h = !matches!(self.path, ShortcutPath::Identity | ShortcutPath::None)
             || matches!(self.mix, Mix::Dropout { .. });
         resize(&mut self.h, if needs_h { out } else { 0 });
@@ -446,15 +475,7 @@ impl<T: Scalar> Unit<T> {
         resize(&mut self.g, if gated { out } else { 0 });
         resize(&mut self.dz, if gated { out } else { 0 });
         resize(&mut self.sum, out);
-        // dsum only when post steps follow the addition (else dsum is dy);
-        // dpost[i] holds the gradient of post step i's output for i < last
-        // (the last one's is dy)
-        let np = self.post.len();
-        resize(&mut self.dsum, if np > 0 { out } else { 0 });
         self.post_acts = self.post.iter().map(|_| vec![T::zero(); out]).collect();
-        self.dpost = (0..np)
-            .map(|i| vec![T::zero(); if i + 1 < np { out } else { 0 }])
-            .collect();
         if let ShortcutPath::OptionA(s) = &mut self.path {
             s.n = n;
         }
@@ -574,7 +595,53 @@ impl<T: Scalar> Unit<T> {
     /// Backward: `dx += dL/dx` given `dy = dL/d(output)`, accumulating every
     /// parameter gradient. With `flow`, the shortcut and branch terms are
     /// kept apart and recorded.
+    ///
+    /// The gradient buffers of the branch and of `post` live only during this
+    /// call, so they come from `grads`, one set shared by every unit of the
+    /// net (sized for the largest): swapped in here, swapped back at the end.
     pub fn backward(
+        &mut self,
+        dx: &mut [T],
+        dy: &[T],
+        x: &[T],
+        ws: &mut ConvWorkspace<T>,
+        grads: &mut UnitGrads<T>,
+        flow: Option<&mut UnitFlow>,
+    ) -> Result<()> {
+        grads.swap(self);
+        self.fit_grads(flow.is_some());
+        let r = self.backward_inner(dx, dy, x, ws, flow);
+        grads.swap(self);
+        r
+    }
+
+    /// Sizes the (swapped-in) gradient buffers for this unit; after the first
+    /// step every size fits the capacity already there (no allocation).
+    fn fit_grads(&mut self, probe: bool) {
+        let (n, nsteps, np) = (self.n, self.steps.len(), self.post.len());
+        let out = self.out_geom.len(n);
+        if self.dacts.len() < nsteps {
+            self.dacts.resize_with(nsteps, Vec::new);
+        }
+        for (d, g) in self.dacts.iter_mut().zip(&self.geoms) {
+            d.resize(g.len(n), T::zero());
+        }
+        // dsum only when post steps follow the addition (else dsum is dy);
+        // dpost[i] holds the gradient of post step i's output for i < last
+        // (the last one's is dy)
+        self.dsum.resize(if np > 0 { out } else { 0 }, T::zero());
+        if self.dpost.len() < np {
+            self.dpost.resize_with(np, Vec::new);
+        }
+        for (i, d) in self.dpost.iter_mut().enumerate().take(np) {
+            d.resize(if i + 1 < np { out } else { 0 }, T::zero());
+        }
+        let probe_len = if probe { self.in_geom.len(n) } else { 0 };
+        self.dx_short.resize(probe_len, T::zero());
+        self.dx_branch.resize(probe_len, T::zero());
+    }
+
+    fn backward_inner(
         &mut self,
         dx: &mut [T],
         dy: &[T],
@@ -585,12 +652,11 @@ impl<T: Scalar> Unit<T> {
         let n = self.n;
         let probe = flow.is_some();
         if probe {
-            resize(&mut self.dx_short, dx.len());
-            resize(&mut self.dx_branch, dx.len());
             zero(&mut self.dx_short);
             zero(&mut self.dx_branch);
         }
-        for d in self.dacts.iter_mut() {
+        let nsteps = self.steps.len();
+        for d in self.dacts[..nsteps].iter_mut() {
             zero(d);
         }
         // in the forward pass post came after the addition, so now carry dy back through it
@@ -598,7 +664,7 @@ impl<T: Scalar> Unit<T> {
             dy
         } else {
             zero(&mut self.dsum);
-            for d in self.dpost.iter_mut() {
+            for d in self.dpost[..self.post.len()].iter_mut() {
                 zero(d);
             }
             for i in (0..self.post.len()).rev() {
@@ -633,7 +699,6 @@ impl<T: Scalar> Unit<T> {
         let identity_h =
             matches!(self.path, ShortcutPath::Identity) && !matches!(self.mix, Mix::Dropout { .. });
         let h: &[T] = if identity_h { x } else { &self.h };
-        let nsteps = self.steps.len();
         let fused = self.fused_identity_add() && !probe;
         if self.fused_identity_add() && probe {
             resize(&mut self.dh, dx.len());
