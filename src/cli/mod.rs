@@ -144,11 +144,41 @@ pub enum Cmd {
         #[arg(long, default_value_t = 1)]
         jobs: usize,
     },
+    /// Training throughput: images/s of full training steps (forward,
+    /// backward, SGD momentum) on random CIFAR-shaped batches, and peak memory.
+    Bench(BenchArgs),
     /// Data sets.
     Data {
         #[command(subcommand)]
         cmd: DataCmd,
     },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// model spec (JSON); or give --depth/--unit
+    #[arg(long, conflicts_with_all = ["depth", "unit"])]
+    spec: Option<PathBuf>,
+    /// cifar depth (identity shortcuts, B projections)
+    #[arg(long)]
+    depth: Option<usize>,
+    /// original | full_preact | ... (with --depth)
+    #[arg(long, default_value = "original")]
+    unit: String,
+    /// basic | bottleneck (with --depth)
+    #[arg(long, default_value = "basic")]
+    block: String,
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    /// timed steps (the median is reported)
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// untimed warm-up steps
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// print one JSON object
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -318,6 +348,29 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Sweep { grid, out, jobs } => {
             resgrad::sweep::main(&grid, out.as_deref(), jobs, cli.threads)
+        }
+        Cmd::Bench(a) => {
+            use resgrad::train::bench::{cifar_spec, run_bench, BenchConfig};
+            let spec = match (&a.spec, a.depth) {
+                (Some(p), _) => Spec::from_file(p)?,
+                (None, Some(d)) => cifar_spec(d, &a.unit, &a.block)?,
+                (None, None) => return Err(Error::Config("bench: give --spec or --depth".into())),
+            };
+            let mut cfg = BenchConfig::new(spec);
+            (cfg.batch, cfg.steps, cfg.warmup) = (a.batch, a.steps, a.warmup);
+            let r = run_bench(&cfg)?;
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&r).map_err(|e| Error::Config(e.to_string()))?
+                );
+            } else {
+                println!(
+                    "{}: batch {}, {} threads: {:.1} images/s (step median {:.1} ms, min {:.1} ms), {:.1} GFLOP/s, peak RSS {:.0} MiB",
+                    r.model, r.batch, r.threads, r.images_per_s, r.step_ms_median, r.step_ms_min, r.gflops, r.peak_rss_mib
+                );
+            }
+            Ok(())
         }
         Cmd::Data {
             cmd:

@@ -4,12 +4,14 @@
 //! call the ops in `crate::ops`, where the math and its derivation live.
 
 use crate::error::Result;
+use crate::ops::activation::relu_inplace;
 use crate::ops::batchnorm::{
     batchnorm_backward, batchnorm_forward_eval, batchnorm_forward_train, BnShape, BN_EPS,
     BN_MOMENTUM,
 };
 use crate::ops::conv2d::{conv2d_backward, conv2d_forward, Conv2dShape, ConvWorkspace};
 use crate::ops::elementwise::{bias_add_backward, bias_add_forward};
+use crate::ops::fused::{bn_relu_backward, bn_relu_forward_train};
 use crate::ops::linear::{linear_backward, linear_forward, LinearShape};
 use crate::scalar::Scalar;
 use rand::Rng;
@@ -397,6 +399,68 @@ impl<T: Scalar> BnLayer<T> {
             &self.rstd,
             &self.gamma.value,
             s,
+        )
+    }
+
+    /// BN followed by ReLU, fused (`ops::fused`): `out = max(0, BN(inp))`.
+    pub fn forward_relu(
+        &mut self,
+        out: &mut [T],
+        inp: &[T],
+        n: usize,
+        g: Geom,
+        train: bool,
+    ) -> Result<()> {
+        if !train {
+            self.forward(out, inp, n, g, false)?;
+            relu_inplace(out);
+            return Ok(());
+        }
+        self.num_batches_tracked += 1;
+        bn_relu_forward_train(
+            out,
+            &mut self.mean,
+            &mut self.rstd,
+            inp,
+            &self.gamma.value,
+            &self.beta.value,
+            &mut self.running_mean.value,
+            &mut self.running_var.value,
+            BN_MOMENTUM,
+            BN_EPS,
+            BnShape {
+                n,
+                c: self.c,
+                hw: g.hw(),
+            },
+        )
+    }
+
+    /// Backward of [`BnLayer::forward_relu`] (training mode); `out` is its output.
+    pub fn backward_relu(
+        &mut self,
+        dinp: &mut [T],
+        dout: &[T],
+        out: &[T],
+        inp: &[T],
+        n: usize,
+        g: Geom,
+    ) -> Result<()> {
+        bn_relu_backward(
+            dinp,
+            &mut self.gamma.grad,
+            &mut self.beta.grad,
+            dout,
+            out,
+            inp,
+            &self.mean,
+            &self.rstd,
+            &self.gamma.value,
+            BnShape {
+                n,
+                c: self.c,
+                hw: g.hw(),
+            },
         )
     }
 

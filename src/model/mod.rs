@@ -10,4 +10,4 @@ pub mod unit;
 pub use layers::{BnLayer, Buffer, Geom, Param, ParamKind, WeightLayer};
 pub use net::Net;
 pub use spec::{Arch, Block, Downsample, Shortcut, Spec, UnitKind, MAX_PARAMS};
-pub use unit::{Unit, UnitFlow};
+pub use unit::{Unit, UnitFlow, UnitGrads};

@@ -9,7 +9,7 @@
 
 use super::layers::{BnLayer, Buffer, Geom, Param, WeightLayer};
 use super::spec::{Arch, Block, Spec};
-use super::unit::{Unit, UnitFlow};
+use super::unit::{Unit, UnitFlow, UnitGrads};
 use crate::error::{check_len, Error, Result};
 use crate::ops::activation::{relu_backward, relu_forward};
 use crate::ops::conv2d::ConvWorkspace;
@@ -35,10 +35,8 @@ pub struct Net<T> {
     top_geom: Geom,
     n: usize,
     // activations
-    stem_out: Vec<T>, // (N, C0, H, W)
-    stem_bn_out: Vec<T>,
-    x0: Vec<T>, // stem output after its activation: the first unit's input
-    final_bn_out: Vec<T>,
+    stem_out: Vec<T>,  // (N, C0, H, W)
+    x0: Vec<T>,        // stem output after its activation: the first unit's input
     final_out: Vec<T>, // (N, C, h, w) after the final BN/ReLU
     pooled: Vec<T>,    // (N, C)
     logits: Vec<T>,    // (N, classes)
@@ -46,12 +44,12 @@ pub struct Net<T> {
     // gradients
     dxs: Vec<Vec<T>>, // dL/dx_i, i = 0..=U
     dstem_out: Vec<T>,
-    dstem_bn_out: Vec<T>,
-    dfinal_bn_out: Vec<T>,
     dfinal_out: Vec<T>,
     dpooled: Vec<T>,
     dlogits: Vec<T>,
     ws: ConvWorkspace<T>,
+    /// gradient scratch shared by every unit's backward
+    grads: UnitGrads<T>,
     /// RNG of the dropout shortcuts
     pub rng: ChaCha8Rng,
     /// per-unit gradient split of the last `backward(.., probe = true)`
@@ -65,7 +63,7 @@ fn alloc<T: Scalar>(v: &mut Vec<T>, len: usize) {
 }
 
 fn zero<T: Scalar>(v: &mut [T]) {
-    v.iter_mut().for_each(|x| *x = T::zero());
+    crate::ops::par::par_zero(v);
 }
 
 impl<T: Scalar> Net<T> {
@@ -168,21 +166,18 @@ impl<T: Scalar> Net<T> {
             top_geom,
             n: 0,
             stem_out: vec![],
-            stem_bn_out: vec![],
             x0: vec![],
-            final_bn_out: vec![],
             final_out: vec![],
             pooled: vec![],
             logits: vec![],
             probs: vec![],
             dxs: vec![vec![]; nu + 1],
             dstem_out: vec![],
-            dstem_bn_out: vec![],
-            dfinal_bn_out: vec![],
             dfinal_out: vec![],
             dpooled: vec![],
             dlogits: vec![],
             ws: ConvWorkspace::default(),
+            grads: UnitGrads::default(),
             rng: ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_d20b),
             flow: vec![UnitFlow::default(); nu],
         })
@@ -207,24 +202,10 @@ impl<T: Scalar> Net<T> {
         let b = self.body_geom.len(n);
         let t = self.top_geom.len(n);
         alloc(&mut self.stem_out, b);
-        alloc(
-            &mut self.stem_bn_out,
-            if self.stem_bn.is_some() { b } else { 0 },
-        );
+
         alloc(&mut self.x0, b);
         alloc(&mut self.dstem_out, b);
-        alloc(
-            &mut self.dstem_bn_out,
-            if self.stem_bn.is_some() { b } else { 0 },
-        );
-        alloc(
-            &mut self.final_bn_out,
-            if self.final_bn.is_some() { t } else { 0 },
-        );
-        alloc(
-            &mut self.dfinal_bn_out,
-            if self.final_bn.is_some() { t } else { 0 },
-        );
+
         alloc(&mut self.final_out, t);
         alloc(&mut self.dfinal_out, t);
         alloc(&mut self.pooled, n * self.top_geom.c);
@@ -262,15 +243,13 @@ impl<T: Scalar> Net<T> {
         // stem: conv (or linear), then BN-ReLU for post-activation nets
         self.stem
             .forward(&mut self.stem_out, input, n, self.in_geom, ws)?;
-        let mut cur: &[T] = &self.stem_out;
+        // (a stem BN is always followed by the ReLU: fused)
         if let Some(bn) = self.stem_bn.as_mut() {
-            bn.forward(&mut self.stem_bn_out, cur, n, self.body_geom, train)?;
-            cur = &self.stem_bn_out;
-        }
-        if self.stem_relu {
-            relu_forward(&mut self.x0, cur)?;
+            bn.forward_relu(&mut self.x0, &self.stem_out, n, self.body_geom, train)?;
+        } else if self.stem_relu {
+            relu_forward(&mut self.x0, &self.stem_out)?;
         } else {
-            self.x0.copy_from_slice(cur);
+            self.x0.copy_from_slice(&self.stem_out);
         }
         // the residual units, in order
         for i in 0..self.units.len() {
@@ -283,15 +262,14 @@ impl<T: Scalar> Net<T> {
             rest[0].forward(x, n, train, ws, &mut self.rng)?;
         }
         // top: final BN-ReLU (pre-activation nets), pool, fc
-        let mut cur: &[T] = match self.units.last() {
+        let cur: &[T] = match self.units.last() {
             Some(u) => u.output(),
             None => &self.x0,
         };
+        // (a final BN is always followed by the ReLU: fused)
         if let Some(bn) = self.final_bn.as_mut() {
-            bn.forward(&mut self.final_bn_out, cur, n, self.top_geom, train)?;
-            cur = &self.final_bn_out;
-        }
-        if self.final_relu {
+            bn.forward_relu(&mut self.final_out, cur, n, self.top_geom, train)?;
+        } else if self.final_relu {
             relu_forward(&mut self.final_out, cur)?;
         } else {
             self.final_out.copy_from_slice(cur);
@@ -394,21 +372,15 @@ impl<T: Scalar> Net<T> {
         {
             let dtop = &mut self.dxs[nu];
             zero(dtop);
-            let after_bn: &mut [T] = if self.final_bn.is_some() {
-                &mut self.dfinal_bn_out
+            if let Some(bn) = self.final_bn.as_mut() {
+                let (dout, out) = (&self.dfinal_out, &self.final_out);
+                bn.backward_relu(dtop, dout, out, x_top, n, self.top_geom)?;
+            } else if self.final_relu {
+                relu_backward(dtop, &self.dfinal_out, &self.final_out)?;
             } else {
-                dtop
-            };
-            zero(after_bn);
-            if self.final_relu {
-                relu_backward(after_bn, &self.dfinal_out, &self.final_out)?;
-            } else {
-                for (d, &g) in after_bn.iter_mut().zip(&self.dfinal_out) {
+                for (d, &g) in dtop.iter_mut().zip(&self.dfinal_out) {
                     *d += g;
                 }
-            }
-            if let Some(bn) = self.final_bn.as_mut() {
-                bn.backward(dtop, &self.dfinal_bn_out, x_top, n, self.top_geom)?;
             }
         }
         // the residual units, in exact reverse order
@@ -423,32 +395,20 @@ impl<T: Scalar> Net<T> {
                 ulo[i - 1].output()
             };
             let flow = if probe { Some(&mut self.flow[i]) } else { None };
-            uhi[0].backward(dx, &dhi[0], x, ws, flow)?;
+            uhi[0].backward(dx, &dhi[0], x, ws, &mut self.grads, flow)?;
         }
         // stem
         zero(&mut self.dstem_out);
         let dx0 = &self.dxs[0];
-        let before_relu: &mut [T] = if self.stem_bn.is_some() {
-            &mut self.dstem_bn_out
+        if let Some(bn) = self.stem_bn.as_mut() {
+            let (d, x0, inp) = (&mut self.dstem_out, &self.x0, &self.stem_out);
+            bn.backward_relu(d, dx0, x0, inp, n, self.body_geom)?;
+        } else if self.stem_relu {
+            relu_backward(&mut self.dstem_out, dx0, &self.x0)?;
         } else {
-            &mut self.dstem_out
-        };
-        zero(before_relu);
-        if self.stem_relu {
-            relu_backward(before_relu, dx0, &self.x0)?;
-        } else {
-            for (d, &g) in before_relu.iter_mut().zip(dx0) {
+            for (d, &g) in self.dstem_out.iter_mut().zip(dx0) {
                 *d += g;
             }
-        }
-        if let Some(bn) = self.stem_bn.as_mut() {
-            bn.backward(
-                &mut self.dstem_out,
-                &self.dstem_bn_out,
-                &self.stem_out,
-                n,
-                self.body_geom,
-            )?;
         }
         // nobody needs dL/d(input): only the stem's weight gradient
         let input_len = self.in_geom.len(n);

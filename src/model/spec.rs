@@ -237,6 +237,8 @@ impl Spec {
 
     /// Check every constraint the reference enforces, and the ones it
     /// silently assumes.
+    // one `if` per arm reads as the list of checks it is
+    #[allow(clippy::collapsible_match)]
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Spec(m));
         if self.classes == 0 {
@@ -363,6 +365,7 @@ impl Spec {
     }
 
     /// A short human-readable name, e.g. `cifar-20 full_preact identity B`.
+    #[allow(clippy::redundant_guards)] // `branch == 1.0`: a float comparison, not a pattern
     pub fn label(&self) -> String {
         let sc = match self.shortcut {
             Shortcut::Scale {

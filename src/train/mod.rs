@@ -1,6 +1,7 @@
 //! Training: data and config, optimiser, learning-rate schedules, the loop,
 //! checkpoints, metrics and progress.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod flow;

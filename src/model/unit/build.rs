@@ -110,6 +110,8 @@ impl<T: Scalar> Unit<T> {
             }
             _ => {}
         }
+        let (steps, pre_idx) = super::fuse_bn_relu(steps, pre_idx);
+        let (post, _) = super::fuse_bn_relu(post, None);
         // geometry of every step output
         let mut geoms = Vec::with_capacity(steps.len());
         let mut g = in_geom;

@@ -33,6 +33,7 @@ use crate::error::Result;
 use crate::ops::activation::{relu_backward, relu_forward, sigmoid_forward};
 use crate::ops::conv2d::ConvWorkspace;
 use crate::ops::dropout::dropout_forward;
+use crate::ops::par::{par_pieces, par_pieces2, par_zero};
 use crate::ops::shortcut_a::{shortcut_a_backward, shortcut_a_forward, ShortcutAShape};
 use crate::scalar::Scalar;
 use crate::tensor::{dot, norm};
@@ -46,11 +47,35 @@ pub enum Step {
     Conv(usize),
     Bn(usize),
     Relu,
+    /// `Bn(i)` then `Relu`, fused (`ops::fused`): one output tensor, no
+    /// stored BN output
+    BnRelu(usize),
+}
+
+/// Merges every `Bn(i), Relu` pair into `BnRelu(i)`; `pre_idx` (an index
+/// into `steps`) follows: a pointer at a merged pair's ReLU now points at
+/// the fused step.
+pub(super) fn fuse_bn_relu(steps: Vec<Step>, pre_idx: Option<usize>) -> (Vec<Step>, Option<usize>) {
+    let mut out = Vec::with_capacity(steps.len());
+    let mut map = Vec::with_capacity(steps.len()); // old index -> new index
+    let mut i = 0;
+    while i < steps.len() {
+        if let (Step::Bn(j), Some(Step::Relu)) = (steps[i], steps.get(i + 1)) {
+            out.push(Step::BnRelu(j));
+            map.push(out.len() - 1);
+            map.push(out.len() - 1);
+            i += 2;
+        } else {
+            out.push(steps[i]);
+            map.push(out.len() - 1);
+            i += 1;
+        }
+    }
+    (out, pre_idx.map(|p| map[p]))
 }
 
 /// The shortcut path `h(x)`.
 #[derive(Clone, Debug)]
-#[allow(clippy::large_enum_variant)] // one per unit: size does not matter
 pub enum ShortcutPath<T> {
     Identity,
     /// strided subsampling + zero-padded channels
@@ -89,6 +114,39 @@ pub struct UnitFlow {
     pub cosine: f64,
 }
 
+/// The gradient scratch of a unit's backward (branch steps, post steps,
+/// the probe's two terms): alive only during one unit's backward, so a
+/// network keeps one set for all its units.
+pub struct UnitGrads<T> {
+    dacts: Vec<Vec<T>>,
+    dsum: Vec<T>,
+    dpost: Vec<Vec<T>>,
+    dx_short: Vec<T>,
+    dx_branch: Vec<T>,
+}
+
+impl<T> Default for UnitGrads<T> {
+    fn default() -> Self {
+        UnitGrads {
+            dacts: vec![],
+            dsum: vec![],
+            dpost: vec![],
+            dx_short: vec![],
+            dx_branch: vec![],
+        }
+    }
+}
+
+impl<T> UnitGrads<T> {
+    fn swap(&mut self, u: &mut Unit<T>) {
+        std::mem::swap(&mut self.dacts, &mut u.dacts);
+        std::mem::swap(&mut self.dsum, &mut u.dsum);
+        std::mem::swap(&mut self.dpost, &mut u.dpost);
+        std::mem::swap(&mut self.dx_short, &mut u.dx_short);
+        std::mem::swap(&mut self.dx_branch, &mut u.dx_branch);
+    }
+}
+
 /// One residual unit with its parameters and its activation buffers.
 pub struct Unit<T> {
     pub index: usize,
@@ -113,7 +171,8 @@ pub struct Unit<T> {
     g: Vec<T>,              // gate sigmoid(z)
     sum: Vec<T>,            // mix output
     post_acts: Vec<Vec<T>>, // post step outputs
-    // gradients
+    // gradients (dacts, dsum, dpost, dx_short, dx_branch: swapped in from
+    // the net's shared UnitGrads during backward, empty otherwise)
     dacts: Vec<Vec<T>>,
     dh: Vec<T>,
     dz: Vec<T>,
@@ -130,7 +189,7 @@ fn resize<T: Scalar>(v: &mut Vec<T>, len: usize) {
 }
 
 fn zero<T: Scalar>(v: &mut [T]) {
-    v.iter_mut().for_each(|x| *x = T::zero());
+    par_zero(v);
 }
 
 impl<T: Scalar> Unit<T> {
@@ -156,7 +215,7 @@ impl<T: Scalar> Unit<T> {
         for step in self.steps.iter().rev() {
             match *step {
                 Step::Relu => continue,
-                Step::Bn(j) => {
+                Step::Bn(j) | Step::BnRelu(j) => {
                     let bn = &mut self.bns[j];
                     bn.gamma
                         .value
@@ -197,6 +256,12 @@ impl<T: Scalar> Unit<T> {
         self.post_acts.last().unwrap_or(&self.sum)
     }
 
+    /// Identity shortcut with a plain addition: the backward adds `dsum`
+    /// to `dx` and to `dF` in one pass, without materialising `dh`.
+    fn fused_identity_add(&self) -> bool {
+        matches!(self.path, ShortcutPath::Identity) && self.mix == Mix::Add
+    }
+
     fn ensure(&mut self, n: usize) {
         if self.n == n {
             return;
@@ -208,22 +273,13 @@ impl<T: Scalar> Unit<T> {
             .iter()
             .map(|g| vec![T::zero(); g.len(n)])
             .collect();
-        self.dacts = self
-            .geoms
-            .iter()
-            .map(|g| vec![T::zero(); g.len(n)])
-            .collect();
         let needs_h = !matches!(self.path, ShortcutPath::Identity | ShortcutPath::None)
             || matches!(self.mix, Mix::Dropout { .. });
         resize(&mut self.h, if needs_h { out } else { 0 });
-        resize(
-            &mut self.dh,
-            if matches!(self.path, ShortcutPath::None) {
-                0
-            } else {
-                out
-            },
-        );
+        // the identity + add backward writes dh straight into dx (no buffer)
+        // except when the probe keeps the terms apart (allocated then)
+        let no_dh = matches!(self.path, ShortcutPath::None) || self.fused_identity_add();
+        resize(&mut self.dh, if no_dh { 0 } else { out });
         let drop = matches!(self.mix, Mix::Dropout { .. });
         resize(&mut self.hd, if drop { out } else { 0 });
         resize(&mut self.mask, if drop { out } else { 0 });
@@ -231,9 +287,7 @@ impl<T: Scalar> Unit<T> {
         resize(&mut self.g, if gated { out } else { 0 });
         resize(&mut self.dz, if gated { out } else { 0 });
         resize(&mut self.sum, out);
-        resize(&mut self.dsum, out);
         self.post_acts = self.post.iter().map(|_| vec![T::zero(); out]).collect();
-        self.dpost = self.post.iter().map(|_| vec![T::zero(); out]).collect();
         if let ShortcutPath::OptionA(s) = &mut self.path {
             s.n = n;
         }
@@ -294,11 +348,15 @@ impl<T: Scalar> Unit<T> {
         let f = self.acts.last().expect("branch has steps");
         // the addition
         match self.mix {
-            Mix::Add => {
-                for ((y, &a), &b) in self.sum.iter_mut().zip(h).zip(f) {
-                    *y = a + b;
-                }
-            }
+            Mix::Add => par_pieces(
+                &mut self.sum,
+                #[inline(always)]
+                |at, sum| {
+                    for ((y, &a), &b) in sum.iter_mut().zip(&h[at..]).zip(&f[at..]) {
+                        *y = a + b;
+                    }
+                },
+            ),
             Mix::Scale { shortcut, branch } => {
                 let (a, b) = (T::of(shortcut), T::of(branch));
                 for ((y, &hv), &fv) in self.sum.iter_mut().zip(h).zip(f) {
@@ -349,7 +407,53 @@ impl<T: Scalar> Unit<T> {
     /// Backward: `dx += dL/dx` given `dy = dL/d(output)`, accumulating every
     /// parameter gradient. With `flow`, the shortcut and branch terms are
     /// kept apart and recorded.
+    ///
+    /// The gradient buffers of the branch and of `post` live only during this
+    /// call, so they come from `grads`, one set shared by every unit of the
+    /// net (sized for the largest): swapped in here, swapped back at the end.
     pub fn backward(
+        &mut self,
+        dx: &mut [T],
+        dy: &[T],
+        x: &[T],
+        ws: &mut ConvWorkspace<T>,
+        grads: &mut UnitGrads<T>,
+        flow: Option<&mut UnitFlow>,
+    ) -> Result<()> {
+        grads.swap(self);
+        self.fit_grads(flow.is_some());
+        let r = self.backward_inner(dx, dy, x, ws, flow);
+        grads.swap(self);
+        r
+    }
+
+    /// Sizes the (swapped-in) gradient buffers for this unit; after the first
+    /// step every size fits the capacity already there (no allocation).
+    fn fit_grads(&mut self, probe: bool) {
+        let (n, nsteps, np) = (self.n, self.steps.len(), self.post.len());
+        let out = self.out_geom.len(n);
+        if self.dacts.len() < nsteps {
+            self.dacts.resize_with(nsteps, Vec::new);
+        }
+        for (d, g) in self.dacts.iter_mut().zip(&self.geoms) {
+            d.resize(g.len(n), T::zero());
+        }
+        // dsum only when post steps follow the addition (else dsum is dy);
+        // dpost[i] holds the gradient of post step i's output for i < last
+        // (the last one's is dy)
+        self.dsum.resize(if np > 0 { out } else { 0 }, T::zero());
+        if self.dpost.len() < np {
+            self.dpost.resize_with(np, Vec::new);
+        }
+        for (i, d) in self.dpost.iter_mut().enumerate().take(np) {
+            d.resize(if i + 1 < np { out } else { 0 }, T::zero());
+        }
+        let probe_len = if probe { self.in_geom.len(n) } else { 0 };
+        self.dx_short.resize(probe_len, T::zero());
+        self.dx_branch.resize(probe_len, T::zero());
+    }
+
+    fn backward_inner(
         &mut self,
         dx: &mut [T],
         dy: &[T],
@@ -360,12 +464,11 @@ impl<T: Scalar> Unit<T> {
         let n = self.n;
         let probe = flow.is_some();
         if probe {
-            resize(&mut self.dx_short, dx.len());
-            resize(&mut self.dx_branch, dx.len());
             zero(&mut self.dx_short);
             zero(&mut self.dx_branch);
         }
-        for d in self.dacts.iter_mut() {
+        let nsteps = self.steps.len();
+        for d in self.dacts[..nsteps].iter_mut() {
             zero(d);
         }
         // in the forward pass post came after the addition, so now carry dy back through it
@@ -373,7 +476,7 @@ impl<T: Scalar> Unit<T> {
             dy
         } else {
             zero(&mut self.dsum);
-            for d in self.dpost.iter_mut() {
+            for d in self.dpost[..self.post.len()].iter_mut() {
                 zero(d);
             }
             for i in (0..self.post.len()).rev() {
@@ -408,17 +511,38 @@ impl<T: Scalar> Unit<T> {
         let identity_h =
             matches!(self.path, ShortcutPath::Identity) && !matches!(self.mix, Mix::Dropout { .. });
         let h: &[T] = if identity_h { x } else { &self.h };
-        let nsteps = self.steps.len();
+        let fused = self.fused_identity_add() && !probe;
+        if self.fused_identity_add() && probe {
+            resize(&mut self.dh, dx.len());
+        }
         {
             let df = &mut self.dacts[nsteps - 1];
             let f = &self.acts[nsteps - 1];
             match self.mix {
-                Mix::Add => {
-                    for ((a, b), &s) in self.dh.iter_mut().zip(df.iter_mut()).zip(dsum) {
-                        *a = s; // dh = s
-                        *b += s; // dF = s
-                    }
-                }
+                // identity + add: the shortcut term dx += h'^T dh = dsum and
+                // dF = dsum, in one pass
+                Mix::Add if fused => par_pieces2(
+                    dx,
+                    df,
+                    #[inline(always)]
+                    |at, dx, df| {
+                        for ((a, b), &s) in dx.iter_mut().zip(df.iter_mut()).zip(&dsum[at..]) {
+                            *a += s; // dx += dh = s (the gradient highway)
+                            *b += s; // dF = s
+                        }
+                    },
+                ),
+                Mix::Add => par_pieces2(
+                    &mut self.dh,
+                    df,
+                    #[inline(always)]
+                    |at, dh, df| {
+                        for ((a, b), &s) in dh.iter_mut().zip(df.iter_mut()).zip(&dsum[at..]) {
+                            *a = s; // dh = s
+                            *b += s; // dF = s
+                        }
+                    },
+                ),
                 Mix::Scale { shortcut, branch } => {
                     let (ca, cb) = (T::of(shortcut), T::of(branch));
                     for ((a, b), &s) in self.dh.iter_mut().zip(df.iter_mut()).zip(dsum) {
@@ -464,10 +588,18 @@ impl<T: Scalar> Unit<T> {
         let short_target: &mut [T] = if probe { &mut self.dx_short } else { dx };
         match &mut self.path {
             ShortcutPath::None => {}
+            ShortcutPath::Identity if fused => {} // done above
             ShortcutPath::Identity => {
-                for (d, &g) in short_target.iter_mut().zip(&self.dh) {
-                    *d += g;
-                }
+                let dh = &self.dh;
+                par_pieces(
+                    short_target,
+                    #[inline(always)]
+                    |at, t| {
+                        for (d, &g) in t.iter_mut().zip(&dh[at..]) {
+                            *d += g;
+                        }
+                    },
+                );
             }
             ShortcutPath::OptionA(s) => shortcut_a_backward(short_target, &self.dh, s)?,
             ShortcutPath::Projection { layer, reads_pre } => match (*reads_pre, self.pre_idx) {
@@ -566,6 +698,7 @@ pub(crate) fn step_forward<T: Scalar>(
         Step::Conv(i) => convs[i].forward(out, inp, n, gin, ws),
         Step::Bn(i) => bns[i].forward(out, inp, n, gin, train),
         Step::Relu => relu_forward(out, inp),
+        Step::BnRelu(i) => bns[i].forward_relu(out, inp, n, gin, train),
     }
 }
 
@@ -587,6 +720,7 @@ pub(crate) fn step_backward<T: Scalar>(
         Step::Conv(i) => convs[i].backward(Some(dinp), dout, inp, n, gin, ws),
         Step::Bn(i) => bns[i].backward(dinp, dout, inp, n, gin),
         Step::Relu => relu_backward(dinp, dout, out),
+        Step::BnRelu(i) => bns[i].backward_relu(dinp, dout, out, inp, n, gin),
     }
 }
 

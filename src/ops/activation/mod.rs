@@ -4,6 +4,7 @@
 //! anyway; so the input buffer may be reused.
 
 use crate::error::{check_len, Error, Result};
+use crate::ops::par::par_pieces;
 use crate::scalar::Scalar;
 
 fn same_len<T>(op: &'static str, what: &'static str, a: &[T], b: &[T]) -> Result<()> {
@@ -21,9 +22,15 @@ fn same_len<T>(op: &'static str, what: &'static str, a: &[T], b: &[T]) -> Result
 /// ReLU forward: `out = max(0, inp)`.
 pub fn relu_forward<T: Scalar>(out: &mut [T], inp: &[T]) -> Result<()> {
     same_len("relu", "output", out, inp)?;
-    for (o, &x) in out.iter_mut().zip(inp) {
-        *o = if x > T::zero() { x } else { T::zero() };
-    }
+    par_pieces(
+        out,
+        #[inline(always)]
+        |at, out| {
+            for (o, &x) in out.iter_mut().zip(&inp[at..]) {
+                *o = if x > T::zero() { x } else { T::zero() };
+            }
+        },
+    );
     Ok(())
 }
 
@@ -35,9 +42,15 @@ pub fn relu_backward<T: Scalar>(dinp: &mut [T], dout: &[T], out: &[T]) -> Result
     same_len("relu", "dinp", dinp, out)?;
     check_len("relu", "dout", dout, &[out.len()])?;
     // branchless, so it vectorises (a conditional store does not)
-    for ((d, &g), &o) in dinp.iter_mut().zip(dout).zip(out) {
-        *d += if o > T::zero() { g } else { T::zero() };
-    }
+    par_pieces(
+        dinp,
+        #[inline(always)]
+        |at, dinp| {
+            for ((d, &g), &o) in dinp.iter_mut().zip(&dout[at..]).zip(&out[at..]) {
+                *d += if o > T::zero() { g } else { T::zero() };
+            }
+        },
+    );
     Ok(())
 }
 

@@ -66,6 +66,7 @@
 //! rayon once the tensor is big enough to pay for it.
 
 use crate::error::{check_len, check_nonzero, Error, Result};
+use crate::ops::simd::fast;
 use crate::scalar::Scalar;
 use rayon::prelude::*;
 
@@ -102,6 +103,9 @@ impl BnShape {
     fn parallel(&self) -> bool {
         self.len() >= PAR_MIN
     }
+    pub(crate) fn parallel_pub(&self) -> bool {
+        self.parallel()
+    }
 }
 
 fn check_eps(eps: f64) -> Result<()> {
@@ -119,9 +123,24 @@ fn check_eps(eps: f64) -> Result<()> {
 /// on the split.
 fn per_channel<R: Send>(c: usize, parallel: bool, f: impl Fn(usize) -> R + Sync + Send) -> Vec<R> {
     if parallel {
-        (0..c).into_par_iter().map(f).collect()
+        (0..c)
+            .into_par_iter()
+            .map(|c| {
+                fast(
+                    #[inline(always)]
+                    || f(c),
+                )
+            })
+            .collect()
     } else {
-        (0..c).map(f).collect()
+        (0..c)
+            .map(|c| {
+                fast(
+                    #[inline(always)]
+                    || f(c),
+                )
+            })
+            .collect()
     }
 }
 
@@ -138,9 +157,19 @@ fn per_block<T: Send>(
         buf.par_chunks_mut(s.hw)
             .with_min_len((4096 / s.hw).max(1))
             .enumerate()
-            .for_each(|(i, b)| f(i, b));
+            .for_each(|(i, b)| {
+                fast(
+                    #[inline(always)]
+                    || f(i, b),
+                )
+            });
     } else {
-        buf.chunks_mut(s.hw).enumerate().for_each(|(i, b)| f(i, b));
+        buf.chunks_mut(s.hw).enumerate().for_each(|(i, b)| {
+            fast(
+                #[inline(always)]
+                || f(i, b),
+            )
+        });
     }
 }
 
@@ -151,24 +180,120 @@ fn block<T>(x: &[T], s: BnShape, n: usize, c: usize) -> &[T] {
     &x[at..at + s.hw]
 }
 
+/// Independent f64 accumulators per reduction: a single running sum is one
+/// dependent add per element (latency-bound, ~4 cycles each); `LANES`
+/// separate sums, added up at the end, vectorise. The order is fixed, so
+/// the result still does not depend on the thread count.
+const LANES: usize = 8;
+
+/// `sum_i f(x_i)` with `LANES` interleaved f64 accumulators (vectorised
+/// for the CPU's widest registers, [`fast`]).
+#[inline(always)]
+fn lane_sum<T: Scalar>(x: &[T], f: impl Fn(T) -> f64) -> f64 {
+    fast(
+        #[inline(always)]
+        || {
+            let mut acc = [0.0f64; LANES];
+            let mut it = x.chunks_exact(LANES);
+            for ch in &mut it {
+                let ch: &[T; LANES] = ch.try_into().expect("LANES long");
+                for l in 0..LANES {
+                    acc[l] += f(ch[l]);
+                }
+            }
+            let tail: f64 = it.remainder().iter().map(|&v| f(v)).sum();
+            acc.iter().sum::<f64>() + tail
+        },
+    )
+}
+
+/// `(sum_i f(x_i, y_i).0, sum_i f(x_i, y_i).1)`, `LANES` accumulators each.
+#[inline(always)]
+fn lane_sum2<T: Scalar>(x: &[T], y: &[T], f: impl Fn(T, T) -> (f64, f64)) -> (f64, f64) {
+    fast(
+        #[inline(always)]
+        || {
+            let mut a0 = [0.0f64; LANES];
+            let mut a1 = [0.0f64; LANES];
+            let (mut t0, mut t1) = (0.0, 0.0);
+            let mut ix = x.chunks_exact(LANES);
+            let mut iy = y.chunks_exact(LANES);
+            for (cx, cy) in (&mut ix).zip(&mut iy) {
+                let cx: &[T; LANES] = cx.try_into().expect("LANES long");
+                let cy: &[T; LANES] = cy.try_into().expect("LANES long");
+                for l in 0..LANES {
+                    let (p, q) = f(cx[l], cy[l]);
+                    a0[l] += p;
+                    a1[l] += q;
+                }
+            }
+            for (&u, &v) in ix.remainder().iter().zip(iy.remainder()) {
+                let (p, q) = f(u, v);
+                t0 += p;
+                t1 += q;
+            }
+            (a0.iter().sum::<f64>() + t0, a1.iter().sum::<f64>() + t1)
+        },
+    )
+}
+
+/// [`lane_sum2`] over three inputs.
+#[inline(always)]
+fn lane_sum3<T: Scalar>(
+    x: &[T],
+    y: &[T],
+    z: &[T],
+    f: impl Fn(T, T, T) -> (f64, f64),
+) -> (f64, f64) {
+    fast(
+        #[inline(always)]
+        || {
+            let mut a0 = [0.0f64; LANES];
+            let mut a1 = [0.0f64; LANES];
+            let (mut t0, mut t1) = (0.0, 0.0);
+            let mut ix = x.chunks_exact(LANES);
+            let mut iy = y.chunks_exact(LANES);
+            let mut iz = z.chunks_exact(LANES);
+            for ((cx, cy), cz) in (&mut ix).zip(&mut iy).zip(&mut iz) {
+                let cx: &[T; LANES] = cx.try_into().expect("LANES long");
+                let cy: &[T; LANES] = cy.try_into().expect("LANES long");
+                let cz: &[T; LANES] = cz.try_into().expect("LANES long");
+                for l in 0..LANES {
+                    let (p, q) = f(cx[l], cy[l], cz[l]);
+                    a0[l] += p;
+                    a1[l] += q;
+                }
+            }
+            let rest = ix
+                .remainder()
+                .iter()
+                .zip(iy.remainder())
+                .zip(iz.remainder());
+            for ((&u, &v), &w) in rest {
+                let (p, q) = f(u, v, w);
+                t0 += p;
+                t1 += q;
+            }
+            (a0.iter().sum::<f64>() + t0, a1.iter().sum::<f64>() + t1)
+        },
+    )
+}
+
 /// Batch mean and biased variance of every channel, in f64 (two passes).
 fn batch_stats<T: Scalar>(inp: &[T], s: BnShape, parallel: bool) -> Vec<(f64, f64)> {
     let m = s.m() as f64;
     per_channel(s.c, parallel, |c| {
         let mut sum = 0.0f64;
         for n in 0..s.n {
-            sum += block(inp, s, n, c).iter().map(|v| v.f64()).sum::<f64>();
+            sum += lane_sum(block(inp, s, n, c), |v| v.f64());
         }
         let mu = sum / m;
         let mut sq = 0.0f64;
         for n in 0..s.n {
-            sq += block(inp, s, n, c)
-                .iter()
-                .map(|v| {
-                    let d = v.f64() - mu;
-                    d * d
-                })
-                .sum::<f64>();
+            sq += lane_sum(block(inp, s, n, c), |v| {
+                let d = v.f64() - mu;
+                d * d
+            });
         }
         (mu, sq / m)
     })
@@ -184,13 +309,33 @@ fn normalise<T: Scalar>(
     s: BnShape,
     parallel: bool,
 ) {
-    per_block(out, s, parallel, |i, o| {
-        let c = i % s.c;
-        let (mc, kc, bc) = (mu[c], k[c], beta[c]);
-        for (y, &x) in o.iter_mut().zip(&inp[i * s.hw..(i + 1) * s.hw]) {
-            *y = (x - mc) * kc + bc;
-        }
-    });
+    normalise_act::<T, false>(out, inp, mu, k, beta, s, parallel)
+}
+
+/// [`normalise`], then `max(0, .)` when `RELU` (the fused BN-ReLU forward).
+pub(crate) fn normalise_act<T: Scalar, const RELU: bool>(
+    out: &mut [T],
+    inp: &[T],
+    mu: &[T],
+    k: &[T],
+    beta: &[T],
+    s: BnShape,
+    parallel: bool,
+) {
+    per_block(
+        out,
+        s,
+        parallel,
+        #[inline(always)]
+        |i, o| {
+            let c = i % s.c;
+            let (mc, kc, bc) = (mu[c], k[c], beta[c]);
+            for (y, &x) in o.iter_mut().zip(&inp[i * s.hw..(i + 1) * s.hw]) {
+                let v = (x - mc) * kc + bc;
+                *y = if RELU && v <= T::zero() { T::zero() } else { v };
+            }
+        },
+    );
 }
 
 /// Training mode: normalise with the batch statistics, save `mean` and
@@ -200,6 +345,36 @@ fn normalise<T: Scalar>(
 /// `N * HW == 1` (no variance to estimate) or `momentum` is not in [0, 1].
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_forward_train<T: Scalar>(
+    out: &mut [T],          // (N, C, HW)
+    mean: &mut [T],         // (C)   saved batch mean
+    rstd: &mut [T],         // (C)   saved 1 / sqrt(var + eps)
+    inp: &[T],              // (N, C, HW)
+    gamma: &[T],            // (C)
+    beta: &[T],             // (C)
+    running_mean: &mut [T], // (C)
+    running_var: &mut [T],  // (C)
+    momentum: f64,
+    eps: f64,
+    s: BnShape,
+) -> Result<()> {
+    forward_train_act::<T, false>(
+        out,
+        mean,
+        rstd,
+        inp,
+        gamma,
+        beta,
+        running_mean,
+        running_var,
+        momentum,
+        eps,
+        s,
+    )
+}
+
+/// [`batchnorm_forward_train`], with `out = max(0, y)` when `RELU`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn forward_train_act<T: Scalar, const RELU: bool>(
     out: &mut [T],          // (N, C, HW)
     mean: &mut [T],         // (C)   saved batch mean
     rstd: &mut [T],         // (C)   saved 1 / sqrt(var + eps)
@@ -250,7 +425,7 @@ pub fn batchnorm_forward_train<T: Scalar>(
         running_mean[c] = T::of((1.0 - momentum) * running_mean[c].f64() + momentum * mu);
         running_var[c] = T::of((1.0 - momentum) * running_var[c].f64() + momentum * var * unbias);
     }
-    normalise(out, inp, mean, &k, beta, s, par);
+    normalise_act::<T, RELU>(out, inp, mean, &k, beta, s, par);
     Ok(())
 }
 
@@ -338,19 +513,74 @@ fn batchnorm_backward_unchecked<T: Scalar>(
     s: BnShape,
     par: bool,
 ) {
+    backward_act::<T, false>(
+        dinp,
+        dgamma,
+        dbeta,
+        dout,
+        &[],
+        inp,
+        mean,
+        rstd,
+        gamma,
+        s,
+        par,
+    )
+}
+
+/// The training-mode backward; with `RELU`, of BN followed by ReLU: the
+/// gradient reaching the BN output is `dout * [y > 0]` with `y` = `act`, the
+/// ReLU's output (`act` is ignored without `RELU`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward_act<T: Scalar, const RELU: bool>(
+    dinp: &mut [T],
+    dgamma: &mut [T],
+    dbeta: &mut [T],
+    dout: &[T],
+    act: &[T],
+    inp: &[T],
+    mean: &[T],
+    rstd: &[T],
+    gamma: &[T],
+    s: BnShape,
+    par: bool,
+) {
+    // dL/d(BN output): dout, or dout masked by the ReLU
+    #[inline(always)]
+    fn dy<T: Scalar, const RELU: bool>(g: T, y: T) -> T {
+        if RELU && y <= T::zero() {
+            T::zero()
+        } else {
+            g
+        }
+    }
     let m = s.m() as f64;
     // per channel: (sum dy, sum dy * xhat), in f64
     let sums = per_channel(s.c, par, |c| {
         let (mu, r) = (mean[c].f64(), rstd[c].f64());
         let (mut sdy, mut sdyx) = (0.0f64, 0.0f64);
         for n in 0..s.n {
-            for (&g, &x) in block(dout, s, n, c).iter().zip(block(inp, s, n, c)) {
-                let g = g.f64();
-                sdy += g;
-                sdyx += g * (x.f64() - mu) * r;
-            }
+            // sum dy and sum dy * (x - mu); the rstd factor once at the end
+            let (a, b) = if RELU {
+                lane_sum3(
+                    block(dout, s, n, c),
+                    block(act, s, n, c),
+                    block(inp, s, n, c),
+                    |g, y, x| {
+                        let g = dy::<T, RELU>(g, y).f64();
+                        (g, g * (x.f64() - mu))
+                    },
+                )
+            } else {
+                lane_sum2(block(dout, s, n, c), block(inp, s, n, c), |g, x| {
+                    let g = g.f64();
+                    (g, g * (x.f64() - mu))
+                })
+            };
+            sdy += a;
+            sdyx += b;
         }
-        (sdy, sdyx)
+        (sdy, sdyx * r)
     });
     // dx = k * (dy - a - (x - mu) * b) with k = gamma * rstd, a = sum(dy) / M,
     // b = rstd * sum(dy * xhat) / M  (the xhat_i of the formula is (x - mu) * rstd)
@@ -361,15 +591,32 @@ fn batchnorm_backward_unchecked<T: Scalar>(
         let r = rstd[c].f64();
         coef.push((gamma[c] * rstd[c], T::of(sdy / m), T::of(r * sdyx / m)));
     }
-    per_block(dinp, s, par, |i, d| {
-        let c = i % s.c;
-        let (k, a, b) = coef[c];
-        let mu = mean[c];
-        let range = i * s.hw..(i + 1) * s.hw;
-        for ((dx, &g), &x) in d.iter_mut().zip(&dout[range.clone()]).zip(&inp[range]) {
-            *dx += k * (g - a - (x - mu) * b);
-        }
-    });
+    per_block(
+        dinp,
+        s,
+        par,
+        #[inline(always)]
+        |i, d| {
+            let c = i % s.c;
+            let (k, a, b) = coef[c];
+            let mu = mean[c];
+            let range = i * s.hw..(i + 1) * s.hw;
+            if RELU {
+                let (g, y, x) = (
+                    &dout[range.clone()],
+                    &act[range.clone()],
+                    &inp[range.clone()],
+                );
+                for (dx, ((&g, &y), &x)) in d.iter_mut().zip(g.iter().zip(y).zip(x)) {
+                    *dx += k * (dy::<T, RELU>(g, y) - a - (x - mu) * b);
+                }
+            } else {
+                for ((dx, &g), &x) in d.iter_mut().zip(&dout[range.clone()]).zip(&inp[range]) {
+                    *dx += k * (g - a - (x - mu) * b);
+                }
+            }
+        },
+    );
 }
 
 /// Backward of the eval-mode forward: the running statistics are constants,
@@ -424,12 +671,18 @@ pub fn batchnorm_backward_eval<T: Scalar>(
         .zip(&rs)
         .map(|(&g, &r)| T::of(g.f64() * r))
         .collect();
-    per_block(dinp, s, par, |i, d| {
-        let kc = k[i % s.c];
-        for (dx, &g) in d.iter_mut().zip(&dout[i * s.hw..(i + 1) * s.hw]) {
-            *dx += kc * g;
-        }
-    });
+    per_block(
+        dinp,
+        s,
+        par,
+        #[inline(always)]
+        |i, d| {
+            let kc = k[i % s.c];
+            for (dx, &g) in d.iter_mut().zip(&dout[i * s.hw..(i + 1) * s.hw]) {
+                *dx += kc * g;
+            }
+        },
+    );
     Ok(())
 }
 

@@ -13,6 +13,7 @@ use std::ops::Range;
 
 use super::Conv2dShape;
 use crate::gemm::{matmul, Mat, MatMut};
+use crate::ops::simd::fast;
 use crate::scalar::Scalar;
 
 /// One chunk's scratch, grown on demand and reused across calls.
@@ -123,6 +124,7 @@ fn shifted_span(len: usize, start: isize, src_len: usize) -> (usize, usize) {
 }
 
 /// Zeroes the columns outside `xs` of every `ow`-wide row of `block`.
+#[inline(always)]
 fn zero_padding_columns<T: Scalar>(block: &mut [T], ow: usize, xs: &Range<usize>) {
     if xs.start == 0 && xs.end == ow {
         return;
@@ -135,6 +137,7 @@ fn zero_padding_columns<T: Scalar>(block: &mut [T], ow: usize, xs: &Range<usize>
 
 /// `col[(c, ki, kj), (oy, ox)] = img[c, oy*stride + ki - pad, ox*stride + kj - pad]`
 /// (zero where that falls in the padding); col (cin*kh*kw, oh*ow), img (cin, h, w).
+#[inline(always)]
 fn im2col<T: Scalar>(col: &mut [T], img: &[T], s: &Conv2dShape) {
     let (oh, ow, st) = (s.oh(), s.ow(), s.stride);
     let mut rows = col.chunks_exact_mut(oh * ow);
@@ -183,6 +186,7 @@ fn im2col<T: Scalar>(col: &mut [T], img: &[T], s: &Conv2dShape) {
 /// The adjoint of [`im2col`]: `dimg[c, iy, ix] += dcol[(c, ki, kj), (oy, ox)]`
 /// over every (ki, kj, oy, ox) that im2col read (c, iy, ix) into.
 /// `dcol` is scratch: its entries in the padding columns may be zeroed.
+#[inline(always)]
 fn col2im_add<T: Scalar>(dimg: &mut [T], dcol: &mut [T], s: &Conv2dShape) {
     let (oh, ow, st) = (s.oh(), s.ow(), s.stride);
     let mut rows = dcol.chunks_exact_mut(oh * ow);
@@ -245,7 +249,10 @@ pub(super) fn forward<T: Scalar>(
             let col: &[T] = if d.identity_cols {
                 img
             } else {
-                im2col(&mut sc.col[..d.k * d.p], img, s);
+                fast(
+                    #[inline(always)]
+                    || im2col(&mut sc.col[..d.k * d.p], img, s),
+                );
                 &sc.col[..d.k * d.p]
             };
             // (cout, cin*kh*kw) x (cin*kh*kw, oh*ow) -> (cout, oh*ow)
@@ -287,7 +294,10 @@ pub(super) fn backward_input<T: Scalar>(
                 let dcol = &mut sc.col[..d.k * d.p];
                 // (cin*kh*kw, cout) x (cout, oh*ow) -> (cin*kh*kw, oh*ow)
                 matmul(MatMut::rm(dcol, d.k, d.p), wt, g, false);
-                col2im_add(dimg, dcol, s);
+                fast(
+                    #[inline(always)]
+                    || col2im_add(dimg, dcol, s),
+                );
             }
         }
     });
@@ -316,7 +326,10 @@ pub(super) fn backward_weight<T: Scalar>(
             let col: &[T] = if d.identity_cols {
                 img
             } else {
-                im2col(&mut sc.col[..d.k * d.p], img, s);
+                fast(
+                    #[inline(always)]
+                    || im2col(&mut sc.col[..d.k * d.p], img, s),
+                );
                 &sc.col[..d.k * d.p]
             };
             // (cout, oh*ow) x (oh*ow, cin*kh*kw) -> (cout, cin*kh*kw), written

@@ -1,0 +1,191 @@
+//! Fused BatchNorm + ReLU (training mode), the pair that follows most convs
+//! in a residual unit. Running them as two ops costs an extra tensor (the BN
+//! output, only ever read by the ReLU) and, in the backward, an extra
+//! gradient tensor plus two passes over memory; fused, the ReLU is applied
+//! as BN writes its output, and the backward masks `dout` by `[y > 0]`
+//! inside BatchNorm's own two passes:
+//!
+//! ```text
+//! forward:   y = max(0, BN(x))                       (BN's output is never stored)
+//! backward:  dBN = dout * [y > 0]    (ReLU backward, y > 0 exactly where BN(x) > 0)
+//!            dx, dgamma, dbeta = BN backward of dBN  (see ops::batchnorm)
+//! ```
+//!
+//! The math is the two plain ops' (`ops::batchnorm`, `ops::activation`),
+//! which stay the reference: the tests check the fused pair against them,
+//! bitwise (the same operations in the same order).
+
+use crate::error::{check_len, Result};
+use crate::ops::batchnorm::{backward_act, forward_train_act, BnShape};
+use crate::scalar::Scalar;
+
+const OP: &str = "batchnorm_relu";
+
+/// `out = max(0, batchnorm_train(inp))`; saves `mean` and `rstd` and
+/// updates the running statistics exactly as
+/// [`crate::ops::batchnorm::batchnorm_forward_train`].
+#[allow(clippy::too_many_arguments)]
+pub fn bn_relu_forward_train<T: Scalar>(
+    out: &mut [T],          // (N, C, HW)  the ReLU's output
+    mean: &mut [T],         // (C)
+    rstd: &mut [T],         // (C)
+    inp: &[T],              // (N, C, HW)
+    gamma: &[T],            // (C)
+    beta: &[T],             // (C)
+    running_mean: &mut [T], // (C)
+    running_var: &mut [T],  // (C)
+    momentum: f64,
+    eps: f64,
+    s: BnShape,
+) -> Result<()> {
+    forward_train_act::<T, true>(
+        out,
+        mean,
+        rstd,
+        inp,
+        gamma,
+        beta,
+        running_mean,
+        running_var,
+        momentum,
+        eps,
+        s,
+    )
+}
+
+/// Backward of [`bn_relu_forward_train`]: `dinp`, `dgamma`, `dbeta`
+/// accumulate (`+=`). `out` is the forward's output (the ReLU mask).
+#[allow(clippy::too_many_arguments)]
+pub fn bn_relu_backward<T: Scalar>(
+    dinp: &mut [T],   // (N, C, HW)
+    dgamma: &mut [T], // (C)
+    dbeta: &mut [T],  // (C)
+    dout: &[T],       // (N, C, HW)  dL/d(ReLU output)
+    out: &[T],        // (N, C, HW)  the ReLU output
+    inp: &[T],        // (N, C, HW)  BN's input
+    mean: &[T],       // (C)
+    rstd: &[T],       // (C)
+    gamma: &[T],      // (C)
+    s: BnShape,
+) -> Result<()> {
+    let len = s.n * s.c * s.hw;
+    for (what, b) in [
+        ("dinp", &*dinp),
+        ("dout", dout),
+        ("output", out),
+        ("input", inp),
+    ] {
+        check_len(OP, what, b, &[len])?;
+    }
+    for (what, b) in [
+        ("dgamma", &*dgamma),
+        ("dbeta", &*dbeta),
+        ("mean", mean),
+        ("rstd", rstd),
+        ("gamma", gamma),
+    ] {
+        check_len(OP, what, b, &[s.c])?;
+    }
+    if len == 0 {
+        return Ok(());
+    }
+    backward_act::<T, true>(
+        dinp,
+        dgamma,
+        dbeta,
+        dout,
+        out,
+        inp,
+        mean,
+        rstd,
+        gamma,
+        s,
+        s.parallel_pub(),
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gradcheck::Rand;
+    use crate::ops::activation::{relu_backward, relu_forward};
+    use crate::ops::batchnorm::{batchnorm_backward, batchnorm_forward_train};
+
+    fn check<T: Scalar>(n: usize, c: usize, hw: usize, seed: u64) {
+        let s = BnShape { n, c, hw };
+        let len = n * c * hw;
+        let mut r = Rand::new(seed);
+        let conv = |v: Vec<f64>| -> Vec<T> { v.into_iter().map(T::of).collect() };
+        let x = conv(r.normal_vec(len));
+        let gamma = conv(r.uniform_vec(c, 0.5, 1.5));
+        let beta = conv(r.uniform_vec(c, -0.5, 0.5));
+        let dout = conv(r.normal_vec(len));
+        let dinp0 = conv(r.normal_vec(len)); // accumulate on top of something
+                                             // reference: the two plain ops
+        let (mut m1, mut r1) = (vec![T::zero(); c], vec![T::zero(); c]);
+        let (mut rm1, mut rv1) = (vec![T::zero(); c], vec![T::one(); c]);
+        let mut bn = vec![T::zero(); len];
+        batchnorm_forward_train(
+            &mut bn, &mut m1, &mut r1, &x, &gamma, &beta, &mut rm1, &mut rv1, 0.1, 1e-5, s,
+        )
+        .unwrap();
+        let mut y1 = vec![T::zero(); len];
+        relu_forward(&mut y1, &bn).unwrap();
+        let mut dbn = vec![T::zero(); len];
+        relu_backward(&mut dbn, &dout, &y1).unwrap();
+        let mut dx1 = dinp0.clone();
+        let (mut dg1, mut db1) = (vec![T::one(); c], vec![T::one(); c]);
+        batchnorm_backward(&mut dx1, &mut dg1, &mut db1, &dbn, &x, &m1, &r1, &gamma, s).unwrap();
+        // fused
+        let (mut m2, mut r2) = (vec![T::zero(); c], vec![T::zero(); c]);
+        let (mut rm2, mut rv2) = (vec![T::zero(); c], vec![T::one(); c]);
+        let mut y2 = vec![T::zero(); len];
+        bn_relu_forward_train(
+            &mut y2, &mut m2, &mut r2, &x, &gamma, &beta, &mut rm2, &mut rv2, 0.1, 1e-5, s,
+        )
+        .unwrap();
+        let mut dx2 = dinp0.clone();
+        let (mut dg2, mut db2) = (vec![T::one(); c], vec![T::one(); c]);
+        bn_relu_backward(
+            &mut dx2, &mut dg2, &mut db2, &dout, &y2, &x, &m2, &r2, &gamma, s,
+        )
+        .unwrap();
+        assert_eq!(y1, y2);
+        assert_eq!((m1, r1, rm1, rv1), (m2, r2, rm2, rv2));
+        assert_eq!(dg1, dg2);
+        assert_eq!(db1, db2);
+        assert_eq!(dx1, dx2);
+    }
+
+    #[test]
+    fn fused_bn_relu_is_bitwise_the_two_plain_ops() {
+        // odd sizes, batch 1 with hw > 1, big enough for the parallel path
+        for (i, &(n, c, hw)) in [
+            (2, 3, 1),
+            (1, 5, 7),
+            (3, 4, 9),
+            (8, 16, 64),
+            (5, 3, 33),
+            (16, 8, 256),
+        ]
+        .iter()
+        .enumerate()
+        {
+            check::<f64>(n, c, hw, i as u64);
+            check::<f32>(n, c, hw, 100 + i as u64);
+        }
+    }
+
+    #[test]
+    fn shape_errors_name_the_op() {
+        let s = BnShape { n: 2, c: 2, hw: 2 };
+        let mut d = vec![0.0f64; 7];
+        let (mut dg, mut db) = (vec![0.0; 2], vec![0.0; 2]);
+        let e = bn_relu_backward(
+            &mut d, &mut dg, &mut db, &[0.0; 8], &[0.0; 8], &[0.0; 8], &[0.0; 2], &[1.0; 2],
+            &[1.0; 2], s,
+        );
+        assert!(e.unwrap_err().to_string().contains(OP));
+    }
+}

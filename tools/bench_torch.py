@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""Training throughput of the PyTorch reference models, the counterpart of
+`resgrad bench`: full training steps (zero grads, forward, cross-entropy,
+backward, SGD momentum 0.9 / weight decay 1e-4) on random CIFAR-shaped
+batches, fp32 on the CPU, a fixed thread count; warm-up steps, then every
+step timed on its own and the median reported; peak RSS of the process
+(resource.getrusage ru_maxrss).
+
+The model comes from the reference `torch_resnet.py`, looked up in
+$RESGRAD_REFERENCE_DIR, then <repo>/../shared/reference, then
+/work/shared/reference (never copied into the repository).
+
+    python tools/bench_torch.py --depth 20 --unit original --threads 2 --json
+    python tools/bench_torch.py --spec SPEC.json --batch 128 --steps 10
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+
+def find_reference():
+    here = Path(__file__).resolve().parent.parent
+    cands = []
+    if os.environ.get("RESGRAD_REFERENCE_DIR"):
+        cands.append(Path(os.environ["RESGRAD_REFERENCE_DIR"]))
+    cands += [here.parent / "shared" / "reference", Path("/work/shared/reference")]
+    for c in cands:
+        if (c / "torch_resnet.py").is_file():
+            return c
+    sys.exit("bench_torch: torch_resnet.py not found in " + ", ".join(map(str, cands)))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--spec", help="model spec (JSON file)")
+    ap.add_argument("--depth", type=int)
+    ap.add_argument("--unit", default="original")
+    ap.add_argument("--block", default="basic")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--image", type=int, default=32)
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    if a.spec:
+        with open(a.spec) as f:
+            spec = json.load(f)
+    elif a.depth:
+        spec = {"arch": "cifar", "depth": a.depth, "block": a.block, "unit": a.unit,
+                "shortcut": {"kind": "identity"}, "downsample": "B"}
+    else:
+        sys.exit("bench_torch: give --spec or --depth")
+
+    import torch
+    torch.set_num_threads(a.threads)
+    sys.path.insert(0, str(find_reference()))
+    from torch_resnet import Net
+
+    torch.manual_seed(0)
+    net = Net(spec).float().train()
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    x = torch.randn(a.batch, int(spec.get("in_channels", 3)), a.image, a.image)
+    y = torch.randint(0, int(spec.get("classes", 10)), (a.batch,))
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad(set_to_none=False)
+        loss = loss_fn(net(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    for _ in range(a.warmup):
+        step()
+    times = []
+    for _ in range(a.steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    label = "resnet-{} {} identity B".format(spec.get("depth"), spec["unit"])
+    r = {
+        "model": label,
+        "framework": "pytorch " + torch.__version__,
+        "threads": torch.get_num_threads(),
+        "batch": a.batch,
+        "steps": a.steps,
+        "warmup": a.warmup,
+        "images_per_s": a.batch / med,
+        "step_ms_median": 1e3 * med,
+        "step_ms_min": 1e3 * min(times),
+        "step_ms_max": 1e3 * max(times),
+        "peak_rss_mib": rss_kib / 1024.0,
+    }
+    if a.json:
+        print(json.dumps(r))
+    else:
+        print("{model}: batch {batch}, {threads} threads: {images_per_s:.1f} images/s "
+              "(step median {step_ms_median:.1f} ms, min {step_ms_min:.1f} ms), "
+              "peak RSS {peak_rss_mib:.0f} MiB".format(**r))
+
+
+if __name__ == "__main__":
+    main()
