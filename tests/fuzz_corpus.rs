@@ -111,7 +111,7 @@ fn random_mutations_never_panic() {
                     _ => {
                         let k = rng.gen_range(1..32);
                         let fill: u8 = rng.gen();
-                        b.splice(at..at, std::iter::repeat(fill).take(k));
+                        b.splice(at..at, std::iter::repeat_n(fill, k));
                     }
                 }
             }

@@ -404,7 +404,7 @@ mod tests {
         (0..n)
             .flat_map(|i| {
                 let mut r = vec![(i % 10) as u8];
-                r.extend(std::iter::repeat((i * 3) as u8).take(3072));
+                r.extend(std::iter::repeat_n((i * 3) as u8, 3072));
                 r
             })
             .collect()
@@ -548,7 +548,7 @@ mod tests {
                 for x in [2051u32, n, 28, 28] {
                     raw.extend_from_slice(&x.to_be_bytes());
                 }
-                raw.extend(std::iter::repeat(7u8).take(n as usize * 784));
+                raw.extend(std::iter::repeat_n(7u8, n as usize * 784));
             } else {
                 for x in [2049u32, n] {
                     raw.extend_from_slice(&x.to_be_bytes());

@@ -97,7 +97,7 @@ fn parse_cifar_records(
     if bytes.is_empty() {
         return Err(fmt_err(path, "empty file (expected CIFAR binary records)"));
     }
-    if bytes.len() % rec != 0 {
+    if !bytes.len().is_multiple_of(rec) {
         return Err(fmt_err(
             path,
             format!(

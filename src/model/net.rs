@@ -223,7 +223,7 @@ impl<T: Scalar> Net<T> {
     /// Batch size of `input` (N, C, H, W), checked against the geometry.
     pub fn batch_of(&self, input: &[T]) -> Result<usize> {
         let per = self.in_geom.len(1);
-        if input.is_empty() || input.len() % per != 0 {
+        if input.is_empty() || !input.len().is_multiple_of(per) {
             return Err(Error::Shape {
                 op: "net",
                 what: "input",

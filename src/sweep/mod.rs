@@ -126,7 +126,7 @@ pub fn main(
         .runs
         .iter()
         .zip(&s.records)
-        .filter(|(_, r)| r.as_ref().map_or(true, |r| r.status == RunStatus::Error))
+        .filter(|(_, r)| r.as_ref().is_none_or(|r| r.status == RunStatus::Error))
         .map(|(p, _)| p.id.as_str())
         .collect();
     if !unfinished.is_empty() {

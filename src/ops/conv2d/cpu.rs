@@ -66,10 +66,10 @@ fn chunk_range(c: usize, nchunks: usize, n: usize) -> Range<usize> {
 }
 
 /// Number of chunks for a batch of `n`, and the scratch for them.
-fn chunks<T: Scalar>(scratch: &mut Vec<Scratch<T>>, n: usize) -> &mut [Scratch<T>] {
+pub(super) fn chunks<S: Default>(scratch: &mut Vec<S>, n: usize) -> &mut [S] {
     let nchunks = rayon::current_num_threads().clamp(1, n);
     if scratch.len() < nchunks {
-        scratch.resize_with(nchunks, Scratch::default);
+        scratch.resize_with(nchunks, S::default);
     }
     &mut scratch[..nchunks]
 }
@@ -78,8 +78,8 @@ fn chunks<T: Scalar>(scratch: &mut Vec<Scratch<T>>, n: usize) -> &mut [Scratch<T
 /// recursive halving with `rayon::join` (no allocation). `dst` holds
 /// `per_img` elements per image of the chunks in `scratch` (starting at chunk
 /// `first`); `per_img` may be 0 when a pass writes only its scratch.
-fn par_chunks<T, F>(
-    scratch: &mut [Scratch<T>],
+pub(super) fn par_chunks<S, T, F>(
+    scratch: &mut [S],
     first: usize,
     nchunks: usize,
     n: usize,
@@ -87,8 +87,9 @@ fn par_chunks<T, F>(
     per_img: usize,
     f: &F,
 ) where
-    T: Scalar,
-    F: Fn(Range<usize>, &mut Scratch<T>, &mut [T]) + Sync,
+    S: Send,
+    T: Send,
+    F: Fn(Range<usize>, &mut S, &mut [T]) + Sync,
 {
     if scratch.len() == 1 {
         f(chunk_range(first, nchunks, n), &mut scratch[0], dst);
@@ -159,8 +160,11 @@ fn im2col<T: Scalar>(col: &mut [T], img: &[T], s: &Conv2dShape) {
                     let start =
                         ((ys.start + ki - s.pad) * s.w) as isize + kj as isize - s.pad as isize;
                     let (lo, hi) = shifted_span(block.len(), start, plane.len());
-                    let src = (start + lo as isize) as usize;
-                    block[lo..hi].copy_from_slice(&plane[src..src + (hi - lo)]);
+                    if lo < hi {
+                        // (an empty span may start outside the plane: skip it)
+                        let src = (start + lo as isize) as usize;
+                        block[lo..hi].copy_from_slice(&plane[src..src + (hi - lo)]);
+                    }
                     zero_padding_columns(block, ow, &xs);
                     continue;
                 }
@@ -204,9 +208,11 @@ fn col2im_add<T: Scalar>(dimg: &mut [T], dcol: &mut [T], s: &Conv2dShape) {
                     let start =
                         ((ys.start + ki - s.pad) * s.w) as isize + kj as isize - s.pad as isize;
                     let (lo, hi) = shifted_span(block.len(), start, plane.len());
-                    let dst = (start + lo as isize) as usize;
-                    for (d, &g) in plane[dst..dst + (hi - lo)].iter_mut().zip(&block[lo..hi]) {
-                        *d += g;
+                    if lo < hi {
+                        let dst = (start + lo as isize) as usize;
+                        for (d, &g) in plane[dst..dst + (hi - lo)].iter_mut().zip(&block[lo..hi]) {
+                            *d += g;
+                        }
                     }
                     continue;
                 }
@@ -315,35 +321,43 @@ pub(super) fn backward_weight<T: Scalar>(
     let d = Dims::of(s);
     let scratch = chunks(scratch, s.n);
     let nchunks = scratch.len();
-    par_chunks(scratch, 0, nchunks, s.n, &mut [], 0, &|imgs, sc, _| {
-        if !d.identity_cols {
-            grow(&mut sc.col, d.k * d.p);
-        }
-        grow(&mut sc.dwt, d.k * s.cout);
-        let first = imgs.start;
-        for i in imgs {
-            let img = &inp[i * d.img..][..d.img];
-            let col: &[T] = if d.identity_cols {
-                img
-            } else {
-                fast(
-                    #[inline(always)]
-                    || im2col(&mut sc.col[..d.k * d.p], img, s),
+    par_chunks(
+        scratch,
+        0,
+        nchunks,
+        s.n,
+        &mut [] as &mut [T],
+        0,
+        &|imgs, sc, _| {
+            if !d.identity_cols {
+                grow(&mut sc.col, d.k * d.p);
+            }
+            grow(&mut sc.dwt, d.k * s.cout);
+            let first = imgs.start;
+            for i in imgs {
+                let img = &inp[i * d.img..][..d.img];
+                let col: &[T] = if d.identity_cols {
+                    img
+                } else {
+                    fast(
+                        #[inline(always)]
+                        || im2col(&mut sc.col[..d.k * d.p], img, s),
+                    );
+                    &sc.col[..d.k * d.p]
+                };
+                // (cout, oh*ow) x (oh*ow, cin*kh*kw) -> (cout, cin*kh*kw), written
+                // through a transposed view into dwt (K, cout): the gemm crate
+                // picks its loop order from the output strides and this
+                // orientation measured 2-2.7x faster on the 3x3 shapes (BENCHMARKS.md).
+                matmul(
+                    MatMut::rm_t(&mut sc.dwt[..d.k * s.cout], s.cout, d.k),
+                    Mat::rm(&dout[i * d.oimg..][..d.oimg], s.cout, d.p),
+                    Mat::rm_t(col, d.p, d.k),
+                    i != first,
                 );
-                &sc.col[..d.k * d.p]
-            };
-            // (cout, oh*ow) x (oh*ow, cin*kh*kw) -> (cout, cin*kh*kw), written
-            // through a transposed view into dwt (K, cout): the gemm crate
-            // picks its loop order from the output strides and this
-            // orientation measured 2-2.7x faster on the 3x3 shapes (BENCHMARKS.md).
-            matmul(
-                MatMut::rm_t(&mut sc.dwt[..d.k * s.cout], s.cout, d.k),
-                Mat::rm(&dout[i * d.oimg..][..d.oimg], s.cout, d.p),
-                Mat::rm_t(col, d.p, d.k),
-                i != first,
-            );
-        }
-    });
+            }
+        },
+    );
     // fixed-order reduction of the per-chunk partial sums (transposed back)
     for sc in scratch.iter() {
         let dwt = &sc.dwt[..d.k * s.cout];

@@ -47,6 +47,7 @@
 //! The kernels (and the threading over images) live in `cpu.rs`.
 
 mod cpu;
+mod direct;
 
 use crate::error::{check_len, check_nonzero, Error, Result};
 use crate::scalar::Scalar;
@@ -143,11 +144,16 @@ impl Conv2dShape {
 /// demand; after the first call of the largest shape, no allocation.
 pub struct ConvWorkspace<T> {
     chunks: Vec<cpu::Scratch<T>>,
+    /// the direct 3x3 path's buffers (f32 only)
+    direct: direct::Workspace,
 }
 
 impl<T> Default for ConvWorkspace<T> {
     fn default() -> Self {
-        ConvWorkspace { chunks: Vec::new() }
+        ConvWorkspace {
+            chunks: Vec::new(),
+            direct: direct::Workspace::default(),
+        }
     }
 }
 
@@ -163,6 +169,16 @@ pub fn conv2d_forward<T: Scalar>(
     s.check_output("output", out)?;
     s.check_input("input", inp)?;
     s.check_weight("weight", weight)?;
+    if direct::applies::<T>(s) {
+        if let (Some(out), Some(inp), Some(weight)) = (
+            direct::as_f32_mut(out),
+            direct::as_f32(inp),
+            direct::as_f32(weight),
+        ) {
+            direct::forward(out, inp, weight, s, &mut ws.direct);
+            return Ok(());
+        }
+    }
     cpu::forward(out, inp, weight, s, &mut ws.chunks);
     Ok(())
 }
@@ -187,6 +203,10 @@ pub fn conv2d_backward<T: Scalar>(
     if let Some(dinp) = &dinp {
         s.check_input("dinp", dinp)?;
     }
+    if direct::applies::<T>(s) {
+        direct_backward(dinp, Some(dweight), dout, inp, weight, s, ws);
+        return Ok(());
+    }
     if let Some(dinp) = dinp {
         cpu::backward_input(dinp, dout, weight, s, &mut ws.chunks);
     }
@@ -206,6 +226,11 @@ pub fn conv2d_backward_input<T: Scalar>(
     s.check_input("dinp", dinp)?;
     s.check_output("dout", dout)?;
     s.check_weight("weight", weight)?;
+    if direct::applies::<T>(s) {
+        // the weight is only read by the input half
+        direct_backward(Some(dinp), None, dout, weight, weight, s, ws);
+        return Ok(());
+    }
     cpu::backward_input(dinp, dout, weight, s, &mut ws.chunks);
     Ok(())
 }
@@ -222,8 +247,35 @@ pub fn conv2d_backward_weight<T: Scalar>(
     s.check_weight("dweight", dweight)?;
     s.check_output("dout", dout)?;
     s.check_input("input", inp)?;
+    if direct::applies::<T>(s) {
+        direct_backward(None, Some(dweight), dout, inp, &[], s, ws);
+        return Ok(());
+    }
     cpu::backward_weight(dweight, dout, inp, s, &mut ws.chunks);
     Ok(())
+}
+
+/// Hands a backward to the direct f32 kernels (`direct::applies::<T>` holds,
+/// so `T` is `f32` and every cast succeeds).
+fn direct_backward<T: Scalar>(
+    dinp: Option<&mut [T]>,
+    dweight: Option<&mut [T]>,
+    dout: &[T],
+    inp: &[T],
+    weight: &[T],
+    s: &Conv2dShape,
+    ws: &mut ConvWorkspace<T>,
+) {
+    let f32s = "direct path applies only to f32";
+    direct::backward(
+        dinp.map(|d| direct::as_f32_mut(d).expect(f32s)),
+        dweight.map(|d| direct::as_f32_mut(d).expect(f32s)),
+        direct::as_f32(dout).expect(f32s),
+        direct::as_f32(inp).expect(f32s),
+        direct::as_f32(weight).expect(f32s),
+        s,
+        &mut ws.direct,
+    );
 }
 
 #[cfg(test)]
@@ -452,6 +504,10 @@ mod tests {
                 shape(1, 2, 5, 6, 3, 3, 2, 1, 2),
                 shape(3, 3, 6, 7, 2, 5, 5, 1, 2),
                 shape(5, 2, 4, 6, 3, 2, 3, 1, 1),
+                // images smaller than the kernel (once an im2col panic)
+                shape(2, 3, 1, 1, 2, 3, 3, 1, 1),
+                shape(2, 2, 1, 5, 3, 3, 3, 1, 1),
+                shape(3, 2, 2, 1, 2, 3, 3, 2, 1),
             ] {
                 let inp = r.normal_vec(s.n * s.cin * s.h * s.w);
                 let w = r.normal_vec(s.cout * s.cin * s.kh * s.kw);
