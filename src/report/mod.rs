@@ -60,10 +60,15 @@ pub fn report(runs: &[PathBuf], out: &Path) -> Result<ReportSummary> {
     if runs.is_empty() {
         return Err(Error::Config("report: no run directories given".into()));
     }
-    let loaded = runs
+    let mut loaded = runs
         .iter()
         .map(|d| load_run(d))
         .collect::<Result<Vec<Run>>>()?;
+    let mut labels: Vec<String> = loaded.iter().map(|r| r.label.clone()).collect();
+    shorten_labels(&mut labels);
+    for (r, l) in loaded.iter_mut().zip(labels) {
+        r.label = l;
+    }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
 
     let mut files = Vec::new();
@@ -137,4 +142,61 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// Drops what every label shares, so legends show what differs: a common
+/// prefix up to its last `/` (a sweep's `table1-small/`) and then up to its
+/// last `=` (the axis name, `shortcut=`), and a common `__...` suffix (the
+/// seed of a one-seed grid). Labels that would become empty or collide are
+/// left whole.
+pub fn shorten_labels(labels: &mut [String]) {
+    if labels.len() < 2 {
+        return;
+    }
+    let common_prefix = |ls: &[String]| -> usize {
+        let first = ls[0].as_bytes();
+        let mut n = first.len();
+        for l in &ls[1..] {
+            n = n.min(
+                first
+                    .iter()
+                    .zip(l.as_bytes())
+                    .take_while(|(a, b)| a == b)
+                    .count(),
+            );
+        }
+        n
+    };
+    let mut cut = labels.to_vec();
+    for sep in ['/', '='] {
+        let n = common_prefix(&cut);
+        let shared = &cut[0][..n];
+        // the axis name only while no second axis ("__") is shared
+        if sep == '=' && shared.contains("__") {
+            continue;
+        }
+        if let Some(at) = shared.rfind(sep) {
+            for l in cut.iter_mut() {
+                *l = l[at + 1..].to_string();
+            }
+        }
+    }
+    // a common "__..." tail
+    if let Some(at) = cut[0].rfind("__") {
+        let tail = cut[0][at..].to_string();
+        if cut.iter().all(|l| l.ends_with(&tail)) {
+            for l in cut.iter_mut() {
+                l.truncate(l.len() - tail.len());
+            }
+        }
+    }
+    let distinct = {
+        let mut v = cut.clone();
+        v.sort();
+        v.dedup();
+        v.len() == cut.len()
+    };
+    if distinct && cut.iter().all(|l| !l.is_empty()) {
+        labels.clone_from_slice(&cut);
+    }
 }

@@ -260,3 +260,28 @@ fn html_escapes_labels() {
     assert!(!html.contains("<b>x</b>"));
     assert!(html.contains("&lt;b&gt;x&lt;/b&gt; &amp; y"));
 }
+
+#[test]
+fn legend_labels_drop_what_every_run_shares() {
+    let mut l: Vec<String> = [
+        "table1-small/shortcut=identity__seed=0",
+        "table1-small/shortcut=conv1x1__seed=0",
+        "table1-small/shortcut=scale-branch1-shortcut0.5__seed=0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    super::shorten_labels(&mut l);
+    assert_eq!(l, ["identity", "conv1x1", "scale-branch1-shortcut0.5"]);
+    // different seeds keep their suffix; a lone label is left whole
+    let mut l = vec!["g/a__seed=0".to_string(), "g/a__seed=1".to_string()];
+    super::shorten_labels(&mut l);
+    assert_eq!(l, ["a__seed=0", "a__seed=1"]);
+    let mut l = vec!["runs/demo/identity".to_string()];
+    super::shorten_labels(&mut l);
+    assert_eq!(l, ["runs/demo/identity"]);
+    // collisions or empty labels: unchanged
+    let mut l = vec!["x/same".to_string(), "x/same".to_string()];
+    super::shorten_labels(&mut l);
+    assert_eq!(l, ["x/same", "x/same"]);
+}

@@ -122,6 +122,18 @@ pub fn main(
         "results.md, results.csv and runs.csv in {}",
         s.out.display()
     );
+    // the plots and index.html over every run that finished or diverged
+    let reported: Vec<PathBuf> = s
+        .runs
+        .iter()
+        .zip(&s.records)
+        .filter(|(_, r)| r.as_ref().is_some_and(|r| r.status != RunStatus::Error))
+        .map(|(p, _)| s.out.join(&p.id))
+        .collect();
+    if !reported.is_empty() {
+        let rep = crate::report::report(&reported, &s.out.join("report"))?;
+        println!("report: {}", rep.index.display());
+    }
     let unfinished: Vec<&str> = s
         .runs
         .iter()
