@@ -106,6 +106,15 @@ fn sweep_records_tabulates_skips_and_resumes() {
     assert_eq!(cfg["seed"], 1);
     assert_eq!(cfg["schedule"]["base_lr"], 0.5);
     assert_eq!(cfg["spec"]["shortcut"]["shortcut"], 3.0);
+    // the report over every run (the diverged ones included), legends
+    // without the sweep's common prefix
+    let html = read(&out.join("report").join("index.html"));
+    for f in ["grad_norm.png", "grad_norm.svg", "training.svg"] {
+        assert!(out.join("report").join(f).exists(), "report/{f} missing");
+    }
+    assert!(html.contains("<svg"), "index.html without inline SVG");
+    let svg = read(&out.join("report").join("grad_norm.svg"));
+    assert!(svg.contains("identity"), "legend lost the variant name");
     let md = read(&out.join("results.md"));
     assert!(
         md.contains("| shortcut+lr | runs | median | min–max | fail | per seed |"),
