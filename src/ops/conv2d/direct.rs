@@ -64,25 +64,40 @@ const TILE_O: usize = 8;
 /// Output positions per register tile (3 vectors of 16 lanes).
 const TILE_J: usize = 48;
 
-/// Whether the direct kernels are allowed at all: AVX-512F present, and not
-/// switched off with `RESGRAD_CONV=im2col` (for A/B measurements).
-fn enabled() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| {
-        let forced_off = std::env::var("RESGRAD_CONV").is_ok_and(|v| v == "im2col");
+/// Which convolutions take the direct path, from `RESGRAD_CONV` (for A/B
+/// measurements): `im2col` none, `direct` every applicable one, anything
+/// else (or unset) the measured choice of [`use_for_data`] and
+/// [`use_for_weight`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Off,
+    Auto,
+    All,
+}
+
+fn mode() -> Mode {
+    static MODE: OnceLock<Mode> = OnceLock::new();
+    *MODE.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
-        {
-            !forced_off && std::arch::is_x86_feature_detected!("avx512f")
-        }
+        let cpu = std::arch::is_x86_feature_detected!("avx512f");
         #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = forced_off;
-            false
+        let cpu = false;
+        match std::env::var("RESGRAD_CONV").as_deref() {
+            _ if !cpu => Mode::Off,
+            Ok("im2col") => Mode::Off,
+            Ok("direct") => Mode::All,
+            _ => Mode::Auto,
         }
     })
 }
 
-/// True when `s` takes the direct path for element type `T`.
+/// Whether the kernels may run at all (AVX-512F present, not switched off).
+fn enabled() -> bool {
+    mode() != Mode::Off
+}
+
+/// True when the direct kernels can compute `s` for element type `T`:
+/// f32, 3x3, stride 1, pad 1, channels in multiples of 8, AVX-512F.
 pub(super) fn applies<T: 'static>(s: &Conv2dShape) -> bool {
     TypeId::of::<T>() == TypeId::of::<f32>()
         && s.kh == 3
@@ -92,6 +107,27 @@ pub(super) fn applies<T: 'static>(s: &Conv2dShape) -> bool {
         && s.cin.is_multiple_of(TILE_O)
         && s.cout.is_multiple_of(TILE_O)
         && enabled()
+}
+
+/// Smallest plane (h*w) for which the direct forward and input gradient
+/// beat im2col + GEMM. Measured at batch 128, 2 threads (BENCHMARKS.md):
+/// 16->16 at 32x32 240 vs 163 GFLOP/s, 32->32 at 16x16 254 vs 190, but
+/// 64->64 at 8x8 198 vs 199: an 8x8 plane on the 10-wide padded grid
+/// wastes a third of each tile.
+const MIN_PLANE_DATA: usize = 16 * 16;
+/// Smallest plane for the direct weight gradient: 184 vs 119 GFLOP/s at
+/// 32x32, but 174 vs 197 at 16x16 and 140 vs 198 at 8x8 (its horizontal
+/// reductions stop paying off on small planes).
+const MIN_PLANE_WEIGHT: usize = 32 * 32;
+
+/// Forward and input gradient of `s` on the direct path?
+pub(super) fn use_for_data<T: 'static>(s: &Conv2dShape) -> bool {
+    applies::<T>(s) && (mode() == Mode::All || s.h * s.w >= MIN_PLANE_DATA)
+}
+
+/// Weight gradient of `s` on the direct path?
+pub(super) fn use_for_weight<T: 'static>(s: &Conv2dShape) -> bool {
+    applies::<T>(s) && (mode() == Mode::All || s.h * s.w >= MIN_PLANE_WEIGHT)
 }
 
 /// `x` as `&[f32]`; `None` unless `T` is `f32`.
@@ -537,6 +573,9 @@ pub(super) fn backward(
     let (img, oimg) = (s.cin * s.h * s.w, s.cout * s.h * s.w);
     let want_dinp = dinp.is_some();
     let want_dw = dweight.is_some();
+    if !want_dinp && !want_dw {
+        return;
+    }
     if want_dinp {
         pack_backward(&mut ws.wb, w, s.cin, s.cout);
     }
@@ -550,6 +589,8 @@ pub(super) fn backward(
     };
     // images per weight-gradient group: enough positions (~768) per
     // horizontal reduction, one image for 32x32 planes, 8 for 8x8
+    // (measured: larger groups, 1536 or 3072 positions, ran 20-50% slower
+    // on 16x16 and 8x8 planes, their D rows no longer staying in L1)
     let group = (768 / g.js).clamp(1, 16);
     let (dimg_len, pimg_len) = (s.cout * g.ps, s.cin * g.ps);
     super::cpu::par_chunks(
@@ -655,6 +696,7 @@ mod tests {
         }
         let mut r = Rand::new(11);
         let mut ws = ConvWorkspace::<f32>::default();
+        let mut dws = Workspace::default();
         let mut plain = Vec::new();
         for threads in [1, 2, 3] {
             let pool = rayon::ThreadPoolBuilder::new()
@@ -680,18 +722,37 @@ mod tests {
                     let dinp0 = f(r.normal_vec(inp.len())); // += onto non-zero buffers
                     let dw0 = f(r.normal_vec(w.len()));
 
-                    // direct (through the public entry points)
+                    // the direct kernels, whatever the size policy says
                     let mut out = vec![f32::NAN; dout.len()];
-                    conv2d_forward(&mut out, &inp, &w, &s, &mut ws).unwrap();
+                    forward(&mut out, &inp, &w, &s, &mut dws);
                     let (mut dinp, mut dw) = (dinp0.clone(), dw0.clone());
-                    conv2d_backward(Some(&mut dinp), &mut dw, &dout, &inp, &w, &s, &mut ws)
-                        .unwrap();
+                    backward(
+                        Some(&mut dinp),
+                        Some(&mut dw),
+                        &dout,
+                        &inp,
+                        &w,
+                        &s,
+                        &mut dws,
+                    );
                     // the two halves separately give the same bits
                     let (mut dinp_h, mut dw_h) = (dinp0.clone(), dw0.clone());
-                    conv2d_backward_input(&mut dinp_h, &dout, &w, &s, &mut ws).unwrap();
-                    conv2d_backward_weight(&mut dw_h, &dout, &inp, &s, &mut ws).unwrap();
+                    backward(Some(&mut dinp_h), None, &dout, &inp, &w, &s, &mut dws);
+                    backward(None, Some(&mut dw_h), &dout, &inp, &[], &s, &mut dws);
                     assert_eq!(dinp_h, dinp, "{s:?}");
                     assert_eq!(dw_h, dw, "{s:?}");
+
+                    // the public entry points (direct or im2col per pass, by size)
+                    let mut out_r = vec![f32::NAN; dout.len()];
+                    conv2d_forward(&mut out_r, &inp, &w, &s, &mut ws).unwrap();
+                    let (mut dinp_r, mut dw_r) = (dinp0.clone(), dw0.clone());
+                    conv2d_backward(Some(&mut dinp_r), &mut dw_r, &dout, &inp, &w, &s, &mut ws)
+                        .unwrap();
+                    let (mut dinp_rh, mut dw_rh) = (dinp0.clone(), dw0.clone());
+                    conv2d_backward_input(&mut dinp_rh, &dout, &w, &s, &mut ws).unwrap();
+                    conv2d_backward_weight(&mut dw_rh, &dout, &inp, &s, &mut ws).unwrap();
+                    assert_eq!(dinp_rh, dinp_r, "{s:?}");
+                    assert_eq!(dw_rh, dw_r, "{s:?}");
 
                     // plain im2col path, same data
                     let mut out_p = vec![f32::NAN; dout.len()];
@@ -703,13 +764,16 @@ mod tests {
                         ("out", &out, &out_p),
                         ("dinp", &dinp, &dinp_p),
                         ("dw", &dw, &dw_p),
+                        ("out (routed)", &out_r, &out_p),
+                        ("dinp (routed)", &dinp_r, &dinp_p),
+                        ("dw (routed)", &dw_r, &dw_p),
                     ] {
                         let e = rel(a, b);
                         assert!(e < 1e-5, "{threads} threads {s:?} {name}: rel err {e:e}");
                     }
                     // reproducible for a fixed thread count
                     let mut out2 = vec![0.0; out.len()];
-                    conv2d_forward(&mut out2, &inp, &w, &s, &mut ws).unwrap();
+                    forward(&mut out2, &inp, &w, &s, &mut dws);
                     assert_eq!(out2, out);
                 }
             });
@@ -763,20 +827,19 @@ mod tests {
                 }
             }
         }
-        let mut ws = ConvWorkspace::<f32>::default();
+        let mut ws = Workspace::default();
         let mut got_out = vec![0f32; out.len()];
-        conv2d_forward(&mut got_out, &inp, &w, &s, &mut ws).unwrap();
+        forward(&mut got_out, &inp, &w, &s, &mut ws);
         let (mut got_dinp, mut got_dw) = (vec![0f32; inp.len()], vec![0f32; w.len()]);
-        conv2d_backward(
+        backward(
             Some(&mut got_dinp),
-            &mut got_dw,
+            Some(&mut got_dw),
             &dout,
             &inp,
             &w,
             &s,
             &mut ws,
-        )
-        .unwrap();
+        );
         for (name, a, b) in [
             ("out", &got_out, &out),
             ("dinp", &got_dinp, &dinp),
