@@ -235,6 +235,22 @@ fn col2im_add<T: Scalar>(dimg: &mut [T], dcol: &mut [T], s: &Conv2dShape) {
     }
 }
 
+/// The column matrix of one image (cin*kh*kw, oh*ow): the image itself for
+/// a 1x1 / stride-1 / unpadded convolution, else its im2col in `col`
+/// (grown by the caller to at least `k * p`).
+#[inline(always)]
+fn columns<'a, T: Scalar>(col: &'a mut [T], img: &'a [T], d: &Dims, s: &Conv2dShape) -> &'a [T] {
+    if d.identity_cols {
+        return img;
+    }
+    let col = &mut col[..d.k * d.p];
+    fast(
+        #[inline(always)]
+        || im2col(col, img, s),
+    );
+    col
+}
+
 /// Forward: per image, `out_img = W · col(img)`.
 pub(super) fn forward<T: Scalar>(
     out: &mut [T],
@@ -251,16 +267,7 @@ pub(super) fn forward<T: Scalar>(
             grow(&mut sc.col, d.k * d.p);
         }
         for (i, out_img) in imgs.zip(out.chunks_exact_mut(d.oimg)) {
-            let img = &inp[i * d.img..][..d.img];
-            let col: &[T] = if d.identity_cols {
-                img
-            } else {
-                fast(
-                    #[inline(always)]
-                    || im2col(&mut sc.col[..d.k * d.p], img, s),
-                );
-                &sc.col[..d.k * d.p]
-            };
+            let col = columns(&mut sc.col, &inp[i * d.img..][..d.img], &d, s);
             // (cout, cin*kh*kw) x (cin*kh*kw, oh*ow) -> (cout, oh*ow)
             matmul(
                 MatMut::rm(out_img, s.cout, d.p),
@@ -335,16 +342,7 @@ pub(super) fn backward_weight<T: Scalar>(
             grow(&mut sc.dwt, d.k * s.cout);
             let first = imgs.start;
             for i in imgs {
-                let img = &inp[i * d.img..][..d.img];
-                let col: &[T] = if d.identity_cols {
-                    img
-                } else {
-                    fast(
-                        #[inline(always)]
-                        || im2col(&mut sc.col[..d.k * d.p], img, s),
-                    );
-                    &sc.col[..d.k * d.p]
-                };
+                let col = columns(&mut sc.col, &inp[i * d.img..][..d.img], &d, s);
                 // (cout, oh*ow) x (oh*ow, cin*kh*kw) -> (cout, cin*kh*kw), written
                 // through a transposed view into dwt (K, cout): the gemm crate
                 // picks its loop order from the output strides and this
