@@ -100,7 +100,7 @@ pub fn bn_relu_backward<T: Scalar>(
         rstd,
         gamma,
         s,
-        s.parallel_pub(),
+        s.parallel(),
     );
     Ok(())
 }

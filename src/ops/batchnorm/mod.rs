@@ -100,11 +100,8 @@ impl BnShape {
     fn len(&self) -> usize {
         self.n * self.c * self.hw
     }
-    fn parallel(&self) -> bool {
+    pub(crate) fn parallel(&self) -> bool {
         self.len() >= PAR_MIN
-    }
-    pub(crate) fn parallel_pub(&self) -> bool {
-        self.parallel()
     }
 }
 

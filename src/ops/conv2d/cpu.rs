@@ -66,7 +66,7 @@ fn chunk_range(c: usize, nchunks: usize, n: usize) -> Range<usize> {
 }
 
 /// Number of chunks for a batch of `n`, and the scratch for them.
-pub(super) fn chunks<S: Default>(scratch: &mut Vec<S>, n: usize) -> &mut [S] {
+fn chunks<S: Default>(scratch: &mut Vec<S>, n: usize) -> &mut [S] {
     let nchunks = rayon::current_num_threads().clamp(1, n);
     if scratch.len() < nchunks {
         scratch.resize_with(nchunks, S::default);
@@ -78,7 +78,7 @@ pub(super) fn chunks<S: Default>(scratch: &mut Vec<S>, n: usize) -> &mut [S] {
 /// recursive halving with `rayon::join` (no allocation). `dst` holds
 /// `per_img` elements per image of the chunks in `scratch` (starting at chunk
 /// `first`); `per_img` may be 0 when a pass writes only its scratch.
-pub(super) fn par_chunks<S, T, F>(
+fn par_chunks<S, T, F>(
     scratch: &mut [S],
     first: usize,
     nchunks: usize,
@@ -104,6 +104,28 @@ pub(super) fn par_chunks<S, T, F>(
         || par_chunks(sa, first, nchunks, n, da, per_img, f),
         || par_chunks(sb, first + mid, nchunks, n, db, per_img, f),
     );
+}
+
+/// Cuts a batch of `n` images into one contiguous chunk per pool thread
+/// (see the module doc), grows `scratch` to one entry per chunk and runs
+/// `f(images, scratch, dst_part)` for every chunk in parallel. Returns the
+/// chunks' scratch in chunk order, for fixed-order reductions.
+pub(super) fn for_each_chunk<'s, S, T, F>(
+    scratch: &'s mut Vec<S>,
+    n: usize,
+    dst: &mut [T],
+    per_img: usize,
+    f: &F,
+) -> &'s mut [S]
+where
+    S: Default + Send,
+    T: Send,
+    F: Fn(Range<usize>, &mut S, &mut [T]) + Sync,
+{
+    let used = chunks(scratch, n);
+    let nchunks = used.len();
+    par_chunks(used, 0, nchunks, n, dst, per_img, f);
+    used
 }
 
 /// The output positions `o` along one axis whose input index
@@ -260,23 +282,27 @@ pub(super) fn forward<T: Scalar>(
     scratch: &mut Vec<Scratch<T>>,
 ) {
     let d = Dims::of(s);
-    let scratch = chunks(scratch, s.n);
-    let nchunks = scratch.len();
-    par_chunks(scratch, 0, nchunks, s.n, out, d.oimg, &|imgs, sc, out| {
-        if !d.identity_cols {
-            grow(&mut sc.col, d.k * d.p);
-        }
-        for (i, out_img) in imgs.zip(out.chunks_exact_mut(d.oimg)) {
-            let col = columns(&mut sc.col, &inp[i * d.img..][..d.img], &d, s);
-            // (cout, cin*kh*kw) x (cin*kh*kw, oh*ow) -> (cout, oh*ow)
-            matmul(
-                MatMut::rm(out_img, s.cout, d.p),
-                Mat::rm(weight, s.cout, d.k),
-                Mat::rm(col, d.k, d.p),
-                false,
-            );
-        }
-    });
+    for_each_chunk(
+        scratch,
+        s.n,
+        out,
+        d.oimg,
+        &|imgs, sc: &mut Scratch<T>, out| {
+            if !d.identity_cols {
+                grow(&mut sc.col, d.k * d.p);
+            }
+            for (i, out_img) in imgs.zip(out.chunks_exact_mut(d.oimg)) {
+                let col = columns(&mut sc.col, &inp[i * d.img..][..d.img], &d, s);
+                // (cout, cin*kh*kw) x (cin*kh*kw, oh*ow) -> (cout, oh*ow)
+                matmul(
+                    MatMut::rm(out_img, s.cout, d.p),
+                    Mat::rm(weight, s.cout, d.k),
+                    Mat::rm(col, d.k, d.p),
+                    false,
+                );
+            }
+        },
+    );
 }
 
 /// Input gradient: per image, `dcol = W^T · dout_img`, then
@@ -289,31 +315,35 @@ pub(super) fn backward_input<T: Scalar>(
     scratch: &mut Vec<Scratch<T>>,
 ) {
     let d = Dims::of(s);
-    let scratch = chunks(scratch, s.n);
-    let nchunks = scratch.len();
-    par_chunks(scratch, 0, nchunks, s.n, dinp, d.img, &|imgs, sc, dinp| {
-        if !d.identity_cols {
-            grow(&mut sc.col, d.k * d.p);
-        }
-        for (i, dimg) in imgs.zip(dinp.chunks_exact_mut(d.img)) {
-            let g = Mat::rm(&dout[i * d.oimg..][..d.oimg], s.cout, d.p);
-            // W^T is a free view of W (cout, K) read as (K, cout)
-            let wt = Mat::rm_t(weight, d.k, s.cout);
-            if d.identity_cols {
-                // col2im is the identity: accumulate straight into dinp
-                // (cin, cout) x (cout, h*w) -> (cin, h*w)
-                matmul(MatMut::rm(dimg, d.k, d.p), wt, g, true);
-            } else {
-                let dcol = &mut sc.col[..d.k * d.p];
-                // (cin*kh*kw, cout) x (cout, oh*ow) -> (cin*kh*kw, oh*ow)
-                matmul(MatMut::rm(dcol, d.k, d.p), wt, g, false);
-                fast(
-                    #[inline(always)]
-                    || col2im_add(dimg, dcol, s),
-                );
+    for_each_chunk(
+        scratch,
+        s.n,
+        dinp,
+        d.img,
+        &|imgs, sc: &mut Scratch<T>, dinp| {
+            if !d.identity_cols {
+                grow(&mut sc.col, d.k * d.p);
             }
-        }
-    });
+            for (i, dimg) in imgs.zip(dinp.chunks_exact_mut(d.img)) {
+                let g = Mat::rm(&dout[i * d.oimg..][..d.oimg], s.cout, d.p);
+                // W^T is a free view of W (cout, K) read as (K, cout)
+                let wt = Mat::rm_t(weight, d.k, s.cout);
+                if d.identity_cols {
+                    // col2im is the identity: accumulate straight into dinp
+                    // (cin, cout) x (cout, h*w) -> (cin, h*w)
+                    matmul(MatMut::rm(dimg, d.k, d.p), wt, g, true);
+                } else {
+                    let dcol = &mut sc.col[..d.k * d.p];
+                    // (cin*kh*kw, cout) x (cout, oh*ow) -> (cin*kh*kw, oh*ow)
+                    matmul(MatMut::rm(dcol, d.k, d.p), wt, g, false);
+                    fast(
+                        #[inline(always)]
+                        || col2im_add(dimg, dcol, s),
+                    );
+                }
+            }
+        },
+    );
 }
 
 /// Weight gradient: per chunk, `dW_chunk = sum_img dout_img · col(img)^T`,
@@ -326,16 +356,12 @@ pub(super) fn backward_weight<T: Scalar>(
     scratch: &mut Vec<Scratch<T>>,
 ) {
     let d = Dims::of(s);
-    let scratch = chunks(scratch, s.n);
-    let nchunks = scratch.len();
-    par_chunks(
+    let used = for_each_chunk(
         scratch,
-        0,
-        nchunks,
         s.n,
         &mut [] as &mut [T],
         0,
-        &|imgs, sc, _| {
+        &|imgs, sc: &mut Scratch<T>, _| {
             if !d.identity_cols {
                 grow(&mut sc.col, d.k * d.p);
             }
@@ -357,7 +383,7 @@ pub(super) fn backward_weight<T: Scalar>(
         },
     );
     // fixed-order reduction of the per-chunk partial sums (transposed back)
-    for sc in scratch.iter() {
+    for sc in used.iter() {
         let dwt = &sc.dwt[..d.k * s.cout];
         for (o, dw_row) in dweight.chunks_exact_mut(d.k).enumerate() {
             for (kk, dw) in dw_row.iter_mut().enumerate() {

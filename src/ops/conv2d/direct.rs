@@ -535,12 +535,8 @@ pub(super) fn forward(
     let (img, oimg) = (s.cin * s.h * s.w, s.cout * s.h * s.w);
     pack_forward(&mut ws.wf, w, s.cin, s.cout);
     let wf = &ws.wf;
-    let scratch = super::cpu::chunks(&mut ws.chunks, s.n);
-    let nchunks = scratch.len();
-    super::cpu::par_chunks(
-        scratch,
-        0,
-        nchunks,
+    super::cpu::for_each_chunk(
+        &mut ws.chunks,
         s.n,
         out,
         oimg,
@@ -581,8 +577,6 @@ pub(super) fn backward(
     }
     let wb = &ws.wb;
     let nw = s.cout * s.cin * 9;
-    let scratch = super::cpu::chunks(&mut ws.chunks, s.n);
-    let nchunks = scratch.len();
     let (dst, per_img): (&mut [f32], usize) = match dinp {
         Some(d) => (d, img),
         None => (&mut [], 0),
@@ -593,10 +587,8 @@ pub(super) fn backward(
     // on 16x16 and 8x8 planes, their D rows no longer staying in L1)
     let group = (768 / g.js).clamp(1, 16);
     let (dimg_len, pimg_len) = (s.cout * g.ps, s.cin * g.ps);
-    super::cpu::par_chunks(
-        scratch,
-        0,
-        nchunks,
+    let used = super::cpu::for_each_chunk(
+        &mut ws.chunks,
         s.n,
         dst,
         per_img,
@@ -641,7 +633,7 @@ pub(super) fn backward(
     );
     if let Some(dweight) = dweight {
         // fixed-order reduction of the per-chunk partial sums
-        for sc in ws.chunks[..nchunks].iter() {
+        for sc in used.iter() {
             for (d, &p) in dweight.iter_mut().zip(&sc.dw[..nw]) {
                 *d += p;
             }

@@ -203,28 +203,7 @@ pub fn conv2d_backward<T: Scalar>(
     if let Some(dinp) = &dinp {
         s.check_input("dinp", dinp)?;
     }
-    let (data, wgt) = (direct::use_for_data::<T>(s), direct::use_for_weight::<T>(s));
-    if data || wgt {
-        // each half on the path measured faster for this shape
-        let (dinp_direct, dinp_rest) = if data { (dinp, None) } else { (None, dinp) };
-        let (dw_direct, dw_rest) = if wgt {
-            (Some(dweight), None)
-        } else {
-            (None, Some(dweight))
-        };
-        direct_backward(dinp_direct, dw_direct, dout, inp, weight, s, ws);
-        if let Some(dinp) = dinp_rest {
-            cpu::backward_input(dinp, dout, weight, s, &mut ws.chunks);
-        }
-        if let Some(dweight) = dw_rest {
-            cpu::backward_weight(dweight, dout, inp, s, &mut ws.chunks);
-        }
-        return Ok(());
-    }
-    if let Some(dinp) = dinp {
-        cpu::backward_input(dinp, dout, weight, s, &mut ws.chunks);
-    }
-    cpu::backward_weight(dweight, dout, inp, s, &mut ws.chunks);
+    backward_checked(dinp, Some(dweight), dout, inp, weight, s, ws);
     Ok(())
 }
 
@@ -240,12 +219,8 @@ pub fn conv2d_backward_input<T: Scalar>(
     s.check_input("dinp", dinp)?;
     s.check_output("dout", dout)?;
     s.check_weight("weight", weight)?;
-    if direct::use_for_data::<T>(s) {
-        // the weight is only read by the input half
-        direct_backward(Some(dinp), None, dout, weight, weight, s, ws);
-        return Ok(());
-    }
-    cpu::backward_input(dinp, dout, weight, s, &mut ws.chunks);
+    // the input half never reads the forward's input
+    backward_checked(Some(dinp), None, dout, &[], weight, s, ws);
     Ok(())
 }
 
@@ -261,12 +236,40 @@ pub fn conv2d_backward_weight<T: Scalar>(
     s.check_weight("dweight", dweight)?;
     s.check_output("dout", dout)?;
     s.check_input("input", inp)?;
-    if direct::use_for_weight::<T>(s) {
-        direct_backward(None, Some(dweight), dout, inp, &[], s, ws);
-        return Ok(());
-    }
-    cpu::backward_weight(dweight, dout, inp, s, &mut ws.chunks);
+    // the weight half never reads the weights
+    backward_checked(None, Some(dweight), dout, inp, &[], s, ws);
     Ok(())
+}
+
+/// Both halves of the backward on validated buffers (a `None` half is
+/// skipped; `inp` is only read for `dweight`, `weight` only for `dinp`).
+/// Each half takes the path measured faster for this shape: the direct f32
+/// kernels, or im2col + GEMM.
+fn backward_checked<T: Scalar>(
+    dinp: Option<&mut [T]>,
+    dweight: Option<&mut [T]>,
+    dout: &[T],
+    inp: &[T],
+    weight: &[T],
+    s: &Conv2dShape,
+    ws: &mut ConvWorkspace<T>,
+) {
+    let (data, wgt) = (direct::use_for_data::<T>(s), direct::use_for_weight::<T>(s));
+    let (dinp_direct, dinp_rest) = if data { (dinp, None) } else { (None, dinp) };
+    let (dw_direct, dw_rest) = if wgt {
+        (dweight, None)
+    } else {
+        (None, dweight)
+    };
+    if dinp_direct.is_some() || dw_direct.is_some() {
+        direct_backward(dinp_direct, dw_direct, dout, inp, weight, s, ws);
+    }
+    if let Some(dinp) = dinp_rest {
+        cpu::backward_input(dinp, dout, weight, s, &mut ws.chunks);
+    }
+    if let Some(dweight) = dw_rest {
+        cpu::backward_weight(dweight, dout, inp, s, &mut ws.chunks);
+    }
 }
 
 /// Hands a backward to the direct f32 kernels (`direct::applies::<T>` holds,
