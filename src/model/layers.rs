@@ -6,12 +6,11 @@
 use crate::error::Result;
 use crate::ops::activation::relu_inplace;
 use crate::ops::batchnorm::{
-    batchnorm_backward, batchnorm_forward_eval, batchnorm_forward_train, BnShape, BN_EPS,
-    BN_MOMENTUM,
+    batchnorm_backward, batchnorm_forward_eval, forward_train_act, BnShape, BN_EPS, BN_MOMENTUM,
 };
 use crate::ops::conv2d::{conv2d_backward, conv2d_forward, Conv2dShape, ConvWorkspace};
 use crate::ops::elementwise::{bias_add_backward, bias_add_forward};
-use crate::ops::fused::{bn_relu_backward, bn_relu_forward_train};
+use crate::ops::fused::bn_relu_backward;
 use crate::ops::linear::{linear_backward, linear_forward, LinearShape};
 use crate::scalar::Scalar;
 use rand::Rng;
@@ -334,6 +333,40 @@ impl<T: Scalar> BnLayer<T> {
         }
     }
 
+    fn shape(&self, n: usize, g: Geom) -> BnShape {
+        BnShape {
+            n,
+            c: self.c,
+            hw: g.hw(),
+        }
+    }
+
+    /// Training-mode forward with the batch statistics, `max(0, ·)` applied
+    /// as the output is written when `RELU` (`ops::fused`).
+    fn forward_train<const RELU: bool>(
+        &mut self,
+        out: &mut [T],
+        inp: &[T],
+        n: usize,
+        g: Geom,
+    ) -> Result<()> {
+        self.num_batches_tracked += 1;
+        let s = self.shape(n, g);
+        forward_train_act::<T, RELU>(
+            out,
+            &mut self.mean,
+            &mut self.rstd,
+            inp,
+            &self.gamma.value,
+            &self.beta.value,
+            &mut self.running_mean.value,
+            &mut self.running_var.value,
+            BN_MOMENTUM,
+            BN_EPS,
+            s,
+        )
+    }
+
     pub fn forward(
         &mut self,
         out: &mut [T],
@@ -342,38 +375,19 @@ impl<T: Scalar> BnLayer<T> {
         g: Geom,
         train: bool,
     ) -> Result<()> {
-        let s = BnShape {
-            n,
-            c: self.c,
-            hw: g.hw(),
-        };
         if train {
-            self.num_batches_tracked += 1;
-            batchnorm_forward_train(
-                out,
-                &mut self.mean,
-                &mut self.rstd,
-                inp,
-                &self.gamma.value,
-                &self.beta.value,
-                &mut self.running_mean.value,
-                &mut self.running_var.value,
-                BN_MOMENTUM,
-                BN_EPS,
-                s,
-            )
-        } else {
-            batchnorm_forward_eval(
-                out,
-                inp,
-                &self.gamma.value,
-                &self.beta.value,
-                &self.running_mean.value,
-                &self.running_var.value,
-                BN_EPS,
-                s,
-            )
+            return self.forward_train::<false>(out, inp, n, g);
         }
+        batchnorm_forward_eval(
+            out,
+            inp,
+            &self.gamma.value,
+            &self.beta.value,
+            &self.running_mean.value,
+            &self.running_var.value,
+            BN_EPS,
+            self.shape(n, g),
+        )
     }
 
     pub fn backward(
@@ -384,11 +398,7 @@ impl<T: Scalar> BnLayer<T> {
         n: usize,
         g: Geom,
     ) -> Result<()> {
-        let s = BnShape {
-            n,
-            c: self.c,
-            hw: g.hw(),
-        };
+        let s = self.shape(n, g);
         batchnorm_backward(
             dinp,
             &mut self.gamma.grad,
@@ -411,29 +421,12 @@ impl<T: Scalar> BnLayer<T> {
         g: Geom,
         train: bool,
     ) -> Result<()> {
-        if !train {
-            self.forward(out, inp, n, g, false)?;
-            relu_inplace(out);
-            return Ok(());
+        if train {
+            return self.forward_train::<true>(out, inp, n, g);
         }
-        self.num_batches_tracked += 1;
-        bn_relu_forward_train(
-            out,
-            &mut self.mean,
-            &mut self.rstd,
-            inp,
-            &self.gamma.value,
-            &self.beta.value,
-            &mut self.running_mean.value,
-            &mut self.running_var.value,
-            BN_MOMENTUM,
-            BN_EPS,
-            BnShape {
-                n,
-                c: self.c,
-                hw: g.hw(),
-            },
-        )
+        self.forward(out, inp, n, g, false)?;
+        relu_inplace(out);
+        Ok(())
     }
 
     /// Backward of [`BnLayer::forward_relu`] (training mode); `out` is its output.
@@ -446,6 +439,7 @@ impl<T: Scalar> BnLayer<T> {
         n: usize,
         g: Geom,
     ) -> Result<()> {
+        let s = self.shape(n, g);
         bn_relu_backward(
             dinp,
             &mut self.gamma.grad,
@@ -456,11 +450,7 @@ impl<T: Scalar> BnLayer<T> {
             &self.mean,
             &self.rstd,
             &self.gamma.value,
-            BnShape {
-                n,
-                c: self.c,
-                hw: g.hw(),
-            },
+            s,
         )
     }
 
