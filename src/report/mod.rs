@@ -25,8 +25,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 pub use parse::{
-    load_run, parse_flow, parse_metrics, spec_label, FlowProbe, FlowUnit, MetricRow, Run,
-    RunSummaryFile,
+    load_run, parse_flow, parse_metrics, spec_label, FlowProbe, MetricRow, Run, RunSummaryFile,
 };
 
 use crate::error::{Error, Result};

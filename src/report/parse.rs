@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::probe::FlowRow;
 
 /// One row of `metrics.csv`.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,28 +30,13 @@ pub struct MetricRow {
     pub wall_s: Option<f64>,
 }
 
-/// One row of `flow.csv`: unit `unit`'s gradient at one probed iteration.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FlowUnit {
-    pub unit: usize,
-    /// `||dL/dx_l||`.
-    pub grad_norm: f64,
-    /// Norm of the shortcut term of the backward pass through unit `l`
-    /// (empty for the top row).
-    pub shortcut_norm: Option<f64>,
-    /// Norm of the residual-branch term (empty for the top row).
-    pub branch_norm: Option<f64>,
-    pub cosine: Option<f64>,
-    /// `prod(lambda)` from unit `l` to the top, where the shortcuts are
-    /// scalar multiples of the identity.
-    pub direct_factor: Option<f64>,
-}
-
 /// All rows of `flow.csv` for one probed iteration, sorted by unit.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FlowProbe {
     pub iter: u64,
-    pub units: Vec<FlowUnit>,
+    /// the rows `resgrad train` wrote (`crate::probe::FlowRow`), each with
+    /// this probe's `iter`
+    pub units: Vec<FlowRow>,
 }
 
 impl FlowProbe {
@@ -418,7 +404,7 @@ pub fn parse_flow(path: &Path, text: &str) -> Result<Vec<FlowProbe>> {
             "direct_factor",
         ],
     )?;
-    let mut probes: BTreeMap<u64, Vec<FlowUnit>> = BTreeMap::new();
+    let mut probes: BTreeMap<u64, Vec<FlowRow>> = BTreeMap::new();
     for (line, row) in &t.rows {
         let (line, row) = (*line, row.as_slice());
         let iter = t.uint(line, row, "iter")?;
@@ -433,7 +419,8 @@ pub fn parse_flow(path: &Path, text: &str) -> Result<Vec<FlowProbe>> {
                 &format!("unit {unit} appears twice for iteration {iter}"),
             ));
         }
-        units.push(FlowUnit {
+        units.push(FlowRow {
+            iter,
             unit,
             grad_norm: t.f64_req(line, row, "grad_norm")?,
             shortcut_norm: t.f64(line, row, "shortcut_norm")?,
