@@ -105,13 +105,28 @@ fn mlp_nets_match_finite_differences() {
 
 #[test]
 fn probe_terms_add_up_to_the_gradient() {
-    for sc in [
+    // every unit kind (the original unit's fused add-ReLU backward, the
+    // pre-activation units' aliased dF = dy) with the shortcuts whose
+    // backward writes dx differently (copy, gate, projection)
+    let units = [
+        "full_preact",
+        "original",
+        "bn_after_add",
+        "relu_before_add",
+        "relu_only_preact",
+    ];
+    let shortcuts = [
         r#"{"kind":"identity"}"#,
         r#"{"kind":"exclusive_gate","bias_init":0.0}"#,
         r#"{"kind":"conv1x1"}"#,
-    ] {
+        r#"{"kind":"scale","shortcut":0.5}"#,
+    ];
+    for (unit, sc) in units
+        .iter()
+        .flat_map(|u| shortcuts.iter().map(move |s| (u, s)))
+    {
         let s = spec(&format!(
-            r#"{{"arch":"mlp","in_features":6,"hidden":5,"units":4,"classes":3,"unit":"full_preact","shortcut":{sc}}}"#
+            r#"{{"arch":"mlp","in_features":6,"hidden":5,"units":4,"classes":3,"unit":"{unit}","shortcut":{sc}}}"#
         ));
         let mut net: Net<f64> = Net::new(&s, 1, 3).unwrap();
         let mut r = Rand::new(5);
@@ -119,12 +134,26 @@ fn probe_terms_add_up_to_the_gradient() {
         let labels: Vec<usize> = (0..8).map(|_| r.usize_below(3)).collect();
         net.forward_backward(&x, &labels, true).unwrap();
         let with_probe: Vec<Vec<f64>> = (0..=4).map(|i| net.dx(i).to_vec()).collect();
+        let grads = |net: &mut Net<f64>| -> Vec<Vec<f64>> {
+            net.params_mut().iter().map(|p| p.grad.clone()).collect()
+        };
+        let pgrads = grads(&mut net);
         // the probe does not change any gradient
         net.zero_grad();
         net.forward_backward(&x, &labels, false).unwrap();
         for (i, d) in with_probe.iter().enumerate() {
             let e = max_rel_err(d, net.dx(i));
-            assert!(e < 1e-12, "{sc}: dx.{i} differs with the probe on: {e:e}");
+            assert!(
+                e < 1e-12,
+                "{unit} {sc}: dx.{i} differs with the probe on: {e:e}"
+            );
+        }
+        for (i, (a, b)) in pgrads.iter().zip(grads(&mut net)).enumerate() {
+            let e = max_rel_err(a, &b);
+            assert!(
+                e < 1e-12,
+                "{unit} {sc}: param {i} differs with the probe on: {e:e}"
+            );
         }
         for (l, f) in net.flow.iter().enumerate() {
             let n = resgrad::tensor::norm(net.dx(l));

@@ -6,12 +6,14 @@
 use crate::error::Result;
 use crate::ops::activation::relu_inplace;
 use crate::ops::batchnorm::{
-    batchnorm_backward, batchnorm_forward_eval, forward_train_act, BnShape, BN_EPS, BN_MOMENTUM,
+    batchnorm_backward_to, batchnorm_forward_eval, forward_train_act, BnShape, BN_EPS, BN_MOMENTUM,
 };
-use crate::ops::conv2d::{conv2d_backward, conv2d_forward, Conv2dShape, ConvWorkspace};
+use crate::ops::conv2d::{conv2d_backward_to, conv2d_forward, Conv2dShape, ConvWorkspace};
 use crate::ops::elementwise::{bias_add_backward, bias_add_forward};
-use crate::ops::fused::bn_relu_backward;
+use crate::ops::fused::bn_relu_backward_to;
 use crate::ops::linear::{linear_backward, linear_forward, LinearShape};
+use crate::ops::par::par_zero;
+use crate::ops::Accum;
 use crate::scalar::Scalar;
 use rand::Rng;
 use rand_distr::{Distribution, Normal};
@@ -246,6 +248,21 @@ impl<T: Scalar> WeightLayer<T> {
         g: Geom,
         ws: &mut ConvWorkspace<T>,
     ) -> Result<()> {
+        self.backward_to(Accum::Add, dinp, dout, inp, n, g, ws)
+    }
+
+    /// [`WeightLayer::backward`] with `dinp` written as `accum` says.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_to(
+        &mut self,
+        accum: Accum,
+        dinp: Option<&mut [T]>,
+        dout: &[T],
+        inp: &[T],
+        n: usize,
+        g: Geom,
+        ws: &mut ConvWorkspace<T>,
+    ) -> Result<()> {
         match self.conv {
             Some(_) => {
                 let cs = self.conv_shape(n, g);
@@ -253,7 +270,8 @@ impl<T: Scalar> WeightLayer<T> {
                 if let Some(b) = &mut self.bias {
                     bias_add_backward(&mut b.grad, dout, n, og.c, og.hw())?;
                 }
-                conv2d_backward(
+                conv2d_backward_to(
+                    accum,
                     dinp,
                     &mut self.weight.grad,
                     dout,
@@ -263,19 +281,27 @@ impl<T: Scalar> WeightLayer<T> {
                     ws,
                 )
             }
-            None => linear_backward(
-                dinp,
-                &mut self.weight.grad,
-                self.bias.as_mut().map(|b| b.grad.as_mut_slice()),
-                dout,
-                inp,
-                &self.weight.value,
-                LinearShape {
-                    n,
-                    fin: self.cin,
-                    fout: self.cout,
-                },
-            ),
+            None => {
+                let dinp = dinp.map(|d| {
+                    if accum == Accum::Set {
+                        par_zero(d);
+                    }
+                    &mut *d
+                });
+                linear_backward(
+                    dinp,
+                    &mut self.weight.grad,
+                    self.bias.as_mut().map(|b| b.grad.as_mut_slice()),
+                    dout,
+                    inp,
+                    &self.weight.value,
+                    LinearShape {
+                        n,
+                        fin: self.cin,
+                        fout: self.cout,
+                    },
+                )
+            }
         }
     }
 
@@ -398,8 +424,22 @@ impl<T: Scalar> BnLayer<T> {
         n: usize,
         g: Geom,
     ) -> Result<()> {
+        self.backward_to(Accum::Add, dinp, dout, inp, n, g)
+    }
+
+    /// [`BnLayer::backward`] with `dinp` written as `accum` says.
+    pub fn backward_to(
+        &mut self,
+        accum: Accum,
+        dinp: &mut [T],
+        dout: &[T],
+        inp: &[T],
+        n: usize,
+        g: Geom,
+    ) -> Result<()> {
         let s = self.shape(n, g);
-        batchnorm_backward(
+        batchnorm_backward_to(
+            accum,
             dinp,
             &mut self.gamma.grad,
             &mut self.beta.grad,
@@ -439,8 +479,24 @@ impl<T: Scalar> BnLayer<T> {
         n: usize,
         g: Geom,
     ) -> Result<()> {
+        self.backward_relu_to(Accum::Add, dinp, dout, out, inp, n, g)
+    }
+
+    /// [`BnLayer::backward_relu`] with `dinp` written as `accum` says.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_relu_to(
+        &mut self,
+        accum: Accum,
+        dinp: &mut [T],
+        dout: &[T],
+        out: &[T],
+        inp: &[T],
+        n: usize,
+        g: Geom,
+    ) -> Result<()> {
         let s = self.shape(n, g);
-        bn_relu_backward(
+        bn_relu_backward_to(
+            accum,
             dinp,
             &mut self.gamma.grad,
             &mut self.beta.grad,

@@ -386,8 +386,7 @@ impl<T: Scalar> Net<T> {
         // the residual units, in exact reverse order
         for i in (0..nu).rev() {
             let (dlo, dhi) = self.dxs.split_at_mut(i + 1);
-            let dx = &mut dlo[i];
-            zero(dx);
+            let dx = &mut dlo[i]; // overwritten by the unit, x_i's only consumer
             let (ulo, uhi) = self.units.split_at_mut(i);
             let x: &[T] = if i == 0 {
                 &self.x0

@@ -17,6 +17,7 @@
 
 use crate::error::{check_len, Result};
 use crate::ops::batchnorm::{backward_act, forward_train_act, BnShape};
+use crate::ops::Accum;
 use crate::scalar::Scalar;
 
 const OP: &str = "batchnorm_relu";
@@ -68,6 +69,37 @@ pub fn bn_relu_backward<T: Scalar>(
     gamma: &[T],      // (C)
     s: BnShape,
 ) -> Result<()> {
+    bn_relu_backward_to(
+        Accum::Add,
+        dinp,
+        dgamma,
+        dbeta,
+        dout,
+        out,
+        inp,
+        mean,
+        rstd,
+        gamma,
+        s,
+    )
+}
+
+/// [`bn_relu_backward`] with `dinp` written as `accum` says
+/// ([`Accum::Set`] overwrites it); `dgamma`, `dbeta` accumulate.
+#[allow(clippy::too_many_arguments)]
+pub fn bn_relu_backward_to<T: Scalar>(
+    accum: Accum,
+    dinp: &mut [T],   // (N, C, HW)
+    dgamma: &mut [T], // (C)
+    dbeta: &mut [T],  // (C)
+    dout: &[T],       // (N, C, HW)  dL/d(ReLU output)
+    out: &[T],        // (N, C, HW)  the ReLU output
+    inp: &[T],        // (N, C, HW)  BN's input
+    mean: &[T],       // (C)
+    rstd: &[T],       // (C)
+    gamma: &[T],      // (C)
+    s: BnShape,
+) -> Result<()> {
     let len = s.n * s.c * s.hw;
     for (what, b) in [
         ("dinp", &*dinp),
@@ -89,7 +121,11 @@ pub fn bn_relu_backward<T: Scalar>(
     if len == 0 {
         return Ok(());
     }
-    backward_act::<T, true>(
+    let f = match accum {
+        Accum::Add => backward_act::<T, true, false>,
+        Accum::Set => backward_act::<T, true, true>,
+    };
+    f(
         dinp,
         dgamma,
         dbeta,

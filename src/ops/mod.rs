@@ -11,6 +11,12 @@
 //!   tensor read by two consumers (a residual unit's input) simply receives
 //!   both contributions; callers zero gradients once per step;
 //! - a wrong-sized buffer is an `Error::Shape` naming the op, never a panic.
+//!
+//! The exception to `+=`: the `*_backward_set` variants of the ops on a
+//! residual unit's hot path *overwrite* the input gradient (their
+//! [`Accum::Set`]) when the caller knows it is that buffer's only writer, so
+//! the buffer needs no zeroing pass first. Parameter gradients always
+//! accumulate.
 
 pub mod activation;
 pub mod batchnorm;
@@ -24,3 +30,13 @@ pub mod pool;
 pub mod shortcut_a;
 pub mod simd;
 pub mod softmax_ce;
+
+/// How a backward writes its input gradient.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accum {
+    /// `dinp += ...`: the convention, for a tensor with several consumers.
+    Add,
+    /// `dinp = ...`: the caller's buffer has this op as its only writer, so
+    /// it need not be zeroed first (one memory pass fewer).
+    Set,
+}

@@ -35,6 +35,7 @@ use crate::ops::conv2d::ConvWorkspace;
 use crate::ops::dropout::dropout_forward;
 use crate::ops::par::{par_pieces, par_pieces2, par_zero};
 use crate::ops::shortcut_a::{shortcut_a_backward, shortcut_a_forward, ShortcutAShape};
+use crate::ops::Accum;
 use crate::scalar::Scalar;
 use crate::tensor::{dot, norm};
 use rand::Rng;
@@ -262,6 +263,29 @@ impl<T: Scalar> Unit<T> {
         matches!(self.path, ShortcutPath::Identity) && self.mix == Mix::Add
     }
 
+    /// `post` is a single ReLU after a plain addition (the original unit):
+    /// the forward writes `max(0, h + F)` in one pass (the sum itself is
+    /// never stored) and the backward masks `dy` in one pass.
+    fn fused_relu_post(&self) -> bool {
+        self.mix == Mix::Add && self.post == [Step::Relu]
+    }
+
+    /// The branch step whose output gradient has two writers: the step above
+    /// it and a projection shortcut that reads the pre-activation (pre-act
+    /// B projections); it is zeroed and accumulated, every other branch
+    /// gradient is overwritten by its one writer.
+    fn shared_grad(&self) -> Option<usize> {
+        match (&self.path, self.pre_idx) {
+            (
+                ShortcutPath::Projection {
+                    reads_pre: true, ..
+                },
+                Some(p),
+            ) => Some(p),
+            _ => None,
+        }
+    }
+
     fn ensure(&mut self, n: usize) {
         if self.n == n {
             return;
@@ -276,9 +300,8 @@ impl<T: Scalar> Unit<T> {
         let needs_h = !matches!(self.path, ShortcutPath::Identity | ShortcutPath::None)
             || matches!(self.mix, Mix::Dropout { .. });
         resize(&mut self.h, if needs_h { out } else { 0 });
-        // the identity + add backward writes dh straight into dx (no buffer)
-        // except when the probe keeps the terms apart (allocated then)
-        let no_dh = matches!(self.path, ShortcutPath::None) || self.fused_identity_add();
+        // with a plain addition dh = dF = dsum: no buffer of its own
+        let no_dh = matches!(self.path, ShortcutPath::None) || self.mix == Mix::Add;
         resize(&mut self.dh, if no_dh { 0 } else { out });
         let drop = matches!(self.mix, Mix::Dropout { .. });
         resize(&mut self.hd, if drop { out } else { 0 });
@@ -286,7 +309,8 @@ impl<T: Scalar> Unit<T> {
         let gated = self.gate.is_some();
         resize(&mut self.g, if gated { out } else { 0 });
         resize(&mut self.dz, if gated { out } else { 0 });
-        resize(&mut self.sum, out);
+        let sum_len = if self.fused_relu_post() { 0 } else { out };
+        resize(&mut self.sum, sum_len);
         self.post_acts = self.post.iter().map(|_| vec![T::zero(); out]).collect();
         if let ShortcutPath::OptionA(s) = &mut self.path {
             s.n = n;
@@ -347,7 +371,19 @@ impl<T: Scalar> Unit<T> {
         };
         let f = self.acts.last().expect("branch has steps");
         // the addition
+        let fused_relu = self.fused_relu_post();
         match self.mix {
+            // ... and the ReLU after it, in the same pass: out = max(0, h + F)
+            Mix::Add if fused_relu => par_pieces(
+                &mut self.post_acts[0],
+                #[inline(always)]
+                |at, out| {
+                    for ((y, &a), &b) in out.iter_mut().zip(&h[at..]).zip(&f[at..]) {
+                        let v = a + b;
+                        *y = if v > T::zero() { v } else { T::zero() };
+                    }
+                },
+            ),
             Mix::Add => par_pieces(
                 &mut self.sum,
                 #[inline(always)]
@@ -381,8 +417,9 @@ impl<T: Scalar> Unit<T> {
             }
             Mix::None => self.sum.copy_from_slice(f),
         }
-        // after the addition
-        for i in 0..self.post.len() {
+        // after the addition (a fused ReLU is done)
+        let first_post = if fused_relu { 1 } else { 0 };
+        for i in first_post..self.post.len() {
             let (done, rest) = self.post_acts.split_at_mut(i);
             let inp = if i == 0 {
                 self.sum.as_slice()
@@ -463,18 +500,55 @@ impl<T: Scalar> Unit<T> {
     ) -> Result<()> {
         let n = self.n;
         let probe = flow.is_some();
+        let nsteps = self.steps.len();
+        let shared = self.shared_grad();
+        let relu_post = self.fused_relu_post();
+        let identity_add = self.fused_identity_add();
         if probe {
-            zero(&mut self.dx_short);
             zero(&mut self.dx_branch);
         }
-        let nsteps = self.steps.len();
-        for d in self.dacts[..nsteps].iter_mut() {
-            zero(d);
+        if let Some(p) = shared {
+            zero(&mut self.dacts[p]);
         }
+        // dacts[s] is dL/d(output of branch step s); the last one is dF
+        let (dacts, dacts_top) = self.dacts[..nsteps].split_at_mut(nsteps - 1);
         // in the forward pass post came after the addition, so now carry dy back through it
-        let dsum: &[T] = if self.post.is_empty() {
-            dy
-        } else {
+        let mut dx_done = false;
+        if relu_post {
+            // the forward was out = max(0, sum), so now dsum = dy [out > 0]
+            let out = &self.post_acts[0];
+            if identity_add && !probe {
+                // ... and the addition hands dsum to the shortcut unchanged:
+                // dx = dsum (the gradient highway), written in the same pass
+                par_pieces2(
+                    dx,
+                    &mut self.dsum,
+                    #[inline(always)]
+                    |at, dx, ds| {
+                        for ((a, b), (&g, &o)) in dx
+                            .iter_mut()
+                            .zip(ds.iter_mut())
+                            .zip(dy[at..].iter().zip(&out[at..]))
+                        {
+                            let v = if o > T::zero() { g } else { T::zero() };
+                            *a = v;
+                            *b = v;
+                        }
+                    },
+                );
+                dx_done = true;
+            } else {
+                par_pieces(
+                    &mut self.dsum,
+                    #[inline(always)]
+                    |at, ds| {
+                        for (b, (&g, &o)) in ds.iter_mut().zip(dy[at..].iter().zip(&out[at..])) {
+                            *b = if o > T::zero() { g } else { T::zero() };
+                        }
+                    },
+                );
+            }
+        } else if !self.post.is_empty() {
             zero(&mut self.dsum);
             for d in self.dpost[..self.post.len()].iter_mut() {
                 zero(d);
@@ -494,6 +568,7 @@ impl<T: Scalar> Unit<T> {
                 };
                 step_backward(
                     self.post[i],
+                    Accum::Add,
                     dinp,
                     dout,
                     inp,
@@ -505,49 +580,24 @@ impl<T: Scalar> Unit<T> {
                     ws,
                 )?;
             }
-            &self.dsum
-        };
-        // the addition splits the gradient into the shortcut's dh and the branch's dF
+        }
+        let dsum: &[T] = if self.post.is_empty() { dy } else { &self.dsum };
+        // the addition splits the gradient into the shortcut's dh and the
+        // branch's dF (overwritten: their only writer)
         let identity_h =
             matches!(self.path, ShortcutPath::Identity) && !matches!(self.mix, Mix::Dropout { .. });
         let h: &[T] = if identity_h { x } else { &self.h };
-        let fused = self.fused_identity_add() && !probe;
-        if self.fused_identity_add() && probe {
-            resize(&mut self.dh, dx.len());
-        }
-        {
-            let df = &mut self.dacts[nsteps - 1];
+        let (dh, df): (&[T], &[T]) = {
+            let df = &mut dacts_top[0];
             let f = &self.acts[nsteps - 1];
             match self.mix {
-                // identity + add: the shortcut term dx += h'^T dh = dsum and
-                // dF = dsum, in one pass
-                Mix::Add if fused => par_pieces2(
-                    dx,
-                    df,
-                    #[inline(always)]
-                    |at, dx, df| {
-                        for ((a, b), &s) in dx.iter_mut().zip(df.iter_mut()).zip(&dsum[at..]) {
-                            *a += s; // dx += dh = s (the gradient highway)
-                            *b += s; // dF = s
-                        }
-                    },
-                ),
-                Mix::Add => par_pieces2(
-                    &mut self.dh,
-                    df,
-                    #[inline(always)]
-                    |at, dh, df| {
-                        for ((a, b), &s) in dh.iter_mut().zip(df.iter_mut()).zip(&dsum[at..]) {
-                            *a = s; // dh = s
-                            *b += s; // dF = s
-                        }
-                    },
-                ),
+                // a plain addition passes dsum to both: dh = dF = dsum, no copy
+                Mix::Add => {}
                 Mix::Scale { shortcut, branch } => {
                     let (ca, cb) = (T::of(shortcut), T::of(branch));
                     for ((a, b), &s) in self.dh.iter_mut().zip(df.iter_mut()).zip(dsum) {
                         *a = ca * s; // dh = a s
-                        *b += cb * s; // dF = b s
+                        *b = cb * s; // dF = b s
                     }
                 }
                 Mix::ExclusiveGate | Mix::ShortcutGate => {
@@ -556,10 +606,10 @@ impl<T: Scalar> Unit<T> {
                         let (s, g) = (dsum[i], self.g[i]);
                         self.dh[i] = (T::one() - g) * s; // dh = (1-g) s
                         let dg = if excl {
-                            df[i] += g * s; // dF = g s
+                            df[i] = g * s; // dF = g s
                             (f[i] - h[i]) * s // dg = (F - h) s
                         } else {
-                            df[i] += s; // dF = s
+                            df[i] = s; // dF = s
                             -h[i] * s // dg = -h s
                         };
                         self.dz[i] = dg * g * (T::one() - g); // dz = dg g (1-g)
@@ -574,51 +624,46 @@ impl<T: Scalar> Unit<T> {
                         .zip(&self.mask)
                     {
                         *a = m * s; // dh = m s
-                        *b += s; // dF = s
+                        *b = s; // dF = s
                     }
                 }
-                Mix::None => {
-                    for (b, &s) in df.iter_mut().zip(dsum) {
-                        *b += s;
-                    }
-                }
+                Mix::None => df.copy_from_slice(dsum), // dF = s
             }
-        }
-        // the shortcut term: dx += h'(x)^T dh  (the identity: dx += dh, the gradient highway)
+            if self.mix == Mix::Add {
+                (dsum, dsum)
+            } else {
+                (&self.dh, &dacts_top[0])
+            }
+        };
+        // the shortcut term, written first: dx = h'(x)^T dh (the identity:
+        // dx = dh, the gradient highway); the branch term is added to it
         let short_target: &mut [T] = if probe { &mut self.dx_short } else { dx };
         match &mut self.path {
-            ShortcutPath::None => {}
-            ShortcutPath::Identity if fused => {} // done above
-            ShortcutPath::Identity => {
-                let dh = &self.dh;
-                par_pieces(
-                    short_target,
-                    #[inline(always)]
-                    |at, t| {
-                        for (d, &g) in t.iter_mut().zip(&dh[at..]) {
-                            *d += g;
-                        }
-                    },
-                );
+            ShortcutPath::Identity if dx_done => {} // done above
+            ShortcutPath::Identity => par_pieces(
+                short_target,
+                #[inline(always)]
+                |at, t| t.copy_from_slice(&dh[at..at + t.len()]),
+            ),
+            ShortcutPath::None => zero(short_target),
+            ShortcutPath::OptionA(s) => {
+                zero(short_target);
+                shortcut_a_backward(short_target, dh, s)?;
             }
-            ShortcutPath::OptionA(s) => shortcut_a_backward(short_target, &self.dh, s)?,
             ShortcutPath::Projection { layer, reads_pre } => match (*reads_pre, self.pre_idx) {
                 (true, Some(p)) => {
                     // the projection read the pre-activation: its gradient enters
                     // the branch at step p and is carried back through steps p..0
-                    layer.backward(
-                        Some(&mut self.dacts[p]),
-                        &self.dh,
-                        &self.acts[p],
-                        n,
-                        self.geoms[p],
-                        ws,
-                    )?;
+                    zero(short_target);
+                    layer.backward(Some(&mut dacts[p]), dh, &self.acts[p], n, self.geoms[p], ws)?;
                     if probe {
                         // keep the shortcut term apart: carry it down now, then clear
+                        let (below, at_p) = dacts.split_at_mut(p);
                         backward_steps(
                             &self.steps[..=p],
-                            &mut self.dacts,
+                            &at_p[0],
+                            below,
+                            None,
                             &self.acts,
                             &self.geoms,
                             self.in_geom,
@@ -629,19 +674,21 @@ impl<T: Scalar> Unit<T> {
                             &mut self.bns,
                             ws,
                         )?;
-                        for d in self.dacts[..=p].iter_mut() {
-                            zero(d);
-                        }
+                        zero(&mut dacts[p]);
                     }
                 }
-                _ => layer.backward(Some(short_target), &self.dh, x, n, self.in_geom, ws)?,
+                _ => {
+                    layer.backward_to(Accum::Set, Some(short_target), dh, x, n, self.in_geom, ws)?
+                }
             },
         }
         // the branch term: dx += J_F^T dF, step by step in exact reverse order
         let branch_target: &mut [T] = if probe { &mut self.dx_branch } else { dx };
         backward_steps(
             &self.steps,
-            &mut self.dacts,
+            df,
+            dacts,
+            shared,
             &self.acts,
             &self.geoms,
             self.in_geom,
@@ -658,7 +705,7 @@ impl<T: Scalar> Unit<T> {
         }
         if let Some(fl) = flow {
             for ((d, &a), &b) in dx.iter_mut().zip(&self.dx_short).zip(&self.dx_branch) {
-                *d += a + b;
+                *d = a + b;
             }
             let (ns, nb) = (norm(&self.dx_short), norm(&self.dx_branch));
             let mut total = 0.0;
@@ -702,10 +749,11 @@ pub(crate) fn step_forward<T: Scalar>(
     }
 }
 
-/// Run one step backward: `dinp += step'(inp)^T dout`.
+/// Run one step backward: `dinp += step'(inp)^T dout` (`=` with [`Accum::Set`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn step_backward<T: Scalar>(
     step: Step,
+    accum: Accum,
     dinp: &mut [T],
     dout: &[T],
     inp: &[T],
@@ -717,19 +765,29 @@ pub(crate) fn step_backward<T: Scalar>(
     ws: &mut ConvWorkspace<T>,
 ) -> Result<()> {
     match step {
-        Step::Conv(i) => convs[i].backward(Some(dinp), dout, inp, n, gin, ws),
-        Step::Bn(i) => bns[i].backward(dinp, dout, inp, n, gin),
-        Step::Relu => relu_backward(dinp, dout, out),
-        Step::BnRelu(i) => bns[i].backward_relu(dinp, dout, out, inp, n, gin),
+        Step::Conv(i) => convs[i].backward_to(accum, Some(dinp), dout, inp, n, gin, ws),
+        Step::Bn(i) => bns[i].backward_to(accum, dinp, dout, inp, n, gin),
+        Step::Relu => {
+            if accum == Accum::Set {
+                zero(dinp);
+            }
+            relu_backward(dinp, dout, out)
+        }
+        Step::BnRelu(i) => bns[i].backward_relu_to(accum, dinp, dout, out, inp, n, gin),
     }
 }
 
-/// Backward through `steps` (a prefix of the branch), from the gradient
-/// already in `dacts[steps.len() - 1]` down to `dx`.
+/// Backward through `steps` (a prefix of the branch), from `dtop`, the
+/// gradient of the last step's output, down to `dx += ...`. `dacts[s]`
+/// receives the gradient of step `s`'s output (`s < steps.len() - 1`),
+/// overwritten by its one writer except at `shared`, which already holds a
+/// projection's share and is added to.
 #[allow(clippy::too_many_arguments)]
 fn backward_steps<T: Scalar>(
     steps: &[Step],
+    dtop: &[T],
     dacts: &mut [Vec<T>],
+    shared: Option<usize>,
     acts: &[Vec<T>],
     geoms: &[Geom],
     in_geom: Geom,
@@ -740,15 +798,20 @@ fn backward_steps<T: Scalar>(
     bns: &mut [BnLayer<T>],
     ws: &mut ConvWorkspace<T>,
 ) -> Result<()> {
+    let last = steps.len() - 1;
     for s in (0..steps.len()).rev() {
         let (lo, hi) = dacts.split_at_mut(s);
-        let dout = &hi[0];
-        let (dinp, inp, gin): (&mut [T], &[T], Geom) = if s == 0 {
-            (&mut *dx, x, in_geom)
+        let dout: &[T] = if s == last { dtop } else { &hi[0] };
+        let (dinp, inp, gin, accum): (&mut [T], &[T], Geom, Accum) = if s == 0 {
+            (&mut *dx, x, in_geom, Accum::Add)
+        } else if shared == Some(s - 1) {
+            (&mut lo[s - 1], &acts[s - 1], geoms[s - 1], Accum::Add)
         } else {
-            (&mut lo[s - 1], &acts[s - 1], geoms[s - 1])
+            (&mut lo[s - 1], &acts[s - 1], geoms[s - 1], Accum::Set)
         };
-        step_backward(steps[s], dinp, dout, inp, &acts[s], n, gin, convs, bns, ws)?;
+        step_backward(
+            steps[s], accum, dinp, dout, inp, &acts[s], n, gin, convs, bns, ws,
+        )?;
     }
     Ok(())
 }

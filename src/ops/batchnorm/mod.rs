@@ -67,6 +67,7 @@
 
 use crate::error::{check_len, check_nonzero, Error, Result};
 use crate::ops::simd::fast;
+use crate::ops::Accum;
 use crate::scalar::Scalar;
 use rayon::prelude::*;
 
@@ -473,6 +474,35 @@ pub fn batchnorm_backward<T: Scalar>(
     gamma: &[T],      // (C)
     s: BnShape,
 ) -> Result<()> {
+    batchnorm_backward_to(
+        Accum::Add,
+        dinp,
+        dgamma,
+        dbeta,
+        dout,
+        inp,
+        mean,
+        rstd,
+        gamma,
+        s,
+    )
+}
+
+/// [`batchnorm_backward`] with `dinp` written as `accum` says
+/// ([`Accum::Set`] overwrites it); `dgamma`, `dbeta` accumulate.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_backward_to<T: Scalar>(
+    accum: Accum,
+    dinp: &mut [T],   // (N, C, HW)
+    dgamma: &mut [T], // (C)
+    dbeta: &mut [T],  // (C)
+    dout: &[T],       // (N, C, HW)
+    inp: &[T],        // (N, C, HW)
+    mean: &[T],       // (C)
+    rstd: &[T],       // (C)
+    gamma: &[T],      // (C)
+    s: BnShape,
+) -> Result<()> {
     s.validate()?;
     check_len(OP, "dinp", dinp, &[s.n, s.c, s.hw])?;
     check_len(OP, "dgamma", dgamma, &[s.c])?;
@@ -483,6 +513,7 @@ pub fn batchnorm_backward<T: Scalar>(
     check_len(OP, "rstd", rstd, &[s.c])?;
     check_len(OP, "gamma", gamma, &[s.c])?;
     batchnorm_backward_unchecked(
+        accum,
         dinp,
         dgamma,
         dbeta,
@@ -499,6 +530,7 @@ pub fn batchnorm_backward<T: Scalar>(
 
 #[allow(clippy::too_many_arguments)]
 fn batchnorm_backward_unchecked<T: Scalar>(
+    accum: Accum,
     dinp: &mut [T],
     dgamma: &mut [T],
     dbeta: &mut [T],
@@ -510,7 +542,11 @@ fn batchnorm_backward_unchecked<T: Scalar>(
     s: BnShape,
     par: bool,
 ) {
-    backward_act::<T, false>(
+    let f = match accum {
+        Accum::Add => backward_act::<T, false, false>,
+        Accum::Set => backward_act::<T, false, true>,
+    };
+    f(
         dinp,
         dgamma,
         dbeta,
@@ -527,9 +563,10 @@ fn batchnorm_backward_unchecked<T: Scalar>(
 
 /// The training-mode backward; with `RELU`, of BN followed by ReLU: the
 /// gradient reaching the BN output is `dout * [y > 0]` with `y` = `act`, the
-/// ReLU's output (`act` is ignored without `RELU`).
+/// ReLU's output (`act` is ignored without `RELU`). `dinp` is added to, or
+/// overwritten when `SET` ([`crate::ops::Accum::Set`]).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn backward_act<T: Scalar, const RELU: bool>(
+pub(crate) fn backward_act<T: Scalar, const RELU: bool, const SET: bool>(
     dinp: &mut [T],
     dgamma: &mut [T],
     dbeta: &mut [T],
@@ -605,15 +642,25 @@ pub(crate) fn backward_act<T: Scalar, const RELU: bool>(
                     &inp[range.clone()],
                 );
                 for (dx, ((&g, &y), &x)) in d.iter_mut().zip(g.iter().zip(y).zip(x)) {
-                    *dx += k * (dy::<T, RELU>(g, y) - a - (x - mu) * b);
+                    put::<T, SET>(dx, k * (dy::<T, RELU>(g, y) - a - (x - mu) * b));
                 }
             } else {
                 for ((dx, &g), &x) in d.iter_mut().zip(&dout[range.clone()]).zip(&inp[range]) {
-                    *dx += k * (g - a - (x - mu) * b);
+                    put::<T, SET>(dx, k * (g - a - (x - mu) * b));
                 }
             }
         },
     );
+}
+
+/// `*d = v` when `SET`, else `*d += v`.
+#[inline(always)]
+pub(crate) fn put<T: Scalar, const SET: bool>(d: &mut T, v: T) {
+    if SET {
+        *d = v;
+    } else {
+        *d += v;
+    }
 }
 
 /// Backward of the eval-mode forward: the running statistics are constants,
@@ -974,7 +1021,17 @@ mod tests {
         for (k, par) in [false, true].into_iter().enumerate() {
             normalise(&mut out[k], &x, &mean, &rstd, &g, s, par);
             batchnorm_backward_unchecked(
-                &mut dx[k], &mut dg[k], &mut db[k], &dy, &x, &mean, &rstd, &g, s, par,
+                Accum::Add,
+                &mut dx[k],
+                &mut dg[k],
+                &mut db[k],
+                &dy,
+                &x,
+                &mean,
+                &rstd,
+                &g,
+                s,
+                par,
             );
         }
         assert!(out[0] == out[1] && dx[0] == dx[1] && dg[0] == dg[1] && db[0] == db[1]);

@@ -58,6 +58,7 @@ use std::any::TypeId;
 use std::sync::OnceLock;
 
 use super::Conv2dShape;
+use crate::ops::Accum;
 
 /// Output channels per register tile.
 const TILE_O: usize = 8;
@@ -554,9 +555,11 @@ pub(super) fn forward(
 
 /// Backward of a batch, both gradients from one pass over the images (the
 /// padded `dout` of an image is made once and read by both): `dinp +=`
-/// (when given), `dweight +=` (when given; chunk partials reduced in chunk
+/// (`=` with [`Accum::Set`]) when given, `dweight +=` (when given; chunk partials reduced in chunk
 /// order, so a fixed thread count gives bit-identical results).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn backward(
+    accum: Accum,
     dinp: Option<&mut [f32]>,
     dweight: Option<&mut [f32]>,
     dout: &[f32],
@@ -617,7 +620,12 @@ pub(super) fn backward(
                         s.cin,
                         &g,
                     );
-                    unpad_image(&mut dinp[t * img..][..img], &sc.ext, &g, true);
+                    unpad_image(
+                        &mut dinp[t * img..][..img],
+                        &sc.ext,
+                        &g,
+                        accum == Accum::Add,
+                    );
                 }
                 if want_dw {
                     let pslot = &mut sc.p[slot * pimg_len..][..pimg_len];
@@ -647,8 +655,8 @@ mod tests {
     //! checked by finite differences and the loop-by-loop definition) and
     //! against an f64 evaluation of the same f32 data.
     use super::super::{
-        conv2d_backward, conv2d_backward_input, conv2d_backward_weight, conv2d_forward, cpu,
-        Conv2dShape, ConvWorkspace,
+        conv2d_backward, conv2d_backward_input, conv2d_backward_to, conv2d_backward_weight,
+        conv2d_forward, cpu, Conv2dShape, ConvWorkspace,
     };
     use super::*;
     use crate::gradcheck::Rand;
@@ -719,6 +727,7 @@ mod tests {
                     forward(&mut out, &inp, &w, &s, &mut dws);
                     let (mut dinp, mut dw) = (dinp0.clone(), dw0.clone());
                     backward(
+                        Accum::Add,
                         Some(&mut dinp),
                         Some(&mut dw),
                         &dout,
@@ -729,10 +738,68 @@ mod tests {
                     );
                     // the two halves separately give the same bits
                     let (mut dinp_h, mut dw_h) = (dinp0.clone(), dw0.clone());
-                    backward(Some(&mut dinp_h), None, &dout, &inp, &w, &s, &mut dws);
-                    backward(None, Some(&mut dw_h), &dout, &inp, &[], &s, &mut dws);
+                    backward(
+                        Accum::Add,
+                        Some(&mut dinp_h),
+                        None,
+                        &dout,
+                        &inp,
+                        &w,
+                        &s,
+                        &mut dws,
+                    );
+                    backward(
+                        Accum::Add,
+                        None,
+                        Some(&mut dw_h),
+                        &dout,
+                        &inp,
+                        &[],
+                        &s,
+                        &mut dws,
+                    );
                     assert_eq!(dinp_h, dinp, "{s:?}");
                     assert_eq!(dw_h, dw, "{s:?}");
+                    // Accum::Set overwrites whatever was there (NaN here): the
+                    // same values as adding onto zeros, direct and public paths
+                    let (mut set, mut zeros) = (vec![f32::NAN; inp.len()], vec![0.0; inp.len()]);
+                    backward(
+                        Accum::Set,
+                        Some(&mut set),
+                        None,
+                        &dout,
+                        &inp,
+                        &w,
+                        &s,
+                        &mut dws,
+                    );
+                    backward(
+                        Accum::Add,
+                        Some(&mut zeros),
+                        None,
+                        &dout,
+                        &inp,
+                        &w,
+                        &s,
+                        &mut dws,
+                    );
+                    assert_eq!(set, zeros, "{s:?}");
+                    let (mut set, mut zeros) = (vec![f32::NAN; inp.len()], vec![0.0; inp.len()]);
+                    let mut dw_s = dw0.clone();
+                    let dw_set = &mut dw_s;
+                    conv2d_backward_to(
+                        Accum::Set,
+                        Some(&mut set),
+                        dw_set,
+                        &dout,
+                        &inp,
+                        &w,
+                        &s,
+                        &mut ws,
+                    )
+                    .unwrap();
+                    conv2d_backward_input(&mut zeros, &dout, &w, &s, &mut ws).unwrap();
+                    assert_eq!(set, zeros, "{s:?}");
 
                     // the public entry points (direct or im2col per pass, by size)
                     let mut out_r = vec![f32::NAN; dout.len()];
@@ -824,6 +891,7 @@ mod tests {
         forward(&mut got_out, &inp, &w, &s, &mut ws);
         let (mut got_dinp, mut got_dw) = (vec![0f32; inp.len()], vec![0f32; w.len()]);
         backward(
+            Accum::Add,
             Some(&mut got_dinp),
             Some(&mut got_dw),
             &dout,

@@ -50,6 +50,8 @@ mod cpu;
 mod direct;
 
 use crate::error::{check_len, check_nonzero, Error, Result};
+use crate::ops::par::par_zero;
+use crate::ops::Accum;
 use crate::scalar::Scalar;
 
 const OP: &str = "conv2d";
@@ -195,6 +197,23 @@ pub fn conv2d_backward<T: Scalar>(
     s: &Conv2dShape,
     ws: &mut ConvWorkspace<T>,
 ) -> Result<()> {
+    conv2d_backward_to(Accum::Add, dinp, dweight, dout, inp, weight, s, ws)
+}
+
+/// [`conv2d_backward`] with the input gradient written as `accum` says:
+/// [`Accum::Set`] overwrites `dinp` (the direct kernels write it instead of
+/// adding; the im2col path zeroes it first), `dweight` always accumulates.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_backward_to<T: Scalar>(
+    accum: Accum,
+    dinp: Option<&mut [T]>, // (N, cin, h, w)
+    dweight: &mut [T],      // (cout, cin, kh, kw)
+    dout: &[T],             // (N, cout, oh, ow)
+    inp: &[T],              // (N, cin, h, w)
+    weight: &[T],           // (cout, cin, kh, kw)
+    s: &Conv2dShape,
+    ws: &mut ConvWorkspace<T>,
+) -> Result<()> {
     s.validate()?;
     s.check_output("dout", dout)?;
     s.check_input("input", inp)?;
@@ -203,7 +222,7 @@ pub fn conv2d_backward<T: Scalar>(
     if let Some(dinp) = &dinp {
         s.check_input("dinp", dinp)?;
     }
-    backward_checked(dinp, Some(dweight), dout, inp, weight, s, ws);
+    backward_checked(accum, dinp, Some(dweight), dout, inp, weight, s, ws);
     Ok(())
 }
 
@@ -220,7 +239,7 @@ pub fn conv2d_backward_input<T: Scalar>(
     s.check_output("dout", dout)?;
     s.check_weight("weight", weight)?;
     // the input half never reads the forward's input
-    backward_checked(Some(dinp), None, dout, &[], weight, s, ws);
+    backward_checked(Accum::Add, Some(dinp), None, dout, &[], weight, s, ws);
     Ok(())
 }
 
@@ -237,7 +256,7 @@ pub fn conv2d_backward_weight<T: Scalar>(
     s.check_output("dout", dout)?;
     s.check_input("input", inp)?;
     // the weight half never reads the weights
-    backward_checked(None, Some(dweight), dout, inp, &[], s, ws);
+    backward_checked(Accum::Add, None, Some(dweight), dout, inp, &[], s, ws);
     Ok(())
 }
 
@@ -245,7 +264,9 @@ pub fn conv2d_backward_weight<T: Scalar>(
 /// skipped; `inp` is only read for `dweight`, `weight` only for `dinp`).
 /// Each half takes the path measured faster for this shape: the direct f32
 /// kernels, or im2col + GEMM.
+#[allow(clippy::too_many_arguments)]
 fn backward_checked<T: Scalar>(
+    accum: Accum,
     dinp: Option<&mut [T]>,
     dweight: Option<&mut [T]>,
     dout: &[T],
@@ -262,9 +283,12 @@ fn backward_checked<T: Scalar>(
         (None, dweight)
     };
     if dinp_direct.is_some() || dw_direct.is_some() {
-        direct_backward(dinp_direct, dw_direct, dout, inp, weight, s, ws);
+        direct_backward(accum, dinp_direct, dw_direct, dout, inp, weight, s, ws);
     }
     if let Some(dinp) = dinp_rest {
+        if accum == Accum::Set {
+            par_zero(dinp);
+        }
         cpu::backward_input(dinp, dout, weight, s, &mut ws.chunks);
     }
     if let Some(dweight) = dw_rest {
@@ -274,7 +298,9 @@ fn backward_checked<T: Scalar>(
 
 /// Hands a backward to the direct f32 kernels (`direct::applies::<T>` holds,
 /// so `T` is `f32` and every cast succeeds); `None` halves are skipped.
+#[allow(clippy::too_many_arguments)]
 fn direct_backward<T: Scalar>(
+    accum: Accum,
     dinp: Option<&mut [T]>,
     dweight: Option<&mut [T]>,
     dout: &[T],
@@ -285,6 +311,7 @@ fn direct_backward<T: Scalar>(
 ) {
     let f32s = "direct path applies only to f32";
     direct::backward(
+        accum,
         dinp.map(|d| direct::as_f32_mut(d).expect(f32s)),
         dweight.map(|d| direct::as_f32_mut(d).expect(f32s)),
         direct::as_f32(dout).expect(f32s),
