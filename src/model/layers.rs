@@ -469,27 +469,25 @@ impl<T: Scalar> BnLayer<T> {
         Ok(())
     }
 
-    /// Backward of [`BnLayer::forward_relu`] (training mode); `out` is its output.
+    /// Backward of [`BnLayer::forward_relu`] (training mode); the ReLU mask
+    /// is recomputed from `inp` (see `ops::fused`).
     pub fn backward_relu(
         &mut self,
         dinp: &mut [T],
         dout: &[T],
-        out: &[T],
         inp: &[T],
         n: usize,
         g: Geom,
     ) -> Result<()> {
-        self.backward_relu_to(Accum::Add, dinp, dout, out, inp, n, g)
+        self.backward_relu_to(Accum::Add, dinp, dout, inp, n, g)
     }
 
     /// [`BnLayer::backward_relu`] with `dinp` written as `accum` says.
-    #[allow(clippy::too_many_arguments)]
     pub fn backward_relu_to(
         &mut self,
         accum: Accum,
         dinp: &mut [T],
         dout: &[T],
-        out: &[T],
         inp: &[T],
         n: usize,
         g: Geom,
@@ -501,11 +499,11 @@ impl<T: Scalar> BnLayer<T> {
             &mut self.gamma.grad,
             &mut self.beta.grad,
             dout,
-            out,
             inp,
             &self.mean,
             &self.rstd,
             &self.gamma.value,
+            &self.beta.value,
             s,
         )
     }

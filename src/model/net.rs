@@ -15,6 +15,7 @@ use crate::ops::activation::{relu_backward, relu_forward};
 use crate::ops::conv2d::ConvWorkspace;
 use crate::ops::pool::{avgpool_backward, avgpool_forward};
 use crate::ops::softmax_ce::{softmax_ce_backward, softmax_ce_forward};
+use crate::ops::Accum;
 use crate::scalar::Scalar;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -371,16 +372,14 @@ impl<T: Scalar> Net<T> {
         };
         {
             let dtop = &mut self.dxs[nu];
-            zero(dtop);
             if let Some(bn) = self.final_bn.as_mut() {
-                let (dout, out) = (&self.dfinal_out, &self.final_out);
-                bn.backward_relu(dtop, dout, out, x_top, n, self.top_geom)?;
+                // dx_U's only writer: overwritten, no zeroing pass
+                bn.backward_relu_to(Accum::Set, dtop, &self.dfinal_out, x_top, n, self.top_geom)?;
             } else if self.final_relu {
+                zero(dtop);
                 relu_backward(dtop, &self.dfinal_out, &self.final_out)?;
             } else {
-                for (d, &g) in dtop.iter_mut().zip(&self.dfinal_out) {
-                    *d += g;
-                }
+                dtop.copy_from_slice(&self.dfinal_out);
             }
         }
         // the residual units, in exact reverse order
@@ -397,17 +396,15 @@ impl<T: Scalar> Net<T> {
             uhi[0].backward(dx, &dhi[0], x, ws, &mut self.grads, flow)?;
         }
         // stem
-        zero(&mut self.dstem_out);
         let dx0 = &self.dxs[0];
         if let Some(bn) = self.stem_bn.as_mut() {
-            let (d, x0, inp) = (&mut self.dstem_out, &self.x0, &self.stem_out);
-            bn.backward_relu(d, dx0, x0, inp, n, self.body_geom)?;
+            let (d, inp) = (&mut self.dstem_out, &self.stem_out);
+            bn.backward_relu_to(Accum::Set, d, dx0, inp, n, self.body_geom)?;
         } else if self.stem_relu {
+            zero(&mut self.dstem_out);
             relu_backward(&mut self.dstem_out, dx0, &self.x0)?;
         } else {
-            for (d, &g) in self.dstem_out.iter_mut().zip(dx0) {
-                *d += g;
-            }
+            self.dstem_out.copy_from_slice(dx0);
         }
         // nobody needs dL/d(input): only the stem's weight gradient
         let input_len = self.in_geom.len(n);

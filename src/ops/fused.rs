@@ -7,7 +7,8 @@
 //!
 //! ```text
 //! forward:   y = max(0, BN(x))                       (BN's output is never stored)
-//! backward:  dBN = dout * [y > 0]    (ReLU backward, y > 0 exactly where BN(x) > 0)
+//! backward:  dBN = dout * [BN(x) > 0]   (ReLU backward; BN(x) recomputed from x by
+//!                                        the forward's expression, y is not read)
 //!            dx, dgamma, dbeta = BN backward of dBN  (see ops::batchnorm)
 //! ```
 //!
@@ -55,18 +56,20 @@ pub fn bn_relu_forward_train<T: Scalar>(
 }
 
 /// Backward of [`bn_relu_forward_train`]: `dinp`, `dgamma`, `dbeta`
-/// accumulate (`+=`). `out` is the forward's output (the ReLU mask).
+/// accumulate (`+=`). The ReLU mask is recomputed from `inp` with the saved
+/// `mean`, `rstd` and the forward's `gamma`, `beta` (bitwise the forward's
+/// mask), so the ReLU output is not needed.
 #[allow(clippy::too_many_arguments)]
 pub fn bn_relu_backward<T: Scalar>(
     dinp: &mut [T],   // (N, C, HW)
     dgamma: &mut [T], // (C)
     dbeta: &mut [T],  // (C)
     dout: &[T],       // (N, C, HW)  dL/d(ReLU output)
-    out: &[T],        // (N, C, HW)  the ReLU output
     inp: &[T],        // (N, C, HW)  BN's input
     mean: &[T],       // (C)
     rstd: &[T],       // (C)
     gamma: &[T],      // (C)
+    beta: &[T],       // (C)
     s: BnShape,
 ) -> Result<()> {
     bn_relu_backward_to(
@@ -75,11 +78,11 @@ pub fn bn_relu_backward<T: Scalar>(
         dgamma,
         dbeta,
         dout,
-        out,
         inp,
         mean,
         rstd,
         gamma,
+        beta,
         s,
     )
 }
@@ -93,20 +96,15 @@ pub fn bn_relu_backward_to<T: Scalar>(
     dgamma: &mut [T], // (C)
     dbeta: &mut [T],  // (C)
     dout: &[T],       // (N, C, HW)  dL/d(ReLU output)
-    out: &[T],        // (N, C, HW)  the ReLU output
     inp: &[T],        // (N, C, HW)  BN's input
     mean: &[T],       // (C)
     rstd: &[T],       // (C)
     gamma: &[T],      // (C)
+    beta: &[T],       // (C)
     s: BnShape,
 ) -> Result<()> {
     let len = s.n * s.c * s.hw;
-    for (what, b) in [
-        ("dinp", &*dinp),
-        ("dout", dout),
-        ("output", out),
-        ("input", inp),
-    ] {
+    for (what, b) in [("dinp", &*dinp), ("dout", dout), ("input", inp)] {
         check_len(OP, what, b, &[len])?;
     }
     for (what, b) in [
@@ -115,6 +113,7 @@ pub fn bn_relu_backward_to<T: Scalar>(
         ("mean", mean),
         ("rstd", rstd),
         ("gamma", gamma),
+        ("beta", beta),
     ] {
         check_len(OP, what, b, &[s.c])?;
     }
@@ -130,11 +129,11 @@ pub fn bn_relu_backward_to<T: Scalar>(
         dgamma,
         dbeta,
         dout,
-        out,
         inp,
         mean,
         rstd,
         gamma,
+        beta,
         s,
         s.parallel(),
     );
@@ -184,7 +183,7 @@ mod tests {
         let mut dx2 = dinp0.clone();
         let (mut dg2, mut db2) = (vec![T::one(); c], vec![T::one(); c]);
         bn_relu_backward(
-            &mut dx2, &mut dg2, &mut db2, &dout, &y2, &x, &m2, &r2, &gamma, s,
+            &mut dx2, &mut dg2, &mut db2, &dout, &x, &m2, &r2, &gamma, &beta, s,
         )
         .unwrap();
         assert_eq!(y1, y2);
@@ -219,8 +218,8 @@ mod tests {
         let mut d = vec![0.0f64; 7];
         let (mut dg, mut db) = (vec![0.0; 2], vec![0.0; 2]);
         let e = bn_relu_backward(
-            &mut d, &mut dg, &mut db, &[0.0; 8], &[0.0; 8], &[0.0; 8], &[0.0; 2], &[1.0; 2],
-            &[1.0; 2], s,
+            &mut d, &mut dg, &mut db, &[0.0; 8], &[0.0; 8], &[0.0; 2], &[1.0; 2], &[1.0; 2],
+            &[0.0; 2], s,
         );
         assert!(e.unwrap_err().to_string().contains(OP));
     }

@@ -773,7 +773,7 @@ pub(crate) fn step_backward<T: Scalar>(
             }
             relu_backward(dinp, dout, out)
         }
-        Step::BnRelu(i) => bns[i].backward_relu_to(accum, dinp, dout, out, inp, n, gin),
+        Step::BnRelu(i) => bns[i].backward_relu_to(accum, dinp, dout, inp, n, gin),
     }
 }
 

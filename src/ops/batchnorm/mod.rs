@@ -235,48 +235,6 @@ fn lane_sum2<T: Scalar>(x: &[T], y: &[T], f: impl Fn(T, T) -> (f64, f64)) -> (f6
     )
 }
 
-/// [`lane_sum2`] over three inputs.
-#[inline(always)]
-fn lane_sum3<T: Scalar>(
-    x: &[T],
-    y: &[T],
-    z: &[T],
-    f: impl Fn(T, T, T) -> (f64, f64),
-) -> (f64, f64) {
-    fast(
-        #[inline(always)]
-        || {
-            let mut a0 = [0.0f64; LANES];
-            let mut a1 = [0.0f64; LANES];
-            let (mut t0, mut t1) = (0.0, 0.0);
-            let mut ix = x.chunks_exact(LANES);
-            let mut iy = y.chunks_exact(LANES);
-            let mut iz = z.chunks_exact(LANES);
-            for ((cx, cy), cz) in (&mut ix).zip(&mut iy).zip(&mut iz) {
-                let cx: &[T; LANES] = cx.try_into().expect("LANES long");
-                let cy: &[T; LANES] = cy.try_into().expect("LANES long");
-                let cz: &[T; LANES] = cz.try_into().expect("LANES long");
-                for l in 0..LANES {
-                    let (p, q) = f(cx[l], cy[l], cz[l]);
-                    a0[l] += p;
-                    a1[l] += q;
-                }
-            }
-            let rest = ix
-                .remainder()
-                .iter()
-                .zip(iy.remainder())
-                .zip(iz.remainder());
-            for ((&u, &v), &w) in rest {
-                let (p, q) = f(u, v, w);
-                t0 += p;
-                t1 += q;
-            }
-            (a0.iter().sum::<f64>() + t0, a1.iter().sum::<f64>() + t1)
-        },
-    )
-}
-
 /// Batch mean and biased variance of every channel, in f64 (two passes).
 fn batch_stats<T: Scalar>(inp: &[T], s: BnShape, parallel: bool) -> Vec<(f64, f64)> {
     let m = s.m() as f64;
@@ -551,66 +509,60 @@ fn batchnorm_backward_unchecked<T: Scalar>(
         dgamma,
         dbeta,
         dout,
-        &[],
         inp,
         mean,
         rstd,
         gamma,
+        &[],
         s,
         par,
     )
 }
 
 /// The training-mode backward; with `RELU`, of BN followed by ReLU: the
-/// gradient reaching the BN output is `dout * [y > 0]` with `y` = `act`, the
-/// ReLU's output (`act` is ignored without `RELU`). `dinp` is added to, or
-/// overwritten when `SET` ([`crate::ops::Accum::Set`]).
+/// gradient reaching the BN output is `dout * [y > 0]`, where the ReLU's
+/// input `y = (x - mean) * (gamma * rstd) + beta` is recomputed from `inp`
+/// by the forward's own expression (so the mask is bitwise the forward's,
+/// and the ReLU output is never read; `beta` is ignored without `RELU`).
+/// `dinp` is added to, or overwritten when `SET` ([`crate::ops::Accum::Set`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward_act<T: Scalar, const RELU: bool, const SET: bool>(
     dinp: &mut [T],
     dgamma: &mut [T],
     dbeta: &mut [T],
     dout: &[T],
-    act: &[T],
     inp: &[T],
     mean: &[T],
     rstd: &[T],
     gamma: &[T],
+    beta: &[T],
     s: BnShape,
     par: bool,
 ) {
-    // dL/d(BN output): dout, or dout masked by the ReLU
+    // k = gamma * rstd, exactly as the forward's normalise_act computed it
+    let k: Vec<T> = gamma.iter().zip(rstd).map(|(&g, &r)| g * r).collect();
+    // dL/d(BN output): dout, or dout masked where the forward's ReLU was off
     #[inline(always)]
-    fn dy<T: Scalar, const RELU: bool>(g: T, y: T) -> T {
-        if RELU && y <= T::zero() {
+    fn dy<T: Scalar, const RELU: bool>(g: T, x: T, mu: T, k: T, b: T) -> T {
+        if RELU && (x - mu) * k + b <= T::zero() {
             T::zero()
         } else {
             g
         }
     }
     let m = s.m() as f64;
+    let b_of = |c: usize| if RELU { beta[c] } else { T::zero() };
     // per channel: (sum dy, sum dy * xhat), in f64
     let sums = per_channel(s.c, par, |c| {
         let (mu, r) = (mean[c].f64(), rstd[c].f64());
+        let (mt, kc, bc) = (mean[c], k[c], b_of(c));
         let (mut sdy, mut sdyx) = (0.0f64, 0.0f64);
         for n in 0..s.n {
             // sum dy and sum dy * (x - mu); the rstd factor once at the end
-            let (a, b) = if RELU {
-                lane_sum3(
-                    block(dout, s, n, c),
-                    block(act, s, n, c),
-                    block(inp, s, n, c),
-                    |g, y, x| {
-                        let g = dy::<T, RELU>(g, y).f64();
-                        (g, g * (x.f64() - mu))
-                    },
-                )
-            } else {
-                lane_sum2(block(dout, s, n, c), block(inp, s, n, c), |g, x| {
-                    let g = g.f64();
-                    (g, g * (x.f64() - mu))
-                })
-            };
+            let (a, b) = lane_sum2(block(dout, s, n, c), block(inp, s, n, c), |g, x| {
+                let g = dy::<T, RELU>(g, x, mt, kc, bc).f64();
+                (g, g * (x.f64() - mu))
+            });
             sdy += a;
             sdyx += b;
         }
@@ -623,7 +575,7 @@ pub(crate) fn backward_act<T: Scalar, const RELU: bool, const SET: bool>(
         dbeta[c] += T::of(sdy);
         dgamma[c] += T::of(sdyx);
         let r = rstd[c].f64();
-        coef.push((gamma[c] * rstd[c], T::of(sdy / m), T::of(r * sdyx / m)));
+        coef.push((k[c], T::of(sdy / m), T::of(r * sdyx / m)));
     }
     per_block(
         dinp,
@@ -632,22 +584,12 @@ pub(crate) fn backward_act<T: Scalar, const RELU: bool, const SET: bool>(
         #[inline(always)]
         |i, d| {
             let c = i % s.c;
-            let (k, a, b) = coef[c];
-            let mu = mean[c];
+            let (kc, a, b) = coef[c];
+            let (mu, bc) = (mean[c], b_of(c));
             let range = i * s.hw..(i + 1) * s.hw;
-            if RELU {
-                let (g, y, x) = (
-                    &dout[range.clone()],
-                    &act[range.clone()],
-                    &inp[range.clone()],
-                );
-                for (dx, ((&g, &y), &x)) in d.iter_mut().zip(g.iter().zip(y).zip(x)) {
-                    put::<T, SET>(dx, k * (dy::<T, RELU>(g, y) - a - (x - mu) * b));
-                }
-            } else {
-                for ((dx, &g), &x) in d.iter_mut().zip(&dout[range.clone()]).zip(&inp[range]) {
-                    put::<T, SET>(dx, k * (g - a - (x - mu) * b));
-                }
+            for ((dx, &g), &x) in d.iter_mut().zip(&dout[range.clone()]).zip(&inp[range]) {
+                let g = dy::<T, RELU>(g, x, mu, kc, bc);
+                put::<T, SET>(dx, kc * (g - a - (x - mu) * b));
             }
         },
     );
