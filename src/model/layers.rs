@@ -3,10 +3,11 @@
 //! its running statistics. They own parameters and saved statistics and
 //! call the ops in `crate::ops`, where the math and its derivation live.
 
-use crate::error::Result;
+use crate::error::{check_len, Result};
 use crate::ops::activation::relu_inplace;
 use crate::ops::batchnorm::{
-    batchnorm_backward_to, batchnorm_forward_eval, forward_train_act, BnShape, BN_EPS, BN_MOMENTUM,
+    batchnorm_backward_to, batchnorm_forward_eval, forward_train_act, normalise_add_act,
+    train_stats, BnShape, BN_EPS, BN_MOMENTUM,
 };
 use crate::ops::conv2d::{conv2d_backward_to, conv2d_forward, Conv2dShape, ConvWorkspace};
 use crate::ops::elementwise::{bias_add_backward, bias_add_forward};
@@ -391,6 +392,37 @@ impl<T: Scalar> BnLayer<T> {
             BN_EPS,
             s,
         )
+    }
+
+    /// Training mode, fused with a residual addition and the ReLU after it:
+    /// `out = max(0, h + BN(inp))` in one pass once the batch statistics are
+    /// known (the BN output is not stored; the backward needs only `inp`).
+    pub fn forward_add_relu_train(
+        &mut self,
+        out: &mut [T],
+        h: &[T],
+        inp: &[T],
+        n: usize,
+        g: Geom,
+    ) -> Result<()> {
+        self.num_batches_tracked += 1;
+        let s = self.shape(n, g);
+        check_len("batchnorm_add_relu", "output", out, &[s.n, s.c, s.hw])?;
+        check_len("batchnorm_add_relu", "shortcut", h, &[s.n, s.c, s.hw])?;
+        let k = train_stats(
+            &mut self.mean,
+            &mut self.rstd,
+            inp,
+            &self.gamma.value,
+            &self.beta.value,
+            &mut self.running_mean.value,
+            &mut self.running_var.value,
+            BN_MOMENTUM,
+            BN_EPS,
+            s,
+        )?;
+        normalise_add_act::<T, true>(out, h, inp, &self.mean, &k, &self.beta.value, s);
+        Ok(())
     }
 
     pub fn forward(

@@ -327,8 +327,15 @@ impl<T: Scalar> Unit<T> {
         rng: &mut R,
     ) -> Result<()> {
         self.ensure(n);
+        // the original unit's last BN is applied inside the add + ReLU pass
+        // (training mode): its output F is never stored
+        let fold_bn = match self.steps.last() {
+            Some(&Step::Bn(i)) if train && self.fused_relu_post() => Some(i),
+            _ => None,
+        };
+        let nbranch = self.steps.len() - usize::from(fold_bn.is_some());
         // the branch F(x), step by step
-        for s in 0..self.steps.len() {
+        for s in 0..nbranch {
             let (done, rest) = self.acts.split_at_mut(s);
             let (inp, gin) = if s == 0 {
                 (x, self.in_geom)
@@ -373,6 +380,16 @@ impl<T: Scalar> Unit<T> {
         // the addition
         let fused_relu = self.fused_relu_post();
         match self.mix {
+            // ... with the last BN inside: out = max(0, h + BN(x_bn))
+            Mix::Add if fold_bn.is_some() => {
+                let (i, s) = (fold_bn.expect("matched above"), nbranch);
+                let (x_bn, g_bn) = if s == 0 {
+                    (x, self.in_geom)
+                } else {
+                    (self.acts[s - 1].as_slice(), self.geoms[s - 1])
+                };
+                self.bns[i].forward_add_relu_train(&mut self.post_acts[0], h, x_bn, n, g_bn)?;
+            }
             // ... and the ReLU after it, in the same pass: out = max(0, h + F)
             Mix::Add if fused_relu => par_pieces(
                 &mut self.post_acts[0],

@@ -343,8 +343,42 @@ pub(crate) fn forward_train_act<T: Scalar, const RELU: bool>(
     eps: f64,
     s: BnShape,
 ) -> Result<()> {
-    s.validate()?;
     check_len(OP, "output", out, &[s.n, s.c, s.hw])?;
+    let k = train_stats(
+        mean,
+        rstd,
+        inp,
+        gamma,
+        beta,
+        running_mean,
+        running_var,
+        momentum,
+        eps,
+        s,
+    )?;
+    normalise_act::<T, RELU>(out, inp, mean, &k, beta, s, s.parallel());
+    Ok(())
+}
+
+/// The statistics half of the training-mode forward: saves the batch
+/// `mean` and `rstd`, updates the running statistics, and returns the
+/// per-channel scale `k = gamma * rstd` of `y = (x - mean) * k + beta`, for
+/// a caller that applies the normalisation inside its own pass
+/// ([`normalise_add_act`]).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn train_stats<T: Scalar>(
+    mean: &mut [T],         // (C)   saved batch mean
+    rstd: &mut [T],         // (C)   saved 1 / sqrt(var + eps)
+    inp: &[T],              // (N, C, HW)
+    gamma: &[T],            // (C)
+    beta: &[T],             // (C)
+    running_mean: &mut [T], // (C)
+    running_var: &mut [T],  // (C)
+    momentum: f64,
+    eps: f64,
+    s: BnShape,
+) -> Result<Vec<T>> {
+    s.validate()?;
     check_len(OP, "input", inp, &[s.n, s.c, s.hw])?;
     check_len(OP, "mean", mean, &[s.c])?;
     check_len(OP, "rstd", rstd, &[s.c])?;
@@ -369,8 +403,7 @@ pub(crate) fn forward_train_act<T: Scalar, const RELU: bool>(
             ),
         });
     }
-    let par = s.parallel();
-    let stats = batch_stats(inp, s, par);
+    let stats = batch_stats(inp, s, s.parallel());
     let unbias = m as f64 / (m - 1) as f64;
     let mut k = vec![T::zero(); s.c];
     for (c, &(mu, var)) in stats.iter().enumerate() {
@@ -381,8 +414,40 @@ pub(crate) fn forward_train_act<T: Scalar, const RELU: bool>(
         running_mean[c] = T::of((1.0 - momentum) * running_mean[c].f64() + momentum * mu);
         running_var[c] = T::of((1.0 - momentum) * running_var[c].f64() + momentum * var * unbias);
     }
-    normalise_act::<T, RELU>(out, inp, mean, &k, beta, s, par);
-    Ok(())
+    Ok(k)
+}
+
+/// `out = h + ((x - mean) * k + beta)`, then `max(0, .)` when `RELU`: a
+/// normalisation whose statistics [`train_stats`] computed, the residual
+/// addition and the ReLU after it in one pass (the original unit's last
+/// BN, `+` and ReLU; the BN output is never stored). Each operation is the
+/// plain ops' own expression in their order, so the result is bitwise
+/// theirs. Lengths are the caller's (`out`, `h`, `x`: (N, C, HW)).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn normalise_add_act<T: Scalar, const RELU: bool>(
+    out: &mut [T],
+    h: &[T],
+    x: &[T],
+    mean: &[T],
+    k: &[T],
+    beta: &[T],
+    s: BnShape,
+) {
+    per_block(
+        out,
+        s,
+        s.parallel(),
+        #[inline(always)]
+        |i, o| {
+            let c = i % s.c;
+            let (mc, kc, bc) = (mean[c], k[c], beta[c]);
+            let range = i * s.hw..(i + 1) * s.hw;
+            for ((y, &xv), &hv) in o.iter_mut().zip(&x[range.clone()]).zip(&h[range]) {
+                let v = hv + ((xv - mc) * kc + bc);
+                *y = if !RELU || v > T::zero() { v } else { T::zero() };
+            }
+        },
+    );
 }
 
 /// Eval mode: normalise with the running statistics (which stay as they are);
@@ -977,6 +1042,27 @@ mod tests {
             );
         }
         assert!(out[0] == out[1] && dx[0] == dx[1] && dg[0] == dg[1] && db[0] == db[1]);
+    }
+
+    #[test]
+    fn normalise_add_relu_is_bitwise_the_three_plain_passes() {
+        let mut r = Rand::new(12);
+        for &(n, c, hw) in &[(2, 3, 5), (16, 8, 256), (1, 4, 1)] {
+            let s = BnShape { n, c, hw };
+            let f = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
+            let (x, h) = (f(r.normal_vec(s.len())), f(r.normal_vec(s.len())));
+            let (mean, k, beta) = (f(r.normal_vec(c)), f(r.normal_vec(c)), f(r.normal_vec(c)));
+            // plain: y = BN(x); sum = h + y; out = relu(sum)
+            let mut y = vec![0.0f32; s.len()];
+            normalise(&mut y, &x, &mean, &k, &beta, s, false);
+            let sum: Vec<f32> = h.iter().zip(&y).map(|(&a, &b)| a + b).collect();
+            let mut plain = vec![0.0f32; s.len()];
+            crate::ops::activation::relu_forward(&mut plain, &sum).unwrap();
+            let mut fused = vec![f32::NAN; s.len()];
+            normalise_add_act::<f32, true>(&mut fused, &h, &x, &mean, &k, &beta, s);
+            assert_eq!(plain, fused);
+            assert!(plain.contains(&0.0) && plain.iter().any(|&v| v > 0.0));
+        }
     }
 
     #[test]
