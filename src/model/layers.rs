@@ -11,7 +11,7 @@ use crate::ops::batchnorm::{
 };
 use crate::ops::conv2d::{conv2d_backward_to, conv2d_forward, Conv2dShape, ConvWorkspace};
 use crate::ops::elementwise::{bias_add_backward, bias_add_forward};
-use crate::ops::fused::bn_relu_backward_to;
+use crate::ops::fused::{bn_relu_backward_plus, bn_relu_backward_to};
 use crate::ops::linear::{linear_backward, linear_forward, LinearShape};
 use crate::ops::par::par_zero;
 use crate::ops::Accum;
@@ -528,6 +528,33 @@ impl<T: Scalar> BnLayer<T> {
         bn_relu_backward_to(
             accum,
             dinp,
+            &mut self.gamma.grad,
+            &mut self.beta.grad,
+            dout,
+            inp,
+            &self.mean,
+            &self.rstd,
+            &self.gamma.value,
+            &self.beta.value,
+            s,
+        )
+    }
+
+    /// [`BnLayer::backward_relu`] writing `dinp = res + ...`
+    /// (`ops::fused::bn_relu_backward_plus`).
+    pub fn backward_relu_plus(
+        &mut self,
+        dinp: &mut [T],
+        res: &[T],
+        dout: &[T],
+        inp: &[T],
+        n: usize,
+        g: Geom,
+    ) -> Result<()> {
+        let s = self.shape(n, g);
+        bn_relu_backward_plus(
+            dinp,
+            res,
             &mut self.gamma.grad,
             &mut self.beta.grad,
             dout,

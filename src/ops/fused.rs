@@ -103,6 +103,62 @@ pub fn bn_relu_backward_to<T: Scalar>(
     beta: &[T],       // (C)
     s: BnShape,
 ) -> Result<()> {
+    let set = accum == Accum::Set;
+    backward_checked(
+        set,
+        dinp,
+        &[],
+        dgamma,
+        dbeta,
+        dout,
+        inp,
+        mean,
+        rstd,
+        gamma,
+        beta,
+        s,
+    )
+}
+
+/// [`bn_relu_backward`] writing `dinp = res + (its gradient)`: the input
+/// gradient of a pre-activation unit, whose shortcut term `res` (= dL/dy
+/// through the identity) joins in the same pass instead of being copied
+/// into `dinp` first. Bitwise the copy followed by [`bn_relu_backward`].
+#[allow(clippy::too_many_arguments)]
+pub fn bn_relu_backward_plus<T: Scalar>(
+    dinp: &mut [T],   // (N, C, HW)
+    res: &[T],        // (N, C, HW)
+    dgamma: &mut [T], // (C)
+    dbeta: &mut [T],  // (C)
+    dout: &[T],       // (N, C, HW)  dL/d(ReLU output)
+    inp: &[T],        // (N, C, HW)  BN's input
+    mean: &[T],       // (C)
+    rstd: &[T],       // (C)
+    gamma: &[T],      // (C)
+    beta: &[T],       // (C)
+    s: BnShape,
+) -> Result<()> {
+    check_len(OP, "residual", res, &[s.n * s.c * s.hw])?;
+    backward_checked(
+        true, dinp, res, dgamma, dbeta, dout, inp, mean, rstd, gamma, beta, s,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward_checked<T: Scalar>(
+    set: bool,
+    dinp: &mut [T],
+    res: &[T],
+    dgamma: &mut [T],
+    dbeta: &mut [T],
+    dout: &[T],
+    inp: &[T],
+    mean: &[T],
+    rstd: &[T],
+    gamma: &[T],
+    beta: &[T],
+    s: BnShape,
+) -> Result<()> {
     let len = s.n * s.c * s.hw;
     for (what, b) in [("dinp", &*dinp), ("dout", dout), ("input", inp)] {
         check_len(OP, what, b, &[len])?;
@@ -120,12 +176,14 @@ pub fn bn_relu_backward_to<T: Scalar>(
     if len == 0 {
         return Ok(());
     }
-    let f = match accum {
-        Accum::Add => backward_act::<T, true, false>,
-        Accum::Set => backward_act::<T, true, true>,
+    let f = if set {
+        backward_act::<T, true, true>
+    } else {
+        backward_act::<T, true, false>
     };
     f(
         dinp,
+        res,
         dgamma,
         dbeta,
         dout,
@@ -186,6 +244,14 @@ mod tests {
             &mut dx2, &mut dg2, &mut db2, &dout, &x, &m2, &r2, &gamma, &beta, s,
         )
         .unwrap();
+        // the residual form: dinp = res + gradient over whatever dinp held
+        let mut dx3 = vec![T::of(f64::NAN); len];
+        let (mut dg3, mut db3) = (vec![T::one(); c], vec![T::one(); c]);
+        bn_relu_backward_plus(
+            &mut dx3, &dinp0, &mut dg3, &mut db3, &dout, &x, &m2, &r2, &gamma, &beta, s,
+        )
+        .unwrap();
+        assert_eq!((&dx3, &dg3, &db3), (&dx2, &dg2, &db2));
         assert_eq!(y1, y2);
         assert_eq!((m1, r1, rm1, rv1), (m2, r2, rm2, rv2));
         assert_eq!(dg1, dg2);

@@ -652,11 +652,19 @@ impl<T: Scalar> Unit<T> {
                 (&self.dh, &dacts_top[0])
             }
         };
+        // a pre-activation unit's identity term joins the first BN-ReLU's
+        // backward pass instead (dx = dh + ..., no copy of dh first)
+        let res_fold = identity_add
+            && !probe
+            && !dx_done
+            && shared.is_none()
+            && self.gate.is_none()
+            && matches!(self.steps[0], Step::BnRelu(_));
         // the shortcut term, written first: dx = h'(x)^T dh (the identity:
         // dx = dh, the gradient highway); the branch term is added to it
         let short_target: &mut [T] = if probe { &mut self.dx_short } else { dx };
         match &mut self.path {
-            ShortcutPath::Identity if dx_done => {} // done above
+            ShortcutPath::Identity if dx_done || res_fold => {} // done above / below
             ShortcutPath::Identity => par_pieces(
                 short_target,
                 #[inline(always)]
@@ -680,6 +688,7 @@ impl<T: Scalar> Unit<T> {
                             &self.steps[..=p],
                             &at_p[0],
                             below,
+                            None,
                             None,
                             &self.acts,
                             &self.geoms,
@@ -706,6 +715,7 @@ impl<T: Scalar> Unit<T> {
             df,
             dacts,
             shared,
+            if res_fold { Some(dh) } else { None },
             &self.acts,
             &self.geoms,
             self.in_geom,
@@ -798,13 +808,16 @@ pub(crate) fn step_backward<T: Scalar>(
 /// gradient of the last step's output, down to `dx += ...`. `dacts[s]`
 /// receives the gradient of step `s`'s output (`s < steps.len() - 1`),
 /// overwritten by its one writer except at `shared`, which already holds a
-/// projection's share and is added to.
+/// projection's share and is added to. With `res`, `dx` is overwritten
+/// with `res + ...` instead of added to (in the BN-ReLU's own pass when
+/// step 0 is one).
 #[allow(clippy::too_many_arguments)]
 fn backward_steps<T: Scalar>(
     steps: &[Step],
     dtop: &[T],
     dacts: &mut [Vec<T>],
     shared: Option<usize>,
+    res: Option<&[T]>,
     acts: &[Vec<T>],
     geoms: &[Geom],
     in_geom: Geom,
@@ -819,6 +832,13 @@ fn backward_steps<T: Scalar>(
     for s in (0..steps.len()).rev() {
         let (lo, hi) = dacts.split_at_mut(s);
         let dout: &[T] = if s == last { dtop } else { &hi[0] };
+        if let (0, Some(r)) = (s, res) {
+            if let Step::BnRelu(i) = steps[0] {
+                bns[i].backward_relu_plus(dx, r, dout, x, n, in_geom)?;
+                continue;
+            }
+            dx.copy_from_slice(r); // any other first step: copy, then add
+        }
         let (dinp, inp, gin, accum): (&mut [T], &[T], Geom, Accum) = if s == 0 {
             (&mut *dx, x, in_geom, Accum::Add)
         } else if shared == Some(s - 1) {

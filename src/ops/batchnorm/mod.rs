@@ -571,6 +571,7 @@ fn batchnorm_backward_unchecked<T: Scalar>(
     };
     f(
         dinp,
+        &[],
         dgamma,
         dbeta,
         dout,
@@ -589,10 +590,13 @@ fn batchnorm_backward_unchecked<T: Scalar>(
 /// input `y = (x - mean) * (gamma * rstd) + beta` is recomputed from `inp`
 /// by the forward's own expression (so the mask is bitwise the forward's,
 /// and the ReLU output is never read; `beta` is ignored without `RELU`).
-/// `dinp` is added to, or overwritten when `SET` ([`crate::ops::Accum::Set`]).
+/// `dinp` is added to, or overwritten when `SET` ([`crate::ops::Accum::Set`]);
+/// with `SET` and a non-empty `res`, `dinp = res + ...` (a residual unit's
+/// shortcut gradient, written in the same pass instead of copied first).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward_act<T: Scalar, const RELU: bool, const SET: bool>(
     dinp: &mut [T],
+    res: &[T],
     dgamma: &mut [T],
     dbeta: &mut [T],
     dout: &[T],
@@ -652,9 +656,17 @@ pub(crate) fn backward_act<T: Scalar, const RELU: bool, const SET: bool>(
             let (kc, a, b) = coef[c];
             let (mu, bc) = (mean[c], b_of(c));
             let range = i * s.hw..(i + 1) * s.hw;
-            for ((dx, &g), &x) in d.iter_mut().zip(&dout[range.clone()]).zip(&inp[range]) {
-                let g = dy::<T, RELU>(g, x, mu, kc, bc);
-                put::<T, SET>(dx, kc * (g - a - (x - mu) * b));
+            let (g, xs) = (&dout[range.clone()], &inp[range.clone()]);
+            if SET && !res.is_empty() {
+                for (((dx, &g), &x), &r0) in d.iter_mut().zip(g).zip(xs).zip(&res[range]) {
+                    let g = dy::<T, RELU>(g, x, mu, kc, bc);
+                    *dx = r0 + kc * (g - a - (x - mu) * b);
+                }
+            } else {
+                for ((dx, &g), &x) in d.iter_mut().zip(g).zip(xs) {
+                    let g = dy::<T, RELU>(g, x, mu, kc, bc);
+                    put::<T, SET>(dx, kc * (g - a - (x - mu) * b));
+                }
             }
         },
     );
