@@ -116,10 +116,11 @@ pub(super) fn applies<T: 'static>(s: &Conv2dShape) -> bool {
 /// 64->64 at 8x8 198 vs 199: an 8x8 plane on the 10-wide padded grid
 /// wastes a third of each tile.
 const MIN_PLANE_DATA: usize = 16 * 16;
-/// Smallest plane for the direct weight gradient: 184 vs 119 GFLOP/s at
-/// 32x32, but 174 vs 197 at 16x16 and 140 vs 198 at 8x8 (its horizontal
-/// reductions stop paying off on small planes).
-const MIN_PLANE_WEIGHT: usize = 32 * 32;
+/// Smallest plane for the direct weight gradient. With `D`'s rows aligned
+/// to 64-byte lines (no split loads), minimum of 40 runs at batch 128, 2
+/// threads: 222 vs 101 GFLOP/s (im2col) at 32x32, 208 vs 144 at 16x16, 164
+/// vs 151-165 at 8x8 (unaligned it was 187, 176, 142).
+const MIN_PLANE_WEIGHT: usize = 16 * 16;
 
 /// Forward and input gradient of `s` on the direct path?
 pub(super) fn use_for_data<T: 'static>(s: &Conv2dShape) -> bool {
@@ -173,7 +174,9 @@ impl Grid {
             w: s.w,
             wp,
             js,
-            ps: js + 2 * wp + 2,
+            // a multiple of 16 floats: every plane of a buffer then has the
+            // same alignment (see `aligned_from`)
+            ps: (js + 2 * wp + 2).next_multiple_of(16),
             off,
         }
     }
@@ -517,6 +520,13 @@ pub(super) struct Workspace {
     chunks: Vec<Scratch>,
 }
 
+/// The first index `i < 16` of `buf` such that `buf[i + shift]` starts a
+/// 64-byte line (16 floats), for buffers with 16 floats of slack.
+fn aligned_from(buf: &[f32], shift: usize) -> usize {
+    let at = buf.as_ptr() as usize / std::mem::size_of::<f32>() + shift;
+    (16 - at % 16) % 16
+}
+
 fn grow(v: &mut Vec<f32>, len: usize) {
     if v.len() < len {
         v.resize(len, 0.0);
@@ -596,7 +606,12 @@ pub(super) fn backward(
         dst,
         per_img,
         &|imgs, sc: &mut Scratch, dinp| {
-            grow(&mut sc.d, group * dimg_len);
+            // D's rows are read from `wp + 1` on by the weight gradient (8 of
+            // its 11 loads per step): start them on a 64-byte line, so no
+            // load splits across two lines (measured below)
+            grow(&mut sc.d, group * dimg_len + 16);
+            let dofs = aligned_from(&sc.d, g.wp + 1);
+            let dbuf = &mut sc.d[dofs..];
             if want_dinp {
                 grow(&mut sc.ext, s.cin * g.js);
             }
@@ -609,12 +624,12 @@ pub(super) fn backward(
             for (t, i) in imgs.clone().enumerate() {
                 // slot of this image in its group
                 let slot = (i - first) % group;
-                let dslot = &mut sc.d[slot * dimg_len..][..dimg_len];
+                let dslot = &mut dbuf[slot * dimg_len..][..dimg_len];
                 pad_image(dslot, &dout[i * oimg..][..oimg], &g);
                 if want_dinp {
                     conv_planes(
                         &mut sc.ext,
-                        &sc.d[slot * dimg_len..][..dimg_len],
+                        &dbuf[slot * dimg_len..][..dimg_len],
                         wb,
                         s.cout,
                         s.cin,
@@ -633,7 +648,7 @@ pub(super) fn backward(
                     // a full group, or the chunk's last images
                     if slot + 1 == group || i + 1 == imgs.end {
                         let n = slot + 1;
-                        weight_grad_planes(&mut sc.dw, &sc.d, &sc.p, s.cin, s.cout, n, &g);
+                        weight_grad_planes(&mut sc.dw, dbuf, &sc.p, s.cin, s.cout, n, &g);
                     }
                 }
             }
