@@ -422,8 +422,11 @@ mod avx512 {
         let sp0 = src.as_ptr();
         let wp0 = wk.as_ptr();
         let dp0 = dst.as_mut_ptr();
-        for o0 in (0..n_out).step_by(TILE_O) {
-            for j0 in (0..js).step_by(TILE_J) {
+        // positions outside, channels inside: one tile column of the
+        // input (n_in x (48 + 2 wp + 2) floats) stays in L1 while every
+        // output-channel block reads it
+        for j0 in (0..js).step_by(TILE_J) {
+            for o0 in (0..n_out).step_by(TILE_O) {
                 let mut acc = [[_mm512_setzero_ps(); 3]; TILE_O];
                 for i in 0..n_in {
                     let s = sp0.add(i * ps + j0);
