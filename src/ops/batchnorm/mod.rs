@@ -178,80 +178,100 @@ fn block<T>(x: &[T], s: BnShape, n: usize, c: usize) -> &[T] {
     &x[at..at + s.hw]
 }
 
-/// Independent f64 accumulators per reduction: a single running sum is one
-/// dependent add per element (latency-bound, ~4 cycles each); `LANES`
-/// separate sums, added up at the end, vectorise. The order is fixed, so
-/// the result still does not depend on the thread count.
-const LANES: usize = 8;
+/// Element-type lanes of [`block_sum2`]: two 16-lane f32 registers per sum.
+const T_LANES: usize = 32;
 
-/// `sum_i f(x_i)` with `LANES` interleaved f64 accumulators (vectorised
-/// for the CPU's widest registers, [`fast`]).
+/// `(sum_i f(x_i, y_i).0, sum_i f(x_i, y_i).1)` over one plane (one
+/// sample's `hw` values of a channel), accumulated in the element type in
+/// [`T_LANES`] interleaved lanes and returned in f64; the caller adds the
+/// planes up in f64. A plane has at most a few thousand values, so each f32
+/// lane sums a few dozen (f64 lanes, as before, ran at half the vector
+/// width and made BatchNorm's backward compute-bound). The order is fixed,
+/// so the result does not depend on the thread count.
 #[inline(always)]
-fn lane_sum<T: Scalar>(x: &[T], f: impl Fn(T) -> f64) -> f64 {
+fn block_sum2<T: Scalar>(x: &[T], y: &[T], f: impl Fn(T, T) -> (T, T)) -> (f64, f64) {
     fast(
         #[inline(always)]
         || {
-            let mut acc = [0.0f64; LANES];
-            let mut it = x.chunks_exact(LANES);
-            for ch in &mut it {
-                let ch: &[T; LANES] = ch.try_into().expect("LANES long");
-                for l in 0..LANES {
-                    acc[l] += f(ch[l]);
-                }
-            }
-            let tail: f64 = it.remainder().iter().map(|&v| f(v)).sum();
-            acc.iter().sum::<f64>() + tail
-        },
-    )
-}
-
-/// `(sum_i f(x_i, y_i).0, sum_i f(x_i, y_i).1)`, `LANES` accumulators each.
-#[inline(always)]
-fn lane_sum2<T: Scalar>(x: &[T], y: &[T], f: impl Fn(T, T) -> (f64, f64)) -> (f64, f64) {
-    fast(
-        #[inline(always)]
-        || {
-            let mut a0 = [0.0f64; LANES];
-            let mut a1 = [0.0f64; LANES];
-            let (mut t0, mut t1) = (0.0, 0.0);
-            let mut ix = x.chunks_exact(LANES);
-            let mut iy = y.chunks_exact(LANES);
+            let mut a0 = [T::zero(); T_LANES];
+            let mut a1 = [T::zero(); T_LANES];
+            let mut ix = x.chunks_exact(T_LANES);
+            let mut iy = y.chunks_exact(T_LANES);
             for (cx, cy) in (&mut ix).zip(&mut iy) {
-                let cx: &[T; LANES] = cx.try_into().expect("LANES long");
-                let cy: &[T; LANES] = cy.try_into().expect("LANES long");
-                for l in 0..LANES {
+                let cx: &[T; T_LANES] = cx.try_into().expect("T_LANES long");
+                let cy: &[T; T_LANES] = cy.try_into().expect("T_LANES long");
+                for l in 0..T_LANES {
                     let (p, q) = f(cx[l], cy[l]);
                     a0[l] += p;
                     a1[l] += q;
                 }
             }
+            let (mut t0, mut t1) = (0.0f64, 0.0f64);
             for (&u, &v) in ix.remainder().iter().zip(iy.remainder()) {
                 let (p, q) = f(u, v);
-                t0 += p;
-                t1 += q;
+                t0 += p.f64();
+                t1 += q.f64();
             }
-            (a0.iter().sum::<f64>() + t0, a1.iter().sum::<f64>() + t1)
+            for l in 0..T_LANES {
+                t0 += a0[l].f64();
+                t1 += a1[l].f64();
+            }
+            (t0, t1)
         },
     )
 }
 
-/// Batch mean and biased variance of every channel, in f64 (two passes).
+/// `sum_i f(x_i)` over one plane, in the element type's lanes, as
+/// [`block_sum2`].
+#[inline(always)]
+fn block_sum<T: Scalar>(x: &[T], f: impl Fn(T) -> T) -> f64 {
+    fast(
+        #[inline(always)]
+        || {
+            let mut acc = [T::zero(); T_LANES];
+            let mut it = x.chunks_exact(T_LANES);
+            for ch in &mut it {
+                let ch: &[T; T_LANES] = ch.try_into().expect("T_LANES long");
+                for l in 0..T_LANES {
+                    acc[l] += f(ch[l]);
+                }
+            }
+            let mut t = 0.0f64;
+            for &v in it.remainder() {
+                t += f(v).f64();
+            }
+            for a in acc {
+                t += a.f64();
+            }
+            t
+        },
+    )
+}
+
+/// Batch mean and biased variance of every channel (two passes: the mean,
+/// then the centred sum of squares; a channel's planes are re-read from
+/// cache). Each plane is summed in the element type ([`block_sum`]), the
+/// planes in f64.
 fn batch_stats<T: Scalar>(inp: &[T], s: BnShape, parallel: bool) -> Vec<(f64, f64)> {
     let m = s.m() as f64;
     per_channel(s.c, parallel, |c| {
         let mut sum = 0.0f64;
         for n in 0..s.n {
-            sum += lane_sum(block(inp, s, n, c), |v| v.f64());
+            sum += block_sum(block(inp, s, n, c), |v| v);
         }
         let mu = sum / m;
+        let mt = T::of(mu);
+        // centred on the mean rounded to T, then corrected for that rounding:
+        // sum (x - mu)^2 = sum (x - mt)^2 - M (mu - mt)^2
         let mut sq = 0.0f64;
         for n in 0..s.n {
-            sq += lane_sum(block(inp, s, n, c), |v| {
-                let d = v.f64() - mu;
+            sq += block_sum(block(inp, s, n, c), |v| {
+                let d = v - mt;
                 d * d
             });
         }
-        (mu, sq / m)
+        let e = mu - mt.f64();
+        (mu, (sq / m - e * e).max(0.0))
     })
 }
 
@@ -623,14 +643,14 @@ pub(crate) fn backward_act<T: Scalar, const RELU: bool, const SET: bool>(
     let b_of = |c: usize| if RELU { beta[c] } else { T::zero() };
     // per channel: (sum dy, sum dy * xhat), in f64
     let sums = per_channel(s.c, par, |c| {
-        let (mu, r) = (mean[c].f64(), rstd[c].f64());
+        let r = rstd[c].f64();
         let (mt, kc, bc) = (mean[c], k[c], b_of(c));
         let (mut sdy, mut sdyx) = (0.0f64, 0.0f64);
         for n in 0..s.n {
             // sum dy and sum dy * (x - mu); the rstd factor once at the end
-            let (a, b) = lane_sum2(block(dout, s, n, c), block(inp, s, n, c), |g, x| {
-                let g = dy::<T, RELU>(g, x, mt, kc, bc).f64();
-                (g, g * (x.f64() - mu))
+            let (a, b) = block_sum2(block(dout, s, n, c), block(inp, s, n, c), |g, x| {
+                let g = dy::<T, RELU>(g, x, mt, kc, bc);
+                (g, g * (x - mt))
             });
             sdy += a;
             sdyx += b;
