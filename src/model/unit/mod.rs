@@ -489,8 +489,11 @@ impl<T: Scalar> Unit<T> {
         if self.dacts.len() < nsteps {
             self.dacts.resize_with(nsteps, Vec::new);
         }
-        for (d, g) in self.dacts.iter_mut().zip(&self.geoms) {
-            d.resize(g.len(n), T::zero());
+        // the last one is dF, which a plain addition aliases to dsum: no buffer
+        let add = self.mix == Mix::Add;
+        for (s, (d, g)) in self.dacts.iter_mut().zip(&self.geoms).enumerate() {
+            let len = if add && s + 1 == nsteps { 0 } else { g.len(n) };
+            d.resize(len, T::zero());
         }
         // dsum only when post steps follow the addition (else dsum is dy);
         // dpost[i] holds the gradient of post step i's output for i < last

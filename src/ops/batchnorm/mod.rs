@@ -694,7 +694,7 @@ pub(crate) fn backward_act<T: Scalar, const RELU: bool, const SET: bool>(
 
 /// `*d = v` when `SET`, else `*d += v`.
 #[inline(always)]
-pub(crate) fn put<T: Scalar, const SET: bool>(d: &mut T, v: T) {
+fn put<T: Scalar, const SET: bool>(d: &mut T, v: T) {
     if SET {
         *d = v;
     } else {
