@@ -1,0 +1,166 @@
+//! The AVX-512 kernels of the direct path (see the module docs in
+//! `mod.rs` for the sums). Callers assert every bound these rely on.
+
+use super::{Grid, TILE_O, TILE_V};
+use std::arch::x86_64::*;
+
+/// Mask of the first `n` (<= 16) lanes.
+#[inline(always)]
+fn lanes(n: usize) -> __mmask16 {
+    if n >= 16 {
+        u16::MAX
+    } else {
+        ((1u32 << n) - 1) as __mmask16
+    }
+}
+
+/// See [`super::conv_planes`]: tiles of up to [`TILE_V`] vectors, split so
+/// that no tile is left with a single vector when it can be avoided.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn conv_planes(
+    dst: &mut [f32],
+    src: &[f32],
+    wk: &[f32],
+    n_in: usize,
+    n_out: usize,
+    g: &Grid,
+    edges: &[(u16, u16)],
+    add: bool,
+) {
+    let mut v0 = 0;
+    while v0 < g.nv {
+        let left = g.nv - v0;
+        // 4 vectors left: two tiles of 2, not 3 + 1
+        let v = if left == 4 { 2 } else { left.min(TILE_V) };
+        let (d, s, w) = (dst.as_mut_ptr(), src.as_ptr(), wk.as_ptr());
+        match (v, add) {
+            (3, false) => conv_tile::<3, false>(d, s, w, n_in, n_out, g, edges, v0),
+            (3, true) => conv_tile::<3, true>(d, s, w, n_in, n_out, g, edges, v0),
+            (2, false) => conv_tile::<2, false>(d, s, w, n_in, n_out, g, edges, v0),
+            (2, true) => conv_tile::<2, true>(d, s, w, n_in, n_out, g, edges, v0),
+            (_, false) => conv_tile::<1, false>(d, s, w, n_in, n_out, g, edges, v0),
+            (_, true) => conv_tile::<1, true>(d, s, w, n_in, n_out, g, edges, v0),
+        }
+        v0 += v;
+    }
+}
+
+/// The output vectors `v0 .. v0 + V` of every output plane. Bounds (from
+/// the caller's asserts): the loads of input plane `i` read
+/// `src[i*ps + lead - 1 + 16 v + off(k) .. + 16]` with `v < nv`, inside the
+/// plane since `lead - 1 + 16 nv + off(8) <= ps`; the stores write
+/// `dst[o*hw + 16 v ..]`, masked to positions `< hw`.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn conv_tile<const V: usize, const ADD: bool>(
+    dst: *mut f32,
+    src: *const f32,
+    wk: *const f32,
+    n_in: usize,
+    n_out: usize,
+    g: &Grid,
+    edges: &[(u16, u16)],
+    v0: usize,
+) {
+    let (ps, hw, w) = (g.ps, g.hw, g.w);
+    let j0 = 16 * v0;
+    // edge masks of the taps kx = 0 and kx = 2, store masks of a plane's
+    // last (partial) vector
+    let mut ml = [0 as __mmask16; V];
+    let mut mr = [0 as __mmask16; V];
+    let mut ms = [0 as __mmask16; V];
+    for v in 0..V {
+        (ml[v], mr[v]) = edges[v0 + v];
+        ms[v] = lanes(hw - (j0 + 16 * v));
+    }
+    let s0 = src.add(g.lead - 1 + j0);
+    for o0 in (0..n_out).step_by(TILE_O) {
+        let mut acc = [[_mm512_setzero_ps(); V]; TILE_O];
+        for i in 0..n_in {
+            let s = s0.add(i * ps);
+            let wi = wk.add(i * 9 * n_out + o0);
+            for ky in 0..3 {
+                let sr = s.add(ky * w);
+                for kx in 0..3 {
+                    let mut a = [_mm512_setzero_ps(); V];
+                    for (v, a) in a.iter_mut().enumerate() {
+                        let p = sr.add(kx + 16 * v);
+                        *a = match kx {
+                            0 => _mm512_maskz_loadu_ps(ml[v], p),
+                            2 => _mm512_maskz_loadu_ps(mr[v], p),
+                            _ => _mm512_loadu_ps(p),
+                        };
+                    }
+                    let wkk = wi.add((ky * 3 + kx) * n_out);
+                    for (c, acc) in acc.iter_mut().enumerate() {
+                        let b = _mm512_set1_ps(*wkk.add(c));
+                        for v in 0..V {
+                            acc[v] = _mm512_fmadd_ps(a[v], b, acc[v]);
+                        }
+                    }
+                }
+            }
+        }
+        for (c, acc) in acc.iter().enumerate() {
+            let d = dst.add((o0 + c) * hw + j0);
+            for v in 0..V {
+                let dv = d.add(16 * v);
+                let mut r = acc[v];
+                if ADD {
+                    r = _mm512_add_ps(_mm512_maskz_loadu_ps(ms[v], dv), r);
+                }
+                _mm512_mask_storeu_ps(dv, ms[v], r);
+            }
+        }
+    }
+}
+
+/// See [`super::weight_grad_planes`]. Bounds: loads read `d[o*ps + lead +
+/// w + 16 v .. + 16]` and `p[i*ps + lead - 1 + ky*w + kx + 16 v .. + 16]`
+/// with `v < nv`, both inside a plane since `lead - 1 + 16 nv + off(8) <= ps`.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn weight_grad_planes(
+    dw: &mut [f32],
+    d: &[f32],
+    p: &[f32],
+    n_in: usize,
+    n_out: usize,
+    imgs: usize,
+    g: &Grid,
+    edges: &[(u16, u16)],
+) {
+    let (ps, w) = (g.ps, g.w);
+    let dp0 = d.as_ptr().add(g.first());
+    let pp0 = p.as_ptr().add(g.lead - 1);
+    for o0 in (0..n_out).step_by(TILE_O) {
+        for i in 0..n_in {
+            for ky in 0..3 {
+                let mut acc = [[_mm512_setzero_ps(); 3]; TILE_O];
+                for n in 0..imgs {
+                    let prow = pp0.add((n * n_in + i) * ps + ky * w);
+                    let drow = dp0.add((n * n_out + o0) * ps);
+                    for (v, &(ml, mr)) in edges.iter().enumerate() {
+                        let j = 16 * v;
+                        let p0 = _mm512_maskz_loadu_ps(ml, prow.add(j));
+                        let p1 = _mm512_loadu_ps(prow.add(j + 1));
+                        let p2 = _mm512_maskz_loadu_ps(mr, prow.add(j + 2));
+                        for (c, acc) in acc.iter_mut().enumerate() {
+                            let dv = _mm512_loadu_ps(drow.add(c * ps + j));
+                            acc[0] = _mm512_fmadd_ps(dv, p0, acc[0]);
+                            acc[1] = _mm512_fmadd_ps(dv, p1, acc[1]);
+                            acc[2] = _mm512_fmadd_ps(dv, p2, acc[2]);
+                        }
+                    }
+                }
+                for (c, acc) in acc.iter().enumerate() {
+                    let at = ((o0 + c) * n_in + i) * 9 + ky * 3;
+                    for (kx, &v) in acc.iter().enumerate() {
+                        dw[at + kx] += _mm512_reduce_add_ps(v);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,498 @@
+//! Direct 3x3 / stride 1 / pad 1 convolution for f32 on AVX-512: the same
+//! three sums as [`super`], computed without im2col. It is the fast path of
+//! the convolutions that make up almost all of a CIFAR ResNet's FLOPs; every
+//! other shape (and f64, and CPUs without AVX-512) takes the im2col path in
+//! `cpu.rs`, which is also the reference these kernels are tested against.
+//!
+//! ## The trick: the image read at shifted offsets, its edges masked
+//!
+//! Number the output positions of a plane row-major, `j = y*w + x`, exactly
+//! as NCHW stores them. Copy each input plane into a plane `P` with one zero
+//! row above and one below (and zeros before and after):
+//! `P[c, lead + (y+1)*w + x] = inp[c, y, x]`. A tap `(ky, kx)` of the kernel
+//! then reads `P` at a constant offset from `j`:
+//!
+//! ```text
+//! out[o, y, x] = sum_{c, ky, kx} w[o, c, ky, kx] * inp[c, y+ky-1, x+kx-1]
+//!              = sum_{c, k} w[o, c, k] * P[c, lead - 1 + j + off(k)] * e_kx(x)    off(k) = ky*w + kx
+//! ```
+//!
+//! where `e_kx(x)` is 0 when `x + kx - 1` falls outside the row (`x = 0` for
+//! `kx = 0`, `x = w - 1` for `kx = 2`) and 1 otherwise: those reads land on
+//! the neighbouring row's last or first pixel, so they are masked to zero.
+//! Rows above and below the image read `P`'s zero rows. So for a fixed
+//! `(c, k)` the inputs of 16 consecutive `j` are one 16-lane vector load,
+//! its edge lanes masked (a zero-masking load costs what a plain one does):
+//! no gather, no im2col, no padded columns to compute and throw away, and
+//! the result lands at its NCHW place. The kernel keeps an 8-channel x
+//! 48-position tile of outputs in 24 registers and adds one broadcast weight
+//! times one loaded vector per FMA.
+//!
+//! **Input gradient.** From the forward sum, `d out[o,y,x] / d inp[c,a,b] =
+//! w[o, c, a-y+1, b-x+1]`, so with `dout` padded the same way (`D[o, lead +
+//! (y+1)*w + x] = dout[o, y, x]`):
+//!
+//! ```text
+//! dinp[c, a, b] += sum_{o, ky, kx} w[o, c, ky, kx] * dout[o, a+1-ky, b+1-kx]
+//!                = sum_{o, k} w[o, c, 8-k] * D[o, lead - 1 + j + off(k)] * e_kx(b)   (j = a*w + b)
+//! ```
+//!
+//! (tap `k = (ky, kx)` of the flipped kernel reads `dout[o, a+ky-1, b+kx-1]`,
+//! so the edge masks are the forward's): the forward kernel again, with `D`
+//! as input and the weight transposed to `(o -> c)` and flipped.
+//!
+//! **Weight gradient.** `d out[o,y,x] / d w[o,c,ky,kx] = inp[c, y+ky-1, x+kx-1]`:
+//!
+//! ```text
+//! dw[o, c, k] += sum_{y, x} dout[o, y, x] * inp[c, y+ky-1, x+kx-1]
+//!              = sum_j D[o, lead + w + j] * P[c, lead - 1 + j + off(k)] * e_kx(x)
+//! ```
+//!
+//! one dot product per `(o, c, k)`, 24 of them in registers at a time (8
+//! output channels x the 3 taps of one kernel row). The sum may run over
+//! whole vectors past the last position `h*w - 1`, because `D` is zero there.
+//!
+//! Buffers: each padded plane has `ps` entries (a multiple of 16), enough for
+//! every vector load of the last vector of the plane (`lead - 1 + 16 nv - 1
+//! + off(8) + 1 <= ps`, with `nv = ceil(h*w / 16)`); `lead >= 1` is chosen
+//! so that the image rows start at `lead + w`, a multiple of 16, and the
+//! weight gradient's `D` loads are aligned to 64-byte lines.
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+#[cfg(test)]
+mod tests;
+
+use std::any::TypeId;
+use std::sync::OnceLock;
+
+use super::Conv2dShape;
+use crate::ops::Accum;
+
+/// Output channels per register tile.
+const TILE_O: usize = 8;
+/// 16-lane vectors of output positions per register tile (48 positions).
+const TILE_V: usize = 3;
+
+/// Which convolutions take the direct path, from `RESGRAD_CONV` (for A/B
+/// measurements): `im2col` none, `direct` every applicable one, anything
+/// else (or unset) the measured choice of [`use_for_data`] and
+/// [`use_for_weight`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Off,
+    Auto,
+    All,
+}
+
+fn mode() -> Mode {
+    static MODE: OnceLock<Mode> = OnceLock::new();
+    *MODE.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        let cpu = std::arch::is_x86_feature_detected!("avx512f");
+        #[cfg(not(target_arch = "x86_64"))]
+        let cpu = false;
+        match std::env::var("RESGRAD_CONV").as_deref() {
+            _ if !cpu => Mode::Off,
+            Ok("im2col") => Mode::Off,
+            Ok("direct") => Mode::All,
+            _ => Mode::Auto,
+        }
+    })
+}
+
+/// Whether the kernels may run at all (AVX-512F present, not switched off).
+fn enabled() -> bool {
+    mode() != Mode::Off
+}
+
+/// True when the direct kernels can compute `s` for element type `T`:
+/// f32, 3x3, stride 1, pad 1, channels in multiples of 8, AVX-512F.
+pub(super) fn applies<T: 'static>(s: &Conv2dShape) -> bool {
+    TypeId::of::<T>() == TypeId::of::<f32>()
+        && s.kh == 3
+        && s.kw == 3
+        && s.stride == 1
+        && s.pad == 1
+        && s.cin.is_multiple_of(TILE_O)
+        && s.cout.is_multiple_of(TILE_O)
+        && enabled()
+}
+
+/// Smallest plane (h*w) for which the direct forward and input gradient
+/// beat im2col + GEMM (measured at batch 128, 2 threads: BENCHMARKS.md).
+const MIN_PLANE_DATA: usize = 8 * 8;
+/// Smallest plane for the direct weight gradient.
+const MIN_PLANE_WEIGHT: usize = 8 * 8;
+
+/// Forward and input gradient of `s` on the direct path?
+pub(super) fn use_for_data<T: 'static>(s: &Conv2dShape) -> bool {
+    applies::<T>(s) && (mode() == Mode::All || s.h * s.w >= MIN_PLANE_DATA)
+}
+
+/// Weight gradient of `s` on the direct path?
+pub(super) fn use_for_weight<T: 'static>(s: &Conv2dShape) -> bool {
+    applies::<T>(s) && (mode() == Mode::All || s.h * s.w >= MIN_PLANE_WEIGHT)
+}
+
+/// `x` as `&[f32]`; `None` unless `T` is `f32`.
+pub(super) fn as_f32<T: 'static>(x: &[T]) -> Option<&[f32]> {
+    (TypeId::of::<T>() == TypeId::of::<f32>())
+        // SAFETY: T is f32 (same TypeId), so the slice is a slice of f32.
+        .then(|| unsafe { std::slice::from_raw_parts(x.as_ptr() as *const f32, x.len()) })
+}
+
+/// `x` as `&mut [f32]`; `None` unless `T` is `f32`.
+pub(super) fn as_f32_mut<T: 'static>(x: &mut [T]) -> Option<&mut [f32]> {
+    (TypeId::of::<T>() == TypeId::of::<f32>())
+        // SAFETY: T is f32 (same TypeId), so the slice is a slice of f32.
+        .then(|| unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut f32, x.len()) })
+}
+
+/// The padded planes of one 3x3 / stride-1 / pad-1 convolution.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Grid {
+    pub w: usize,
+    /// positions per plane, h*w
+    pub hw: usize,
+    /// 16-lane vectors covering a plane's positions: ceil(hw / 16)
+    pub nv: usize,
+    /// zeros before the top padding row: >= 1, and `lead + w` (the first
+    /// image entry) is a multiple of 16
+    pub lead: usize,
+    /// entries per padded plane: a multiple of 16, >= lead + 16 nv + 2w + 1
+    pub ps: usize,
+    /// tap offsets, read from `lead - 1 + j`: off[ky*3 + kx] = ky*w + kx
+    pub off: [usize; 9],
+}
+
+impl Grid {
+    pub fn of(s: &Conv2dShape) -> Self {
+        let (w, hw) = (s.w, s.h * s.w);
+        let nv = hw.div_ceil(16);
+        let lead = (w + 1).next_multiple_of(16) - w;
+        let mut off = [0; 9];
+        for (k, o) in off.iter_mut().enumerate() {
+            *o = (k / 3) * w + k % 3;
+        }
+        Grid {
+            w,
+            hw,
+            nv,
+            lead,
+            ps: (lead + 16 * nv + 2 * w + 1).next_multiple_of(16),
+            off,
+        }
+    }
+
+    /// Index in a padded plane of image position 0.
+    pub fn first(&self) -> usize {
+        self.lead + self.w
+    }
+}
+
+/// The edge masks of every vector of a plane: for vector `v`, bit `l` of
+/// `.0` is clear when position `16v + l` is a row's first (`x = 0`: tap
+/// `kx = 0` reads outside the row) and of `.1` when it is a row's last
+/// (`x = w - 1`, tap `kx = 2`).
+pub(super) fn edge_masks(edges: &mut Vec<(u16, u16)>, g: &Grid) {
+    edges.clear();
+    edges.extend((0..g.nv).map(|v| {
+        let (mut left, mut right) = (u16::MAX, u16::MAX);
+        for l in 0..16 {
+            let x = (16 * v + l) % g.w;
+            if x == 0 {
+                left &= !(1 << l);
+            }
+            if x == g.w - 1 {
+                right &= !(1 << l);
+            }
+        }
+        (left, right)
+    }));
+}
+
+/// Writes the padded planes of one image: `dst` (c, ps) from `src`
+/// (c, h, w), the image at `first() + y*w + x`, zeros everywhere else.
+pub(super) fn pad_image(dst: &mut [f32], src: &[f32], g: &Grid) {
+    let planes = src.len() / g.hw;
+    assert!(src.len() == planes * g.hw && dst.len() >= planes * g.ps);
+    let (a, b) = (g.first(), g.first() + g.hw);
+    for (d, s) in dst.chunks_exact_mut(g.ps).zip(src.chunks_exact(g.hw)) {
+        d[..a].fill(0.0);
+        d[a..b].copy_from_slice(s);
+        d[b..].fill(0.0);
+    }
+}
+
+/// Forward weights repacked as `wf[c, k, o] = w[o, c, k]` (one tap of eight
+/// output channels is then eight consecutive floats).
+pub(super) fn pack_forward(wf: &mut Vec<f32>, w: &[f32], cin: usize, cout: usize) {
+    wf.clear();
+    wf.resize(cin * 9 * cout, 0.0);
+    for o in 0..cout {
+        for c in 0..cin {
+            for k in 0..9 {
+                wf[(c * 9 + k) * cout + o] = w[(o * cin + c) * 9 + k];
+            }
+        }
+    }
+}
+
+/// Input-gradient weights, transposed and flipped: `wb[o, k, c] = w[o, c, 8 - k]`.
+pub(super) fn pack_backward(wb: &mut Vec<f32>, w: &[f32], cin: usize, cout: usize) {
+    wb.clear();
+    wb.resize(cout * 9 * cin, 0.0);
+    for o in 0..cout {
+        for c in 0..cin {
+            for k in 0..9 {
+                wb[(o * 9 + k) * cin + c] = w[(o * cin + c) * 9 + 8 - k];
+            }
+        }
+    }
+}
+
+/// `dst[o, j] (+)= sum_{i, k} wk[i, k, o] * src[i, lead - 1 + j + off(k)] *
+/// e_kx(j)` for every `o < n_out` and `j < hw`: the forward pass (src = P)
+/// and the input gradient (src = D, wk = the flipped weights) alike. `src`
+/// holds `n_in` padded planes, `dst` `n_out` planes of `hw` entries (one
+/// image in NCHW); `add` accumulates, otherwise `dst` is overwritten.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn conv_planes(
+    dst: &mut [f32],
+    src: &[f32],
+    wk: &[f32],
+    n_in: usize,
+    n_out: usize,
+    g: &Grid,
+    edges: &[(u16, u16)],
+    add: bool,
+) {
+    assert!(n_out.is_multiple_of(TILE_O));
+    assert!(dst.len() >= n_out * g.hw, "conv_planes: dst too short");
+    assert!(
+        wk.len() >= n_in * 9 * n_out,
+        "conv_planes: weights too short"
+    );
+    assert!(src.len() >= n_in * g.ps, "conv_planes: src too short");
+    assert!(g.lead >= 1 && g.lead - 1 + 16 * g.nv + g.off[8] <= g.ps);
+    assert!(edges.len() == g.nv && g.nv * 16 >= g.hw);
+    #[cfg(target_arch = "x86_64")]
+    {
+        assert!(enabled(), "conv_planes without AVX-512");
+        // SAFETY: AVX-512F is available (enabled() checked it), and the
+        // asserts above bound every load and store (see the kernel).
+        unsafe { avx512::conv_planes(dst, src, wk, n_in, n_out, g, edges, add) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("the direct path is only enabled on x86_64")
+}
+
+/// `dw[o, i, k] += sum_{n < imgs} sum_{j < hw} d[n, o, first + j] *
+/// p[n, i, lead - 1 + j + off(k)] * e_kx(j)`: the weight gradient of a group
+/// of `imgs` images, `d` = their padded `dout` planes (imgs, n_out, ps), `p`
+/// = their padded input planes (imgs, n_in, ps), `dw` (n_out, n_in, 9).
+/// Summing over several images before the horizontal reductions keeps those
+/// rare when the images are small.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn weight_grad_planes(
+    dw: &mut [f32],
+    d: &[f32],
+    p: &[f32],
+    n_in: usize,
+    n_out: usize,
+    imgs: usize,
+    g: &Grid,
+    edges: &[(u16, u16)],
+) {
+    assert!(n_out.is_multiple_of(TILE_O));
+    assert!(
+        dw.len() >= n_out * n_in * 9,
+        "weight_grad_planes: dw too short"
+    );
+    assert!(
+        d.len() >= imgs * n_out * g.ps,
+        "weight_grad_planes: d too short"
+    );
+    assert!(
+        p.len() >= imgs * n_in * g.ps,
+        "weight_grad_planes: p too short"
+    );
+    assert!(g.lead >= 1 && g.lead - 1 + 16 * g.nv + g.off[8] <= g.ps);
+    assert!(edges.len() == g.nv);
+    #[cfg(target_arch = "x86_64")]
+    {
+        assert!(enabled(), "weight_grad_planes without AVX-512");
+        // SAFETY: as in conv_planes.
+        unsafe { avx512::weight_grad_planes(dw, d, p, n_in, n_out, imgs, g, edges) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("the direct path is only enabled on x86_64")
+}
+
+/// One parallel chunk's buffers for the direct path, grown on demand.
+#[derive(Default)]
+pub(super) struct Scratch {
+    /// padded input planes P (group, cin, ps), 16 floats of slack for alignment
+    p: Vec<f32>,
+    /// padded output-gradient planes D (group, cout, ps), same slack
+    d: Vec<f32>,
+    /// this chunk's partial weight gradient (cout, cin, 9)
+    dw: Vec<f32>,
+}
+
+/// The direct path's workspace: repacked weights, edge masks and per-chunk
+/// scratch.
+#[derive(Default)]
+pub(super) struct Workspace {
+    wf: Vec<f32>,
+    wb: Vec<f32>,
+    edges: Vec<(u16, u16)>,
+    chunks: Vec<Scratch>,
+}
+
+/// The first index `i < 16` of `buf` that starts a 64-byte line (16
+/// floats), for buffers with 16 floats of slack: planes whose stride is a
+/// multiple of 16 then all start on a line.
+fn aligned_from(buf: &[f32]) -> usize {
+    let at = buf.as_ptr() as usize / std::mem::size_of::<f32>();
+    (16 - at % 16) % 16
+}
+
+fn grow(v: &mut Vec<f32>, len: usize) {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+}
+
+/// Forward of a batch: per image, pad, then [`conv_planes`] straight into
+/// the output. Shapes as validated by `mod.rs`; `applies(s)` must hold.
+pub(super) fn forward(
+    out: &mut [f32],
+    inp: &[f32],
+    w: &[f32],
+    s: &Conv2dShape,
+    ws: &mut Workspace,
+) {
+    let g = Grid::of(s);
+    let (img, oimg) = (s.cin * g.hw, s.cout * g.hw);
+    pack_forward(&mut ws.wf, w, s.cin, s.cout);
+    edge_masks(&mut ws.edges, &g);
+    let (wf, edges) = (&ws.wf, &ws.edges);
+    super::cpu::for_each_chunk(
+        &mut ws.chunks,
+        s.n,
+        out,
+        oimg,
+        &|imgs, sc: &mut Scratch, out| {
+            grow(&mut sc.p, s.cin * g.ps + 16);
+            let pofs = aligned_from(&sc.p);
+            let p = &mut sc.p[pofs..];
+            for (i, out_img) in imgs.zip(out.chunks_exact_mut(oimg)) {
+                pad_image(p, &inp[i * img..][..img], &g);
+                conv_planes(out_img, p, wf, s.cin, s.cout, &g, edges, false);
+            }
+        },
+    );
+}
+
+/// Backward of a batch, both gradients from one pass over the images (the
+/// padded `dout` of an image is made once and read by both): `dinp +=`
+/// (`=` with [`Accum::Set`]) when given, `dweight +=` (when given; chunk
+/// partials reduced in chunk order, so a fixed thread count gives
+/// bit-identical results).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward(
+    accum: Accum,
+    dinp: Option<&mut [f32]>,
+    dweight: Option<&mut [f32]>,
+    dout: &[f32],
+    inp: &[f32],
+    w: &[f32],
+    s: &Conv2dShape,
+    ws: &mut Workspace,
+) {
+    let g = Grid::of(s);
+    let (img, oimg) = (s.cin * g.hw, s.cout * g.hw);
+    let want_dinp = dinp.is_some();
+    let want_dw = dweight.is_some();
+    if !want_dinp && !want_dw {
+        return;
+    }
+    if want_dinp {
+        pack_backward(&mut ws.wb, w, s.cin, s.cout);
+    }
+    edge_masks(&mut ws.edges, &g);
+    let (wb, edges) = (&ws.wb, &ws.edges);
+    let nw = s.cout * s.cin * 9;
+    let (dst, per_img): (&mut [f32], usize) = match dinp {
+        Some(d) => (d, img),
+        None => (&mut [], 0),
+    };
+    // images per weight-gradient group: enough positions (~768) per
+    // horizontal reduction, one image for 32x32 planes, 12 for 8x8
+    // (measured: larger groups, 1536 or 3072 positions, ran 20-50% slower
+    // on 16x16 and 8x8 planes, their D rows no longer staying in L1)
+    let group = (768 / (16 * g.nv)).clamp(1, 16);
+    let (dimg_len, pimg_len) = (s.cout * g.ps, s.cin * g.ps);
+    let used = super::cpu::for_each_chunk(
+        &mut ws.chunks,
+        s.n,
+        dst,
+        per_img,
+        &|imgs, sc: &mut Scratch, dinp| {
+            // D's image rows are read by the weight gradient (8 of its 11
+            // loads per step): start them on a 64-byte line, so no load
+            // splits across two lines
+            grow(&mut sc.d, group * dimg_len + 16);
+            let dofs = aligned_from(&sc.d);
+            let dbuf = &mut sc.d[dofs..];
+            if want_dw {
+                grow(&mut sc.p, group * pimg_len + 16);
+                grow(&mut sc.dw, nw);
+                sc.dw[..nw].fill(0.0);
+            }
+            let pofs = aligned_from(&sc.p);
+            let first = imgs.start;
+            for (t, i) in imgs.clone().enumerate() {
+                // slot of this image in its group
+                let slot = (i - first) % group;
+                let dslot = &mut dbuf[slot * dimg_len..][..dimg_len];
+                pad_image(dslot, &dout[i * oimg..][..oimg], &g);
+                if want_dinp {
+                    conv_planes(
+                        &mut dinp[t * img..][..img],
+                        &dbuf[slot * dimg_len..][..dimg_len],
+                        wb,
+                        s.cout,
+                        s.cin,
+                        &g,
+                        edges,
+                        accum == Accum::Add,
+                    );
+                }
+                if want_dw {
+                    let pbuf = &mut sc.p[pofs..];
+                    pad_image(
+                        &mut pbuf[slot * pimg_len..][..pimg_len],
+                        &inp[i * img..][..img],
+                        &g,
+                    );
+                    // a full group, or the chunk's last images
+                    if slot + 1 == group || i + 1 == imgs.end {
+                        let n = slot + 1;
+                        weight_grad_planes(&mut sc.dw, dbuf, pbuf, s.cin, s.cout, n, &g, edges);
+                    }
+                }
+            }
+        },
+    );
+    if let Some(dweight) = dweight {
+        // fixed-order reduction of the per-chunk partial sums
+        for sc in used.iter() {
+            for (d, &p) in dweight.iter_mut().zip(&sc.dw[..nw]) {
+                *d += p;
+            }
+        }
+    }
+}

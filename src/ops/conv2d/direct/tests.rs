@@ -1,0 +1,264 @@
+//! The direct kernels against the im2col path (the plain one, itself
+//! checked by finite differences and the loop-by-loop definition) and
+//! against an f64 evaluation of the same f32 data.
+use super::super::{
+    conv2d_backward, conv2d_backward_input, conv2d_backward_to, conv2d_backward_weight,
+    conv2d_forward, cpu, Conv2dShape, ConvWorkspace,
+};
+use super::*;
+use crate::gradcheck::Rand;
+
+fn shape(n: usize, cin: usize, h: usize, w: usize, cout: usize) -> Conv2dShape {
+    Conv2dShape {
+        n,
+        cin,
+        h,
+        w,
+        cout,
+        kh: 3,
+        kw: 3,
+        stride: 1,
+        pad: 1,
+    }
+}
+
+/// Largest |a - b| relative to the largest |b| (norm-wise, as f32 sums
+/// of different orders differ by rounding only).
+fn rel(a: &[f32], b: &[f32]) -> f64 {
+    let scale = b.iter().fold(0f64, |m, &x| m.max((x as f64).abs()));
+    let diff = a
+        .iter()
+        .zip(b)
+        .fold(0f64, |m, (&x, &y)| m.max((x as f64 - y as f64).abs()));
+    diff / scale.max(1e-30)
+}
+
+#[test]
+fn direct_matches_im2col_path() {
+    if !enabled() {
+        println!("SKIPPED: no AVX-512 on this CPU (or RESGRAD_CONV=im2col): direct path unused");
+        return;
+    }
+    let mut r = Rand::new(11);
+    let mut ws = ConvWorkspace::<f32>::default();
+    let mut dws = Workspace::default();
+    let mut plain = Vec::new();
+    for threads in [1, 2, 3] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            // odd sizes, a single row/column, batch 1, the CIFAR shapes
+            for s in [
+                shape(3, 8, 5, 7, 16),
+                shape(1, 16, 1, 1, 8),
+                shape(2, 8, 1, 9, 8),
+                shape(4, 24, 9, 4, 8),
+                // rows longer than a vector, not a multiple of it; a row
+                // split across vectors; 4 vectors (two tiles of 2)
+                shape(2, 8, 3, 20, 8),
+                shape(1, 8, 2, 33, 16),
+                shape(2, 16, 4, 12, 8),
+                shape(1, 8, 4, 16, 8),
+                shape(5, 16, 32, 32, 16),
+                shape(3, 32, 16, 16, 32),
+                shape(2, 64, 8, 8, 64),
+            ] {
+                assert!(applies::<f32>(&s) && !applies::<f64>(&s));
+                let f = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
+                let inp = f(r.normal_vec(s.n * s.cin * s.h * s.w));
+                let w = f(r.normal_vec(s.cout * s.cin * 9));
+                let dout = f(r.normal_vec(s.n * s.cout * s.h * s.w));
+                let dinp0 = f(r.normal_vec(inp.len())); // += onto non-zero buffers
+                let dw0 = f(r.normal_vec(w.len()));
+
+                // the direct kernels, whatever the size policy says
+                let mut out = vec![f32::NAN; dout.len()];
+                forward(&mut out, &inp, &w, &s, &mut dws);
+                let (mut dinp, mut dw) = (dinp0.clone(), dw0.clone());
+                backward(
+                    Accum::Add,
+                    Some(&mut dinp),
+                    Some(&mut dw),
+                    &dout,
+                    &inp,
+                    &w,
+                    &s,
+                    &mut dws,
+                );
+                // the two halves separately give the same bits
+                let (mut dinp_h, mut dw_h) = (dinp0.clone(), dw0.clone());
+                backward(
+                    Accum::Add,
+                    Some(&mut dinp_h),
+                    None,
+                    &dout,
+                    &inp,
+                    &w,
+                    &s,
+                    &mut dws,
+                );
+                backward(
+                    Accum::Add,
+                    None,
+                    Some(&mut dw_h),
+                    &dout,
+                    &inp,
+                    &[],
+                    &s,
+                    &mut dws,
+                );
+                assert_eq!(dinp_h, dinp, "{s:?}");
+                assert_eq!(dw_h, dw, "{s:?}");
+                // Accum::Set overwrites whatever was there (NaN here): the
+                // same values as adding onto zeros, direct and public paths
+                let (mut set, mut zeros) = (vec![f32::NAN; inp.len()], vec![0.0; inp.len()]);
+                backward(
+                    Accum::Set,
+                    Some(&mut set),
+                    None,
+                    &dout,
+                    &inp,
+                    &w,
+                    &s,
+                    &mut dws,
+                );
+                backward(
+                    Accum::Add,
+                    Some(&mut zeros),
+                    None,
+                    &dout,
+                    &inp,
+                    &w,
+                    &s,
+                    &mut dws,
+                );
+                assert_eq!(set, zeros, "{s:?}");
+                let (mut set, mut zeros) = (vec![f32::NAN; inp.len()], vec![0.0; inp.len()]);
+                let mut dw_s = dw0.clone();
+                let dw_set = &mut dw_s;
+                conv2d_backward_to(
+                    Accum::Set,
+                    Some(&mut set),
+                    dw_set,
+                    &dout,
+                    &inp,
+                    &w,
+                    &s,
+                    &mut ws,
+                )
+                .unwrap();
+                conv2d_backward_input(&mut zeros, &dout, &w, &s, &mut ws).unwrap();
+                assert_eq!(set, zeros, "{s:?}");
+
+                // the public entry points (direct or im2col per pass, by size)
+                let mut out_r = vec![f32::NAN; dout.len()];
+                conv2d_forward(&mut out_r, &inp, &w, &s, &mut ws).unwrap();
+                let (mut dinp_r, mut dw_r) = (dinp0.clone(), dw0.clone());
+                conv2d_backward(Some(&mut dinp_r), &mut dw_r, &dout, &inp, &w, &s, &mut ws)
+                    .unwrap();
+                let (mut dinp_rh, mut dw_rh) = (dinp0.clone(), dw0.clone());
+                conv2d_backward_input(&mut dinp_rh, &dout, &w, &s, &mut ws).unwrap();
+                conv2d_backward_weight(&mut dw_rh, &dout, &inp, &s, &mut ws).unwrap();
+                assert_eq!(dinp_rh, dinp_r, "{s:?}");
+                assert_eq!(dw_rh, dw_r, "{s:?}");
+
+                // plain im2col path, same data
+                let mut out_p = vec![f32::NAN; dout.len()];
+                cpu::forward(&mut out_p, &inp, &w, &s, &mut plain);
+                let (mut dinp_p, mut dw_p) = (dinp0.clone(), dw0.clone());
+                cpu::backward_input(&mut dinp_p, &dout, &w, &s, &mut plain);
+                cpu::backward_weight(&mut dw_p, &dout, &inp, &s, &mut plain);
+                for (name, a, b) in [
+                    ("out", &out, &out_p),
+                    ("dinp", &dinp, &dinp_p),
+                    ("dw", &dw, &dw_p),
+                    ("out (routed)", &out_r, &out_p),
+                    ("dinp (routed)", &dinp_r, &dinp_p),
+                    ("dw (routed)", &dw_r, &dw_p),
+                ] {
+                    let e = rel(a, b);
+                    assert!(e < 1e-5, "{threads} threads {s:?} {name}: rel err {e:e}");
+                }
+                // reproducible for a fixed thread count
+                let mut out2 = vec![0.0; out.len()];
+                forward(&mut out2, &inp, &w, &s, &mut dws);
+                assert_eq!(out2, out);
+            }
+        });
+    }
+}
+
+#[test]
+fn direct_matches_f64_definition() {
+    if !enabled() {
+        println!("SKIPPED: no AVX-512 on this CPU (or RESGRAD_CONV=im2col): direct path unused");
+        return;
+    }
+    // the sums written out loop by loop, in f64, on f32 data
+    let s = shape(2, 8, 6, 5, 8);
+    let mut r = Rand::new(5);
+    let f = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
+    let inp = f(r.normal_vec(s.n * s.cin * s.h * s.w));
+    let w = f(r.normal_vec(s.cout * s.cin * 9));
+    let dout = f(r.normal_vec(s.n * s.cout * s.h * s.w));
+    let (h, wd) = (s.h as isize, s.w as isize);
+    let at = |n: usize, c: usize, y: isize, x: isize| {
+        if y < 0 || x < 0 || y >= h || x >= wd {
+            0.0
+        } else {
+            inp[((n * s.cin + c) * s.h + y as usize) * s.w + x as usize] as f64
+        }
+    };
+    let mut out = vec![0f64; dout.len()];
+    let mut dinp = vec![0f64; inp.len()];
+    let mut dw = vec![0f64; w.len()];
+    for n in 0..s.n {
+        for o in 0..s.cout {
+            for y in 0..h {
+                for x in 0..wd {
+                    let oi = ((n * s.cout + o) * s.h + y as usize) * s.w + x as usize;
+                    for c in 0..s.cin {
+                        for k in 0..9 {
+                            let (iy, ix) = (y + (k / 3) as isize - 1, x + (k % 3) as isize - 1);
+                            let wi = (o * s.cin + c) * 9 + k;
+                            out[oi] += w[wi] as f64 * at(n, c, iy, ix);
+                            dw[wi] += dout[oi] as f64 * at(n, c, iy, ix);
+                            if iy >= 0 && ix >= 0 && iy < h && ix < wd {
+                                dinp[((n * s.cin + c) * s.h + iy as usize) * s.w + ix as usize] +=
+                                    dout[oi] as f64 * w[wi] as f64;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let mut ws = Workspace::default();
+    let mut got_out = vec![0f32; out.len()];
+    forward(&mut got_out, &inp, &w, &s, &mut ws);
+    let (mut got_dinp, mut got_dw) = (vec![0f32; inp.len()], vec![0f32; w.len()]);
+    backward(
+        Accum::Add,
+        Some(&mut got_dinp),
+        Some(&mut got_dw),
+        &dout,
+        &inp,
+        &w,
+        &s,
+        &mut ws,
+    );
+    for (name, a, b) in [
+        ("out", &got_out, &out),
+        ("dinp", &got_dinp, &dinp),
+        ("dw", &got_dw, &dw),
+    ] {
+        for (i, (&x, &y)) in a.iter().zip(b.iter()).enumerate() {
+            assert!(
+                (x as f64 - y).abs() <= 1e-5 * y.abs().max(1.0),
+                "{name}[{i}]: {x} vs {y}"
+            );
+        }
+    }
+}
