@@ -3,13 +3,16 @@
 //! its running statistics. They own parameters and saved statistics and
 //! call the ops in `crate::ops`, where the math and its derivation live.
 
-use crate::error::{check_len, Result};
+use crate::error::{check_len, Error, Result};
 use crate::ops::activation::relu_inplace;
 use crate::ops::batchnorm::{
     batchnorm_backward_to, batchnorm_forward_eval, forward_train_act, normalise_add_act,
     train_stats, BnShape, BN_EPS, BN_MOMENTUM,
 };
-use crate::ops::conv2d::{conv2d_backward_to, conv2d_forward, Conv2dShape, ConvWorkspace};
+use crate::ops::conv2d::{
+    conv2d_backward_from, conv2d_backward_to, conv2d_forward, conv2d_forward_from,
+    conv2d_fuses_input_act, Conv2dShape, ConvInput, ConvWorkspace,
+};
 use crate::ops::elementwise::{bias_add_backward, bias_add_forward};
 use crate::ops::fused::{bn_relu_backward_plus, bn_relu_backward_to};
 use crate::ops::linear::{linear_backward, linear_forward, LinearShape};
@@ -239,6 +242,74 @@ impl<T: Scalar> WeightLayer<T> {
         }
     }
 
+    /// Whether a convolution on `(n, g)` inputs reads a [`ConvInput::BnRelu`]
+    /// input at no cost of its own (`ops::conv2d::conv2d_fuses_input_act`).
+    pub fn fuses_input_act(&self, n: usize, g: Geom) -> bool {
+        self.conv.is_some()
+            && self.bias.is_none()
+            && conv2d_fuses_input_act::<T>(&self.conv_shape(n, g))
+    }
+
+    /// [`WeightLayer::forward`] of a convolution without bias from any
+    /// [`ConvInput`].
+    pub fn forward_from(
+        &self,
+        out: &mut [T],
+        inp: ConvInput<T>,
+        n: usize,
+        g: Geom,
+        ws: &mut ConvWorkspace<T>,
+    ) -> Result<()> {
+        match inp {
+            ConvInput::Plain(x) => self.forward(out, x, n, g, ws),
+            _ => {
+                self.check_plain_conv()?;
+                conv2d_forward_from(out, inp, &self.weight.value, &self.conv_shape(n, g), ws)
+            }
+        }
+    }
+
+    /// [`WeightLayer::backward_to`] of a [`WeightLayer::forward_from`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_from(
+        &mut self,
+        accum: Accum,
+        dinp: Option<&mut [T]>,
+        dout: &[T],
+        inp: ConvInput<T>,
+        n: usize,
+        g: Geom,
+        ws: &mut ConvWorkspace<T>,
+    ) -> Result<()> {
+        match inp {
+            ConvInput::Plain(x) => self.backward_to(accum, dinp, dout, x, n, g, ws),
+            _ => {
+                self.check_plain_conv()?;
+                let cs = self.conv_shape(n, g);
+                conv2d_backward_from(
+                    accum,
+                    dinp,
+                    &mut self.weight.grad,
+                    dout,
+                    inp,
+                    &self.weight.value,
+                    &cs,
+                    ws,
+                )
+            }
+        }
+    }
+
+    fn check_plain_conv(&self) -> Result<()> {
+        if self.conv.is_none() || self.bias.is_some() {
+            return Err(Error::InvalidParam {
+                op: "weight_layer",
+                msg: "only a convolution without bias reads a BN-ReLU input".into(),
+            });
+        }
+        Ok(())
+    }
+
     /// Accumulates `dinp` (if wanted) and the parameter gradients.
     pub fn backward(
         &mut self,
@@ -327,6 +398,8 @@ pub struct BnLayer<T> {
     // saved by the training forward for the backward: (C) each
     mean: Vec<T>,
     rstd: Vec<T>,
+    // k = gamma * rstd at the last training forward (C), for `relu_input`
+    k: Vec<T>,
 }
 
 impl<T: Scalar> BnLayer<T> {
@@ -357,6 +430,7 @@ impl<T: Scalar> BnLayer<T> {
             prefix: prefix.to_string(),
             mean: vec![T::zero(); c],
             rstd: vec![T::zero(); c],
+            k: vec![T::zero(); c],
         }
     }
 
@@ -392,6 +466,39 @@ impl<T: Scalar> BnLayer<T> {
             BN_EPS,
             s,
         )
+    }
+
+    /// The statistics half of a training-mode BN-ReLU: saves the batch
+    /// statistics and updates the running ones, writes no output. The
+    /// output is then read through [`BnLayer::relu_input`] by the next
+    /// convolution, which normalises as it reads.
+    pub fn forward_stats_train(&mut self, inp: &[T], n: usize, g: Geom) -> Result<()> {
+        self.num_batches_tracked += 1;
+        let s = self.shape(n, g);
+        self.k = train_stats(
+            &mut self.mean,
+            &mut self.rstd,
+            inp,
+            &self.gamma.value,
+            &self.beta.value,
+            &mut self.running_mean.value,
+            &mut self.running_var.value,
+            BN_MOMENTUM,
+            BN_EPS,
+            s,
+        )?;
+        Ok(())
+    }
+
+    /// The output `max(0, BN(x))` of the last [`BnLayer::forward_stats_train`]
+    /// on `x`, as a convolution input that is never stored.
+    pub fn relu_input<'a>(&'a self, x: &'a [T]) -> ConvInput<'a, T> {
+        ConvInput::BnRelu {
+            x,
+            mean: &self.mean,
+            k: &self.k,
+            beta: &self.beta.value,
+        }
     }
 
     /// Training mode, fused with a residual addition and the ReLU after it:

@@ -41,6 +41,8 @@ use crate::tensor::{dot, norm};
 use rand::Rng;
 
 mod build;
+#[cfg(test)]
+mod tests;
 
 /// One step of a branch (or of `post`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -165,7 +167,13 @@ pub struct Unit<T> {
     post: Vec<Step>,
     // activations, sized for batch `n`
     n: usize,
-    acts: Vec<Vec<T>>,      // branch step outputs
+    // branch steps whose output a training forward does not store: a
+    // BN-ReLU whose only reader, the next conv, normalises as it reads
+    // (`BnLayer::relu_input`); `virt_live` says the last forward did so
+    virt: Vec<bool>,
+    virt_live: bool,
+    store_all: bool,        // no virtual steps (tests compare both ways)
+    acts: Vec<Vec<T>>,      // branch step outputs (empty where `virt`)
     h: Vec<T>,              // shortcut output (unused for the identity: h = x)
     hd: Vec<T>,             // dropped-out shortcut (dropout kind)
     mask: Vec<T>,           // dropout mask
@@ -286,16 +294,49 @@ impl<T: Scalar> Unit<T> {
         }
     }
 
+    /// Whether branch step `s` is a BN-ReLU that a training forward need
+    /// not store: its one reader is the next step, a convolution that
+    /// normalises while it reads at no cost of its own (not a pre-activation
+    /// projection, which reads it too).
+    fn is_virtual(&self, s: usize, n: usize) -> bool {
+        if self.store_all {
+            return false;
+        }
+        let read_by_shortcut = self.pre_idx == Some(s)
+            && matches!(
+                self.path,
+                ShortcutPath::Projection {
+                    reads_pre: true,
+                    ..
+                }
+            );
+        match (self.steps[s], self.steps.get(s + 1)) {
+            (Step::BnRelu(_), Some(&Step::Conv(j))) => {
+                !read_by_shortcut && self.convs[j].fuses_input_act(n, self.geoms[s])
+            }
+            _ => false,
+        }
+    }
+
+    /// Stores every branch activation (`true`), or lets a BN-ReLU that
+    /// only a convolution reads go unstored (`false`, the default): the
+    /// two give the same bits.
+    pub fn store_every_activation(&mut self, yes: bool) {
+        self.store_all = yes;
+        self.n = 0; // re-plan the buffers at the next forward
+    }
+
     fn ensure(&mut self, n: usize) {
         if self.n == n {
             return;
         }
         self.n = n;
         let out = self.out_geom.len(n);
-        self.acts = self
-            .geoms
-            .iter()
-            .map(|g| vec![T::zero(); g.len(n)])
+        self.virt = (0..self.steps.len())
+            .map(|s| self.is_virtual(s, n))
+            .collect();
+        self.acts = (self.geoms.iter().zip(&self.virt))
+            .map(|(g, &v)| vec![T::zero(); if v { 0 } else { g.len(n) }])
             .collect();
         let needs_h = !matches!(self.path, ShortcutPath::Identity | ShortcutPath::None)
             || matches!(self.mix, Mix::Dropout { .. });
@@ -334,6 +375,7 @@ impl<T: Scalar> Unit<T> {
             _ => None,
         };
         let nbranch = self.steps.len() - usize::from(fold_bn.is_some());
+        self.virt_live = train;
         // the branch F(x), step by step
         for s in 0..nbranch {
             let (done, rest) = self.acts.split_at_mut(s);
@@ -342,6 +384,29 @@ impl<T: Scalar> Unit<T> {
             } else {
                 (done[s - 1].as_slice(), self.geoms[s - 1])
             };
+            if self.virt[s] {
+                match (train, self.steps[s]) {
+                    // a BN-ReLU read by the next conv: statistics only
+                    (true, Step::BnRelu(i)) => {
+                        self.bns[i].forward_stats_train(inp, n, gin)?;
+                        continue;
+                    }
+                    // evaluation stores it as usual
+                    _ => resize(&mut rest[0], self.geoms[s].len(n)),
+                }
+            }
+            if let (true, Some(true), Step::Conv(j)) =
+                (train, s.checked_sub(1).map(|p| self.virt[p]), self.steps[s])
+            {
+                // ... which this conv normalises as it reads
+                let Step::BnRelu(i) = self.steps[s - 1] else {
+                    unreachable!("only a BN-ReLU step is virtual")
+                };
+                let x_bn = if s == 1 { x } else { done[s - 2].as_slice() };
+                let inp = self.bns[i].relu_input(x_bn);
+                self.convs[j].forward_from(&mut rest[0], inp, n, gin, ws)?;
+                continue;
+            }
             step_forward(
                 self.steps[s],
                 &mut rest[0],
@@ -524,6 +589,8 @@ impl<T: Scalar> Unit<T> {
         let shared = self.shared_grad();
         let relu_post = self.fused_relu_post();
         let identity_add = self.fused_identity_add();
+        let no_virt = vec![false; if self.virt_live { 0 } else { nsteps }];
+        let virt: &[bool] = if self.virt_live { &self.virt } else { &no_virt };
         if probe {
             zero(&mut self.dx_branch);
         }
@@ -689,6 +756,7 @@ impl<T: Scalar> Unit<T> {
                         let (below, at_p) = dacts.split_at_mut(p);
                         backward_steps(
                             &self.steps[..=p],
+                            &virt[..=p],
                             &at_p[0],
                             below,
                             None,
@@ -715,6 +783,7 @@ impl<T: Scalar> Unit<T> {
         let branch_target: &mut [T] = if probe { &mut self.dx_branch } else { dx };
         backward_steps(
             &self.steps,
+            virt,
             df,
             dacts,
             shared,
@@ -817,6 +886,7 @@ pub(crate) fn step_backward<T: Scalar>(
 #[allow(clippy::too_many_arguments)]
 fn backward_steps<T: Scalar>(
     steps: &[Step],
+    virt: &[bool],
     dtop: &[T],
     dacts: &mut [Vec<T>],
     shared: Option<usize>,
@@ -849,6 +919,16 @@ fn backward_steps<T: Scalar>(
         } else {
             (&mut lo[s - 1], &acts[s - 1], geoms[s - 1], Accum::Set)
         };
+        if let (true, Step::Conv(j), Step::BnRelu(i)) =
+            (s > 0 && virt[s - 1], steps[s], steps[s.saturating_sub(1)])
+        {
+            // in the forward pass this conv read BN-ReLU(x_bn) as it
+            // normalised it, so now its weight gradient does the same
+            let x_bn = if s == 1 { x } else { &acts[s - 2] };
+            let inp = bns[i].relu_input(x_bn);
+            convs[j].backward_from(accum, Some(dinp), dout, inp, n, gin, ws)?;
+            continue;
+        }
         step_backward(
             steps[s], accum, dinp, dout, inp, &acts[s], n, gin, convs, bns, ws,
         )?;

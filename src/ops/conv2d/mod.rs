@@ -50,6 +50,7 @@ mod cpu;
 mod direct;
 
 use crate::error::{check_len, check_nonzero, Error, Result};
+use crate::ops::batchnorm::{normalise_act, BnShape};
 use crate::ops::par::par_zero;
 use crate::ops::Accum;
 use crate::scalar::Scalar;
@@ -148,6 +149,8 @@ pub struct ConvWorkspace<T> {
     chunks: Vec<cpu::Scratch<T>>,
     /// the direct 3x3 path's buffers (f32 only)
     direct: direct::Workspace,
+    /// a [`ConvInput::BnRelu`] input written out, for the im2col path
+    act: Vec<T>,
 }
 
 impl<T> Default for ConvWorkspace<T> {
@@ -155,8 +158,83 @@ impl<T> Default for ConvWorkspace<T> {
         ConvWorkspace {
             chunks: Vec::new(),
             direct: direct::Workspace::default(),
+            act: Vec::new(),
         }
     }
+}
+
+/// What a convolution reads as its input (N, cin, h, w).
+#[derive(Clone, Copy, Debug)]
+pub enum ConvInput<'a, T> {
+    /// A stored tensor.
+    Plain(&'a [T]),
+    /// The output of a training-mode BN-ReLU, never stored:
+    /// `inp[n, c, i] = max(0, (x[n, c, i] - mean[c]) * k[c] + beta[c])`, the
+    /// same expression (and so the same bits) as `ops::fused`'s forward.
+    /// The direct kernels apply it while they copy the input into their
+    /// padded planes; the im2col path writes it out into the workspace.
+    BnRelu {
+        x: &'a [T],
+        mean: &'a [T],
+        k: &'a [T],
+        beta: &'a [T],
+    },
+}
+
+impl<'a, T: Scalar> ConvInput<'a, T> {
+    fn check(&self, s: &Conv2dShape) -> Result<()> {
+        match *self {
+            ConvInput::Plain(x) => s.check_input("input", x),
+            ConvInput::BnRelu { x, mean, k, beta } => {
+                s.check_input("BN input", x)?;
+                check_len(OP, "BN mean", mean, &[s.cin])?;
+                check_len(OP, "BN scale", k, &[s.cin])?;
+                check_len(OP, "BN shift", beta, &[s.cin])
+            }
+        }
+    }
+
+    /// The input as a stored tensor: itself, or written into `buf`.
+    fn stored<'b>(&self, buf: &'b mut Vec<T>, s: &Conv2dShape) -> &'b [T]
+    where
+        'a: 'b,
+    {
+        match *self {
+            ConvInput::Plain(x) => x,
+            ConvInput::BnRelu { x, mean, k, beta } => {
+                buf.clear();
+                buf.resize(x.len(), T::zero());
+                let bs = BnShape {
+                    n: s.n,
+                    c: s.cin,
+                    hw: s.h * s.w,
+                };
+                normalise_act::<T, true>(buf, x, mean, k, beta, bs, bs.parallel());
+                buf
+            }
+        }
+    }
+
+    /// The same input over f32 (`None` unless `T` is f32).
+    fn as_f32(&self) -> Option<ConvInput<'a, f32>> {
+        Some(match *self {
+            ConvInput::Plain(x) => ConvInput::Plain(direct::as_f32(x)?),
+            ConvInput::BnRelu { x, mean, k, beta } => ConvInput::BnRelu {
+                x: direct::as_f32(x)?,
+                mean: direct::as_f32(mean)?,
+                k: direct::as_f32(k)?,
+                beta: direct::as_f32(beta)?,
+            },
+        })
+    }
+}
+
+/// Whether a [`ConvInput::BnRelu`] input costs no pass of its own for `s`:
+/// both passes that read the input (forward, weight gradient) take the
+/// direct path, which normalises while it pads. Otherwise the input is
+/// written out in each of them.
+pub fn conv2d_fuses_input_act<T: 'static>(s: &Conv2dShape) -> bool {
+    direct::use_for_data::<T>(s) && direct::use_for_weight::<T>(s)
 }
 
 /// `out = conv(inp, weight)`; out (N, cout, oh, ow) is overwritten.
@@ -167,20 +245,32 @@ pub fn conv2d_forward<T: Scalar>(
     s: &Conv2dShape,
     ws: &mut ConvWorkspace<T>,
 ) -> Result<()> {
+    conv2d_forward_from(out, ConvInput::Plain(inp), weight, s, ws)
+}
+
+/// [`conv2d_forward`] of any [`ConvInput`].
+pub fn conv2d_forward_from<T: Scalar>(
+    out: &mut [T], // (N, cout, oh, ow)
+    inp: ConvInput<T>,
+    weight: &[T], // (cout, cin, kh, kw)
+    s: &Conv2dShape,
+    ws: &mut ConvWorkspace<T>,
+) -> Result<()> {
     s.validate()?;
     s.check_output("output", out)?;
-    s.check_input("input", inp)?;
+    inp.check(s)?;
     s.check_weight("weight", weight)?;
     if direct::use_for_data::<T>(s) {
         if let (Some(out), Some(inp), Some(weight)) = (
             direct::as_f32_mut(out),
-            direct::as_f32(inp),
+            inp.as_f32(),
             direct::as_f32(weight),
         ) {
             direct::forward(out, inp, weight, s, &mut ws.direct);
             return Ok(());
         }
     }
+    let inp = inp.stored(&mut ws.act, s);
     cpu::forward(out, inp, weight, s, &mut ws.chunks);
     Ok(())
 }
@@ -214,9 +304,33 @@ pub fn conv2d_backward_to<T: Scalar>(
     s: &Conv2dShape,
     ws: &mut ConvWorkspace<T>,
 ) -> Result<()> {
+    conv2d_backward_from(
+        accum,
+        dinp,
+        dweight,
+        dout,
+        ConvInput::Plain(inp),
+        weight,
+        s,
+        ws,
+    )
+}
+
+/// [`conv2d_backward_to`] of any [`ConvInput`] (the forward's).
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_backward_from<T: Scalar>(
+    accum: Accum,
+    dinp: Option<&mut [T]>, // (N, cin, h, w)
+    dweight: &mut [T],      // (cout, cin, kh, kw)
+    dout: &[T],             // (N, cout, oh, ow)
+    inp: ConvInput<T>,
+    weight: &[T], // (cout, cin, kh, kw)
+    s: &Conv2dShape,
+    ws: &mut ConvWorkspace<T>,
+) -> Result<()> {
     s.validate()?;
     s.check_output("dout", dout)?;
-    s.check_input("input", inp)?;
+    inp.check(s)?;
     s.check_weight("weight", weight)?;
     s.check_weight("dweight", dweight)?;
     if let Some(dinp) = &dinp {
@@ -239,7 +353,8 @@ pub fn conv2d_backward_input<T: Scalar>(
     s.check_output("dout", dout)?;
     s.check_weight("weight", weight)?;
     // the input half never reads the forward's input
-    backward_checked(Accum::Add, Some(dinp), None, dout, &[], weight, s, ws);
+    let none = ConvInput::Plain(&[][..]);
+    backward_checked(Accum::Add, Some(dinp), None, dout, none, weight, s, ws);
     Ok(())
 }
 
@@ -256,6 +371,7 @@ pub fn conv2d_backward_weight<T: Scalar>(
     s.check_output("dout", dout)?;
     s.check_input("input", inp)?;
     // the weight half never reads the weights
+    let inp = ConvInput::Plain(inp);
     backward_checked(Accum::Add, None, Some(dweight), dout, inp, &[], s, ws);
     Ok(())
 }
@@ -270,7 +386,7 @@ fn backward_checked<T: Scalar>(
     dinp: Option<&mut [T]>,
     dweight: Option<&mut [T]>,
     dout: &[T],
-    inp: &[T],
+    inp: ConvInput<T>,
     weight: &[T],
     s: &Conv2dShape,
     ws: &mut ConvWorkspace<T>,
@@ -292,6 +408,7 @@ fn backward_checked<T: Scalar>(
         cpu::backward_input(dinp, dout, weight, s, &mut ws.chunks);
     }
     if let Some(dweight) = dw_rest {
+        let inp = inp.stored(&mut ws.act, s);
         cpu::backward_weight(dweight, dout, inp, s, &mut ws.chunks);
     }
 }
@@ -304,7 +421,7 @@ fn direct_backward<T: Scalar>(
     dinp: Option<&mut [T]>,
     dweight: Option<&mut [T]>,
     dout: &[T],
-    inp: &[T],
+    inp: ConvInput<T>,
     weight: &[T],
     s: &Conv2dShape,
     ws: &mut ConvWorkspace<T>,
@@ -315,7 +432,7 @@ fn direct_backward<T: Scalar>(
         dinp.map(|d| direct::as_f32_mut(d).expect(f32s)),
         dweight.map(|d| direct::as_f32_mut(d).expect(f32s)),
         direct::as_f32(dout).expect(f32s),
-        direct::as_f32(inp).expect(f32s),
+        inp.as_f32().expect(f32s),
         direct::as_f32(weight).expect(f32s),
         s,
         &mut ws.direct,

@@ -164,3 +164,28 @@ pub(super) unsafe fn weight_grad_planes(
         }
     }
 }
+
+/// `dst[i] = max(0, (src[i] - m) * k + b)` over `dst.len()` entries
+/// (`src` at least as long): the BN-ReLU forward's expression, operation by
+/// operation (no FMA), with `v <= 0` (NaN excluded) sent to +0 as there.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn bn_relu(dst: &mut [f32], src: &[f32], m: f32, k: f32, b: f32) {
+    let n = dst.len();
+    assert!(src.len() >= n);
+    let (vm, vk, vb, z) = (
+        _mm512_set1_ps(m),
+        _mm512_set1_ps(k),
+        _mm512_set1_ps(b),
+        _mm512_setzero_ps(),
+    );
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    let mut i = 0;
+    while i < n {
+        let mask = lanes(n - i);
+        let x = _mm512_maskz_loadu_ps(mask, s.add(i));
+        let v = _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(x, vm), vk), vb);
+        let le = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(v, z);
+        _mm512_mask_storeu_ps(d.add(i), mask, _mm512_mask_mov_ps(v, le, z));
+        i += 16;
+    }
+}

@@ -66,7 +66,7 @@ mod tests;
 use std::any::TypeId;
 use std::sync::OnceLock;
 
-use super::Conv2dShape;
+use super::{Conv2dShape, ConvInput};
 use crate::ops::Accum;
 
 /// Output channels per register tile.
@@ -225,6 +225,36 @@ pub(super) fn pad_image(dst: &mut [f32], src: &[f32], g: &Grid) {
     }
 }
 
+/// [`pad_image`] of image `i` of `inp`: for a [`ConvInput::BnRelu`] input
+/// the planes are `max(0, (x - mean[c]) * k[c] + beta[c])` of `x`'s, the
+/// padding zero (the BN-ReLU output padded, as the convolution reads it).
+fn pad_input(dst: &mut [f32], inp: &ConvInput<f32>, i: usize, cin: usize, g: &Grid) {
+    let img = cin * g.hw;
+    match *inp {
+        ConvInput::Plain(x) => pad_image(dst, &x[i * img..][..img], g),
+        ConvInput::BnRelu { x, mean, k, beta } => {
+            let src = &x[i * img..][..img];
+            assert!(dst.len() >= cin * g.ps && mean.len() == cin);
+            assert!(k.len() == cin && beta.len() == cin);
+            let (a, b) = (g.first(), g.first() + g.hw);
+            for (c, (d, s)) in dst
+                .chunks_exact_mut(g.ps)
+                .zip(src.chunks_exact(g.hw))
+                .enumerate()
+            {
+                d[..a].fill(0.0);
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: AVX-512F available (the direct path is enabled);
+                // the kernel touches only d[a..b] and s, both hw long.
+                unsafe {
+                    avx512::bn_relu(&mut d[a..b], s, mean[c], k[c], beta[c])
+                }
+                d[b..].fill(0.0);
+            }
+        }
+    }
+}
+
 /// Forward weights repacked as `wf[c, k, o] = w[o, c, k]` (one tap of eight
 /// output channels is then eight consecutive floats).
 pub(super) fn pack_forward(wf: &mut Vec<f32>, w: &[f32], cin: usize, cout: usize) {
@@ -369,13 +399,13 @@ fn grow(v: &mut Vec<f32>, len: usize) {
 /// the output. Shapes as validated by `mod.rs`; `applies(s)` must hold.
 pub(super) fn forward(
     out: &mut [f32],
-    inp: &[f32],
+    inp: ConvInput<f32>,
     w: &[f32],
     s: &Conv2dShape,
     ws: &mut Workspace,
 ) {
     let g = Grid::of(s);
-    let (img, oimg) = (s.cin * g.hw, s.cout * g.hw);
+    let oimg = s.cout * g.hw;
     pack_forward(&mut ws.wf, w, s.cin, s.cout);
     edge_masks(&mut ws.edges, &g);
     let (wf, edges) = (&ws.wf, &ws.edges);
@@ -389,7 +419,7 @@ pub(super) fn forward(
             let pofs = aligned_from(&sc.p);
             let p = &mut sc.p[pofs..];
             for (i, out_img) in imgs.zip(out.chunks_exact_mut(oimg)) {
-                pad_image(p, &inp[i * img..][..img], &g);
+                pad_input(p, &inp, i, s.cin, &g);
                 conv_planes(out_img, p, wf, s.cin, s.cout, &g, edges, false);
             }
         },
@@ -407,7 +437,7 @@ pub(super) fn backward(
     dinp: Option<&mut [f32]>,
     dweight: Option<&mut [f32]>,
     dout: &[f32],
-    inp: &[f32],
+    inp: ConvInput<f32>,
     w: &[f32],
     s: &Conv2dShape,
     ws: &mut Workspace,
@@ -473,11 +503,7 @@ pub(super) fn backward(
                 }
                 if want_dw {
                     let pbuf = &mut sc.p[pofs..];
-                    pad_image(
-                        &mut pbuf[slot * pimg_len..][..pimg_len],
-                        &inp[i * img..][..img],
-                        &g,
-                    );
+                    pad_input(&mut pbuf[slot * pimg_len..][..pimg_len], &inp, i, s.cin, &g);
                     // a full group, or the chunk's last images
                     if slot + 1 == group || i + 1 == imgs.end {
                         let n = slot + 1;

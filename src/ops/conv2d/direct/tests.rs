@@ -2,11 +2,13 @@
 //! checked by finite differences and the loop-by-loop definition) and
 //! against an f64 evaluation of the same f32 data.
 use super::super::{
-    conv2d_backward, conv2d_backward_input, conv2d_backward_to, conv2d_backward_weight,
-    conv2d_forward, cpu, Conv2dShape, ConvWorkspace,
+    conv2d_backward, conv2d_backward_from, conv2d_backward_input, conv2d_backward_to,
+    conv2d_backward_weight, conv2d_forward, conv2d_forward_from, cpu, Conv2dShape, ConvInput,
+    ConvWorkspace,
 };
 use super::*;
 use crate::gradcheck::Rand;
+use crate::ops::batchnorm::{normalise_act, BnShape};
 
 fn shape(n: usize, cin: usize, h: usize, w: usize, cout: usize) -> Conv2dShape {
     Conv2dShape {
@@ -75,14 +77,14 @@ fn direct_matches_im2col_path() {
 
                 // the direct kernels, whatever the size policy says
                 let mut out = vec![f32::NAN; dout.len()];
-                forward(&mut out, &inp, &w, &s, &mut dws);
+                forward(&mut out, ConvInput::Plain(&inp), &w, &s, &mut dws);
                 let (mut dinp, mut dw) = (dinp0.clone(), dw0.clone());
                 backward(
                     Accum::Add,
                     Some(&mut dinp),
                     Some(&mut dw),
                     &dout,
-                    &inp,
+                    ConvInput::Plain(&inp),
                     &w,
                     &s,
                     &mut dws,
@@ -94,7 +96,7 @@ fn direct_matches_im2col_path() {
                     Some(&mut dinp_h),
                     None,
                     &dout,
-                    &inp,
+                    ConvInput::Plain(&inp),
                     &w,
                     &s,
                     &mut dws,
@@ -104,7 +106,7 @@ fn direct_matches_im2col_path() {
                     None,
                     Some(&mut dw_h),
                     &dout,
-                    &inp,
+                    ConvInput::Plain(&inp),
                     &[],
                     &s,
                     &mut dws,
@@ -119,7 +121,7 @@ fn direct_matches_im2col_path() {
                     Some(&mut set),
                     None,
                     &dout,
-                    &inp,
+                    ConvInput::Plain(&inp),
                     &w,
                     &s,
                     &mut dws,
@@ -129,7 +131,7 @@ fn direct_matches_im2col_path() {
                     Some(&mut zeros),
                     None,
                     &dout,
-                    &inp,
+                    ConvInput::Plain(&inp),
                     &w,
                     &s,
                     &mut dws,
@@ -183,7 +185,7 @@ fn direct_matches_im2col_path() {
                 }
                 // reproducible for a fixed thread count
                 let mut out2 = vec![0.0; out.len()];
-                forward(&mut out2, &inp, &w, &s, &mut dws);
+                forward(&mut out2, ConvInput::Plain(&inp), &w, &s, &mut dws);
                 assert_eq!(out2, out);
             }
         });
@@ -237,14 +239,14 @@ fn direct_matches_f64_definition() {
     }
     let mut ws = Workspace::default();
     let mut got_out = vec![0f32; out.len()];
-    forward(&mut got_out, &inp, &w, &s, &mut ws);
+    forward(&mut got_out, ConvInput::Plain(&inp), &w, &s, &mut ws);
     let (mut got_dinp, mut got_dw) = (vec![0f32; inp.len()], vec![0f32; w.len()]);
     backward(
         Accum::Add,
         Some(&mut got_dinp),
         Some(&mut got_dw),
         &dout,
-        &inp,
+        ConvInput::Plain(&inp),
         &w,
         &s,
         &mut ws,
@@ -260,5 +262,77 @@ fn direct_matches_f64_definition() {
                 "{name}[{i}]: {x} vs {y}"
             );
         }
+    }
+}
+
+/// A BN-ReLU input (`ConvInput::BnRelu`) gives the bits of the same
+/// convolution of the BN-ReLU output written out first, on the direct path
+/// (normalised while padding) and on the im2col path (written into the
+/// workspace): forward, both gradients.
+#[test]
+fn bn_relu_input_is_the_written_out_input() {
+    let mut r = Rand::new(17);
+    let mut ws = ConvWorkspace::<f32>::default();
+    let stride2 = Conv2dShape {
+        stride: 2,
+        ..shape(2, 8, 7, 6, 16)
+    };
+    for s in [
+        shape(3, 8, 5, 7, 16),
+        shape(2, 16, 8, 8, 8),
+        shape(2, 16, 16, 16, 16),
+        stride2,
+    ] {
+        let f = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
+        let x = f(r.normal_vec(s.n * s.cin * s.h * s.w));
+        let mean = f(r.normal_vec(s.cin));
+        let k = f(r.normal_vec(s.cin));
+        let beta = f(r.normal_vec(s.cin));
+        let w = f(r.normal_vec(s.cout * s.cin * 9));
+        let (oh, ow) = (s.oh(), s.ow());
+        let dout = f(r.normal_vec(s.n * s.cout * oh * ow));
+        let mut a = vec![0f32; x.len()];
+        let bs = BnShape {
+            n: s.n,
+            c: s.cin,
+            hw: s.h * s.w,
+        };
+        normalise_act::<f32, true>(&mut a, &x, &mean, &k, &beta, bs, false);
+        assert!(a.contains(&0.0) && a.iter().any(|&v| v > 0.0));
+        let act = ConvInput::BnRelu {
+            x: &x,
+            mean: &mean,
+            k: &k,
+            beta: &beta,
+        };
+        let (mut out_a, mut out_v) = (vec![0f32; dout.len()], vec![f32::NAN; dout.len()]);
+        conv2d_forward(&mut out_a, &a, &w, &s, &mut ws).unwrap();
+        conv2d_forward_from(&mut out_v, act, &w, &s, &mut ws).unwrap();
+        assert_eq!(out_a, out_v, "{s:?}");
+        let (mut dw_a, mut dw_v) = (vec![0f32; w.len()], vec![0f32; w.len()]);
+        let (mut dx_a, mut dx_v) = (vec![0f32; x.len()], vec![0f32; x.len()]);
+        conv2d_backward(Some(&mut dx_a), &mut dw_a, &dout, &a, &w, &s, &mut ws).unwrap();
+        conv2d_backward_from(
+            Accum::Add,
+            Some(&mut dx_v),
+            &mut dw_v,
+            &dout,
+            act,
+            &w,
+            &s,
+            &mut ws,
+        )
+        .unwrap();
+        assert_eq!(dw_a, dw_v, "{s:?}");
+        assert_eq!(dx_a, dx_v, "{s:?}");
+        // a wrong-sized statistic is an error naming it
+        let bad = ConvInput::BnRelu {
+            x: &x,
+            mean: &mean[1..],
+            k: &k,
+            beta: &beta,
+        };
+        let e = conv2d_forward_from(&mut out_v, bad, &w, &s, &mut ws).unwrap_err();
+        assert!(e.to_string().contains("BN mean"), "{e}");
     }
 }
