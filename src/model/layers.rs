@@ -6,12 +6,12 @@
 use crate::error::{check_len, Error, Result};
 use crate::ops::activation::relu_inplace;
 use crate::ops::batchnorm::{
-    batchnorm_backward_to, batchnorm_forward_eval, forward_train_act, normalise_add_act,
-    train_stats, BnShape, BN_EPS, BN_MOMENTUM,
+    batchnorm_backward_coefs, batchnorm_backward_to, batchnorm_forward_eval, forward_train_act,
+    normalise_add_act, train_stats, BnShape, BN_EPS, BN_MOMENTUM,
 };
 use crate::ops::conv2d::{
     conv2d_backward_from, conv2d_backward_to, conv2d_forward, conv2d_forward_from,
-    conv2d_fuses_input_act, Conv2dShape, ConvInput, ConvWorkspace,
+    conv2d_fuses_input_act, Conv2dShape, ConvGradOut, ConvInput, ConvWorkspace,
 };
 use crate::ops::elementwise::{bias_add_backward, bias_add_forward};
 use crate::ops::fused::{bn_relu_backward_plus, bn_relu_backward_to};
@@ -269,20 +269,23 @@ impl<T: Scalar> WeightLayer<T> {
         }
     }
 
-    /// [`WeightLayer::backward_to`] of a [`WeightLayer::forward_from`].
+    /// [`WeightLayer::backward_to`] of a [`WeightLayer::forward_from`], from
+    /// any [`ConvGradOut`].
     #[allow(clippy::too_many_arguments)]
     pub fn backward_from(
         &mut self,
         accum: Accum,
         dinp: Option<&mut [T]>,
-        dout: &[T],
+        dout: ConvGradOut<T>,
         inp: ConvInput<T>,
         n: usize,
         g: Geom,
         ws: &mut ConvWorkspace<T>,
     ) -> Result<()> {
-        match inp {
-            ConvInput::Plain(x) => self.backward_to(accum, dinp, dout, x, n, g, ws),
+        match (dout, inp) {
+            (ConvGradOut::Plain(d), ConvInput::Plain(x)) => {
+                self.backward_to(accum, dinp, d, x, n, g, ws)
+            }
             _ => {
                 self.check_plain_conv()?;
                 let cs = self.conv_shape(n, g);
@@ -400,6 +403,8 @@ pub struct BnLayer<T> {
     rstd: Vec<T>,
     // k = gamma * rstd at the last training forward (C), for `relu_input`
     k: Vec<T>,
+    // (k, a, b) of the last `backward_coefs` (C), for `grad_out`
+    coef: Vec<(T, T, T)>,
 }
 
 impl<T: Scalar> BnLayer<T> {
@@ -431,6 +436,7 @@ impl<T: Scalar> BnLayer<T> {
             mean: vec![T::zero(); c],
             rstd: vec![T::zero(); c],
             k: vec![T::zero(); c],
+            coef: vec![],
         }
     }
 
@@ -498,6 +504,45 @@ impl<T: Scalar> BnLayer<T> {
             mean: &self.mean,
             k: &self.k,
             beta: &self.beta.value,
+        }
+    }
+
+    /// The reduction half of the training backward (of BN-ReLU when
+    /// `relu`): adds the parameter gradients and keeps the coefficients of
+    /// the input gradient, which the convolution that produced `inp` then
+    /// computes as it reads it ([`BnLayer::grad_out`]); nothing is written.
+    pub fn backward_coefs(
+        &mut self,
+        dout: &[T],
+        inp: &[T],
+        n: usize,
+        g: Geom,
+        relu: bool,
+    ) -> Result<()> {
+        let s = self.shape(n, g);
+        self.coef = batchnorm_backward_coefs(
+            &mut self.gamma.grad,
+            &mut self.beta.grad,
+            dout,
+            inp,
+            &self.mean,
+            &self.rstd,
+            &self.gamma.value,
+            relu.then_some(self.beta.value.as_slice()),
+            s,
+        )?;
+        Ok(())
+    }
+
+    /// `dL/d(inp)` after [`BnLayer::backward_coefs`] with the same `dout`
+    /// and `inp`, as a convolution's output gradient that is never stored.
+    pub fn grad_out<'a>(&'a self, dout: &'a [T], inp: &'a [T], relu: bool) -> ConvGradOut<'a, T> {
+        ConvGradOut::Bn {
+            dy: dout,
+            x: inp,
+            mean: &self.mean,
+            beta: relu.then_some(self.beta.value.as_slice()),
+            coef: &self.coef,
         }
     }
 

@@ -186,6 +186,7 @@ impl<T: Scalar> Unit<T> {
             post,
             n: 0,
             virt: vec![],
+            dvirt: vec![],
             virt_live: false,
             store_all: false,
             acts: vec![],

@@ -31,7 +31,7 @@ use super::layers::{BnLayer, Geom, Param, WeightLayer};
 use super::spec::UnitKind;
 use crate::error::Result;
 use crate::ops::activation::{relu_backward, relu_forward, sigmoid_forward};
-use crate::ops::conv2d::ConvWorkspace;
+use crate::ops::conv2d::{ConvGradOut, ConvInput, ConvWorkspace};
 use crate::ops::dropout::dropout_forward;
 use crate::ops::par::{par_pieces, par_pieces2, par_zero};
 use crate::ops::shortcut_a::{shortcut_a_backward, shortcut_a_forward, ShortcutAShape};
@@ -171,6 +171,10 @@ pub struct Unit<T> {
     // BN-ReLU whose only reader, the next conv, normalises as it reads
     // (`BnLayer::relu_input`); `virt_live` says the last forward did so
     virt: Vec<bool>,
+    // branch steps (BN, BN-ReLU) whose input gradient the backward does not
+    // store: the conv before them computes it as it reads it
+    // (`BnLayer::grad_out`); used when `virt_live`
+    dvirt: Vec<bool>,
     virt_live: bool,
     store_all: bool,        // no virtual steps (tests compare both ways)
     acts: Vec<Vec<T>>,      // branch step outputs (empty where `virt`)
@@ -326,6 +330,25 @@ impl<T: Scalar> Unit<T> {
         self.n = 0; // re-plan the buffers at the next forward
     }
 
+    /// Whether branch step `s` is a BN (or BN-ReLU) whose input gradient
+    /// the backward need not store: its one reader is the conv before it,
+    /// which computes it while it reads at no cost of its own (not where a
+    /// pre-activation projection adds to the same gradient).
+    fn grad_is_virtual(&self, s: usize, n: usize) -> bool {
+        if self.store_all || s == 0 || self.shared_grad() == Some(s - 1) {
+            return false;
+        }
+        let gin = if s == 1 {
+            self.in_geom
+        } else {
+            self.geoms[s - 2]
+        };
+        match (self.steps[s - 1], self.steps[s]) {
+            (Step::Conv(j), Step::Bn(_) | Step::BnRelu(_)) => self.convs[j].fuses_input_act(n, gin),
+            _ => false,
+        }
+    }
+
     fn ensure(&mut self, n: usize) {
         if self.n == n {
             return;
@@ -334,6 +357,9 @@ impl<T: Scalar> Unit<T> {
         let out = self.out_geom.len(n);
         self.virt = (0..self.steps.len())
             .map(|s| self.is_virtual(s, n))
+            .collect();
+        self.dvirt = (0..self.steps.len())
+            .map(|s| self.grad_is_virtual(s, n))
             .collect();
         self.acts = (self.geoms.iter().zip(&self.virt))
             .map(|(g, &v)| vec![T::zero(); if v { 0 } else { g.len(n) }])
@@ -590,7 +616,11 @@ impl<T: Scalar> Unit<T> {
         let relu_post = self.fused_relu_post();
         let identity_add = self.fused_identity_add();
         let no_virt = vec![false; if self.virt_live { 0 } else { nsteps }];
-        let virt: &[bool] = if self.virt_live { &self.virt } else { &no_virt };
+        let (virt, dvirt): (&[bool], &[bool]) = if self.virt_live {
+            (&self.virt, &self.dvirt)
+        } else {
+            (&no_virt, &no_virt)
+        };
         if probe {
             zero(&mut self.dx_branch);
         }
@@ -756,7 +786,7 @@ impl<T: Scalar> Unit<T> {
                         let (below, at_p) = dacts.split_at_mut(p);
                         backward_steps(
                             &self.steps[..=p],
-                            &virt[..=p],
+                            (&virt[..=p], &dvirt[..=p]),
                             &at_p[0],
                             below,
                             None,
@@ -783,7 +813,7 @@ impl<T: Scalar> Unit<T> {
         let branch_target: &mut [T] = if probe { &mut self.dx_branch } else { dx };
         backward_steps(
             &self.steps,
-            virt,
+            (virt, dvirt),
             df,
             dacts,
             shared,
@@ -876,6 +906,15 @@ pub(crate) fn step_backward<T: Scalar>(
     }
 }
 
+/// The BN layer of a BN or BN-ReLU step, and whether a ReLU follows it.
+fn bn_of(step: Step) -> (usize, bool) {
+    match step {
+        Step::Bn(i) => (i, false),
+        Step::BnRelu(i) => (i, true),
+        _ => unreachable!("only BN steps are virtual"),
+    }
+}
+
 /// Backward through `steps` (a prefix of the branch), from `dtop`, the
 /// gradient of the last step's output, down to `dx += ...`. `dacts[s]`
 /// receives the gradient of step `s`'s output (`s < steps.len() - 1`),
@@ -886,7 +925,7 @@ pub(crate) fn step_backward<T: Scalar>(
 #[allow(clippy::too_many_arguments)]
 fn backward_steps<T: Scalar>(
     steps: &[Step],
-    virt: &[bool],
+    (virt, dvirt): (&[bool], &[bool]),
     dtop: &[T],
     dacts: &mut [Vec<T>],
     shared: Option<usize>,
@@ -919,13 +958,32 @@ fn backward_steps<T: Scalar>(
         } else {
             (&mut lo[s - 1], &acts[s - 1], geoms[s - 1], Accum::Set)
         };
-        if let (true, Step::Conv(j), Step::BnRelu(i)) =
-            (s > 0 && virt[s - 1], steps[s], steps[s.saturating_sub(1)])
-        {
+        if dvirt[s] {
+            // a BN whose input gradient the conv before it computes as it
+            // reads it (below): only the reduction here
+            let (i, relu) = bn_of(steps[s]);
+            bns[i].backward_coefs(dout, inp, n, gin, relu)?;
+            continue;
+        }
+        let vin = s > 0 && virt[s - 1];
+        let vout = s < last && dvirt[s + 1];
+        if let (true, Step::Conv(j)) = (vin || vout, steps[s]) {
             // in the forward pass this conv read BN-ReLU(x_bn) as it
             // normalised it, so now its weight gradient does the same
-            let x_bn = if s == 1 { x } else { &acts[s - 2] };
-            let inp = bns[i].relu_input(x_bn);
+            let inp = if vin {
+                let x_bn = if s == 1 { x } else { &acts[s - 2] };
+                bns[bn_of(steps[s - 1]).0].relu_input(x_bn)
+            } else {
+                ConvInput::Plain(inp)
+            };
+            // ... and the BN after it hands over its reduction, not dL/d(out)
+            let dout = if vout {
+                let dy: &[T] = if s + 1 == last { dtop } else { &hi[1] };
+                let (i, relu) = bn_of(steps[s + 1]);
+                bns[i].grad_out(dy, &acts[s], relu)
+            } else {
+                ConvGradOut::Plain(dout)
+            };
             convs[j].backward_from(accum, Some(dinp), dout, inp, n, gin, ws)?;
             continue;
         }

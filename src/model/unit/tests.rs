@@ -1,6 +1,8 @@
 //! A BN-ReLU read only by a convolution is not stored in training (the
-//! conv normalises as it reads): the same bits as storing it, for every
-//! unit kind that has such a pair, with and without the gradient probe.
+//! conv normalises as it reads), nor is the input gradient of a BN that
+//! reads a convolution's output (the conv computes it as it reads it): the
+//! same bits as storing both, for every unit kind that has such pairs,
+//! with and without the gradient probe.
 
 use crate::gradcheck::Rand;
 use crate::model::net::Net;
@@ -32,7 +34,7 @@ fn run(spec: &Spec, store_all: bool, probe: bool) -> (f64, Vec<Vec<f32>>, usize)
     let unstored = net
         .units
         .iter()
-        .map(|u| u.virt.iter().filter(|&&v| v).count())
+        .map(|u| u.virt.iter().chain(&u.dvirt).filter(|&&v| v).count())
         .sum();
     (loss, out, unstored)
 }

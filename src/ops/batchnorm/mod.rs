@@ -628,17 +628,38 @@ pub(crate) fn backward_act<T: Scalar, const RELU: bool, const SET: bool>(
     s: BnShape,
     par: bool,
 ) {
+    let coef = backward_coefs::<T, RELU>(dgamma, dbeta, dout, inp, mean, rstd, gamma, beta, s, par);
+    dx_pass::<T, RELU, SET>(dinp, res, dout, inp, mean, beta, &coef, s, par);
+}
+
+/// dL/d(BN output): `dout`, or `dout` masked where the forward's ReLU was
+/// off (the forward's own expression, so the mask is bitwise the forward's).
+#[inline(always)]
+fn dy<T: Scalar, const RELU: bool>(g: T, x: T, mu: T, k: T, b: T) -> T {
+    if RELU && (x - mu) * k + b <= T::zero() {
+        T::zero()
+    } else {
+        g
+    }
+}
+
+/// The reduction half of [`backward_act`]: adds `dgamma`, `dbeta` and
+/// returns, per channel, `(k, a, b)` of `dx = k * (dy - a - (x - mu) * b)`.
+#[allow(clippy::too_many_arguments)]
+fn backward_coefs<T: Scalar, const RELU: bool>(
+    dgamma: &mut [T],
+    dbeta: &mut [T],
+    dout: &[T],
+    inp: &[T],
+    mean: &[T],
+    rstd: &[T],
+    gamma: &[T],
+    beta: &[T],
+    s: BnShape,
+    par: bool,
+) -> Vec<(T, T, T)> {
     // k = gamma * rstd, exactly as the forward's normalise_act computed it
     let k: Vec<T> = gamma.iter().zip(rstd).map(|(&g, &r)| g * r).collect();
-    // dL/d(BN output): dout, or dout masked where the forward's ReLU was off
-    #[inline(always)]
-    fn dy<T: Scalar, const RELU: bool>(g: T, x: T, mu: T, k: T, b: T) -> T {
-        if RELU && (x - mu) * k + b <= T::zero() {
-            T::zero()
-        } else {
-            g
-        }
-    }
     let m = s.m() as f64;
     let b_of = |c: usize| if RELU { beta[c] } else { T::zero() };
     // per channel: (sum dy, sum dy * xhat), in f64
@@ -666,6 +687,24 @@ pub(crate) fn backward_act<T: Scalar, const RELU: bool, const SET: bool>(
         let r = rstd[c].f64();
         coef.push((k[c], T::of(sdy / m), T::of(r * sdyx / m)));
     }
+    coef
+}
+
+/// The elementwise half of [`backward_act`]: `dinp (+)= k * (dy - a - (x -
+/// mu) * b)` (`dinp = res + ...` with a non-empty `res` when `SET`).
+#[allow(clippy::too_many_arguments)]
+fn dx_pass<T: Scalar, const RELU: bool, const SET: bool>(
+    dinp: &mut [T],
+    res: &[T],
+    dout: &[T],
+    inp: &[T],
+    mean: &[T],
+    beta: &[T],
+    coef: &[(T, T, T)],
+    s: BnShape,
+    par: bool,
+) {
+    let b_of = |c: usize| if RELU { beta[c] } else { T::zero() };
     per_block(
         dinp,
         s,
@@ -690,6 +729,74 @@ pub(crate) fn backward_act<T: Scalar, const RELU: bool, const SET: bool>(
             }
         },
     );
+}
+
+/// The reduction half of the training-mode backward of BN (`beta` given:
+/// of BN followed by ReLU, the mask recomputed from `inp`): adds `dgamma`
+/// and `dbeta`, and returns per channel `(k, a, b)` such that
+/// `dinp = k * (dy - a - (inp - mean) * b)` (see [`batchnorm_backward_dx`];
+/// `dy` is `dout` masked by the ReLU). The two halves are bitwise
+/// [`batchnorm_backward_to`] (`fused::bn_relu_backward_to`) with
+/// [`Accum::Set`].
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_backward_coefs<T: Scalar>(
+    dgamma: &mut [T],   // (C)
+    dbeta: &mut [T],    // (C)
+    dout: &[T],         // (N, C, HW)
+    inp: &[T],          // (N, C, HW)
+    mean: &[T],         // (C)
+    rstd: &[T],         // (C)
+    gamma: &[T],        // (C)
+    beta: Option<&[T]>, // (C), with the ReLU
+    s: BnShape,
+) -> Result<Vec<(T, T, T)>> {
+    s.validate()?;
+    check_len(OP, "dgamma", dgamma, &[s.c])?;
+    check_len(OP, "dbeta", dbeta, &[s.c])?;
+    check_len(OP, "dout", dout, &[s.n, s.c, s.hw])?;
+    check_len(OP, "input", inp, &[s.n, s.c, s.hw])?;
+    check_len(OP, "mean", mean, &[s.c])?;
+    check_len(OP, "rstd", rstd, &[s.c])?;
+    check_len(OP, "gamma", gamma, &[s.c])?;
+    let par = s.parallel();
+    Ok(match beta {
+        Some(beta) => {
+            check_len(OP, "beta", beta, &[s.c])?;
+            backward_coefs::<T, true>(dgamma, dbeta, dout, inp, mean, rstd, gamma, beta, s, par)
+        }
+        None => {
+            backward_coefs::<T, false>(dgamma, dbeta, dout, inp, mean, rstd, gamma, &[], s, par)
+        }
+    })
+}
+
+/// The elementwise half: `dinp = k * (dy - a - (inp - mean) * b)` with
+/// `coef` from [`batchnorm_backward_coefs`] (`dinp` overwritten).
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_backward_dx<T: Scalar>(
+    dinp: &mut [T],     // (N, C, HW)
+    dout: &[T],         // (N, C, HW)
+    inp: &[T],          // (N, C, HW)
+    mean: &[T],         // (C)
+    beta: Option<&[T]>, // (C), with the ReLU
+    coef: &[(T, T, T)], // (C)
+    s: BnShape,
+) -> Result<()> {
+    s.validate()?;
+    check_len(OP, "dinp", dinp, &[s.n, s.c, s.hw])?;
+    check_len(OP, "dout", dout, &[s.n, s.c, s.hw])?;
+    check_len(OP, "input", inp, &[s.n, s.c, s.hw])?;
+    check_len(OP, "mean", mean, &[s.c])?;
+    check_len(OP, "coefficients", coef, &[s.c])?;
+    let par = s.parallel();
+    match beta {
+        Some(beta) => {
+            check_len(OP, "beta", beta, &[s.c])?;
+            dx_pass::<T, true, true>(dinp, &[], dout, inp, mean, beta, coef, s, par)
+        }
+        None => dx_pass::<T, false, true>(dinp, &[], dout, inp, mean, &[], coef, s, par),
+    }
+    Ok(())
 }
 
 /// `*d = v` when `SET`, else `*d += v`.

@@ -50,7 +50,7 @@ mod cpu;
 mod direct;
 
 use crate::error::{check_len, check_nonzero, Error, Result};
-use crate::ops::batchnorm::{normalise_act, BnShape};
+use crate::ops::batchnorm::{batchnorm_backward_dx, normalise_act, BnShape};
 use crate::ops::par::par_zero;
 use crate::ops::Accum;
 use crate::scalar::Scalar;
@@ -151,6 +151,8 @@ pub struct ConvWorkspace<T> {
     direct: direct::Workspace,
     /// a [`ConvInput::BnRelu`] input written out, for the im2col path
     act: Vec<T>,
+    /// a [`ConvGradOut::Bn`] gradient written out, for the im2col path
+    grad: Vec<T>,
 }
 
 impl<T> Default for ConvWorkspace<T> {
@@ -159,6 +161,7 @@ impl<T> Default for ConvWorkspace<T> {
             chunks: Vec::new(),
             direct: direct::Workspace::default(),
             act: Vec::new(),
+            grad: Vec::new(),
         }
     }
 }
@@ -224,6 +227,101 @@ impl<'a, T: Scalar> ConvInput<'a, T> {
                 mean: direct::as_f32(mean)?,
                 k: direct::as_f32(k)?,
                 beta: direct::as_f32(beta)?,
+            },
+        })
+    }
+}
+
+/// What a convolution's backward reads as `dL/d(output)` (N, cout, oh, ow).
+#[derive(Clone, Copy, Debug)]
+pub enum ConvGradOut<'a, T> {
+    /// A stored gradient.
+    Plain(&'a [T]),
+    /// The input gradient of a training-mode BN that reads this
+    /// convolution's output `x` (followed by a ReLU when `beta` is given),
+    /// never stored: `dx = k * (dy' - a - (x - mean) * b)` with
+    /// `(k, a, b) = coef[c]` from `batchnorm::batchnorm_backward_coefs` and
+    /// `dy'` = `dy`, masked where `(x - mean) * k + beta <= 0` with the
+    /// ReLU. The same expression (so the same bits) as the BN's own pass.
+    Bn {
+        dy: &'a [T],
+        x: &'a [T],
+        mean: &'a [T],
+        beta: Option<&'a [T]>,
+        coef: &'a [(T, T, T)],
+    },
+}
+
+impl<'a, T: Scalar> ConvGradOut<'a, T> {
+    fn check(&self, s: &Conv2dShape) -> Result<()> {
+        match *self {
+            ConvGradOut::Plain(d) => s.check_output("dout", d),
+            ConvGradOut::Bn {
+                dy,
+                x,
+                mean,
+                beta,
+                coef,
+            } => {
+                s.check_output("BN dout", dy)?;
+                s.check_output("BN input", x)?;
+                check_len(OP, "BN mean", mean, &[s.cout])?;
+                check_len(OP, "BN coefficients", coef, &[s.cout])?;
+                if let Some(b) = beta {
+                    check_len(OP, "BN shift", b, &[s.cout])?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The gradient as a stored tensor: itself, or written into `buf`.
+    fn stored<'b>(&self, buf: &'b mut Vec<T>, s: &Conv2dShape) -> &'b [T]
+    where
+        'a: 'b,
+    {
+        match *self {
+            ConvGradOut::Plain(d) => d,
+            ConvGradOut::Bn {
+                dy,
+                x,
+                mean,
+                beta,
+                coef,
+            } => {
+                buf.clear();
+                buf.resize(dy.len(), T::zero());
+                let bs = BnShape {
+                    n: s.n,
+                    c: s.cout,
+                    hw: s.oh() * s.ow(),
+                };
+                batchnorm_backward_dx(buf, dy, x, mean, beta, coef, bs)
+                    .expect("shapes checked by ConvGradOut::check");
+                buf
+            }
+        }
+    }
+
+    /// The same gradient over f32 (`None` unless `T` is f32).
+    fn as_f32(&self) -> Option<ConvGradOut<'a, f32>> {
+        Some(match *self {
+            ConvGradOut::Plain(d) => ConvGradOut::Plain(direct::as_f32(d)?),
+            ConvGradOut::Bn {
+                dy,
+                x,
+                mean,
+                beta,
+                coef,
+            } => ConvGradOut::Bn {
+                dy: direct::as_f32(dy)?,
+                x: direct::as_f32(x)?,
+                mean: direct::as_f32(mean)?,
+                beta: match beta {
+                    Some(b) => Some(direct::as_f32(b)?),
+                    None => None,
+                },
+                coef: direct::as_f32_tuples(coef)?,
             },
         })
     }
@@ -304,32 +402,25 @@ pub fn conv2d_backward_to<T: Scalar>(
     s: &Conv2dShape,
     ws: &mut ConvWorkspace<T>,
 ) -> Result<()> {
-    conv2d_backward_from(
-        accum,
-        dinp,
-        dweight,
-        dout,
-        ConvInput::Plain(inp),
-        weight,
-        s,
-        ws,
-    )
+    let (dout, inp) = (ConvGradOut::Plain(dout), ConvInput::Plain(inp));
+    conv2d_backward_from(accum, dinp, dweight, dout, inp, weight, s, ws)
 }
 
-/// [`conv2d_backward_to`] of any [`ConvInput`] (the forward's).
+/// [`conv2d_backward_to`] of any [`ConvInput`] (the forward's) and any
+/// [`ConvGradOut`].
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward_from<T: Scalar>(
     accum: Accum,
     dinp: Option<&mut [T]>, // (N, cin, h, w)
     dweight: &mut [T],      // (cout, cin, kh, kw)
-    dout: &[T],             // (N, cout, oh, ow)
+    dout: ConvGradOut<T>,
     inp: ConvInput<T>,
     weight: &[T], // (cout, cin, kh, kw)
     s: &Conv2dShape,
     ws: &mut ConvWorkspace<T>,
 ) -> Result<()> {
     s.validate()?;
-    s.check_output("dout", dout)?;
+    dout.check(s)?;
     inp.check(s)?;
     s.check_weight("weight", weight)?;
     s.check_weight("dweight", dweight)?;
@@ -353,7 +444,7 @@ pub fn conv2d_backward_input<T: Scalar>(
     s.check_output("dout", dout)?;
     s.check_weight("weight", weight)?;
     // the input half never reads the forward's input
-    let none = ConvInput::Plain(&[][..]);
+    let (dout, none) = (ConvGradOut::Plain(dout), ConvInput::Plain(&[][..]));
     backward_checked(Accum::Add, Some(dinp), None, dout, none, weight, s, ws);
     Ok(())
 }
@@ -371,7 +462,7 @@ pub fn conv2d_backward_weight<T: Scalar>(
     s.check_output("dout", dout)?;
     s.check_input("input", inp)?;
     // the weight half never reads the weights
-    let inp = ConvInput::Plain(inp);
+    let (dout, inp) = (ConvGradOut::Plain(dout), ConvInput::Plain(inp));
     backward_checked(Accum::Add, None, Some(dweight), dout, inp, &[], s, ws);
     Ok(())
 }
@@ -385,7 +476,7 @@ fn backward_checked<T: Scalar>(
     accum: Accum,
     dinp: Option<&mut [T]>,
     dweight: Option<&mut [T]>,
-    dout: &[T],
+    dout: ConvGradOut<T>,
     inp: ConvInput<T>,
     weight: &[T],
     s: &Conv2dShape,
@@ -401,6 +492,10 @@ fn backward_checked<T: Scalar>(
     if dinp_direct.is_some() || dw_direct.is_some() {
         direct_backward(accum, dinp_direct, dw_direct, dout, inp, weight, s, ws);
     }
+    if dinp_rest.is_none() && dw_rest.is_none() {
+        return;
+    }
+    let dout = dout.stored(&mut ws.grad, s);
     if let Some(dinp) = dinp_rest {
         if accum == Accum::Set {
             par_zero(dinp);
@@ -420,7 +515,7 @@ fn direct_backward<T: Scalar>(
     accum: Accum,
     dinp: Option<&mut [T]>,
     dweight: Option<&mut [T]>,
-    dout: &[T],
+    dout: ConvGradOut<T>,
     inp: ConvInput<T>,
     weight: &[T],
     s: &Conv2dShape,
@@ -431,7 +526,7 @@ fn direct_backward<T: Scalar>(
         accum,
         dinp.map(|d| direct::as_f32_mut(d).expect(f32s)),
         dweight.map(|d| direct::as_f32_mut(d).expect(f32s)),
-        direct::as_f32(dout).expect(f32s),
+        dout.as_f32().expect(f32s),
         inp.as_f32().expect(f32s),
         direct::as_f32(weight).expect(f32s),
         s,

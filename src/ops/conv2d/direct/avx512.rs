@@ -189,3 +189,48 @@ pub(super) unsafe fn bn_relu(dst: &mut [f32], src: &[f32], m: f32, k: f32, b: f3
         i += 16;
     }
 }
+
+/// `dst[i] = k * (g' - a - (x[i] - mu) * b)` with `(k, a, b) = coef`, `g' =
+/// dy[i]`, or 0 where `(x[i] - mu) * k + beta <= 0` when `relu = Some(beta)`:
+/// the BN backward's input gradient, operation by operation as in its own
+/// pass (so the same bits).
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn bn_dx(
+    dst: &mut [f32],
+    dy: &[f32],
+    x: &[f32],
+    mu: f32,
+    coef: (f32, f32, f32),
+    relu: Option<f32>,
+) {
+    let n = dst.len();
+    assert!(dy.len() >= n && x.len() >= n);
+    let (k, a, b) = coef;
+    let (vm, vk, va, vb) = (
+        _mm512_set1_ps(mu),
+        _mm512_set1_ps(k),
+        _mm512_set1_ps(a),
+        _mm512_set1_ps(b),
+    );
+    let (vbeta, z) = (_mm512_set1_ps(relu.unwrap_or(0.0)), _mm512_setzero_ps());
+    let (gp, xp, d) = (dy.as_ptr(), x.as_ptr(), dst.as_mut_ptr());
+    let mut i = 0;
+    while i < n {
+        let mask = lanes(n - i);
+        let g = _mm512_maskz_loadu_ps(mask, gp.add(i));
+        let xm = _mm512_sub_ps(_mm512_maskz_loadu_ps(mask, xp.add(i)), vm);
+        let g = if relu.is_some() {
+            let v = _mm512_add_ps(_mm512_mul_ps(xm, vk), vbeta);
+            let off = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(v, z);
+            _mm512_mask_mov_ps(g, off, z)
+        } else {
+            g
+        };
+        let r = _mm512_mul_ps(
+            vk,
+            _mm512_sub_ps(_mm512_sub_ps(g, va), _mm512_mul_ps(xm, vb)),
+        );
+        _mm512_mask_storeu_ps(d.add(i), mask, r);
+        i += 16;
+    }
+}

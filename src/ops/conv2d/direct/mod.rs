@@ -66,7 +66,7 @@ mod tests;
 use std::any::TypeId;
 use std::sync::OnceLock;
 
-use super::{Conv2dShape, ConvInput};
+use super::{Conv2dShape, ConvGradOut, ConvInput};
 use crate::ops::Accum;
 
 /// Output channels per register tile.
@@ -147,6 +147,14 @@ pub(super) fn as_f32_mut<T: 'static>(x: &mut [T]) -> Option<&mut [f32]> {
     (TypeId::of::<T>() == TypeId::of::<f32>())
         // SAFETY: T is f32 (same TypeId), so the slice is a slice of f32.
         .then(|| unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut f32, x.len()) })
+}
+
+/// `x` as `&[(f32, f32, f32)]`; `None` unless `T` is `f32`.
+pub(super) fn as_f32_tuples<T: 'static>(x: &[(T, T, T)]) -> Option<&[(f32, f32, f32)]> {
+    (TypeId::of::<T>() == TypeId::of::<f32>()).then(|| {
+        // SAFETY: T is f32 (same TypeId), so (T, T, T) is (f32, f32, f32).
+        unsafe { std::slice::from_raw_parts(x.as_ptr() as *const (f32, f32, f32), x.len()) }
+    })
 }
 
 /// The padded planes of one 3x3 / stride-1 / pad-1 convolution.
@@ -248,6 +256,44 @@ fn pad_input(dst: &mut [f32], inp: &ConvInput<f32>, i: usize, cin: usize, g: &Gr
                 // the kernel touches only d[a..b] and s, both hw long.
                 unsafe {
                     avx512::bn_relu(&mut d[a..b], s, mean[c], k[c], beta[c])
+                }
+                d[b..].fill(0.0);
+            }
+        }
+    }
+}
+
+/// [`pad_image`] of image `i` of the output gradient `dout`: for a
+/// [`ConvGradOut::Bn`] gradient the planes are the BN's input gradient
+/// `k * (dy' - a - (x - mean) * b)`, computed here from `dy` and `x`.
+fn pad_grad(dst: &mut [f32], dout: &ConvGradOut<f32>, i: usize, cout: usize, g: &Grid) {
+    let img = cout * g.hw;
+    match *dout {
+        ConvGradOut::Plain(d) => pad_image(dst, &d[i * img..][..img], g),
+        ConvGradOut::Bn {
+            dy,
+            x,
+            mean,
+            beta,
+            coef,
+        } => {
+            let (dy, x) = (&dy[i * img..][..img], &x[i * img..][..img]);
+            assert!(dst.len() >= cout * g.ps && mean.len() == cout && coef.len() == cout);
+            assert!(beta.is_none_or(|b| b.len() == cout));
+            let (a, b) = (g.first(), g.first() + g.hw);
+            for (c, ((d, gy), gx)) in dst
+                .chunks_exact_mut(g.ps)
+                .zip(dy.chunks_exact(g.hw))
+                .zip(x.chunks_exact(g.hw))
+                .enumerate()
+            {
+                d[..a].fill(0.0);
+                let relu = beta.map(|b| b[c]);
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: AVX-512F available (the direct path is enabled);
+                // the kernel touches only d[a..b], gy and gx, hw long each.
+                unsafe {
+                    avx512::bn_dx(&mut d[a..b], gy, gx, mean[c], coef[c], relu)
                 }
                 d[b..].fill(0.0);
             }
@@ -436,14 +482,14 @@ pub(super) fn backward(
     accum: Accum,
     dinp: Option<&mut [f32]>,
     dweight: Option<&mut [f32]>,
-    dout: &[f32],
+    dout: ConvGradOut<f32>,
     inp: ConvInput<f32>,
     w: &[f32],
     s: &Conv2dShape,
     ws: &mut Workspace,
 ) {
     let g = Grid::of(s);
-    let (img, oimg) = (s.cin * g.hw, s.cout * g.hw);
+    let img = s.cin * g.hw;
     let want_dinp = dinp.is_some();
     let want_dw = dweight.is_some();
     if !want_dinp && !want_dw {
@@ -488,7 +534,7 @@ pub(super) fn backward(
                 // slot of this image in its group
                 let slot = (i - first) % group;
                 let dslot = &mut dbuf[slot * dimg_len..][..dimg_len];
-                pad_image(dslot, &dout[i * oimg..][..oimg], &g);
+                pad_grad(dslot, &dout, i, s.cout, &g);
                 if want_dinp {
                     conv_planes(
                         &mut dinp[t * img..][..img],

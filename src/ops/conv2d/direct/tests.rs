@@ -8,7 +8,7 @@ use super::super::{
 };
 use super::*;
 use crate::gradcheck::Rand;
-use crate::ops::batchnorm::{normalise_act, BnShape};
+use crate::ops::batchnorm::{batchnorm_backward_dx, normalise_act, BnShape};
 
 fn shape(n: usize, cin: usize, h: usize, w: usize, cout: usize) -> Conv2dShape {
     Conv2dShape {
@@ -83,7 +83,7 @@ fn direct_matches_im2col_path() {
                     Accum::Add,
                     Some(&mut dinp),
                     Some(&mut dw),
-                    &dout,
+                    ConvGradOut::Plain(&dout),
                     ConvInput::Plain(&inp),
                     &w,
                     &s,
@@ -95,7 +95,7 @@ fn direct_matches_im2col_path() {
                     Accum::Add,
                     Some(&mut dinp_h),
                     None,
-                    &dout,
+                    ConvGradOut::Plain(&dout),
                     ConvInput::Plain(&inp),
                     &w,
                     &s,
@@ -105,7 +105,7 @@ fn direct_matches_im2col_path() {
                     Accum::Add,
                     None,
                     Some(&mut dw_h),
-                    &dout,
+                    ConvGradOut::Plain(&dout),
                     ConvInput::Plain(&inp),
                     &[],
                     &s,
@@ -120,7 +120,7 @@ fn direct_matches_im2col_path() {
                     Accum::Set,
                     Some(&mut set),
                     None,
-                    &dout,
+                    ConvGradOut::Plain(&dout),
                     ConvInput::Plain(&inp),
                     &w,
                     &s,
@@ -130,7 +130,7 @@ fn direct_matches_im2col_path() {
                     Accum::Add,
                     Some(&mut zeros),
                     None,
-                    &dout,
+                    ConvGradOut::Plain(&dout),
                     ConvInput::Plain(&inp),
                     &w,
                     &s,
@@ -245,7 +245,7 @@ fn direct_matches_f64_definition() {
         Accum::Add,
         Some(&mut got_dinp),
         Some(&mut got_dw),
-        &dout,
+        ConvGradOut::Plain(&dout),
         ConvInput::Plain(&inp),
         &w,
         &s,
@@ -268,7 +268,8 @@ fn direct_matches_f64_definition() {
 /// A BN-ReLU input (`ConvInput::BnRelu`) gives the bits of the same
 /// convolution of the BN-ReLU output written out first, on the direct path
 /// (normalised while padding) and on the im2col path (written into the
-/// workspace): forward, both gradients.
+/// workspace): forward, both gradients; so does a BN's input gradient as
+/// the output gradient (`ConvGradOut::Bn`).
 #[test]
 fn bn_relu_input_is_the_written_out_input() {
     let mut r = Rand::new(17);
@@ -316,7 +317,7 @@ fn bn_relu_input_is_the_written_out_input() {
             Accum::Add,
             Some(&mut dx_v),
             &mut dw_v,
-            &dout,
+            ConvGradOut::Plain(&dout),
             act,
             &w,
             &s,
@@ -325,6 +326,48 @@ fn bn_relu_input_is_the_written_out_input() {
         .unwrap();
         assert_eq!(dw_a, dw_v, "{s:?}");
         assert_eq!(dx_a, dx_v, "{s:?}");
+        // the output gradient given as a BN's (with and without ReLU):
+        // the same bits as the BN's input gradient written out first
+        let y = f(r.normal_vec(dout.len()));
+        let (ymean, ybeta) = (f(r.normal_vec(s.cout)), f(r.normal_vec(s.cout)));
+        let coef: Vec<(f32, f32, f32)> = (0..s.cout)
+            .map(|_| {
+                let v = f(r.normal_vec(3));
+                (v[0], v[1], v[2])
+            })
+            .collect();
+        let ys = BnShape {
+            n: s.n,
+            c: s.cout,
+            hw: oh * ow,
+        };
+        for beta in [None, Some(ybeta.as_slice())] {
+            let mut g = vec![0f32; dout.len()];
+            batchnorm_backward_dx(&mut g, &dout, &y, &ymean, beta, &coef, ys).unwrap();
+            let bn = ConvGradOut::Bn {
+                dy: &dout,
+                x: &y,
+                mean: &ymean,
+                beta,
+                coef: &coef,
+            };
+            let (mut dw_a, mut dw_v) = (vec![0f32; w.len()], vec![0f32; w.len()]);
+            let (mut dx_a, mut dx_v) = (vec![0f32; x.len()], vec![f32::NAN; x.len()]);
+            conv2d_backward(Some(&mut dx_a), &mut dw_a, &g, &a, &w, &s, &mut ws).unwrap();
+            conv2d_backward_from(
+                Accum::Set,
+                Some(&mut dx_v),
+                &mut dw_v,
+                bn,
+                act,
+                &w,
+                &s,
+                &mut ws,
+            )
+            .unwrap();
+            assert_eq!(dw_a, dw_v, "{s:?} {beta:?}");
+            assert_eq!(dx_a, dx_v, "{s:?} {beta:?}");
+        }
         // a wrong-sized statistic is an error naming it
         let bad = ConvInput::BnRelu {
             x: &x,
