@@ -251,30 +251,34 @@ impl<T: Scalar> WeightLayer<T> {
     }
 
     /// [`WeightLayer::forward`] of a convolution without bias from any
-    /// [`ConvInput`].
+    /// [`ConvInput`]; with a residual `res`, `out = res + conv(inp)`.
     pub fn forward_from(
         &self,
         out: &mut [T],
+        res: Option<&[T]>,
         inp: ConvInput<T>,
         n: usize,
         g: Geom,
         ws: &mut ConvWorkspace<T>,
     ) -> Result<()> {
-        match inp {
-            ConvInput::Plain(x) => self.forward(out, x, n, g, ws),
+        match (res, inp) {
+            (None, ConvInput::Plain(x)) => self.forward(out, x, n, g, ws),
             _ => {
                 self.check_plain_conv()?;
-                conv2d_forward_from(out, inp, &self.weight.value, &self.conv_shape(n, g), ws)
+                let cs = self.conv_shape(n, g);
+                conv2d_forward_from(out, res, inp, &self.weight.value, &cs, ws)
             }
         }
     }
 
     /// [`WeightLayer::backward_to`] of a [`WeightLayer::forward_from`], from
-    /// any [`ConvGradOut`].
+    /// any [`ConvGradOut`]; with a residual `res`, `dinp = res + ...`
+    /// (`accum` must be [`Accum::Set`]).
     #[allow(clippy::too_many_arguments)]
     pub fn backward_from(
         &mut self,
         accum: Accum,
+        res: Option<&[T]>,
         dinp: Option<&mut [T]>,
         dout: ConvGradOut<T>,
         inp: ConvInput<T>,
@@ -282,8 +286,8 @@ impl<T: Scalar> WeightLayer<T> {
         g: Geom,
         ws: &mut ConvWorkspace<T>,
     ) -> Result<()> {
-        match (dout, inp) {
-            (ConvGradOut::Plain(d), ConvInput::Plain(x)) => {
+        match (res, dout, inp) {
+            (None, ConvGradOut::Plain(d), ConvInput::Plain(x)) => {
                 self.backward_to(accum, dinp, d, x, n, g, ws)
             }
             _ => {
@@ -291,6 +295,7 @@ impl<T: Scalar> WeightLayer<T> {
                 let cs = self.conv_shape(n, g);
                 conv2d_backward_from(
                     accum,
+                    res,
                     dinp,
                     &mut self.weight.grad,
                     dout,

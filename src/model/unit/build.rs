@@ -187,6 +187,7 @@ impl<T: Scalar> Unit<T> {
             n: 0,
             virt: vec![],
             dvirt: vec![],
+            fold_add: false,
             virt_live: false,
             store_all: false,
             acts: vec![],

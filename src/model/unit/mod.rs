@@ -175,6 +175,9 @@ pub struct Unit<T> {
     // store: the conv before them computes it as it reads it
     // (`BnLayer::grad_out`); used when `virt_live`
     dvirt: Vec<bool>,
+    // the last conv of the branch writes `sum = x + F` (identity shortcut,
+    // plain addition) and F is not stored
+    fold_add: bool,
     virt_live: bool,
     store_all: bool,        // no virtual steps (tests compare both ways)
     acts: Vec<Vec<T>>,      // branch step outputs (empty where `virt`)
@@ -349,6 +352,25 @@ impl<T: Scalar> Unit<T> {
         }
     }
 
+    /// Whether the branch's last step is a conv that can add the identity
+    /// shortcut in its own store (a plain addition, no ReLU after it).
+    fn folds_add(&self, n: usize) -> bool {
+        let last = self.steps.len() - 1;
+        let gin = if last == 0 {
+            self.in_geom
+        } else {
+            self.geoms[last - 1]
+        };
+        !self.store_all
+            && self.mix == Mix::Add
+            && matches!(self.path, ShortcutPath::Identity)
+            && !self.fused_relu_post()
+            && match self.steps[last] {
+                Step::Conv(j) => self.convs[j].fuses_input_act(n, gin),
+                _ => false,
+            }
+    }
+
     fn ensure(&mut self, n: usize) {
         if self.n == n {
             return;
@@ -361,8 +383,13 @@ impl<T: Scalar> Unit<T> {
         self.dvirt = (0..self.steps.len())
             .map(|s| self.grad_is_virtual(s, n))
             .collect();
-        self.acts = (self.geoms.iter().zip(&self.virt))
-            .map(|(g, &v)| vec![T::zero(); if v { 0 } else { g.len(n) }])
+        self.fold_add = self.folds_add(n);
+        let last = self.steps.len() - 1;
+        self.acts = (self.geoms.iter().zip(&self.virt).enumerate())
+            .map(|(s, (g, &v))| {
+                let unstored = v || (s == last && self.fold_add);
+                vec![T::zero(); if unstored { 0 } else { g.len(n) }]
+            })
             .collect();
         let needs_h = !matches!(self.path, ShortcutPath::Identity | ShortcutPath::None)
             || matches!(self.mix, Mix::Dropout { .. });
@@ -421,16 +448,24 @@ impl<T: Scalar> Unit<T> {
                     _ => resize(&mut rest[0], self.geoms[s].len(n)),
                 }
             }
-            if let (true, Some(true), Step::Conv(j)) =
-                (train, s.checked_sub(1).map(|p| self.virt[p]), self.steps[s])
-            {
+            let vin = train && s > 0 && self.virt[s - 1];
+            let into_sum = self.fold_add && s + 1 == nbranch;
+            if let (true, Step::Conv(j)) = (vin || into_sum, self.steps[s]) {
                 // ... which this conv normalises as it reads
-                let Step::BnRelu(i) = self.steps[s - 1] else {
-                    unreachable!("only a BN-ReLU step is virtual")
+                let inp = if vin {
+                    let x_bn = if s == 1 { x } else { done[s - 2].as_slice() };
+                    self.bns[bn_of(self.steps[s - 1]).0].relu_input(x_bn)
+                } else {
+                    ConvInput::Plain(inp)
                 };
-                let x_bn = if s == 1 { x } else { done[s - 2].as_slice() };
-                let inp = self.bns[i].relu_input(x_bn);
-                self.convs[j].forward_from(&mut rest[0], inp, n, gin, ws)?;
+                // the last conv adds the identity shortcut in its own store:
+                // sum = x + F, F never stored
+                let (out, res) = if into_sum {
+                    (&mut self.sum, Some(x))
+                } else {
+                    (&mut rest[0], None)
+                };
+                self.convs[j].forward_from(out, res, inp, n, gin, ws)?;
                 continue;
             }
             step_forward(
@@ -492,6 +527,8 @@ impl<T: Scalar> Unit<T> {
                     }
                 },
             ),
+            // ... done by the last conv
+            Mix::Add if self.fold_add => {}
             Mix::Add => par_pieces(
                 &mut self.sum,
                 #[inline(always)]
@@ -631,10 +668,19 @@ impl<T: Scalar> Unit<T> {
         let (dacts, dacts_top) = self.dacts[..nsteps].split_at_mut(nsteps - 1);
         // in the forward pass post came after the addition, so now carry dy back through it
         let mut dx_done = false;
+        // the first conv's input gradient is written as dsum + ..., in its
+        // own store: no dx pass here
+        let conv_res = identity_add
+            && !probe
+            && !self.store_all
+            && match self.steps[0] {
+                Step::Conv(j) => self.convs[j].fuses_input_act(n, self.in_geom),
+                _ => false,
+            };
         if relu_post {
             // the forward was out = max(0, sum), so now dsum = dy [out > 0]
             let out = &self.post_acts[0];
-            if identity_add && !probe {
+            if identity_add && !probe && !conv_res {
                 // ... and the addition hands dsum to the shortcut unchanged:
                 // dx = dsum (the gradient highway), written in the same pass
                 par_pieces2(
@@ -759,7 +805,7 @@ impl<T: Scalar> Unit<T> {
             && !dx_done
             && shared.is_none()
             && self.gate.is_none()
-            && matches!(self.steps[0], Step::BnRelu(_));
+            && (matches!(self.steps[0], Step::BnRelu(_)) || conv_res);
         // the shortcut term, written first: dx = h'(x)^T dh (the identity:
         // dx = dh, the gradient highway); the branch term is added to it
         let short_target: &mut [T] = if probe { &mut self.dx_short } else { dx };
@@ -945,12 +991,20 @@ fn backward_steps<T: Scalar>(
         let (lo, hi) = dacts.split_at_mut(s);
         let dout: &[T] = if s == last { dtop } else { &hi[0] };
         if let (0, Some(r)) = (s, res) {
-            if let Step::BnRelu(i) = steps[0] {
-                bns[i].backward_relu_plus(dx, r, dout, x, n, in_geom)?;
-                continue;
+            match steps[0] {
+                Step::BnRelu(i) => {
+                    bns[i].backward_relu_plus(dx, r, dout, x, n, in_geom)?;
+                    continue;
+                }
+                Step::Conv(_) => {}         // below, as the conv's residual
+                _ => dx.copy_from_slice(r), // any other first step: copy, then add
             }
-            dx.copy_from_slice(r); // any other first step: copy, then add
         }
+        // the first conv writes dx = res + ...
+        let conv_res = match (s, steps[s]) {
+            (0, Step::Conv(_)) => res,
+            _ => None,
+        };
         let (dinp, inp, gin, accum): (&mut [T], &[T], Geom, Accum) = if s == 0 {
             (&mut *dx, x, in_geom, Accum::Add)
         } else if shared == Some(s - 1) {
@@ -967,7 +1021,7 @@ fn backward_steps<T: Scalar>(
         }
         let vin = s > 0 && virt[s - 1];
         let vout = s < last && dvirt[s + 1];
-        if let (true, Step::Conv(j)) = (vin || vout, steps[s]) {
+        if let (true, Step::Conv(j)) = (vin || vout || conv_res.is_some(), steps[s]) {
             // in the forward pass this conv read BN-ReLU(x_bn) as it
             // normalised it, so now its weight gradient does the same
             let inp = if vin {
@@ -984,7 +1038,12 @@ fn backward_steps<T: Scalar>(
             } else {
                 ConvGradOut::Plain(dout)
             };
-            convs[j].backward_from(accum, Some(dinp), dout, inp, n, gin, ws)?;
+            let accum = if conv_res.is_some() {
+                Accum::Set
+            } else {
+                accum
+            };
+            convs[j].backward_from(accum, conv_res, Some(dinp), dout, inp, n, gin, ws)?;
             continue;
         }
         step_backward(

@@ -2,7 +2,9 @@
 //! conv normalises as it reads), nor is the input gradient of a BN that
 //! reads a convolution's output (the conv computes it as it reads it): the
 //! same bits as storing both, for every unit kind that has such pairs,
-//! with and without the gradient probe.
+//! with and without the gradient probe. Likewise for the identity shortcut
+//! added in a conv's store (forward: the last conv writes x + F; backward:
+//! the first conv writes dx = dsum + ...).
 
 use crate::gradcheck::Rand;
 use crate::model::net::Net;
@@ -34,7 +36,10 @@ fn run(spec: &Spec, store_all: bool, probe: bool) -> (f64, Vec<Vec<f32>>, usize)
     let unstored = net
         .units
         .iter()
-        .map(|u| u.virt.iter().chain(&u.dvirt).filter(|&&v| v).count())
+        .map(|u| {
+            let folds = usize::from(u.fold_add);
+            u.virt.iter().chain(&u.dvirt).filter(|&&v| v).count() + folds
+        })
         .sum();
     (loss, out, unstored)
 }

@@ -51,7 +51,7 @@ mod direct;
 
 use crate::error::{check_len, check_nonzero, Error, Result};
 use crate::ops::batchnorm::{batchnorm_backward_dx, normalise_act, BnShape};
-use crate::ops::par::par_zero;
+use crate::ops::par::{par_pieces, par_zero};
 use crate::ops::Accum;
 use crate::scalar::Scalar;
 
@@ -343,12 +343,16 @@ pub fn conv2d_forward<T: Scalar>(
     s: &Conv2dShape,
     ws: &mut ConvWorkspace<T>,
 ) -> Result<()> {
-    conv2d_forward_from(out, ConvInput::Plain(inp), weight, s, ws)
+    conv2d_forward_from(out, None, ConvInput::Plain(inp), weight, s, ws)
 }
 
-/// [`conv2d_forward`] of any [`ConvInput`].
+/// [`conv2d_forward`] of any [`ConvInput`]; with a residual `res` (N, cout,
+/// oh, ow), `out = res + conv(inp, weight)` (a residual unit's addition, in
+/// the direct kernels' own store: `res[i] + sum`, the same bits as adding
+/// afterwards).
 pub fn conv2d_forward_from<T: Scalar>(
-    out: &mut [T], // (N, cout, oh, ow)
+    out: &mut [T],     // (N, cout, oh, ow)
+    res: Option<&[T]>, // (N, cout, oh, ow)
     inp: ConvInput<T>,
     weight: &[T], // (cout, cin, kh, kw)
     s: &Conv2dShape,
@@ -356,20 +360,32 @@ pub fn conv2d_forward_from<T: Scalar>(
 ) -> Result<()> {
     s.validate()?;
     s.check_output("output", out)?;
+    if let Some(r) = res {
+        s.check_output("residual", r)?;
+    }
     inp.check(s)?;
     s.check_weight("weight", weight)?;
     if direct::use_for_data::<T>(s) {
-        if let (Some(out), Some(inp), Some(weight)) = (
+        let r32 = res.map(|r| direct::as_f32(r));
+        if let (Some(out), Some(inp), Some(weight), None | Some(Some(_))) = (
             direct::as_f32_mut(out),
             inp.as_f32(),
             direct::as_f32(weight),
+            r32,
         ) {
-            direct::forward(out, inp, weight, s, &mut ws.direct);
+            direct::forward(out, r32.flatten(), inp, weight, s, &mut ws.direct);
             return Ok(());
         }
     }
     let inp = inp.stored(&mut ws.act, s);
     cpu::forward(out, inp, weight, s, &mut ws.chunks);
+    if let Some(r) = res {
+        par_pieces(out, |at, o| {
+            for (y, &a) in o.iter_mut().zip(&r[at..]) {
+                *y = a + *y;
+            }
+        });
+    }
     Ok(())
 }
 
@@ -403,14 +419,19 @@ pub fn conv2d_backward_to<T: Scalar>(
     ws: &mut ConvWorkspace<T>,
 ) -> Result<()> {
     let (dout, inp) = (ConvGradOut::Plain(dout), ConvInput::Plain(inp));
-    conv2d_backward_from(accum, dinp, dweight, dout, inp, weight, s, ws)
+    conv2d_backward_from(accum, None, dinp, dweight, dout, inp, weight, s, ws)
 }
 
 /// [`conv2d_backward_to`] of any [`ConvInput`] (the forward's) and any
 /// [`ConvGradOut`].
 #[allow(clippy::too_many_arguments)]
+///
+/// With a residual `res` (N, cin, h, w), `dinp = res + (its gradient)`
+/// (`accum` must then be [`Accum::Set`]): a residual unit's shortcut term
+/// joining the first conv's input gradient in the direct kernels' store.
 pub fn conv2d_backward_from<T: Scalar>(
     accum: Accum,
+    res: Option<&[T]>,      // (N, cin, h, w)
     dinp: Option<&mut [T]>, // (N, cin, h, w)
     dweight: &mut [T],      // (cout, cin, kh, kw)
     dout: ConvGradOut<T>,
@@ -427,7 +448,16 @@ pub fn conv2d_backward_from<T: Scalar>(
     if let Some(dinp) = &dinp {
         s.check_input("dinp", dinp)?;
     }
-    backward_checked(accum, dinp, Some(dweight), dout, inp, weight, s, ws);
+    if let Some(r) = res {
+        s.check_input("residual", r)?;
+        if accum != Accum::Set || dinp.is_none() {
+            return Err(Error::InvalidParam {
+                op: OP,
+                msg: "a residual needs an input gradient that is overwritten (Accum::Set)".into(),
+            });
+        }
+    }
+    backward_checked(accum, res, dinp, Some(dweight), dout, inp, weight, s, ws);
     Ok(())
 }
 
@@ -445,7 +475,17 @@ pub fn conv2d_backward_input<T: Scalar>(
     s.check_weight("weight", weight)?;
     // the input half never reads the forward's input
     let (dout, none) = (ConvGradOut::Plain(dout), ConvInput::Plain(&[][..]));
-    backward_checked(Accum::Add, Some(dinp), None, dout, none, weight, s, ws);
+    backward_checked(
+        Accum::Add,
+        None,
+        Some(dinp),
+        None,
+        dout,
+        none,
+        weight,
+        s,
+        ws,
+    );
     Ok(())
 }
 
@@ -463,7 +503,7 @@ pub fn conv2d_backward_weight<T: Scalar>(
     s.check_input("input", inp)?;
     // the weight half never reads the weights
     let (dout, inp) = (ConvGradOut::Plain(dout), ConvInput::Plain(inp));
-    backward_checked(Accum::Add, None, Some(dweight), dout, inp, &[], s, ws);
+    backward_checked(Accum::Add, None, None, Some(dweight), dout, inp, &[], s, ws);
     Ok(())
 }
 
@@ -474,6 +514,7 @@ pub fn conv2d_backward_weight<T: Scalar>(
 #[allow(clippy::too_many_arguments)]
 fn backward_checked<T: Scalar>(
     accum: Accum,
+    res: Option<&[T]>,
     dinp: Option<&mut [T]>,
     dweight: Option<&mut [T]>,
     dout: ConvGradOut<T>,
@@ -490,15 +531,17 @@ fn backward_checked<T: Scalar>(
         (None, dweight)
     };
     if dinp_direct.is_some() || dw_direct.is_some() {
-        direct_backward(accum, dinp_direct, dw_direct, dout, inp, weight, s, ws);
+        direct_backward(accum, res, dinp_direct, dw_direct, dout, inp, weight, s, ws);
     }
     if dinp_rest.is_none() && dw_rest.is_none() {
         return;
     }
     let dout = dout.stored(&mut ws.grad, s);
     if let Some(dinp) = dinp_rest {
-        if accum == Accum::Set {
-            par_zero(dinp);
+        match res {
+            Some(r) => par_pieces(dinp, |at, d| d.copy_from_slice(&r[at..at + d.len()])),
+            None if accum == Accum::Set => par_zero(dinp),
+            None => {}
         }
         cpu::backward_input(dinp, dout, weight, s, &mut ws.chunks);
     }
@@ -513,6 +556,7 @@ fn backward_checked<T: Scalar>(
 #[allow(clippy::too_many_arguments)]
 fn direct_backward<T: Scalar>(
     accum: Accum,
+    res: Option<&[T]>,
     dinp: Option<&mut [T]>,
     dweight: Option<&mut [T]>,
     dout: ConvGradOut<T>,
@@ -524,6 +568,7 @@ fn direct_backward<T: Scalar>(
     let f32s = "direct path applies only to f32";
     direct::backward(
         accum,
+        res.map(|r| direct::as_f32(r).expect(f32s)),
         dinp.map(|d| direct::as_f32_mut(d).expect(f32s)),
         dweight.map(|d| direct::as_f32_mut(d).expect(f32s)),
         dout.as_f32().expect(f32s),

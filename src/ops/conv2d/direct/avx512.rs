@@ -1,7 +1,7 @@
 //! The AVX-512 kernels of the direct path (see the module docs in
 //! `mod.rs` for the sums). Callers assert every bound these rely on.
 
-use super::{Grid, TILE_O, TILE_V};
+use super::{Grid, Store, TILE_O, TILE_V};
 use std::arch::x86_64::*;
 
 /// Mask of the first `n` (<= 16) lanes.
@@ -26,8 +26,14 @@ pub(super) unsafe fn conv_planes(
     n_out: usize,
     g: &Grid,
     edges: &[(u16, u16)],
-    add: bool,
+    store: Store,
 ) {
+    // what the sums are added to: nothing, dst itself, or a residual
+    let (add, res) = match store {
+        Store::Set => (false, dst.as_ptr()),
+        Store::Add => (true, dst.as_ptr()),
+        Store::Plus(r) => (true, r.as_ptr()),
+    };
     let mut v0 = 0;
     while v0 < g.nv {
         let left = g.nv - v0;
@@ -35,12 +41,12 @@ pub(super) unsafe fn conv_planes(
         let v = if left == 4 { 2 } else { left.min(TILE_V) };
         let (d, s, w) = (dst.as_mut_ptr(), src.as_ptr(), wk.as_ptr());
         match (v, add) {
-            (3, false) => conv_tile::<3, false>(d, s, w, n_in, n_out, g, edges, v0),
-            (3, true) => conv_tile::<3, true>(d, s, w, n_in, n_out, g, edges, v0),
-            (2, false) => conv_tile::<2, false>(d, s, w, n_in, n_out, g, edges, v0),
-            (2, true) => conv_tile::<2, true>(d, s, w, n_in, n_out, g, edges, v0),
-            (_, false) => conv_tile::<1, false>(d, s, w, n_in, n_out, g, edges, v0),
-            (_, true) => conv_tile::<1, true>(d, s, w, n_in, n_out, g, edges, v0),
+            (3, false) => conv_tile::<3, false>(d, res, s, w, n_in, n_out, g, edges, v0),
+            (3, true) => conv_tile::<3, true>(d, res, s, w, n_in, n_out, g, edges, v0),
+            (2, false) => conv_tile::<2, false>(d, res, s, w, n_in, n_out, g, edges, v0),
+            (2, true) => conv_tile::<2, true>(d, res, s, w, n_in, n_out, g, edges, v0),
+            (_, false) => conv_tile::<1, false>(d, res, s, w, n_in, n_out, g, edges, v0),
+            (_, true) => conv_tile::<1, true>(d, res, s, w, n_in, n_out, g, edges, v0),
         }
         v0 += v;
     }
@@ -50,11 +56,13 @@ pub(super) unsafe fn conv_planes(
 /// the caller's asserts): the loads of input plane `i` read
 /// `src[i*ps + lead - 1 + 16 v + off(k) .. + 16]` with `v < nv`, inside the
 /// plane since `lead - 1 + 16 nv + off(8) <= ps`; the stores write
-/// `dst[o*hw + 16 v ..]`, masked to positions `< hw`.
+/// `dst[o*hw + 16 v ..]`, masked to positions `< hw`, and with `ADD` read
+/// `res` (as long as `dst`, or `dst` itself) at the same places.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn conv_tile<const V: usize, const ADD: bool>(
     dst: *mut f32,
+    res: *const f32,
     src: *const f32,
     wk: *const f32,
     n_in: usize,
@@ -103,12 +111,14 @@ unsafe fn conv_tile<const V: usize, const ADD: bool>(
             }
         }
         for (c, acc) in acc.iter().enumerate() {
-            let d = dst.add((o0 + c) * hw + j0);
+            let at = (o0 + c) * hw + j0;
+            let d = dst.add(at);
             for v in 0..V {
                 let dv = d.add(16 * v);
                 let mut r = acc[v];
                 if ADD {
-                    r = _mm512_add_ps(_mm512_maskz_loadu_ps(ms[v], dv), r);
+                    let rv = _mm512_maskz_loadu_ps(ms[v], res.add(at + 16 * v));
+                    r = _mm512_add_ps(rv, r);
                 }
                 _mm512_mask_storeu_ps(dv, ms[v], r);
             }

@@ -328,11 +328,22 @@ pub(super) fn pack_backward(wb: &mut Vec<f32>, w: &[f32], cin: usize, cout: usiz
     }
 }
 
-/// `dst[o, j] (+)= sum_{i, k} wk[i, k, o] * src[i, lead - 1 + j + off(k)] *
-/// e_kx(j)` for every `o < n_out` and `j < hw`: the forward pass (src = P)
-/// and the input gradient (src = D, wk = the flipped weights) alike. `src`
-/// holds `n_in` padded planes, `dst` `n_out` planes of `hw` entries (one
-/// image in NCHW); `add` accumulates, otherwise `dst` is overwritten.
+/// What [`conv_planes`] adds its sums to.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Store<'a> {
+    /// nothing: `dst = sums`
+    Set,
+    /// `dst` itself: `dst += sums`
+    Add,
+    /// a residual as long as `dst`: `dst = res + sums`
+    Plus(&'a [f32]),
+}
+
+/// `dst[o, j] = (r[o, j] +) sum_{i, k} wk[i, k, o] * src[i, lead - 1 + j +
+/// off(k)] * e_kx(j)` for every `o < n_out` and `j < hw`: the forward pass
+/// (src = P) and the input gradient (src = D, wk = the flipped weights)
+/// alike. `src` holds `n_in` padded planes, `dst` `n_out` planes of `hw`
+/// entries (one image in NCHW); `store` says what `r` is.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn conv_planes(
     dst: &mut [f32],
@@ -342,10 +353,13 @@ pub(super) fn conv_planes(
     n_out: usize,
     g: &Grid,
     edges: &[(u16, u16)],
-    add: bool,
+    store: Store,
 ) {
     assert!(n_out.is_multiple_of(TILE_O));
     assert!(dst.len() >= n_out * g.hw, "conv_planes: dst too short");
+    if let Store::Plus(r) = store {
+        assert!(r.len() >= n_out * g.hw, "conv_planes: residual too short");
+    }
     assert!(
         wk.len() >= n_in * 9 * n_out,
         "conv_planes: weights too short"
@@ -358,7 +372,7 @@ pub(super) fn conv_planes(
         assert!(enabled(), "conv_planes without AVX-512");
         // SAFETY: AVX-512F is available (enabled() checked it), and the
         // asserts above bound every load and store (see the kernel).
-        unsafe { avx512::conv_planes(dst, src, wk, n_in, n_out, g, edges, add) }
+        unsafe { avx512::conv_planes(dst, src, wk, n_in, n_out, g, edges, store) }
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("the direct path is only enabled on x86_64")
@@ -442,9 +456,11 @@ fn grow(v: &mut Vec<f32>, len: usize) {
 }
 
 /// Forward of a batch: per image, pad, then [`conv_planes`] straight into
-/// the output. Shapes as validated by `mod.rs`; `applies(s)` must hold.
+/// the output (`out = res + conv` with a residual `res`). Shapes as
+/// validated by `mod.rs`; `applies(s)` must hold.
 pub(super) fn forward(
     out: &mut [f32],
+    res: Option<&[f32]>,
     inp: ConvInput<f32>,
     w: &[f32],
     s: &Conv2dShape,
@@ -466,7 +482,11 @@ pub(super) fn forward(
             let p = &mut sc.p[pofs..];
             for (i, out_img) in imgs.zip(out.chunks_exact_mut(oimg)) {
                 pad_input(p, &inp, i, s.cin, &g);
-                conv_planes(out_img, p, wf, s.cin, s.cout, &g, edges, false);
+                let store = match res {
+                    Some(r) => Store::Plus(&r[i * oimg..][..oimg]),
+                    None => Store::Set,
+                };
+                conv_planes(out_img, p, wf, s.cin, s.cout, &g, edges, store);
             }
         },
     );
@@ -474,12 +494,13 @@ pub(super) fn forward(
 
 /// Backward of a batch, both gradients from one pass over the images (the
 /// padded `dout` of an image is made once and read by both): `dinp +=`
-/// (`=` with [`Accum::Set`]) when given, `dweight +=` (when given; chunk
-/// partials reduced in chunk order, so a fixed thread count gives
-/// bit-identical results).
+/// (`=` with [`Accum::Set`], `= res +` with a residual `res`) when given,
+/// `dweight +=` (when given; chunk partials reduced in chunk order, so a
+/// fixed thread count gives bit-identical results).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn backward(
     accum: Accum,
+    res: Option<&[f32]>,
     dinp: Option<&mut [f32]>,
     dweight: Option<&mut [f32]>,
     dout: ConvGradOut<f32>,
@@ -544,7 +565,11 @@ pub(super) fn backward(
                         s.cin,
                         &g,
                         edges,
-                        accum == Accum::Add,
+                        match (accum, res) {
+                            (_, Some(r)) => Store::Plus(&r[i * img..][..img]),
+                            (Accum::Add, None) => Store::Add,
+                            (Accum::Set, None) => Store::Set,
+                        },
                     );
                 }
                 if want_dw {

@@ -77,10 +77,11 @@ fn direct_matches_im2col_path() {
 
                 // the direct kernels, whatever the size policy says
                 let mut out = vec![f32::NAN; dout.len()];
-                forward(&mut out, ConvInput::Plain(&inp), &w, &s, &mut dws);
+                forward(&mut out, None, ConvInput::Plain(&inp), &w, &s, &mut dws);
                 let (mut dinp, mut dw) = (dinp0.clone(), dw0.clone());
                 backward(
                     Accum::Add,
+                    None,
                     Some(&mut dinp),
                     Some(&mut dw),
                     ConvGradOut::Plain(&dout),
@@ -93,6 +94,7 @@ fn direct_matches_im2col_path() {
                 let (mut dinp_h, mut dw_h) = (dinp0.clone(), dw0.clone());
                 backward(
                     Accum::Add,
+                    None,
                     Some(&mut dinp_h),
                     None,
                     ConvGradOut::Plain(&dout),
@@ -103,6 +105,7 @@ fn direct_matches_im2col_path() {
                 );
                 backward(
                     Accum::Add,
+                    None,
                     None,
                     Some(&mut dw_h),
                     ConvGradOut::Plain(&dout),
@@ -118,6 +121,7 @@ fn direct_matches_im2col_path() {
                 let (mut set, mut zeros) = (vec![f32::NAN; inp.len()], vec![0.0; inp.len()]);
                 backward(
                     Accum::Set,
+                    None,
                     Some(&mut set),
                     None,
                     ConvGradOut::Plain(&dout),
@@ -128,6 +132,7 @@ fn direct_matches_im2col_path() {
                 );
                 backward(
                     Accum::Add,
+                    None,
                     Some(&mut zeros),
                     None,
                     ConvGradOut::Plain(&dout),
@@ -185,7 +190,7 @@ fn direct_matches_im2col_path() {
                 }
                 // reproducible for a fixed thread count
                 let mut out2 = vec![0.0; out.len()];
-                forward(&mut out2, ConvInput::Plain(&inp), &w, &s, &mut dws);
+                forward(&mut out2, None, ConvInput::Plain(&inp), &w, &s, &mut dws);
                 assert_eq!(out2, out);
             }
         });
@@ -239,10 +244,11 @@ fn direct_matches_f64_definition() {
     }
     let mut ws = Workspace::default();
     let mut got_out = vec![0f32; out.len()];
-    forward(&mut got_out, ConvInput::Plain(&inp), &w, &s, &mut ws);
+    forward(&mut got_out, None, ConvInput::Plain(&inp), &w, &s, &mut ws);
     let (mut got_dinp, mut got_dw) = (vec![0f32; inp.len()], vec![0f32; w.len()]);
     backward(
         Accum::Add,
+        None,
         Some(&mut got_dinp),
         Some(&mut got_dw),
         ConvGradOut::Plain(&dout),
@@ -308,13 +314,14 @@ fn bn_relu_input_is_the_written_out_input() {
         };
         let (mut out_a, mut out_v) = (vec![0f32; dout.len()], vec![f32::NAN; dout.len()]);
         conv2d_forward(&mut out_a, &a, &w, &s, &mut ws).unwrap();
-        conv2d_forward_from(&mut out_v, act, &w, &s, &mut ws).unwrap();
+        conv2d_forward_from(&mut out_v, None, act, &w, &s, &mut ws).unwrap();
         assert_eq!(out_a, out_v, "{s:?}");
         let (mut dw_a, mut dw_v) = (vec![0f32; w.len()], vec![0f32; w.len()]);
         let (mut dx_a, mut dx_v) = (vec![0f32; x.len()], vec![0f32; x.len()]);
         conv2d_backward(Some(&mut dx_a), &mut dw_a, &dout, &a, &w, &s, &mut ws).unwrap();
         conv2d_backward_from(
             Accum::Add,
+            None,
             Some(&mut dx_v),
             &mut dw_v,
             ConvGradOut::Plain(&dout),
@@ -356,6 +363,7 @@ fn bn_relu_input_is_the_written_out_input() {
             conv2d_backward(Some(&mut dx_a), &mut dw_a, &g, &a, &w, &s, &mut ws).unwrap();
             conv2d_backward_from(
                 Accum::Set,
+                None,
                 Some(&mut dx_v),
                 &mut dw_v,
                 bn,
@@ -368,6 +376,43 @@ fn bn_relu_input_is_the_written_out_input() {
             assert_eq!(dw_a, dw_v, "{s:?} {beta:?}");
             assert_eq!(dx_a, dx_v, "{s:?} {beta:?}");
         }
+        // a residual added in the store: the same bits as adding after
+        let res = f(r.normal_vec(dout.len()));
+        let mut out_r = vec![f32::NAN; dout.len()];
+        conv2d_forward_from(&mut out_r, Some(&res), act, &w, &s, &mut ws).unwrap();
+        let plus: Vec<f32> = res.iter().zip(&out_a).map(|(&a, &b)| a + b).collect();
+        assert_eq!(out_r, plus, "{s:?}");
+        let dres = f(r.normal_vec(x.len()));
+        let (mut dx_r, mut dw_r) = (vec![f32::NAN; x.len()], vec![0f32; w.len()]);
+        let dplain = ConvGradOut::Plain(&dout[..]);
+        conv2d_backward_from(
+            Accum::Set,
+            Some(&dres),
+            Some(&mut dx_r),
+            &mut dw_r,
+            dplain,
+            act,
+            &w,
+            &s,
+            &mut ws,
+        )
+        .unwrap();
+        let mut dx_p = dres.clone();
+        conv2d_backward_input(&mut dx_p, &dout, &w, &s, &mut ws).unwrap();
+        assert_eq!(dx_r, dx_p, "{s:?}");
+        let e = conv2d_backward_from(
+            Accum::Add,
+            Some(&dres),
+            Some(&mut dx_r),
+            &mut dw_r,
+            dplain,
+            act,
+            &w,
+            &s,
+            &mut ws,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("residual"), "{e}");
         // a wrong-sized statistic is an error naming it
         let bad = ConvInput::BnRelu {
             x: &x,
@@ -375,7 +420,7 @@ fn bn_relu_input_is_the_written_out_input() {
             k: &k,
             beta: &beta,
         };
-        let e = conv2d_forward_from(&mut out_v, bad, &w, &s, &mut ws).unwrap_err();
+        let e = conv2d_forward_from(&mut out_v, None, bad, &w, &s, &mut ws).unwrap_err();
         assert!(e.to_string().contains("BN mean"), "{e}");
     }
 }
