@@ -11,7 +11,8 @@ use crate::ops::batchnorm::{
 };
 use crate::ops::conv2d::{
     conv2d_backward_from, conv2d_backward_to, conv2d_forward, conv2d_forward_from,
-    conv2d_fuses_input_act, Conv2dShape, ConvGradOut, ConvInput, ConvWorkspace,
+    conv2d_fuses_grad_out, conv2d_fuses_input_act, Conv2dShape, ConvGradOut, ConvInput,
+    ConvWorkspace,
 };
 use crate::ops::elementwise::{bias_add_backward, bias_add_forward};
 use crate::ops::fused::{bn_relu_backward_plus, bn_relu_backward_to};
@@ -248,6 +249,15 @@ impl<T: Scalar> WeightLayer<T> {
         self.conv.is_some()
             && self.bias.is_none()
             && conv2d_fuses_input_act::<T>(&self.conv_shape(n, g))
+    }
+
+    /// Whether a convolution on `(n, g)` inputs reads a [`ConvGradOut::Bn`]
+    /// output gradient at no cost of its own
+    /// (`ops::conv2d::conv2d_fuses_grad_out`).
+    pub fn fuses_grad_out(&self, n: usize, g: Geom) -> bool {
+        self.conv.is_some()
+            && self.bias.is_none()
+            && conv2d_fuses_grad_out::<T>(&self.conv_shape(n, g))
     }
 
     /// [`WeightLayer::forward`] of a convolution without bias from any

@@ -347,7 +347,7 @@ impl<T: Scalar> Unit<T> {
             self.geoms[s - 2]
         };
         match (self.steps[s - 1], self.steps[s]) {
-            (Step::Conv(j), Step::Bn(_) | Step::BnRelu(_)) => self.convs[j].fuses_input_act(n, gin),
+            (Step::Conv(j), Step::Bn(_) | Step::BnRelu(_)) => self.convs[j].fuses_grad_out(n, gin),
             _ => false,
         }
     }
@@ -674,7 +674,7 @@ impl<T: Scalar> Unit<T> {
             && !probe
             && !self.store_all
             && match self.steps[0] {
-                Step::Conv(j) => self.convs[j].fuses_input_act(n, self.in_geom),
+                Step::Conv(j) => self.convs[j].fuses_grad_out(n, self.in_geom),
                 _ => false,
             };
         if relu_post {

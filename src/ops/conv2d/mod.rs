@@ -332,7 +332,14 @@ impl<'a, T: Scalar> ConvGradOut<'a, T> {
 /// direct path, which normalises while it pads. Otherwise the input is
 /// written out in each of them.
 pub fn conv2d_fuses_input_act<T: 'static>(s: &Conv2dShape) -> bool {
-    direct::use_for_data::<T>(s) && direct::use_for_weight::<T>(s)
+    direct::use_for_forward::<T>(s) && direct::use_for_weight::<T>(s)
+}
+
+/// Whether a [`ConvGradOut::Bn`] gradient costs no pass of its own for `s`:
+/// both passes that read the output gradient (input and weight gradient)
+/// take the direct path, which computes it while it pads.
+pub fn conv2d_fuses_grad_out<T: 'static>(s: &Conv2dShape) -> bool {
+    direct::use_for_input_grad::<T>(s) && direct::use_for_weight::<T>(s)
 }
 
 /// `out = conv(inp, weight)`; out (N, cout, oh, ow) is overwritten.
@@ -365,7 +372,7 @@ pub fn conv2d_forward_from<T: Scalar>(
     }
     inp.check(s)?;
     s.check_weight("weight", weight)?;
-    if direct::use_for_data::<T>(s) {
+    if direct::use_for_forward::<T>(s) {
         let r32 = res.map(|r| direct::as_f32(r));
         if let (Some(out), Some(inp), Some(weight), None | Some(Some(_))) = (
             direct::as_f32_mut(out),
@@ -523,7 +530,8 @@ fn backward_checked<T: Scalar>(
     s: &Conv2dShape,
     ws: &mut ConvWorkspace<T>,
 ) {
-    let (data, wgt) = (direct::use_for_data::<T>(s), direct::use_for_weight::<T>(s));
+    let data = direct::use_for_input_grad::<T>(s);
+    let wgt = direct::use_for_weight::<T>(s);
     let (dinp_direct, dinp_rest) = if data { (dinp, None) } else { (None, dinp) };
     let (dw_direct, dw_rest) = if wgt {
         (dweight, None)

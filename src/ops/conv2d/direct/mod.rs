@@ -106,17 +106,23 @@ fn enabled() -> bool {
     mode() != Mode::Off
 }
 
-/// True when the direct kernels can compute `s` for element type `T`:
-/// f32, 3x3, stride 1, pad 1, channels in multiples of 8, AVX-512F.
-pub(super) fn applies<T: 'static>(s: &Conv2dShape) -> bool {
+/// f32, 3x3, stride 1, pad 1, AVX-512F: the kernels' geometry.
+fn geometry<T: 'static>(s: &Conv2dShape) -> bool {
     TypeId::of::<T>() == TypeId::of::<f32>()
         && s.kh == 3
         && s.kw == 3
         && s.stride == 1
         && s.pad == 1
-        && s.cin.is_multiple_of(TILE_O)
-        && s.cout.is_multiple_of(TILE_O)
         && enabled()
+}
+
+/// True when the direct kernels can compute all three passes of `s` for
+/// element type `T`: the geometry, and channels in multiples of 8 (a pass
+/// tiles its output channels by 8: the forward and the weight gradient
+/// `cout`, the input gradient `cin`).
+#[cfg(test)]
+pub(super) fn applies<T: 'static>(s: &Conv2dShape) -> bool {
+    geometry::<T>(s) && s.cin.is_multiple_of(TILE_O) && s.cout.is_multiple_of(TILE_O)
 }
 
 /// Smallest plane (h*w) for which the direct forward and input gradient
@@ -125,14 +131,23 @@ const MIN_PLANE_DATA: usize = 8 * 8;
 /// Smallest plane for the direct weight gradient.
 const MIN_PLANE_WEIGHT: usize = 8 * 8;
 
-/// Forward and input gradient of `s` on the direct path?
-pub(super) fn use_for_data<T: 'static>(s: &Conv2dShape) -> bool {
-    applies::<T>(s) && (mode() == Mode::All || s.h * s.w >= MIN_PLANE_DATA)
+fn big_enough(s: &Conv2dShape, min: usize) -> bool {
+    mode() == Mode::All || s.h * s.w >= min
+}
+
+/// Forward of `s` on the direct path? (Any `cin`: a CIFAR stem's 3.)
+pub(super) fn use_for_forward<T: 'static>(s: &Conv2dShape) -> bool {
+    geometry::<T>(s) && s.cout.is_multiple_of(TILE_O) && big_enough(s, MIN_PLANE_DATA)
+}
+
+/// Input gradient of `s` on the direct path?
+pub(super) fn use_for_input_grad<T: 'static>(s: &Conv2dShape) -> bool {
+    geometry::<T>(s) && s.cin.is_multiple_of(TILE_O) && big_enough(s, MIN_PLANE_DATA)
 }
 
 /// Weight gradient of `s` on the direct path?
 pub(super) fn use_for_weight<T: 'static>(s: &Conv2dShape) -> bool {
-    applies::<T>(s) && (mode() == Mode::All || s.h * s.w >= MIN_PLANE_WEIGHT)
+    geometry::<T>(s) && s.cout.is_multiple_of(TILE_O) && big_enough(s, MIN_PLANE_WEIGHT)
 }
 
 /// `x` as `&[f32]`; `None` unless `T` is `f32`.

@@ -424,3 +424,40 @@ fn bn_relu_input_is_the_written_out_input() {
         assert!(e.to_string().contains("BN mean"), "{e}");
     }
 }
+
+/// A stem (3 input channels): the forward and the weight gradient take the
+/// direct path (they tile `cout`), the input gradient im2col; all three
+/// agree with the im2col path.
+#[test]
+fn three_input_channels_forward_and_weight_grad() {
+    if !enabled() {
+        println!("SKIPPED: no AVX-512 on this CPU (or RESGRAD_CONV=im2col): direct path unused");
+        return;
+    }
+    let mut r = Rand::new(23);
+    let mut ws = ConvWorkspace::<f32>::default();
+    let mut plain = Vec::new();
+    for s in [shape(4, 3, 32, 32, 16), shape(2, 3, 9, 10, 8)] {
+        assert!(use_for_weight::<f32>(&s) && !use_for_input_grad::<f32>(&s));
+        let f = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
+        let inp = f(r.normal_vec(s.n * s.cin * s.h * s.w));
+        let w = f(r.normal_vec(s.cout * s.cin * 9));
+        let dout = f(r.normal_vec(s.n * s.cout * s.h * s.w));
+        let (mut out, mut out_p) = (vec![f32::NAN; dout.len()], vec![f32::NAN; dout.len()]);
+        conv2d_forward(&mut out, &inp, &w, &s, &mut ws).unwrap();
+        cpu::forward(&mut out_p, &inp, &w, &s, &mut plain);
+        let (mut dw, mut dw_p) = (vec![0f32; w.len()], vec![0f32; w.len()]);
+        let (mut dx, mut dx_p) = (vec![0f32; inp.len()], vec![0f32; inp.len()]);
+        conv2d_backward(Some(&mut dx), &mut dw, &dout, &inp, &w, &s, &mut ws).unwrap();
+        cpu::backward_weight(&mut dw_p, &dout, &inp, &s, &mut plain);
+        cpu::backward_input(&mut dx_p, &dout, &w, &s, &mut plain);
+        for (name, a, b) in [
+            ("out", &out, &out_p),
+            ("dw", &dw, &dw_p),
+            ("dx", &dx, &dx_p),
+        ] {
+            let e = rel(a, b);
+            assert!(e < 1e-5, "{s:?} {name}: rel err {e:e}");
+        }
+    }
+}
