@@ -283,7 +283,8 @@ impl<T: Scalar> WeightLayer<T> {
 
     /// [`WeightLayer::backward_to`] of a [`WeightLayer::forward_from`], from
     /// any [`ConvGradOut`]; with a residual `res`, `dinp = res + ...`
-    /// (`accum` must be [`Accum::Set`]).
+    /// (`accum` must be [`Accum::Set`]); with `planes`, the plane sums of
+    /// the BN-ReLU backward over `dinp` (`ops::conv2d::conv2d_backward_from`).
     #[allow(clippy::too_many_arguments)]
     pub fn backward_from(
         &mut self,
@@ -295,9 +296,10 @@ impl<T: Scalar> WeightLayer<T> {
         n: usize,
         g: Geom,
         ws: &mut ConvWorkspace<T>,
+        planes: Option<&mut [(f64, f64)]>,
     ) -> Result<()> {
-        match (res, dout, inp) {
-            (None, ConvGradOut::Plain(d), ConvInput::Plain(x)) => {
+        match (res, dout, inp, &planes) {
+            (None, ConvGradOut::Plain(d), ConvInput::Plain(x), None) => {
                 self.backward_to(accum, dinp, d, x, n, g, ws)
             }
             _ => {
@@ -313,6 +315,7 @@ impl<T: Scalar> WeightLayer<T> {
                     &self.weight.value,
                     &cs,
                     ws,
+                    planes,
                 )
             }
         }
@@ -533,6 +536,7 @@ impl<T: Scalar> BnLayer<T> {
         n: usize,
         g: Geom,
         relu: bool,
+        planes: Option<&[(f64, f64)]>,
     ) -> Result<()> {
         let s = self.shape(n, g);
         self.coef = batchnorm_backward_coefs(
@@ -544,6 +548,7 @@ impl<T: Scalar> BnLayer<T> {
             &self.rstd,
             &self.gamma.value,
             relu.then_some(self.beta.value.as_slice()),
+            planes,
             s,
         )?;
         Ok(())
@@ -708,7 +713,9 @@ impl<T: Scalar> BnLayer<T> {
     }
 
     /// [`BnLayer::backward_relu`] writing `dinp = res + ...`
-    /// (`ops::fused::bn_relu_backward_plus`).
+    /// (`ops::fused::bn_relu_backward_plus`; `planes`: the reduction's
+    /// per-plane sums, when computed already).
+    #[allow(clippy::too_many_arguments)]
     pub fn backward_relu_plus(
         &mut self,
         dinp: &mut [T],
@@ -717,6 +724,7 @@ impl<T: Scalar> BnLayer<T> {
         inp: &[T],
         n: usize,
         g: Geom,
+        planes: Option<&[(f64, f64)]>,
     ) -> Result<()> {
         let s = self.shape(n, g);
         bn_relu_backward_plus(
@@ -730,6 +738,7 @@ impl<T: Scalar> BnLayer<T> {
             &self.rstd,
             &self.gamma.value,
             &self.beta.value,
+            planes,
             s,
         )
     }

@@ -116,6 +116,7 @@ pub fn bn_relu_backward_to<T: Scalar>(
         rstd,
         gamma,
         beta,
+        None,
         s,
     )
 }
@@ -124,6 +125,9 @@ pub fn bn_relu_backward_to<T: Scalar>(
 /// gradient of a pre-activation unit, whose shortcut term `res` (= dL/dy
 /// through the identity) joins in the same pass instead of being copied
 /// into `dinp` first. Bitwise the copy followed by [`bn_relu_backward`].
+/// With `planes` (N, C), the per-plane sums of the reduction are taken
+/// from there (`batchnorm::bn_relu_plane_sums`, or a convolution that
+/// computed them while it wrote `dout`) instead of read off `dout`.
 #[allow(clippy::too_many_arguments)]
 pub fn bn_relu_backward_plus<T: Scalar>(
     dinp: &mut [T],   // (N, C, HW)
@@ -136,11 +140,15 @@ pub fn bn_relu_backward_plus<T: Scalar>(
     rstd: &[T],       // (C)
     gamma: &[T],      // (C)
     beta: &[T],       // (C)
+    planes: Option<&[(f64, f64)]>,
     s: BnShape,
 ) -> Result<()> {
     check_len(OP, "residual", res, &[s.n * s.c * s.hw])?;
+    if let Some(p) = planes {
+        check_len(OP, "plane sums", p, &[s.n, s.c])?;
+    }
     backward_checked(
-        true, dinp, res, dgamma, dbeta, dout, inp, mean, rstd, gamma, beta, s,
+        true, dinp, res, dgamma, dbeta, dout, inp, mean, rstd, gamma, beta, planes, s,
     )
 }
 
@@ -157,6 +165,7 @@ fn backward_checked<T: Scalar>(
     rstd: &[T],
     gamma: &[T],
     beta: &[T],
+    planes: Option<&[(f64, f64)]>,
     s: BnShape,
 ) -> Result<()> {
     let len = s.n * s.c * s.hw;
@@ -192,6 +201,7 @@ fn backward_checked<T: Scalar>(
         rstd,
         gamma,
         beta,
+        planes,
         s,
         s.parallel(),
     );
@@ -248,10 +258,33 @@ mod tests {
         let mut dx3 = vec![T::of(f64::NAN); len];
         let (mut dg3, mut db3) = (vec![T::one(); c], vec![T::one(); c]);
         bn_relu_backward_plus(
-            &mut dx3, &dinp0, &mut dg3, &mut db3, &dout, &x, &m2, &r2, &gamma, &beta, s,
+            &mut dx3, &dinp0, &mut dg3, &mut db3, &dout, &x, &m2, &r2, &gamma, &beta, None, s,
         )
         .unwrap();
         assert_eq!((&dx3, &dg3, &db3), (&dx2, &dg2, &db2));
+        // ... and with the reduction's plane sums given (as a conv computes them)
+        let k: Vec<T> = gamma.iter().zip(&r2).map(|(&g, &r)| g * r).collect();
+        let mut planes = vec![(0.0, 0.0); s.n * s.c];
+        crate::ops::batchnorm::bn_relu_plane_sums(&mut planes, &dout, &x, &m2, &k, &beta, s)
+            .unwrap();
+        let mut dx4 = vec![T::of(f64::NAN); len];
+        let (mut dg4, mut db4) = (vec![T::one(); c], vec![T::one(); c]);
+        bn_relu_backward_plus(
+            &mut dx4,
+            &dinp0,
+            &mut dg4,
+            &mut db4,
+            &dout,
+            &x,
+            &m2,
+            &r2,
+            &gamma,
+            &beta,
+            Some(&planes),
+            s,
+        )
+        .unwrap();
+        assert_eq!((&dx4, &dg4, &db4), (&dx2, &dg2, &db2));
         assert_eq!(y1, y2);
         assert_eq!((m1, r1, rm1, rv1), (m2, r2, rm2, rv2));
         assert_eq!(dg1, dg2);

@@ -188,6 +188,7 @@ impl<T: Scalar> Unit<T> {
             virt: vec![],
             dvirt: vec![],
             fold_add: false,
+            bn_sums: vec![],
             virt_live: false,
             store_all: false,
             acts: vec![],

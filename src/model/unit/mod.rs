@@ -179,6 +179,9 @@ pub struct Unit<T> {
     // plain addition) and F is not stored
     fold_add: bool,
     virt_live: bool,
+    // per-plane sums of a BN-ReLU backward's reduction, computed by the
+    // conv that writes that BN-ReLU's output gradient (N, C)
+    bn_sums: Vec<(f64, f64)>,
     store_all: bool,        // no virtual steps (tests compare both ways)
     acts: Vec<Vec<T>>,      // branch step outputs (empty where `virt`)
     h: Vec<T>,              // shortcut output (unused for the identity: h = x)
@@ -846,6 +849,7 @@ impl<T: Scalar> Unit<T> {
                             &mut self.convs,
                             &mut self.bns,
                             ws,
+                            &mut self.bn_sums,
                         )?;
                         zero(&mut dacts[p]);
                     }
@@ -873,6 +877,7 @@ impl<T: Scalar> Unit<T> {
             &mut self.convs,
             &mut self.bns,
             ws,
+            &mut self.bn_sums,
         )?;
         // ... and the gate's own path, which counts with the branch
         if let Some(gate) = self.gate.as_mut() {
@@ -985,15 +990,20 @@ fn backward_steps<T: Scalar>(
     convs: &mut [WeightLayer<T>],
     bns: &mut [BnLayer<T>],
     ws: &mut ConvWorkspace<T>,
+    sums: &mut Vec<(f64, f64)>,
 ) -> Result<()> {
     let last = steps.len() - 1;
+    // the step whose BN-ReLU reduction sums (per plane) a conv computed
+    // while it wrote that BN-ReLU's output gradient
+    let mut sums_for: Option<usize> = None;
     for s in (0..steps.len()).rev() {
         let (lo, hi) = dacts.split_at_mut(s);
         let dout: &[T] = if s == last { dtop } else { &hi[0] };
         if let (0, Some(r)) = (s, res) {
             match steps[0] {
                 Step::BnRelu(i) => {
-                    bns[i].backward_relu_plus(dx, r, dout, x, n, in_geom)?;
+                    let planes = (sums_for == Some(0)).then_some(sums.as_slice());
+                    bns[i].backward_relu_plus(dx, r, dout, x, n, in_geom, planes)?;
                     continue;
                 }
                 Step::Conv(_) => {}         // below, as the conv's residual
@@ -1016,7 +1026,8 @@ fn backward_steps<T: Scalar>(
             // a BN whose input gradient the conv before it computes as it
             // reads it (below): only the reduction here
             let (i, relu) = bn_of(steps[s]);
-            bns[i].backward_coefs(dout, inp, n, gin, relu)?;
+            let planes = (sums_for == Some(s)).then_some(sums.as_slice());
+            bns[i].backward_coefs(dout, inp, n, gin, relu, planes)?;
             continue;
         }
         let vin = s > 0 && virt[s - 1];
@@ -1043,7 +1054,21 @@ fn backward_steps<T: Scalar>(
             } else {
                 accum
             };
-            convs[j].backward_from(accum, conv_res, Some(dinp), dout, inp, n, gin, ws)?;
+            // the BN-ReLU before it takes its reduction from sums this conv
+            // computes while it writes dinp (= that BN-ReLU's dL/d(out))
+            let bn_sums = vin
+                && accum == Accum::Set
+                && conv_res.is_none()
+                && (dvirt[s - 1] || (s == 1 && res.is_some()));
+            let planes = if bn_sums {
+                sums.clear();
+                sums.resize(n * gin.c, (0.0, 0.0));
+                sums_for = Some(s - 1);
+                Some(sums.as_mut_slice())
+            } else {
+                None
+            };
+            convs[j].backward_from(accum, conv_res, Some(dinp), dout, inp, n, gin, ws, planes)?;
             continue;
         }
         step_backward(

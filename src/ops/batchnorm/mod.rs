@@ -600,6 +600,7 @@ fn batchnorm_backward_unchecked<T: Scalar>(
         rstd,
         gamma,
         &[],
+        None,
         s,
         par,
     )
@@ -625,10 +626,13 @@ pub(crate) fn backward_act<T: Scalar, const RELU: bool, const SET: bool>(
     rstd: &[T],
     gamma: &[T],
     beta: &[T],
+    planes: Option<&[(f64, f64)]>,
     s: BnShape,
     par: bool,
 ) {
-    let coef = backward_coefs::<T, RELU>(dgamma, dbeta, dout, inp, mean, rstd, gamma, beta, s, par);
+    let coef = backward_coefs::<T, RELU>(
+        dgamma, dbeta, dout, inp, mean, rstd, gamma, beta, planes, s, par,
+    );
     dx_pass::<T, RELU, SET>(dinp, res, dout, inp, mean, beta, &coef, s, par);
 }
 
@@ -643,8 +647,65 @@ fn dy<T: Scalar, const RELU: bool>(g: T, x: T, mu: T, k: T, b: T) -> T {
     }
 }
 
+/// One plane's `(sum dy, sum dy * (x - mu))` of the backward's reduction
+/// ([`block_sum2`] over `dout` and `inp`, `dy` masked by the ReLU when
+/// `RELU`): the exact sums that a caller computing them elsewhere (the
+/// direct convolution, while it stores `dout`) must reproduce bit for bit.
+#[inline(always)]
+fn plane_sums<T: Scalar, const RELU: bool>(
+    dout: &[T],
+    inp: &[T],
+    mt: T,
+    kc: T,
+    bc: T,
+) -> (f64, f64) {
+    block_sum2(dout, inp, |g, x| {
+        let g = dy::<T, RELU>(g, x, mt, kc, bc);
+        (g, g * (x - mt))
+    })
+}
+
+/// The per-plane sums of the BN-ReLU backward's reduction, `planes[n * C +
+/// c] = (sum dy, sum dy * (x - mean))` over plane `(n, c)` with `dy` =
+/// `dout` masked where `(x - mean) * k + beta <= 0`: what
+/// [`batchnorm_backward_coefs`] and `fused::bn_relu_backward_plus` accept
+/// precomputed.
+#[allow(clippy::too_many_arguments)]
+pub fn bn_relu_plane_sums<T: Scalar>(
+    planes: &mut [(f64, f64)], // (N, C)
+    dout: &[T],                // (N, C, HW)
+    inp: &[T],                 // (N, C, HW)
+    mean: &[T],                // (C)
+    k: &[T],                   // (C)
+    beta: &[T],                // (C)
+    s: BnShape,
+) -> Result<()> {
+    s.validate()?;
+    check_len(OP, "plane sums", planes, &[s.n, s.c])?;
+    check_len(OP, "dout", dout, &[s.n, s.c, s.hw])?;
+    check_len(OP, "input", inp, &[s.n, s.c, s.hw])?;
+    for (what, v) in [("mean", mean), ("scale", k), ("beta", beta)] {
+        check_len(OP, what, v, &[s.c])?;
+    }
+    let per_c = per_channel(s.c, s.parallel(), |c| {
+        (0..s.n)
+            .map(|n| {
+                let (d, x) = (block(dout, s, n, c), block(inp, s, n, c));
+                plane_sums::<T, true>(d, x, mean[c], k[c], beta[c])
+            })
+            .collect::<Vec<_>>()
+    });
+    for (c, col) in per_c.iter().enumerate() {
+        for (n, &v) in col.iter().enumerate() {
+            planes[n * s.c + c] = v;
+        }
+    }
+    Ok(())
+}
+
 /// The reduction half of [`backward_act`]: adds `dgamma`, `dbeta` and
 /// returns, per channel, `(k, a, b)` of `dx = k * (dy - a - (x - mu) * b)`.
+/// With `planes`, the per-plane sums are taken from there.
 #[allow(clippy::too_many_arguments)]
 fn backward_coefs<T: Scalar, const RELU: bool>(
     dgamma: &mut [T],
@@ -655,6 +716,7 @@ fn backward_coefs<T: Scalar, const RELU: bool>(
     rstd: &[T],
     gamma: &[T],
     beta: &[T],
+    planes: Option<&[(f64, f64)]>,
     s: BnShape,
     par: bool,
 ) -> Vec<(T, T, T)> {
@@ -669,10 +731,12 @@ fn backward_coefs<T: Scalar, const RELU: bool>(
         let (mut sdy, mut sdyx) = (0.0f64, 0.0f64);
         for n in 0..s.n {
             // sum dy and sum dy * (x - mu); the rstd factor once at the end
-            let (a, b) = block_sum2(block(dout, s, n, c), block(inp, s, n, c), |g, x| {
-                let g = dy::<T, RELU>(g, x, mt, kc, bc);
-                (g, g * (x - mt))
-            });
+            let (a, b) = match planes {
+                Some(p) => p[n * s.c + c],
+                None => {
+                    plane_sums::<T, RELU>(block(dout, s, n, c), block(inp, s, n, c), mt, kc, bc)
+                }
+            };
             sdy += a;
             sdyx += b;
         }
@@ -740,14 +804,15 @@ fn dx_pass<T: Scalar, const RELU: bool, const SET: bool>(
 /// [`Accum::Set`].
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_backward_coefs<T: Scalar>(
-    dgamma: &mut [T],   // (C)
-    dbeta: &mut [T],    // (C)
-    dout: &[T],         // (N, C, HW)
-    inp: &[T],          // (N, C, HW)
-    mean: &[T],         // (C)
-    rstd: &[T],         // (C)
-    gamma: &[T],        // (C)
-    beta: Option<&[T]>, // (C), with the ReLU
+    dgamma: &mut [T],              // (C)
+    dbeta: &mut [T],               // (C)
+    dout: &[T],                    // (N, C, HW)
+    inp: &[T],                     // (N, C, HW)
+    mean: &[T],                    // (C)
+    rstd: &[T],                    // (C)
+    gamma: &[T],                   // (C)
+    beta: Option<&[T]>,            // (C), with the ReLU
+    planes: Option<&[(f64, f64)]>, // (N, C), from bn_relu_plane_sums (with the ReLU)
     s: BnShape,
 ) -> Result<Vec<(T, T, T)>> {
     s.validate()?;
@@ -759,14 +824,29 @@ pub fn batchnorm_backward_coefs<T: Scalar>(
     check_len(OP, "rstd", rstd, &[s.c])?;
     check_len(OP, "gamma", gamma, &[s.c])?;
     let par = s.parallel();
+    if let Some(p) = planes {
+        check_len(OP, "plane sums", p, &[s.n, s.c])?;
+    }
     Ok(match beta {
         Some(beta) => {
             check_len(OP, "beta", beta, &[s.c])?;
-            backward_coefs::<T, true>(dgamma, dbeta, dout, inp, mean, rstd, gamma, beta, s, par)
+            backward_coefs::<T, true>(
+                dgamma, dbeta, dout, inp, mean, rstd, gamma, beta, planes, s, par,
+            )
         }
-        None => {
-            backward_coefs::<T, false>(dgamma, dbeta, dout, inp, mean, rstd, gamma, &[], s, par)
-        }
+        None => backward_coefs::<T, false>(
+            dgamma,
+            dbeta,
+            dout,
+            inp,
+            mean,
+            rstd,
+            gamma,
+            &[],
+            planes,
+            s,
+            par,
+        ),
     })
 }
 

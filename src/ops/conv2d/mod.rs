@@ -50,7 +50,7 @@ mod cpu;
 mod direct;
 
 use crate::error::{check_len, check_nonzero, Error, Result};
-use crate::ops::batchnorm::{batchnorm_backward_dx, normalise_act, BnShape};
+use crate::ops::batchnorm::{batchnorm_backward_dx, bn_relu_plane_sums, normalise_act, BnShape};
 use crate::ops::par::{par_pieces, par_zero};
 use crate::ops::Accum;
 use crate::scalar::Scalar;
@@ -426,16 +426,21 @@ pub fn conv2d_backward_to<T: Scalar>(
     ws: &mut ConvWorkspace<T>,
 ) -> Result<()> {
     let (dout, inp) = (ConvGradOut::Plain(dout), ConvInput::Plain(inp));
-    conv2d_backward_from(accum, None, dinp, dweight, dout, inp, weight, s, ws)
+    conv2d_backward_from(accum, None, dinp, dweight, dout, inp, weight, s, ws, None)
 }
 
 /// [`conv2d_backward_to`] of any [`ConvInput`] (the forward's) and any
 /// [`ConvGradOut`].
-#[allow(clippy::too_many_arguments)]
 ///
 /// With a residual `res` (N, cin, h, w), `dinp = res + (its gradient)`
 /// (`accum` must then be [`Accum::Set`]): a residual unit's shortcut term
 /// joining the first conv's input gradient in the direct kernels' store.
+///
+/// With `planes` (N, cin) and a [`ConvInput::BnRelu`] input (`dinp` given,
+/// overwritten, no residual): the per-plane sums of that BN-ReLU's backward
+/// reduction over `dinp` (`batchnorm::bn_relu_plane_sums`, bit for bit),
+/// which the direct kernels compute as they store `dinp`.
+#[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward_from<T: Scalar>(
     accum: Accum,
     res: Option<&[T]>,      // (N, cin, h, w)
@@ -446,10 +451,21 @@ pub fn conv2d_backward_from<T: Scalar>(
     weight: &[T], // (cout, cin, kh, kw)
     s: &Conv2dShape,
     ws: &mut ConvWorkspace<T>,
+    planes: Option<&mut [(f64, f64)]>, // (N, cin)
 ) -> Result<()> {
     s.validate()?;
     dout.check(s)?;
     inp.check(s)?;
+    if let Some(p) = &planes {
+        check_len(OP, "plane sums", p, &[s.n, s.cin])?;
+        let bn_input = matches!(inp, ConvInput::BnRelu { .. });
+        if !bn_input || accum != Accum::Set || res.is_some() || dinp.is_none() {
+            return Err(Error::InvalidParam {
+                op: OP,
+                msg: "plane sums need a BN-ReLU input and an overwritten input gradient".into(),
+            });
+        }
+    }
     s.check_weight("weight", weight)?;
     s.check_weight("dweight", dweight)?;
     if let Some(dinp) = &dinp {
@@ -464,7 +480,18 @@ pub fn conv2d_backward_from<T: Scalar>(
             });
         }
     }
-    backward_checked(accum, res, dinp, Some(dweight), dout, inp, weight, s, ws);
+    backward_checked(
+        accum,
+        res,
+        dinp,
+        Some(dweight),
+        dout,
+        inp,
+        weight,
+        s,
+        ws,
+        planes,
+    );
     Ok(())
 }
 
@@ -492,6 +519,7 @@ pub fn conv2d_backward_input<T: Scalar>(
         weight,
         s,
         ws,
+        None,
     );
     Ok(())
 }
@@ -510,7 +538,18 @@ pub fn conv2d_backward_weight<T: Scalar>(
     s.check_input("input", inp)?;
     // the weight half never reads the weights
     let (dout, inp) = (ConvGradOut::Plain(dout), ConvInput::Plain(inp));
-    backward_checked(Accum::Add, None, None, Some(dweight), dout, inp, &[], s, ws);
+    backward_checked(
+        Accum::Add,
+        None,
+        None,
+        Some(dweight),
+        dout,
+        inp,
+        &[],
+        s,
+        ws,
+        None,
+    );
     Ok(())
 }
 
@@ -529,6 +568,7 @@ fn backward_checked<T: Scalar>(
     weight: &[T],
     s: &Conv2dShape,
     ws: &mut ConvWorkspace<T>,
+    planes: Option<&mut [(f64, f64)]>,
 ) {
     let data = direct::use_for_input_grad::<T>(s);
     let wgt = direct::use_for_weight::<T>(s);
@@ -538,8 +578,21 @@ fn backward_checked<T: Scalar>(
     } else {
         (None, dweight)
     };
+    // the plane sums go with the input gradient
+    let (direct_planes, planes) = if data { (planes, None) } else { (None, planes) };
     if dinp_direct.is_some() || dw_direct.is_some() {
-        direct_backward(accum, res, dinp_direct, dw_direct, dout, inp, weight, s, ws);
+        direct_backward(
+            accum,
+            res,
+            dinp_direct,
+            dw_direct,
+            dout,
+            inp,
+            weight,
+            s,
+            ws,
+            direct_planes,
+        );
     }
     if dinp_rest.is_none() && dw_rest.is_none() {
         return;
@@ -552,6 +605,14 @@ fn backward_checked<T: Scalar>(
             None => {}
         }
         cpu::backward_input(dinp, dout, weight, s, &mut ws.chunks);
+        if let (Some(p), ConvInput::BnRelu { x, mean, k, beta }) = (planes, inp) {
+            let bs = BnShape {
+                n: s.n,
+                c: s.cin,
+                hw: s.h * s.w,
+            };
+            bn_relu_plane_sums(p, dinp, x, mean, k, beta, bs).expect("shapes checked");
+        }
     }
     if let Some(dweight) = dw_rest {
         let inp = inp.stored(&mut ws.act, s);
@@ -572,6 +633,7 @@ fn direct_backward<T: Scalar>(
     weight: &[T],
     s: &Conv2dShape,
     ws: &mut ConvWorkspace<T>,
+    planes: Option<&mut [(f64, f64)]>,
 ) {
     let f32s = "direct path applies only to f32";
     direct::backward(
@@ -584,6 +646,7 @@ fn direct_backward<T: Scalar>(
         direct::as_f32(weight).expect(f32s),
         s,
         &mut ws.direct,
+        planes,
     );
 }
 

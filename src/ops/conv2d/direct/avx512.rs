@@ -1,7 +1,7 @@
 //! The AVX-512 kernels of the direct path (see the module docs in
 //! `mod.rs` for the sums). Callers assert every bound these rely on.
 
-use super::{Grid, Store, TILE_O, TILE_V};
+use super::{Grid, Stats, Store, TILE_O, TILE_V};
 use std::arch::x86_64::*;
 
 /// Mask of the first `n` (<= 16) lanes.
@@ -27,6 +27,7 @@ pub(super) unsafe fn conv_planes(
     g: &Grid,
     edges: &[(u16, u16)],
     store: Store,
+    stats: Option<&mut Stats>,
 ) {
     // what the sums are added to: nothing, dst itself, or a residual
     let (add, res) = match store {
@@ -40,13 +41,35 @@ pub(super) unsafe fn conv_planes(
         // 4 vectors left: two tiles of 2, not 3 + 1
         let v = if left == 4 { 2 } else { left.min(TILE_V) };
         let (d, s, w) = (dst.as_mut_ptr(), src.as_ptr(), wk.as_ptr());
-        match (v, add) {
-            (3, false) => conv_tile::<3, false>(d, res, s, w, n_in, n_out, g, edges, v0),
-            (3, true) => conv_tile::<3, true>(d, res, s, w, n_in, n_out, g, edges, v0),
-            (2, false) => conv_tile::<2, false>(d, res, s, w, n_in, n_out, g, edges, v0),
-            (2, true) => conv_tile::<2, true>(d, res, s, w, n_in, n_out, g, edges, v0),
-            (_, false) => conv_tile::<1, false>(d, res, s, w, n_in, n_out, g, edges, v0),
-            (_, true) => conv_tile::<1, true>(d, res, s, w, n_in, n_out, g, edges, v0),
+        let st = stats.as_deref().map(Stats::ptrs);
+        match (v, add, st) {
+            (3, false, None) => {
+                conv_tile::<3, false, false>(d, res, s, w, n_in, n_out, g, edges, v0, st)
+            }
+            (3, true, None) => {
+                conv_tile::<3, true, false>(d, res, s, w, n_in, n_out, g, edges, v0, st)
+            }
+            (2, false, None) => {
+                conv_tile::<2, false, false>(d, res, s, w, n_in, n_out, g, edges, v0, st)
+            }
+            (2, true, None) => {
+                conv_tile::<2, true, false>(d, res, s, w, n_in, n_out, g, edges, v0, st)
+            }
+            (_, false, None) => {
+                conv_tile::<1, false, false>(d, res, s, w, n_in, n_out, g, edges, v0, st)
+            }
+            (_, true, None) => {
+                conv_tile::<1, true, false>(d, res, s, w, n_in, n_out, g, edges, v0, st)
+            }
+            (3, _, Some(_)) => {
+                conv_tile::<3, false, true>(d, res, s, w, n_in, n_out, g, edges, v0, st)
+            }
+            (2, _, Some(_)) => {
+                conv_tile::<2, false, true>(d, res, s, w, n_in, n_out, g, edges, v0, st)
+            }
+            (_, _, Some(_)) => {
+                conv_tile::<1, false, true>(d, res, s, w, n_in, n_out, g, edges, v0, st)
+            }
         }
         v0 += v;
     }
@@ -57,10 +80,12 @@ pub(super) unsafe fn conv_planes(
 /// `src[i*ps + lead - 1 + 16 v + off(k) .. + 16]` with `v < nv`, inside the
 /// plane since `lead - 1 + 16 nv + off(8) <= ps`; the stores write
 /// `dst[o*hw + 16 v ..]`, masked to positions `< hw`, and with `ADD` read
-/// `res` (as long as `dst`, or `dst` itself) at the same places.
+/// `res` (as long as `dst`, or `dst` itself) at the same places. With
+/// `STATS` (and not `ADD`), the stored values also feed the BN-ReLU
+/// reduction's lanes (see [`Stats`]).
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn conv_tile<const V: usize, const ADD: bool>(
+unsafe fn conv_tile<const V: usize, const ADD: bool, const STATS: bool>(
     dst: *mut f32,
     res: *const f32,
     src: *const f32,
@@ -70,6 +95,7 @@ unsafe fn conv_tile<const V: usize, const ADD: bool>(
     g: &Grid,
     edges: &[(u16, u16)],
     v0: usize,
+    st: Option<StatPtrs>,
 ) {
     let (ps, hw, w) = (g.ps, g.hw, g.w);
     let j0 = 16 * v0;
@@ -121,6 +147,14 @@ unsafe fn conv_tile<const V: usize, const ADD: bool>(
                     r = _mm512_add_ps(rv, r);
                 }
                 _mm512_mask_storeu_ps(dv, ms[v], r);
+                if let (true, Some(st)) = (STATS, st) {
+                    // only vectors of whole 32-position chunks: the rest
+                    // of the plane is summed by the caller, in f64
+                    let vv = v0 + v;
+                    if vv < st.lane_vecs {
+                        stat_lanes(&st, o0 + c, at + 16 * v, vv % 2, r);
+                    }
+                }
             }
         }
     }
@@ -243,4 +277,41 @@ pub(super) unsafe fn bn_dx(
         _mm512_mask_storeu_ps(d.add(i), mask, r);
         i += 16;
     }
+}
+
+/// [`Stats`] as raw pointers for the kernel.
+#[derive(Clone, Copy)]
+pub(super) struct StatPtrs {
+    pub x: *const f32,
+    pub mean: *const f32,
+    pub k: *const f32,
+    pub beta: *const f32,
+    pub lanes: *mut f32,
+    /// vectors of a plane in whole 32-position chunks: 2 * (hw / 32)
+    pub lane_vecs: usize,
+}
+
+/// Adds one stored vector `g` (channel `c`, plane offset `at`, lane half
+/// `half`) to the BN-ReLU reduction: `dy = g` masked where `(x - mean) * k +
+/// beta <= 0`, lanes `a0 += dy`, `a1 += dy * (x - mean)` (the expressions of
+/// `batchnorm::plane_sums`, operation by operation).
+#[inline(always)]
+unsafe fn stat_lanes(st: &StatPtrs, c: usize, at: usize, half: usize, g: __m512) {
+    let xm = _mm512_sub_ps(
+        _mm512_loadu_ps(st.x.add(at)),
+        _mm512_set1_ps(*st.mean.add(c)),
+    );
+    let v = _mm512_add_ps(
+        _mm512_mul_ps(xm, _mm512_set1_ps(*st.k.add(c))),
+        _mm512_set1_ps(*st.beta.add(c)),
+    );
+    let off = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(v, _mm512_setzero_ps());
+    let dy = _mm512_mask_mov_ps(g, off, _mm512_setzero_ps());
+    let a0 = st.lanes.add(c * 64 + 16 * half);
+    let a1 = a0.add(32);
+    _mm512_storeu_ps(a0, _mm512_add_ps(_mm512_loadu_ps(a0), dy));
+    _mm512_storeu_ps(
+        a1,
+        _mm512_add_ps(_mm512_loadu_ps(a1), _mm512_mul_ps(dy, xm)),
+    );
 }

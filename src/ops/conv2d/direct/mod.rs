@@ -354,6 +354,56 @@ pub(super) enum Store<'a> {
     Plus(&'a [f32]),
 }
 
+/// The BN-ReLU backward's reduction over the planes [`conv_planes`]
+/// stores, when its `dst` is the gradient of a BN-ReLU's output: `x` the
+/// BN's input (the same planes as `dst`), `mean`, `k`, `beta` per plane.
+/// `lanes` (n_out x 64) receives, per plane, the 32 f32 lanes of `sum dy`
+/// and then of `sum dy * (x - mean)` over the plane's whole 32-position
+/// chunks, in the lane order of `batchnorm::plane_sums` (so the sums match
+/// it bit for bit once [`finish_stats`] adds the rest); the caller zeroes
+/// them per image.
+pub(super) struct Stats<'a> {
+    pub x: &'a [f32],
+    pub mean: &'a [f32],
+    pub k: &'a [f32],
+    pub beta: &'a [f32],
+    pub lanes: &'a mut [f32],
+}
+
+impl Stats<'_> {
+    #[cfg(target_arch = "x86_64")]
+    fn ptrs(&self) -> avx512::StatPtrs {
+        avx512::StatPtrs {
+            x: self.x.as_ptr(),
+            mean: self.mean.as_ptr(),
+            k: self.k.as_ptr(),
+            beta: self.beta.as_ptr(),
+            lanes: self.lanes.as_ptr() as *mut f32,
+            lane_vecs: 2 * (self.x.len() / self.mean.len() / 32),
+        }
+    }
+}
+
+/// `(sum dy, sum dy * (x - mean))` of plane `c` as `batchnorm::plane_sums`
+/// computes it: the positions past the whole 32-position chunks in f64, in
+/// order, then the 32 lanes that [`conv_planes`] filled.
+fn finish_stats(st: &Stats, dst: &[f32], c: usize, hw: usize) -> (f64, f64) {
+    let (mu, k, b) = (st.mean[c], st.k[c], st.beta[c]);
+    let (mut t0, mut t1) = (0f64, 0f64);
+    for p in 32 * (hw / 32)..hw {
+        let (g, x) = (dst[c * hw + p], st.x[c * hw + p]);
+        let g = if (x - mu) * k + b <= 0.0 { 0.0 } else { g };
+        t0 += g as f64;
+        t1 += (g * (x - mu)) as f64;
+    }
+    let lanes = &st.lanes[c * 64..][..64];
+    for l in 0..32 {
+        t0 += lanes[l] as f64;
+        t1 += lanes[32 + l] as f64;
+    }
+    (t0, t1)
+}
+
 /// `dst[o, j] = (r[o, j] +) sum_{i, k} wk[i, k, o] * src[i, lead - 1 + j +
 /// off(k)] * e_kx(j)` for every `o < n_out` and `j < hw`: the forward pass
 /// (src = P) and the input gradient (src = D, wk = the flipped weights)
@@ -369,8 +419,17 @@ pub(super) fn conv_planes(
     g: &Grid,
     edges: &[(u16, u16)],
     store: Store,
+    stats: Option<&mut Stats>,
 ) {
     assert!(n_out.is_multiple_of(TILE_O));
+    if let Some(st) = &stats {
+        assert!(
+            matches!(store, Store::Set),
+            "conv_planes: stats of a plain store only"
+        );
+        assert!(st.x.len() == n_out * g.hw && st.lanes.len() >= n_out * 64);
+        assert!(st.mean.len() == n_out && st.k.len() == n_out && st.beta.len() == n_out);
+    }
     assert!(dst.len() >= n_out * g.hw, "conv_planes: dst too short");
     if let Store::Plus(r) = store {
         assert!(r.len() >= n_out * g.hw, "conv_planes: residual too short");
@@ -387,7 +446,7 @@ pub(super) fn conv_planes(
         assert!(enabled(), "conv_planes without AVX-512");
         // SAFETY: AVX-512F is available (enabled() checked it), and the
         // asserts above bound every load and store (see the kernel).
-        unsafe { avx512::conv_planes(dst, src, wk, n_in, n_out, g, edges, store) }
+        unsafe { avx512::conv_planes(dst, src, wk, n_in, n_out, g, edges, store, stats) }
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("the direct path is only enabled on x86_64")
@@ -444,6 +503,11 @@ pub(super) struct Scratch {
     d: Vec<f32>,
     /// this chunk's partial weight gradient (cout, cin, 9)
     dw: Vec<f32>,
+    /// BN-ReLU reduction lanes of one image (cin, 64), and the plane sums of
+    /// this chunk's images (imgs, cin), its first image `first`
+    lanes: Vec<f32>,
+    sums: Vec<(f64, f64)>,
+    first: usize,
 }
 
 /// The direct path's workspace: repacked weights, edge masks and per-chunk
@@ -501,7 +565,7 @@ pub(super) fn forward(
                     Some(r) => Store::Plus(&r[i * oimg..][..oimg]),
                     None => Store::Set,
                 };
-                conv_planes(out_img, p, wf, s.cin, s.cout, &g, edges, store);
+                conv_planes(out_img, p, wf, s.cin, s.cout, &g, edges, store, None);
             }
         },
     );
@@ -511,7 +575,9 @@ pub(super) fn forward(
 /// padded `dout` of an image is made once and read by both): `dinp +=`
 /// (`=` with [`Accum::Set`], `= res +` with a residual `res`) when given,
 /// `dweight +=` (when given; chunk partials reduced in chunk order, so a
-/// fixed thread count gives bit-identical results).
+/// fixed thread count gives bit-identical results). With `planes` (N, cin;
+/// `inp` a BN-ReLU input, `dinp` overwritten): the plane sums of that
+/// BN-ReLU's backward reduction over `dinp`, computed as it is stored.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn backward(
     accum: Accum,
@@ -523,6 +589,7 @@ pub(super) fn backward(
     w: &[f32],
     s: &Conv2dShape,
     ws: &mut Workspace,
+    planes: Option<&mut [(f64, f64)]>,
 ) {
     let g = Grid::of(s);
     let img = s.cin * g.hw;
@@ -547,6 +614,15 @@ pub(super) fn backward(
     // on 16x16 and 8x8 planes, their D rows no longer staying in L1)
     let group = (768 / (16 * g.nv)).clamp(1, 16);
     let (dimg_len, pimg_len) = (s.cout * g.ps, s.cin * g.ps);
+    // the BN-ReLU whose output gradient dinp is, when its sums are wanted
+    let bn = match (&planes, inp) {
+        (Some(p), ConvInput::BnRelu { x, mean, k, beta }) => {
+            assert!(p.len() == s.n * s.cin && want_dinp && res.is_none() && accum == Accum::Set);
+            Some((x, mean, k, beta))
+        }
+        (Some(_), ConvInput::Plain(_)) => panic!("plane sums need a BN-ReLU input"),
+        (None, _) => None,
+    };
     let used = super::cpu::for_each_chunk(
         &mut ws.chunks,
         s.n,
@@ -566,14 +642,31 @@ pub(super) fn backward(
             }
             let pofs = aligned_from(&sc.p);
             let first = imgs.start;
+            if bn.is_some() {
+                grow(&mut sc.lanes, s.cin * 64);
+                sc.sums.clear();
+                sc.sums.resize(imgs.len() * s.cin, (0.0, 0.0));
+                sc.first = first;
+            }
             for (t, i) in imgs.clone().enumerate() {
                 // slot of this image in its group
                 let slot = (i - first) % group;
                 let dslot = &mut dbuf[slot * dimg_len..][..dimg_len];
                 pad_grad(dslot, &dout, i, s.cout, &g);
                 if want_dinp {
+                    let mut stats = bn.map(|(x, mean, k, beta)| Stats {
+                        x: &x[i * img..][..img],
+                        mean,
+                        k,
+                        beta,
+                        lanes: &mut sc.lanes[..s.cin * 64],
+                    });
+                    if let Some(st) = &mut stats {
+                        st.lanes.fill(0.0);
+                    }
+                    let dinp_img = &mut dinp[t * img..][..img];
                     conv_planes(
-                        &mut dinp[t * img..][..img],
+                        dinp_img,
                         &dbuf[slot * dimg_len..][..dimg_len],
                         wb,
                         s.cout,
@@ -585,7 +678,13 @@ pub(super) fn backward(
                             (Accum::Add, None) => Store::Add,
                             (Accum::Set, None) => Store::Set,
                         },
+                        stats.as_mut(),
                     );
+                    if let Some(st) = &stats {
+                        for c in 0..s.cin {
+                            sc.sums[t * s.cin + c] = finish_stats(st, dinp_img, c, g.hw);
+                        }
+                    }
                 }
                 if want_dw {
                     let pbuf = &mut sc.p[pofs..];
@@ -599,6 +698,11 @@ pub(super) fn backward(
             }
         },
     );
+    if let (Some(planes), Some(_)) = (planes, bn) {
+        for sc in used.iter() {
+            planes[sc.first * s.cin..][..sc.sums.len()].copy_from_slice(&sc.sums);
+        }
+    }
     if let Some(dweight) = dweight {
         // fixed-order reduction of the per-chunk partial sums
         for sc in used.iter() {

@@ -8,7 +8,7 @@ use super::super::{
 };
 use super::*;
 use crate::gradcheck::Rand;
-use crate::ops::batchnorm::{batchnorm_backward_dx, normalise_act, BnShape};
+use crate::ops::batchnorm::{batchnorm_backward_dx, bn_relu_plane_sums, normalise_act, BnShape};
 
 fn shape(n: usize, cin: usize, h: usize, w: usize, cout: usize) -> Conv2dShape {
     Conv2dShape {
@@ -89,6 +89,7 @@ fn direct_matches_im2col_path() {
                     &w,
                     &s,
                     &mut dws,
+                    None,
                 );
                 // the two halves separately give the same bits
                 let (mut dinp_h, mut dw_h) = (dinp0.clone(), dw0.clone());
@@ -102,6 +103,7 @@ fn direct_matches_im2col_path() {
                     &w,
                     &s,
                     &mut dws,
+                    None,
                 );
                 backward(
                     Accum::Add,
@@ -113,6 +115,7 @@ fn direct_matches_im2col_path() {
                     &[],
                     &s,
                     &mut dws,
+                    None,
                 );
                 assert_eq!(dinp_h, dinp, "{s:?}");
                 assert_eq!(dw_h, dw, "{s:?}");
@@ -129,6 +132,7 @@ fn direct_matches_im2col_path() {
                     &w,
                     &s,
                     &mut dws,
+                    None,
                 );
                 backward(
                     Accum::Add,
@@ -140,6 +144,7 @@ fn direct_matches_im2col_path() {
                     &w,
                     &s,
                     &mut dws,
+                    None,
                 );
                 assert_eq!(set, zeros, "{s:?}");
                 let (mut set, mut zeros) = (vec![f32::NAN; inp.len()], vec![0.0; inp.len()]);
@@ -256,6 +261,7 @@ fn direct_matches_f64_definition() {
         &w,
         &s,
         &mut ws,
+        None,
     );
     for (name, a, b) in [
         ("out", &got_out, &out),
@@ -287,6 +293,7 @@ fn bn_relu_input_is_the_written_out_input() {
     for s in [
         shape(3, 8, 5, 7, 16),
         shape(2, 16, 8, 8, 8),
+        shape(2, 8, 9, 9, 8),
         shape(2, 16, 16, 16, 16),
         stride2,
     ] {
@@ -329,10 +336,31 @@ fn bn_relu_input_is_the_written_out_input() {
             &w,
             &s,
             &mut ws,
+            None,
         )
         .unwrap();
         assert_eq!(dw_a, dw_v, "{s:?}");
         assert_eq!(dx_a, dx_v, "{s:?}");
+        // the BN-ReLU's reduction sums over dinp, computed as dinp is
+        // written: bitwise batchnorm's own
+        let (mut got, mut want) = (vec![(0.0, 0.0); s.n * s.cin], vec![(0.0, 0.0); s.n * s.cin]);
+        let (mut dx_s, mut dw_s) = (vec![f32::NAN; x.len()], vec![0f32; w.len()]);
+        conv2d_backward_from(
+            Accum::Set,
+            None,
+            Some(&mut dx_s),
+            &mut dw_s,
+            ConvGradOut::Plain(&dout),
+            act,
+            &w,
+            &s,
+            &mut ws,
+            Some(&mut got),
+        )
+        .unwrap();
+        assert_eq!(dx_s, dx_a, "{s:?}");
+        bn_relu_plane_sums(&mut want, &dx_s, &x, &mean, &k, &beta, bs).unwrap();
+        assert_eq!(got, want, "{s:?} plane sums");
         // the output gradient given as a BN's (with and without ReLU):
         // the same bits as the BN's input gradient written out first
         let y = f(r.normal_vec(dout.len()));
@@ -371,6 +399,7 @@ fn bn_relu_input_is_the_written_out_input() {
                 &w,
                 &s,
                 &mut ws,
+                None,
             )
             .unwrap();
             assert_eq!(dw_a, dw_v, "{s:?} {beta:?}");
@@ -395,6 +424,7 @@ fn bn_relu_input_is_the_written_out_input() {
             &w,
             &s,
             &mut ws,
+            None,
         )
         .unwrap();
         let mut dx_p = dres.clone();
@@ -410,6 +440,7 @@ fn bn_relu_input_is_the_written_out_input() {
             &w,
             &s,
             &mut ws,
+            None,
         )
         .unwrap_err();
         assert!(e.to_string().contains("residual"), "{e}");
