@@ -261,7 +261,10 @@ impl<T: Scalar> WeightLayer<T> {
     }
 
     /// [`WeightLayer::forward`] of a convolution without bias from any
-    /// [`ConvInput`]; with a residual `res`, `out = res + conv(inp)`.
+    /// [`ConvInput`]; with a residual `res`, `out = res + conv(inp)`; with
+    /// `planes` (N, cout), also the per-plane sums of `out` for the BN that
+    /// reads it (`ops::conv2d::conv2d_forward_from`).
+    #[allow(clippy::too_many_arguments)]
     pub fn forward_from(
         &self,
         out: &mut [T],
@@ -270,13 +273,14 @@ impl<T: Scalar> WeightLayer<T> {
         n: usize,
         g: Geom,
         ws: &mut ConvWorkspace<T>,
+        planes: Option<&mut [f64]>,
     ) -> Result<()> {
-        match (res, inp) {
-            (None, ConvInput::Plain(x)) => self.forward(out, x, n, g, ws),
+        match (res, inp, &planes) {
+            (None, ConvInput::Plain(x), None) => self.forward(out, x, n, g, ws),
             _ => {
                 self.check_plain_conv()?;
                 let cs = self.conv_shape(n, g);
-                conv2d_forward_from(out, res, inp, &self.weight.value, &cs, ws)
+                conv2d_forward_from(out, res, inp, &self.weight.value, &cs, ws, planes)
             }
         }
     }
@@ -496,7 +500,15 @@ impl<T: Scalar> BnLayer<T> {
     /// statistics and updates the running ones, writes no output. The
     /// output is then read through [`BnLayer::relu_input`] by the next
     /// convolution, which normalises as it reads.
-    pub fn forward_stats_train(&mut self, inp: &[T], n: usize, g: Geom) -> Result<()> {
+    /// `planes` (N, C): the per-plane sums of `inp`, when the conv that
+    /// wrote it computed them (`ops::batchnorm::bn_plane_sums`).
+    pub fn forward_stats_train(
+        &mut self,
+        inp: &[T],
+        n: usize,
+        g: Geom,
+        planes: Option<&[f64]>,
+    ) -> Result<()> {
         self.num_batches_tracked += 1;
         let s = self.shape(n, g);
         self.k = train_stats(
@@ -509,6 +521,7 @@ impl<T: Scalar> BnLayer<T> {
             &mut self.running_var.value,
             BN_MOMENTUM,
             BN_EPS,
+            planes,
             s,
         )?;
         Ok(())
@@ -569,6 +582,7 @@ impl<T: Scalar> BnLayer<T> {
     /// Training mode, fused with a residual addition and the ReLU after it:
     /// `out = max(0, h + BN(inp))` in one pass once the batch statistics are
     /// known (the BN output is not stored; the backward needs only `inp`).
+    #[allow(clippy::too_many_arguments)]
     pub fn forward_add_relu_train(
         &mut self,
         out: &mut [T],
@@ -576,6 +590,7 @@ impl<T: Scalar> BnLayer<T> {
         inp: &[T],
         n: usize,
         g: Geom,
+        planes: Option<&[f64]>,
     ) -> Result<()> {
         self.num_batches_tracked += 1;
         let s = self.shape(n, g);
@@ -591,6 +606,7 @@ impl<T: Scalar> BnLayer<T> {
             &mut self.running_var.value,
             BN_MOMENTUM,
             BN_EPS,
+            planes,
             s,
         )?;
         normalise_add_act::<T, true>(out, h, inp, &self.mean, &k, &self.beta.value, s);

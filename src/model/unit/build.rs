@@ -189,6 +189,7 @@ impl<T: Scalar> Unit<T> {
             dvirt: vec![],
             fold_add: false,
             bn_sums: vec![],
+            bn_planes: vec![],
             virt_live: false,
             store_all: false,
             acts: vec![],

@@ -186,6 +186,9 @@ pub struct Unit<T> {
     // per-plane sums of a BN-ReLU backward's reduction, computed by the
     // conv that writes that BN-ReLU's output gradient (N, C)
     bn_sums: Vec<(f64, f64)>,
+    // per-plane sums of a BN's input, computed by the conv that writes it
+    // (N, C): the first pass of the BN's training statistics
+    bn_planes: Vec<f64>,
     store_all: bool,        // no virtual steps (tests compare both ways)
     acts: Vec<Vec<T>>,      // branch step outputs (empty where `virt`)
     h: Vec<T>,              // shortcut output (unused for the identity: h = x)
@@ -436,6 +439,9 @@ impl<T: Scalar> Unit<T> {
         };
         let nbranch = self.steps.len() - usize::from(fold_bn.is_some());
         self.virt_live = train;
+        // the step whose BN statistics' first pass (per-plane sums) the conv
+        // before it took while writing its input
+        let mut planes_for: Option<usize> = None;
         // the branch F(x), step by step
         for s in 0..nbranch {
             let (done, rest) = self.acts.split_at_mut(s);
@@ -448,7 +454,8 @@ impl<T: Scalar> Unit<T> {
                 match (train, self.steps[s]) {
                     // a BN-ReLU read by the next conv: statistics only
                     (true, Step::BnRelu(i)) => {
-                        self.bns[i].forward_stats_train(inp, n, gin)?;
+                        let planes = (planes_for == Some(s)).then_some(self.bn_planes.as_slice());
+                        self.bns[i].forward_stats_train(inp, n, gin, planes)?;
                         continue;
                     }
                     // evaluation stores it as usual
@@ -457,7 +464,18 @@ impl<T: Scalar> Unit<T> {
             }
             let vin = train && s > 0 && self.virt[s - 1];
             let into_sum = self.fold_add && s + 1 == nbranch;
-            if let (true, Step::Conv(j)) = (vin || into_sum, self.steps[s]) {
+            // a training BN that reads this conv's output, and takes its
+            // statistics on the unstored paths (a BN-ReLU read by a conv, or
+            // the original unit's last BN)
+            let bn_next = train
+                && (s + 1 < self.steps.len())
+                && (self.virt[s + 1] || (fold_bn.is_some() && s + 1 == nbranch));
+            let planes_next = bn_next
+                && match self.steps[s] {
+                    Step::Conv(j) => self.convs[j].fuses_input_act(n, gin),
+                    _ => false,
+                };
+            if let (true, Step::Conv(j)) = (vin || into_sum || planes_next, self.steps[s]) {
                 // ... which this conv normalises as it reads
                 let inp = if vin {
                     let x_bn = if s == 1 { x } else { done[s - 2].as_slice() };
@@ -472,7 +490,15 @@ impl<T: Scalar> Unit<T> {
                 } else {
                     (&mut rest[0], None)
                 };
-                self.convs[j].forward_from(out, res, inp, n, gin, ws)?;
+                let planes = if planes_next {
+                    self.bn_planes.clear();
+                    self.bn_planes.resize(n * self.geoms[s].c, 0.0);
+                    planes_for = Some(s + 1);
+                    Some(self.bn_planes.as_mut_slice())
+                } else {
+                    None
+                };
+                self.convs[j].forward_from(out, res, inp, n, gin, ws, planes)?;
                 continue;
             }
             step_forward(
@@ -521,7 +547,9 @@ impl<T: Scalar> Unit<T> {
                 } else {
                     (self.acts[s - 1].as_slice(), self.geoms[s - 1])
                 };
-                self.bns[i].forward_add_relu_train(&mut self.post_acts[0], h, x_bn, n, g_bn)?;
+                let planes = (planes_for == Some(s)).then_some(self.bn_planes.as_slice());
+                let out = &mut self.post_acts[0];
+                self.bns[i].forward_add_relu_train(out, h, x_bn, n, g_bn, planes)?;
             }
             // ... and the ReLU after it, in the same pass: out = max(0, h + F)
             Mix::Add if fused_relu => par_pieces(

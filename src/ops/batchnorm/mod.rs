@@ -252,12 +252,24 @@ fn block_sum<T: Scalar>(x: &[T], f: impl Fn(T) -> T) -> f64 {
 /// then the centred sum of squares; a channel's planes are re-read from
 /// cache). Each plane is summed in the element type ([`block_sum`]), the
 /// planes in f64.
-fn batch_stats<T: Scalar>(inp: &[T], s: BnShape, parallel: bool) -> Vec<(f64, f64)> {
+///
+/// With `planes`, the first pass's per-plane sums (`planes[n * C + c]`, as
+/// [`bn_plane_sums`] computes them) are taken from there: a convolution
+/// that just wrote `inp` sums each image's planes while they are in cache.
+fn batch_stats<T: Scalar>(
+    inp: &[T],
+    s: BnShape,
+    parallel: bool,
+    planes: Option<&[f64]>,
+) -> Vec<(f64, f64)> {
     let m = s.m() as f64;
     per_channel(s.c, parallel, |c| {
         let mut sum = 0.0f64;
         for n in 0..s.n {
-            sum += block_sum(block(inp, s, n, c), |v| v);
+            sum += match planes {
+                Some(p) => p[n * s.c + c],
+                None => block_sum(block(inp, s, n, c), |v| v),
+            };
         }
         let mu = sum / m;
         let mt = T::of(mu);
@@ -273,6 +285,19 @@ fn batch_stats<T: Scalar>(inp: &[T], s: BnShape, parallel: bool) -> Vec<(f64, f6
         let e = mu - mt.f64();
         (mu, (sq / m - e * e).max(0.0))
     })
+}
+
+/// `sums[p] = sum of plane p` for the planes of `hw` values of `x` (one
+/// image's, say): the first pass of the batch statistics, plane by plane,
+/// bitwise as `batch_stats` computes it.
+pub fn bn_plane_sums<T: Scalar>(sums: &mut [f64], x: &[T], hw: usize) {
+    assert!(
+        hw > 0 && x.len() == sums.len() * hw,
+        "bn_plane_sums: lengths"
+    );
+    for (sum, plane) in sums.iter_mut().zip(x.chunks_exact(hw)) {
+        *sum = block_sum(plane, |v| v);
+    }
 }
 
 /// `out[n,c,p] = (inp[n,c,p] - mu[c]) * k[c] + beta[c]`, i.e. `k = gamma * rstd`.
@@ -374,6 +399,7 @@ pub(crate) fn forward_train_act<T: Scalar, const RELU: bool>(
         running_var,
         momentum,
         eps,
+        None,
         s,
     )?;
     normalise_act::<T, RELU>(out, inp, mean, &k, beta, s, s.parallel());
@@ -396,6 +422,7 @@ pub(crate) fn train_stats<T: Scalar>(
     running_var: &mut [T],  // (C)
     momentum: f64,
     eps: f64,
+    planes: Option<&[f64]>, // (N, C): bn_plane_sums of inp, when known
     s: BnShape,
 ) -> Result<Vec<T>> {
     s.validate()?;
@@ -423,7 +450,10 @@ pub(crate) fn train_stats<T: Scalar>(
             ),
         });
     }
-    let stats = batch_stats(inp, s, s.parallel());
+    if let Some(p) = planes {
+        check_len(OP, "plane sums", p, &[s.n, s.c])?;
+    }
+    let stats = batch_stats(inp, s, s.parallel(), planes);
     let unbias = m as f64 / (m - 1) as f64;
     let mut k = vec![T::zero(); s.c];
     for (c, &(mu, var)) in stats.iter().enumerate() {

@@ -273,7 +273,19 @@ fn parallel_path_is_bitwise_the_serial_one() {
     let x: Vec<f32> = r.normal_vec(s.len()).iter().map(|&v| v as f32).collect();
     let dy: Vec<f32> = r.normal_vec(s.len()).iter().map(|&v| v as f32).collect();
     let g: Vec<f32> = r.normal_vec(s.c).iter().map(|&v| v as f32).collect();
-    assert_eq!(batch_stats(&x, s, false), batch_stats(&x, s, true));
+    assert_eq!(
+        batch_stats(&x, s, false, None),
+        batch_stats(&x, s, true, None)
+    );
+    // the first pass's plane sums given, as a conv computes them
+    let mut planes = vec![0.0; s.n * s.c];
+    for (img, p) in x.chunks_exact(s.c * s.hw).zip(planes.chunks_exact_mut(s.c)) {
+        bn_plane_sums(p, img, s.hw);
+    }
+    assert_eq!(
+        batch_stats(&x, s, true, None),
+        batch_stats(&x, s, true, Some(&planes))
+    );
     let (_, mean, rstd, ..) = train(&x, &g, &g, BN_EPS, s);
     let mut out = [vec![0.0f32; s.len()], vec![0.0f32; s.len()]];
     let mut dx = [vec![0.5f32; s.len()], vec![0.5f32; s.len()]];

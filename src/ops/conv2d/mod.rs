@@ -53,7 +53,7 @@ mod input;
 pub use input::{ConvGradOut, ConvInput};
 
 use crate::error::{check_len, check_nonzero, Error, Result};
-use crate::ops::batchnorm::{bn_relu_plane_sums, BnShape};
+use crate::ops::batchnorm::{bn_plane_sums, bn_relu_plane_sums, BnShape};
 use crate::ops::par::{par_pieces, par_zero};
 use crate::ops::Accum;
 use crate::scalar::Scalar;
@@ -192,13 +192,17 @@ pub fn conv2d_forward<T: Scalar>(
     s: &Conv2dShape,
     ws: &mut ConvWorkspace<T>,
 ) -> Result<()> {
-    conv2d_forward_from(out, None, ConvInput::Plain(inp), weight, s, ws)
+    conv2d_forward_from(out, None, ConvInput::Plain(inp), weight, s, ws, None)
 }
 
 /// [`conv2d_forward`] of any [`ConvInput`]; with a residual `res` (N, cout,
 /// oh, ow), `out = res + conv(inp, weight)` (a residual unit's addition, in
 /// the direct kernels' own store: `res[i] + sum`, the same bits as adding
-/// afterwards).
+/// afterwards). With `planes` (N, cout), also `planes[n * cout + c]` = the
+/// sum of output plane `(n, c)` (`batchnorm::bn_plane_sums`, bit for bit):
+/// the first pass of the statistics of a training BN that reads `out`,
+/// which the direct kernels take while each image's output is in cache.
+#[allow(clippy::too_many_arguments)]
 pub fn conv2d_forward_from<T: Scalar>(
     out: &mut [T],     // (N, cout, oh, ow)
     res: Option<&[T]>, // (N, cout, oh, ow)
@@ -206,6 +210,7 @@ pub fn conv2d_forward_from<T: Scalar>(
     weight: &[T], // (cout, cin, kh, kw)
     s: &Conv2dShape,
     ws: &mut ConvWorkspace<T>,
+    planes: Option<&mut [f64]>, // (N, cout)
 ) -> Result<()> {
     s.validate()?;
     s.check_output("output", out)?;
@@ -214,6 +219,9 @@ pub fn conv2d_forward_from<T: Scalar>(
     }
     inp.check(s)?;
     s.check_weight("weight", weight)?;
+    if let Some(p) = &planes {
+        check_len(OP, "plane sums", p, &[s.n, s.cout])?;
+    }
     if direct::use_for_forward::<T>(s) {
         let r32 = res.map(|r| direct::as_f32(r));
         if let (Some(out), Some(inp), Some(weight), None | Some(Some(_))) = (
@@ -222,7 +230,7 @@ pub fn conv2d_forward_from<T: Scalar>(
             direct::as_f32(weight),
             r32,
         ) {
-            direct::forward(out, r32.flatten(), inp, weight, s, &mut ws.direct);
+            direct::forward(out, r32.flatten(), inp, weight, s, &mut ws.direct, planes);
             return Ok(());
         }
     }
@@ -234,6 +242,15 @@ pub fn conv2d_forward_from<T: Scalar>(
                 *y = a + *y;
             }
         });
+    }
+    if let Some(p) = planes {
+        let ohw = s.oh() * s.ow();
+        for (img, p) in out
+            .chunks_exact(s.cout * ohw)
+            .zip(p.chunks_exact_mut(s.cout))
+        {
+            bn_plane_sums(p, img, ohw);
+        }
     }
     Ok(())
 }

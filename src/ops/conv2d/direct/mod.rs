@@ -67,6 +67,7 @@ use std::any::TypeId;
 use std::sync::OnceLock;
 
 use super::{Conv2dShape, ConvGradOut, ConvInput};
+use crate::ops::batchnorm::bn_plane_sums;
 use crate::ops::Accum;
 
 /// Output channels per register tile.
@@ -508,6 +509,8 @@ pub(super) struct Scratch {
     lanes: Vec<f32>,
     sums: Vec<(f64, f64)>,
     first: usize,
+    /// the forward's output plane sums of this chunk's images (imgs, cout)
+    osums: Vec<f64>,
 }
 
 /// The direct path's workspace: repacked weights, edge masks and per-chunk
@@ -535,8 +538,10 @@ fn grow(v: &mut Vec<f32>, len: usize) {
 }
 
 /// Forward of a batch: per image, pad, then [`conv_planes`] straight into
-/// the output (`out = res + conv` with a residual `res`). Shapes as
-/// validated by `mod.rs`; `applies(s)` must hold.
+/// the output (`out = res + conv` with a residual `res`); with `planes`
+/// (N, cout), each image's output plane sums, taken while the image is in
+/// cache. Shapes as validated by `mod.rs`; `use_for_forward(s)` must hold.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn forward(
     out: &mut [f32],
     res: Option<&[f32]>,
@@ -544,31 +549,46 @@ pub(super) fn forward(
     w: &[f32],
     s: &Conv2dShape,
     ws: &mut Workspace,
+    planes: Option<&mut [f64]>,
 ) {
+    let want_sums = planes.is_some();
     let g = Grid::of(s);
     let oimg = s.cout * g.hw;
     pack_forward(&mut ws.wf, w, s.cin, s.cout);
     edge_masks(&mut ws.edges, &g);
     let (wf, edges) = (&ws.wf, &ws.edges);
-    super::cpu::for_each_chunk(
+    let used = super::cpu::for_each_chunk(
         &mut ws.chunks,
         s.n,
         out,
         oimg,
         &|imgs, sc: &mut Scratch, out| {
             grow(&mut sc.p, s.cin * g.ps + 16);
+            if want_sums {
+                sc.osums.clear();
+                sc.osums.resize(imgs.len() * s.cout, 0.0);
+                sc.first = imgs.start;
+            }
             let pofs = aligned_from(&sc.p);
             let p = &mut sc.p[pofs..];
-            for (i, out_img) in imgs.zip(out.chunks_exact_mut(oimg)) {
+            for (t, (i, out_img)) in imgs.zip(out.chunks_exact_mut(oimg)).enumerate() {
                 pad_input(p, &inp, i, s.cin, &g);
                 let store = match res {
                     Some(r) => Store::Plus(&r[i * oimg..][..oimg]),
                     None => Store::Set,
                 };
                 conv_planes(out_img, p, wf, s.cin, s.cout, &g, edges, store, None);
+                if want_sums {
+                    bn_plane_sums(&mut sc.osums[t * s.cout..][..s.cout], out_img, g.hw);
+                }
             }
         },
     );
+    if let Some(planes) = planes {
+        for sc in used.iter() {
+            planes[sc.first * s.cout..][..sc.osums.len()].copy_from_slice(&sc.osums);
+        }
+    }
 }
 
 /// Backward of a batch, both gradients from one pass over the images (the

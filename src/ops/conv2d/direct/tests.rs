@@ -8,7 +8,9 @@ use super::super::{
 };
 use super::*;
 use crate::gradcheck::Rand;
-use crate::ops::batchnorm::{batchnorm_backward_dx, bn_relu_plane_sums, normalise_act, BnShape};
+use crate::ops::batchnorm::{
+    batchnorm_backward_dx, bn_plane_sums, bn_relu_plane_sums, normalise_act, BnShape,
+};
 
 fn shape(n: usize, cin: usize, h: usize, w: usize, cout: usize) -> Conv2dShape {
     Conv2dShape {
@@ -77,7 +79,15 @@ fn direct_matches_im2col_path() {
 
                 // the direct kernels, whatever the size policy says
                 let mut out = vec![f32::NAN; dout.len()];
-                forward(&mut out, None, ConvInput::Plain(&inp), &w, &s, &mut dws);
+                forward(
+                    &mut out,
+                    None,
+                    ConvInput::Plain(&inp),
+                    &w,
+                    &s,
+                    &mut dws,
+                    None,
+                );
                 let (mut dinp, mut dw) = (dinp0.clone(), dw0.clone());
                 backward(
                     Accum::Add,
@@ -195,7 +205,15 @@ fn direct_matches_im2col_path() {
                 }
                 // reproducible for a fixed thread count
                 let mut out2 = vec![0.0; out.len()];
-                forward(&mut out2, None, ConvInput::Plain(&inp), &w, &s, &mut dws);
+                forward(
+                    &mut out2,
+                    None,
+                    ConvInput::Plain(&inp),
+                    &w,
+                    &s,
+                    &mut dws,
+                    None,
+                );
                 assert_eq!(out2, out);
             }
         });
@@ -249,7 +267,15 @@ fn direct_matches_f64_definition() {
     }
     let mut ws = Workspace::default();
     let mut got_out = vec![0f32; out.len()];
-    forward(&mut got_out, None, ConvInput::Plain(&inp), &w, &s, &mut ws);
+    forward(
+        &mut got_out,
+        None,
+        ConvInput::Plain(&inp),
+        &w,
+        &s,
+        &mut ws,
+        None,
+    );
     let (mut got_dinp, mut got_dw) = (vec![0f32; inp.len()], vec![0f32; w.len()]);
     backward(
         Accum::Add,
@@ -321,7 +347,7 @@ fn bn_relu_input_is_the_written_out_input() {
         };
         let (mut out_a, mut out_v) = (vec![0f32; dout.len()], vec![f32::NAN; dout.len()]);
         conv2d_forward(&mut out_a, &a, &w, &s, &mut ws).unwrap();
-        conv2d_forward_from(&mut out_v, None, act, &w, &s, &mut ws).unwrap();
+        conv2d_forward_from(&mut out_v, None, act, &w, &s, &mut ws, None).unwrap();
         assert_eq!(out_a, out_v, "{s:?}");
         let (mut dw_a, mut dw_v) = (vec![0f32; w.len()], vec![0f32; w.len()]);
         let (mut dx_a, mut dx_v) = (vec![0f32; x.len()], vec![0f32; x.len()]);
@@ -405,10 +431,23 @@ fn bn_relu_input_is_the_written_out_input() {
             assert_eq!(dw_a, dw_v, "{s:?} {beta:?}");
             assert_eq!(dx_a, dx_v, "{s:?} {beta:?}");
         }
+        // the output's plane sums (a BN's first statistics pass), taken
+        // per image as it is written: bitwise batchnorm's own
+        let (mut got, mut want) = (vec![0f64; s.n * s.cout], vec![0f64; s.n * s.cout]);
+        let mut out_s = vec![f32::NAN; dout.len()];
+        conv2d_forward_from(&mut out_s, None, act, &w, &s, &mut ws, Some(&mut got)).unwrap();
+        assert_eq!(out_s, out_a, "{s:?}");
+        for (img, p) in out_s
+            .chunks_exact(s.cout * oh * ow)
+            .zip(want.chunks_exact_mut(s.cout))
+        {
+            bn_plane_sums(p, img, oh * ow);
+        }
+        assert_eq!(got, want, "{s:?} output plane sums");
         // a residual added in the store: the same bits as adding after
         let res = f(r.normal_vec(dout.len()));
         let mut out_r = vec![f32::NAN; dout.len()];
-        conv2d_forward_from(&mut out_r, Some(&res), act, &w, &s, &mut ws).unwrap();
+        conv2d_forward_from(&mut out_r, Some(&res), act, &w, &s, &mut ws, None).unwrap();
         let plus: Vec<f32> = res.iter().zip(&out_a).map(|(&a, &b)| a + b).collect();
         assert_eq!(out_r, plus, "{s:?}");
         let dres = f(r.normal_vec(x.len()));
@@ -451,7 +490,7 @@ fn bn_relu_input_is_the_written_out_input() {
             k: &k,
             beta: &beta,
         };
-        let e = conv2d_forward_from(&mut out_v, None, bad, &w, &s, &mut ws).unwrap_err();
+        let e = conv2d_forward_from(&mut out_v, None, bad, &w, &s, &mut ws, None).unwrap_err();
         assert!(e.to_string().contains("BN mean"), "{e}");
     }
 }
