@@ -592,24 +592,11 @@ impl<T: Scalar> BnLayer<T> {
         g: Geom,
         planes: Option<&[f64]>,
     ) -> Result<()> {
-        self.num_batches_tracked += 1;
         let s = self.shape(n, g);
         check_len("batchnorm_add_relu", "output", out, &[s.n, s.c, s.hw])?;
         check_len("batchnorm_add_relu", "shortcut", h, &[s.n, s.c, s.hw])?;
-        let k = train_stats(
-            &mut self.mean,
-            &mut self.rstd,
-            inp,
-            &self.gamma.value,
-            &self.beta.value,
-            &mut self.running_mean.value,
-            &mut self.running_var.value,
-            BN_MOMENTUM,
-            BN_EPS,
-            planes,
-            s,
-        )?;
-        normalise_add_act::<T, true>(out, h, inp, &self.mean, &k, &self.beta.value, s);
+        self.forward_stats_train(inp, n, g, planes)?;
+        normalise_add_act::<T, true>(out, h, inp, &self.mean, &self.k, &self.beta.value, s);
         Ok(())
     }
 

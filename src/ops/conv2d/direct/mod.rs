@@ -239,17 +239,26 @@ pub(super) fn edge_masks(edges: &mut Vec<(u16, u16)>, g: &Grid) {
     }));
 }
 
+/// The first `planes` padded planes of `dst` (planes, ps): zeros around
+/// each image, whose `hw` entries `fill(c, image)` writes for plane `c`.
+fn pad_planes(dst: &mut [f32], planes: usize, g: &Grid, mut fill: impl FnMut(usize, &mut [f32])) {
+    assert!(dst.len() >= planes * g.ps);
+    let (a, b) = (g.first(), g.first() + g.hw);
+    for (c, d) in dst.chunks_exact_mut(g.ps).take(planes).enumerate() {
+        d[..a].fill(0.0);
+        fill(c, &mut d[a..b]);
+        d[b..].fill(0.0);
+    }
+}
+
 /// Writes the padded planes of one image: `dst` (c, ps) from `src`
 /// (c, h, w), the image at `first() + y*w + x`, zeros everywhere else.
 pub(super) fn pad_image(dst: &mut [f32], src: &[f32], g: &Grid) {
     let planes = src.len() / g.hw;
-    assert!(src.len() == planes * g.hw && dst.len() >= planes * g.ps);
-    let (a, b) = (g.first(), g.first() + g.hw);
-    for (d, s) in dst.chunks_exact_mut(g.ps).zip(src.chunks_exact(g.hw)) {
-        d[..a].fill(0.0);
-        d[a..b].copy_from_slice(s);
-        d[b..].fill(0.0);
-    }
+    assert!(src.len() == planes * g.hw);
+    pad_planes(dst, planes, g, |c, d| {
+        d.copy_from_slice(&src[c * g.hw..][..g.hw])
+    });
 }
 
 /// [`pad_image`] of image `i` of `inp`: for a [`ConvInput::BnRelu`] input
@@ -261,23 +270,16 @@ fn pad_input(dst: &mut [f32], inp: &ConvInput<f32>, i: usize, cin: usize, g: &Gr
         ConvInput::Plain(x) => pad_image(dst, &x[i * img..][..img], g),
         ConvInput::BnRelu { x, mean, k, beta } => {
             let src = &x[i * img..][..img];
-            assert!(dst.len() >= cin * g.ps && mean.len() == cin);
-            assert!(k.len() == cin && beta.len() == cin);
-            let (a, b) = (g.first(), g.first() + g.hw);
-            for (c, (d, s)) in dst
-                .chunks_exact_mut(g.ps)
-                .zip(src.chunks_exact(g.hw))
-                .enumerate()
-            {
-                d[..a].fill(0.0);
+            assert!(mean.len() == cin && k.len() == cin && beta.len() == cin);
+            pad_planes(dst, cin, g, |c, d| {
+                let s = &src[c * g.hw..][..g.hw];
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: AVX-512F available (the direct path is enabled);
-                // the kernel touches only d[a..b] and s, both hw long.
+                // the kernel touches only d and s, both hw long.
                 unsafe {
-                    avx512::bn_relu(&mut d[a..b], s, mean[c], k[c], beta[c])
+                    avx512::bn_relu(d, s, mean[c], k[c], beta[c])
                 }
-                d[b..].fill(0.0);
-            }
+            });
         }
     }
 }
@@ -297,25 +299,18 @@ fn pad_grad(dst: &mut [f32], dout: &ConvGradOut<f32>, i: usize, cout: usize, g: 
             coef,
         } => {
             let (dy, x) = (&dy[i * img..][..img], &x[i * img..][..img]);
-            assert!(dst.len() >= cout * g.ps && mean.len() == cout && coef.len() == cout);
+            assert!(mean.len() == cout && coef.len() == cout);
             assert!(beta.is_none_or(|b| b.len() == cout));
-            let (a, b) = (g.first(), g.first() + g.hw);
-            for (c, ((d, gy), gx)) in dst
-                .chunks_exact_mut(g.ps)
-                .zip(dy.chunks_exact(g.hw))
-                .zip(x.chunks_exact(g.hw))
-                .enumerate()
-            {
-                d[..a].fill(0.0);
+            pad_planes(dst, cout, g, |c, d| {
+                let (gy, gx) = (&dy[c * g.hw..][..g.hw], &x[c * g.hw..][..g.hw]);
                 let relu = beta.map(|b| b[c]);
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: AVX-512F available (the direct path is enabled);
-                // the kernel touches only d[a..b], gy and gx, hw long each.
+                // the kernel touches only d, gy and gx, hw long each.
                 unsafe {
-                    avx512::bn_dx(&mut d[a..b], gy, gx, mean[c], coef[c], relu)
+                    avx512::bn_dx(d, gy, gx, mean[c], coef[c], relu)
                 }
-                d[b..].fill(0.0);
-            }
+            });
         }
     }
 }
