@@ -117,20 +117,24 @@ unsafe fn conv_tile<const V: usize, const ADD: bool, const STATS: bool>(
             for ky in 0..3 {
                 let sr = s.add(ky * w);
                 for kx in 0..3 {
+                    // whole-vector loads (in bounds, see above); the
+                    // lanes a tap kx = 0 / 2 must not read (outside the
+                    // row) are left out by the FMA's mask instead: a
+                    // masked FMA costs no more than a plain one, a masked
+                    // load costs an extra uop on the FMA ports
                     let mut a = [_mm512_setzero_ps(); V];
                     for (v, a) in a.iter_mut().enumerate() {
-                        let p = sr.add(kx + 16 * v);
-                        *a = match kx {
-                            0 => _mm512_maskz_loadu_ps(ml[v], p),
-                            2 => _mm512_maskz_loadu_ps(mr[v], p),
-                            _ => _mm512_loadu_ps(p),
-                        };
+                        *a = _mm512_loadu_ps(sr.add(kx + 16 * v));
                     }
                     let wkk = wi.add((ky * 3 + kx) * n_out);
                     for (c, acc) in acc.iter_mut().enumerate() {
                         let b = _mm512_set1_ps(*wkk.add(c));
                         for v in 0..V {
-                            acc[v] = _mm512_fmadd_ps(a[v], b, acc[v]);
+                            acc[v] = match kx {
+                                0 => _mm512_mask3_fmadd_ps(a[v], b, acc[v], ml[v]),
+                                2 => _mm512_mask3_fmadd_ps(a[v], b, acc[v], mr[v]),
+                                _ => _mm512_fmadd_ps(a[v], b, acc[v]),
+                            };
                         }
                     }
                 }
@@ -162,11 +166,13 @@ unsafe fn conv_tile<const V: usize, const ADD: bool, const STATS: bool>(
 
 /// See [`super::weight_grad_planes`]. Bounds: loads read `d[o*ps + lead +
 /// w + 16 v .. + 16]` and `p[i*ps + lead - 1 + ky*w + kx + 16 v .. + 16]`
-/// with `v < nv`, both inside a plane since `lead - 1 + 16 nv + off(8) <= ps`.
+/// with `v < nv`, both inside a plane since `lead - 1 + 16 nv + off(8) <= ps`;
+/// `dwv` holds 16 floats per entry of `dw` (n_out, n_in, 9).
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn weight_grad_planes(
-    dw: &mut [f32],
+    dwv: &mut [f32],
+    first: bool,
     d: &[f32],
     p: &[f32],
     n_in: usize,
@@ -178,6 +184,7 @@ pub(super) unsafe fn weight_grad_planes(
     let (ps, w) = (g.ps, g.w);
     let dp0 = d.as_ptr().add(g.first());
     let pp0 = p.as_ptr().add(g.lead - 1);
+    let lanes = dwv.as_mut_ptr();
     for o0 in (0..n_out).step_by(TILE_O) {
         for i in 0..n_in {
             for ky in 0..3 {
@@ -187,25 +194,40 @@ pub(super) unsafe fn weight_grad_planes(
                     let drow = dp0.add((n * n_out + o0) * ps);
                     for (v, &(ml, mr)) in edges.iter().enumerate() {
                         let j = 16 * v;
-                        let p0 = _mm512_maskz_loadu_ps(ml, prow.add(j));
+                        // masks on the FMAs, not the loads (see conv_tile)
+                        let p0 = _mm512_loadu_ps(prow.add(j));
                         let p1 = _mm512_loadu_ps(prow.add(j + 1));
-                        let p2 = _mm512_maskz_loadu_ps(mr, prow.add(j + 2));
+                        let p2 = _mm512_loadu_ps(prow.add(j + 2));
                         for (c, acc) in acc.iter_mut().enumerate() {
                             let dv = _mm512_loadu_ps(drow.add(c * ps + j));
-                            acc[0] = _mm512_fmadd_ps(dv, p0, acc[0]);
+                            acc[0] = _mm512_mask3_fmadd_ps(dv, p0, acc[0], ml);
                             acc[1] = _mm512_fmadd_ps(dv, p1, acc[1]);
-                            acc[2] = _mm512_fmadd_ps(dv, p2, acc[2]);
+                            acc[2] = _mm512_mask3_fmadd_ps(dv, p2, acc[2], mr);
                         }
                     }
                 }
                 for (c, acc) in acc.iter().enumerate() {
                     let at = ((o0 + c) * n_in + i) * 9 + ky * 3;
                     for (kx, &v) in acc.iter().enumerate() {
-                        dw[at + kx] += _mm512_reduce_add_ps(v);
+                        let l = lanes.add(16 * (at + kx));
+                        let v = if first {
+                            v
+                        } else {
+                            _mm512_add_ps(_mm512_loadu_ps(l), v)
+                        };
+                        _mm512_storeu_ps(l, v);
                     }
                 }
             }
         }
+    }
+}
+
+/// See [`super::reduce_lanes`].
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn reduce_lanes(dw: &mut [f32], dwv: &[f32]) {
+    for (e, d) in dw.iter_mut().enumerate() {
+        *d = _mm512_reduce_add_ps(_mm512_loadu_ps(dwv.as_ptr().add(16 * e)));
     }
 }
 

@@ -451,15 +451,18 @@ pub(super) fn conv_planes(
     unreachable!("the direct path is only enabled on x86_64")
 }
 
-/// `dw[o, i, k] += sum_{n < imgs} sum_{j < hw} d[n, o, first + j] *
-/// p[n, i, lead - 1 + j + off(k)] * e_kx(j)`: the weight gradient of a group
-/// of `imgs` images, `d` = their padded `dout` planes (imgs, n_out, ps), `p`
-/// = their padded input planes (imgs, n_in, ps), `dw` (n_out, n_in, 9).
-/// Summing over several images before the horizontal reductions keeps those
-/// rare when the images are small.
+/// `dwv[o, i, k, l] (+)= sum_{n < imgs} sum_{j < hw, j = l mod 16} d[n, o,
+/// first + j] * p[n, i, lead - 1 + j + off(k)] * e_kx(j)`: the weight
+/// gradient of a group of `imgs` images in 16 lanes per entry (the sum over
+/// a lane's positions; `=` for a chunk's first group, `+=` after), `d` =
+/// their padded `dout` planes (imgs, n_out, ps), `p` = their padded input
+/// planes (imgs, n_in, ps), `dwv` (n_out, n_in, 9, 16). The lanes are added
+/// up once per chunk ([`reduce_lanes`]), not once per group: a vector add
+/// per entry and group instead of a horizontal reduction.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn weight_grad_planes(
-    dw: &mut [f32],
+    dwv: &mut [f32],
+    first: bool,
     d: &[f32],
     p: &[f32],
     n_in: usize,
@@ -470,8 +473,8 @@ pub(super) fn weight_grad_planes(
 ) {
     assert!(n_out.is_multiple_of(TILE_O));
     assert!(
-        dw.len() >= n_out * n_in * 9,
-        "weight_grad_planes: dw too short"
+        dwv.len() >= n_out * n_in * 9 * 16,
+        "weight_grad_planes: dwv too short"
     );
     assert!(
         d.len() >= imgs * n_out * g.ps,
@@ -487,7 +490,21 @@ pub(super) fn weight_grad_planes(
     {
         assert!(enabled(), "weight_grad_planes without AVX-512");
         // SAFETY: as in conv_planes.
-        unsafe { avx512::weight_grad_planes(dw, d, p, n_in, n_out, imgs, g, edges) }
+        unsafe { avx512::weight_grad_planes(dwv, first, d, p, n_in, n_out, imgs, g, edges) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("the direct path is only enabled on x86_64")
+}
+
+/// `dw[e] = sum_l dwv[e, l]` for every entry `e` of `dw` (the lanes of
+/// [`weight_grad_planes`], in `_mm512_reduce_add_ps`'s order).
+fn reduce_lanes(dw: &mut [f32], dwv: &[f32]) {
+    assert!(dwv.len() >= dw.len() * 16);
+    #[cfg(target_arch = "x86_64")]
+    {
+        assert!(enabled(), "reduce_lanes without AVX-512");
+        // SAFETY: AVX-512F available; dwv holds 16 floats per dw entry.
+        unsafe { avx512::reduce_lanes(dw, dwv) }
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("the direct path is only enabled on x86_64")
@@ -500,8 +517,10 @@ pub(super) struct Scratch {
     p: Vec<f32>,
     /// padded output-gradient planes D (group, cout, ps), same slack
     d: Vec<f32>,
-    /// this chunk's partial weight gradient (cout, cin, 9)
+    /// this chunk's partial weight gradient (cout, cin, 9), and its 16
+    /// lanes per entry (cout, cin, 9, 16) before they are added up
     dw: Vec<f32>,
+    dwv: Vec<f32>,
     /// BN-ReLU reduction lanes of one image (cin, 64), and the plane sums of
     /// this chunk's images (imgs, cin), its first image `first`
     lanes: Vec<f32>,
@@ -626,10 +645,12 @@ pub(super) fn backward(
         Some(d) => (d, img),
         None => (&mut [], 0),
     };
-    // images per weight-gradient group: enough positions (~768) per
-    // horizontal reduction, one image for 32x32 planes, 12 for 8x8
-    // (measured: larger groups, 1536 or 3072 positions, ran 20-50% slower
-    // on 16x16 and 8x8 planes, their D rows no longer staying in L1)
+    // images per weight-gradient group: enough positions (~768) per flush
+    // of the accumulators into the lanes, one image for 32x32 planes, 12
+    // for 8x8 (measured: larger groups, 1536 or 3072 positions, ran 20-50%
+    // slower on 16x16 and 8x8 planes, their D rows no longer staying in
+    // L1; with the lanes, 256 or 512 ran 3-14% slower on 16x16 and 8x8,
+    // 1024 ran 11% slower on 8x8)
     let group = (768 / (16 * g.nv)).clamp(1, 16);
     let (dimg_len, pimg_len) = (s.cout * g.ps, s.cin * g.ps);
     // the BN-ReLU whose output gradient dinp is, when its sums are wanted
@@ -656,8 +677,9 @@ pub(super) fn backward(
             if want_dw {
                 grow(&mut sc.p, group * pimg_len + 16);
                 grow(&mut sc.dw, nw);
-                sc.dw[..nw].fill(0.0);
+                grow(&mut sc.dwv, nw * 16 + 16);
             }
+            let vofs = aligned_from(&sc.dwv);
             let pofs = aligned_from(&sc.p);
             let first = imgs.start;
             if bn.is_some() {
@@ -709,10 +731,24 @@ pub(super) fn backward(
                     pad_input(&mut pbuf[slot * pimg_len..][..pimg_len], &inp, i, s.cin, &g);
                     // a full group, or the chunk's last images
                     if slot + 1 == group || i + 1 == imgs.end {
-                        let n = slot + 1;
-                        weight_grad_planes(&mut sc.dw, dbuf, pbuf, s.cin, s.cout, n, &g, edges);
+                        let (n, first_group) = (slot + 1, i + 1 - first <= group);
+                        let dwv = &mut sc.dwv[vofs..];
+                        weight_grad_planes(
+                            dwv,
+                            first_group,
+                            dbuf,
+                            pbuf,
+                            s.cin,
+                            s.cout,
+                            n,
+                            &g,
+                            edges,
+                        );
                     }
                 }
+            }
+            if want_dw {
+                reduce_lanes(&mut sc.dw[..nw], &sc.dwv[vofs..]);
             }
         },
     );

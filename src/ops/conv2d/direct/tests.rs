@@ -531,3 +531,86 @@ fn three_input_channels_forward_and_weight_grad() {
         }
     }
 }
+
+/// The kernels read whole vectors and leave out the lanes a tap `kx = 0 /
+/// 2` must not see (the previous / next row's end) by masking the FMA: an
+/// infinity at a row's last (first) column must reach exactly the sums
+/// whose 3x3 window holds it, as on the im2col path: in the input (the
+/// forward and the weight gradient, whose `kx = 0` (`2`) taps never read
+/// a last (first) column, so stay finite) and in the output gradient (the
+/// input gradient; its weight gradient is left out: im2col multiplies the
+/// infinity by the padding's zero, NaN, where the direct kernel's masked
+/// lane adds nothing).
+#[test]
+fn values_beside_a_row_edge_stay_out_of_the_sums() {
+    if !enabled() {
+        println!("SKIPPED: no AVX-512 on this CPU (or RESGRAD_CONV=im2col): direct path unused");
+        return;
+    }
+    let mut r = Rand::new(5);
+    let (mut dws, mut plain) = (Workspace::default(), Vec::new());
+    let finite = |v: &[f32]| v.iter().map(|x| x.is_finite()).collect::<Vec<_>>();
+    let f = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
+    for s in [
+        shape(2, 8, 8, 8, 8),
+        shape(1, 8, 5, 20, 16),
+        shape(1, 16, 4, 32, 8),
+    ] {
+        let hw = s.h * s.w;
+        for (col, in_input) in [(0, true), (s.w - 1, true), (0, false), (s.w - 1, false)] {
+            let mut inp = f(r.normal_vec(s.n * s.cin * hw));
+            let w = f(r.normal_vec(s.cout * s.cin * 9));
+            let mut dout = f(r.normal_vec(s.n * s.cout * hw));
+            // one infinity in the middle row, at the edge column
+            let at = |plane: usize| plane * hw + (s.h / 2) * s.w + col;
+            if in_input {
+                inp[at((s.n - 1) * s.cin + 1)] = f32::INFINITY;
+            } else {
+                dout[at((s.n - 1) * s.cout + 2)] = f32::INFINITY;
+            }
+            let mut out = vec![0f32; dout.len()];
+            forward(
+                &mut out,
+                None,
+                ConvInput::Plain(&inp),
+                &w,
+                &s,
+                &mut dws,
+                None,
+            );
+            let (mut dinp, mut dw) = (vec![0f32; inp.len()], vec![0f32; w.len()]);
+            backward(
+                Accum::Set,
+                None,
+                Some(&mut dinp),
+                Some(&mut dw),
+                ConvGradOut::Plain(&dout),
+                ConvInput::Plain(&inp),
+                &w,
+                &s,
+                &mut dws,
+                None,
+            );
+            let mut out_p = vec![0f32; dout.len()];
+            cpu::forward(&mut out_p, &inp, &w, &s, &mut plain);
+            let (mut dinp_p, mut dw_p) = (vec![0f32; inp.len()], vec![0f32; w.len()]);
+            cpu::backward_input(&mut dinp_p, &dout, &w, &s, &mut plain);
+            cpu::backward_weight(&mut dw_p, &dout, &inp, &s, &mut plain);
+            let case = format!("{s:?}, column {col}, in the input: {in_input}");
+            if in_input {
+                assert_eq!(finite(&out), finite(&out_p), "forward {case}");
+                assert_eq!(finite(&dw), finite(&dw_p), "weight grad {case}");
+                // the taps that never read the edge column stay finite
+                let kx = if col == 0 { 2 } else { 0 };
+                assert!(
+                    dw.iter().skip(kx).step_by(3).all(|x| x.is_finite()),
+                    "{case}"
+                );
+                assert!(out.iter().any(|x| !x.is_finite()), "{case}");
+            } else {
+                assert_eq!(finite(&dinp), finite(&dinp_p), "input grad {case}");
+                assert!(dinp.iter().any(|x| !x.is_finite()), "{case}");
+            }
+        }
+    }
+}
