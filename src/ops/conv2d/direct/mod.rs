@@ -240,23 +240,63 @@ pub(super) fn edge_masks(edges: &mut Vec<(u16, u16)>, g: &Grid) {
 }
 
 /// The first `planes` padded planes of `dst` (planes, ps): zeros around
-/// each image, whose `hw` entries `fill(c, image)` writes for plane `c`.
-fn pad_planes(dst: &mut [f32], planes: usize, g: &Grid, mut fill: impl FnMut(usize, &mut [f32])) {
+/// each image (written only when `zero`: see [`Zeroed`]), whose `hw`
+/// entries `fill(c, image)` writes for plane `c`.
+fn pad_planes(
+    dst: &mut [f32],
+    planes: usize,
+    g: &Grid,
+    zero: bool,
+    mut fill: impl FnMut(usize, &mut [f32]),
+) {
     assert!(dst.len() >= planes * g.ps);
     let (a, b) = (g.first(), g.first() + g.hw);
     for (c, d) in dst.chunks_exact_mut(g.ps).take(planes).enumerate() {
-        d[..a].fill(0.0);
+        if zero {
+            d[..a].fill(0.0);
+            d[b..].fill(0.0);
+        }
         fill(c, &mut d[a..b]);
-        d[b..].fill(0.0);
+    }
+}
+
+/// Which planes of a scratch buffer of padded planes already hold their
+/// zeros: planes `..planes` of the buffer starting at address `key.0`,
+/// laid out with `(ps, first, hw) = key.1..`. Only [`pad_planes`] writes
+/// these buffers, always the same zeros around an image, so a buffer
+/// reused for the same layout (every image of a chunk, every conv of the
+/// same plane size) needs them only once (measured: the zero fills were
+/// ~2% of a training step, two short `memset`s per plane).
+#[derive(Default)]
+struct Zeroed {
+    key: (usize, usize, usize, usize),
+    planes: usize,
+}
+
+impl Zeroed {
+    /// Whether planes `from .. from + n` of the buffer at `base` (layout
+    /// `g`) need their zeros written; records that they will have them.
+    fn need(&mut self, base: *const f32, g: &Grid, from: usize, n: usize) -> bool {
+        let key = (base as usize, g.ps, g.first(), g.hw);
+        if key == self.key && from + n <= self.planes {
+            return false;
+        }
+        if key != self.key {
+            (self.key, self.planes) = (key, 0);
+        }
+        if from <= self.planes {
+            self.planes = self.planes.max(from + n);
+        }
+        true
     }
 }
 
 /// Writes the padded planes of one image: `dst` (c, ps) from `src`
 /// (c, h, w), the image at `first() + y*w + x`, zeros everywhere else.
-pub(super) fn pad_image(dst: &mut [f32], src: &[f32], g: &Grid) {
+pub(super) fn pad_image(dst: &mut [f32], src: &[f32], g: &Grid, zero: bool) {
     let planes = src.len() / g.hw;
     assert!(src.len() == planes * g.hw);
-    pad_planes(dst, planes, g, |c, d| {
+    pad_planes(dst, planes, g, zero, |c, d| {
         d.copy_from_slice(&src[c * g.hw..][..g.hw])
     });
 }
@@ -264,14 +304,14 @@ pub(super) fn pad_image(dst: &mut [f32], src: &[f32], g: &Grid) {
 /// [`pad_image`] of image `i` of `inp`: for a [`ConvInput::BnRelu`] input
 /// the planes are `max(0, (x - mean[c]) * k[c] + beta[c])` of `x`'s, the
 /// padding zero (the BN-ReLU output padded, as the convolution reads it).
-fn pad_input(dst: &mut [f32], inp: &ConvInput<f32>, i: usize, cin: usize, g: &Grid) {
+fn pad_input(dst: &mut [f32], inp: &ConvInput<f32>, i: usize, cin: usize, g: &Grid, zero: bool) {
     let img = cin * g.hw;
     match *inp {
-        ConvInput::Plain(x) => pad_image(dst, &x[i * img..][..img], g),
+        ConvInput::Plain(x) => pad_image(dst, &x[i * img..][..img], g, zero),
         ConvInput::BnRelu { x, mean, k, beta } => {
             let src = &x[i * img..][..img];
             assert!(mean.len() == cin && k.len() == cin && beta.len() == cin);
-            pad_planes(dst, cin, g, |c, d| {
+            pad_planes(dst, cin, g, zero, |c, d| {
                 let s = &src[c * g.hw..][..g.hw];
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: AVX-512F available (the direct path is enabled);
@@ -287,10 +327,10 @@ fn pad_input(dst: &mut [f32], inp: &ConvInput<f32>, i: usize, cin: usize, g: &Gr
 /// [`pad_image`] of image `i` of the output gradient `dout`: for a
 /// [`ConvGradOut::Bn`] gradient the planes are the BN's input gradient
 /// `k * (dy' - a - (x - mean) * b)`, computed here from `dy` and `x`.
-fn pad_grad(dst: &mut [f32], dout: &ConvGradOut<f32>, i: usize, cout: usize, g: &Grid) {
+fn pad_grad(dst: &mut [f32], dout: &ConvGradOut<f32>, i: usize, cout: usize, g: &Grid, zero: bool) {
     let img = cout * g.hw;
     match *dout {
-        ConvGradOut::Plain(d) => pad_image(dst, &d[i * img..][..img], g),
+        ConvGradOut::Plain(d) => pad_image(dst, &d[i * img..][..img], g, zero),
         ConvGradOut::Bn {
             dy,
             x,
@@ -301,7 +341,7 @@ fn pad_grad(dst: &mut [f32], dout: &ConvGradOut<f32>, i: usize, cout: usize, g: 
             let (dy, x) = (&dy[i * img..][..img], &x[i * img..][..img]);
             assert!(mean.len() == cout && coef.len() == cout);
             assert!(beta.is_none_or(|b| b.len() == cout));
-            pad_planes(dst, cout, g, |c, d| {
+            pad_planes(dst, cout, g, zero, |c, d| {
                 let (gy, gx) = (&dy[c * g.hw..][..g.hw], &x[c * g.hw..][..g.hw]);
                 let relu = beta.map(|b| b[c]);
                 #[cfg(target_arch = "x86_64")]
@@ -528,6 +568,9 @@ pub(super) struct Scratch {
     first: usize,
     /// the forward's output plane sums of this chunk's images (imgs, cout)
     osums: Vec<f64>,
+    /// which planes of `p` and `d` hold their zeros
+    p_zeroed: Zeroed,
+    d_zeroed: Zeroed,
 }
 
 /// The direct path's workspace: repacked weights, edge masks and per-chunk
@@ -589,7 +632,8 @@ pub(super) fn forward(
             let pofs = aligned_from(&sc.p);
             let p = &mut sc.p[pofs..];
             for (t, (i, out_img)) in imgs.zip(out.chunks_exact_mut(oimg)).enumerate() {
-                pad_input(p, &inp, i, s.cin, &g);
+                let zero = sc.p_zeroed.need(p.as_ptr(), &g, 0, s.cin);
+                pad_input(p, &inp, i, s.cin, &g, zero);
                 let store = match res {
                     Some(r) => Store::Plus(&r[i * oimg..][..oimg]),
                     None => Store::Set,
@@ -691,8 +735,9 @@ pub(super) fn backward(
             for (t, i) in imgs.clone().enumerate() {
                 // slot of this image in its group
                 let slot = (i - first) % group;
+                let zero = sc.d_zeroed.need(dbuf.as_ptr(), &g, slot * s.cout, s.cout);
                 let dslot = &mut dbuf[slot * dimg_len..][..dimg_len];
-                pad_grad(dslot, &dout, i, s.cout, &g);
+                pad_grad(dslot, &dout, i, s.cout, &g, zero);
                 if want_dinp {
                     let mut stats = bn.map(|(x, mean, k, beta)| Stats {
                         x: &x[i * img..][..img],
@@ -728,7 +773,15 @@ pub(super) fn backward(
                 }
                 if want_dw {
                     let pbuf = &mut sc.p[pofs..];
-                    pad_input(&mut pbuf[slot * pimg_len..][..pimg_len], &inp, i, s.cin, &g);
+                    let zero = sc.p_zeroed.need(pbuf.as_ptr(), &g, slot * s.cin, s.cin);
+                    pad_input(
+                        &mut pbuf[slot * pimg_len..][..pimg_len],
+                        &inp,
+                        i,
+                        s.cin,
+                        &g,
+                        zero,
+                    );
                     // a full group, or the chunk's last images
                     if slot + 1 == group || i + 1 == imgs.end {
                         let (n, first_group) = (slot + 1, i + 1 - first <= group);

@@ -614,3 +614,24 @@ fn values_beside_a_row_edge_stay_out_of_the_sums() {
         }
     }
 }
+
+/// [`Zeroed`] skips only planes known to hold their zeros: same buffer,
+/// same layout, written before, and only from the buffer's start on.
+#[test]
+fn zeroed_planes_are_tracked_per_buffer_and_layout() {
+    let (a, b) = (
+        Grid::of(&shape(1, 8, 8, 8, 8)),
+        Grid::of(&shape(1, 8, 16, 16, 8)),
+    );
+    let buf = [0f32; 4];
+    let (p, q) = (buf.as_ptr(), buf[1..].as_ptr());
+    let mut z = Zeroed::default();
+    assert!(z.need(p, &a, 8, 8), "planes 8.. before 0..8 were written");
+    assert!(z.need(p, &a, 0, 8));
+    assert!(!z.need(p, &a, 0, 8) && !z.need(p, &a, 0, 4));
+    assert!(z.need(p, &a, 8, 8), "planes 8..16 follow 0..8: written now");
+    assert!(!z.need(p, &a, 8, 8) && !z.need(p, &a, 0, 16));
+    assert!(z.need(p, &b, 0, 8), "another layout");
+    assert!(z.need(q, &b, 0, 8), "another buffer");
+    assert!(z.need(p, &a, 0, 8), "the first layout again");
+}
