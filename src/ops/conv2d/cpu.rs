@@ -199,12 +199,51 @@ fn im2col<T: Scalar>(col: &mut [T], img: &[T], s: &Conv2dShape) {
                         let x0 = xs.start + kj - s.pad;
                         dst[xs.clone()].copy_from_slice(&src[x0..x0 + xs.len()]);
                     } else {
-                        for ox in xs.clone() {
-                            dst[ox] = src[ox * st + kj - s.pad];
-                        }
+                        let x0 = xs.start * st + kj - s.pad;
+                        gather_strided(&mut dst[xs.clone()], &src[x0..], st);
                     }
                 }
             }
+        }
+    }
+}
+
+/// `dst[i] = src[i * st]` for every `i < dst.len()`. Stride 2 (the
+/// downsampling convs) as whole pairs, a form the compiler vectorises
+/// (measured: the indexed loop was ~4% of a ResNet-20 step).
+#[inline(always)]
+fn gather_strided<T: Copy>(dst: &mut [T], src: &[T], st: usize) {
+    let Some(last) = dst.len().checked_sub(1) else {
+        return;
+    };
+    if st == 2 {
+        let (head, tail) = dst.split_at_mut(last);
+        for (d, pair) in head.iter_mut().zip(src[..2 * last].chunks_exact(2)) {
+            *d = pair[0];
+        }
+        tail[0] = src[2 * last];
+    } else {
+        for (i, d) in dst.iter_mut().enumerate() {
+            *d = src[i * st];
+        }
+    }
+}
+
+/// `dst[i * st] += src[i]` for every `i < src.len()`: the adjoint of
+/// [`gather_strided`].
+#[inline(always)]
+fn scatter_add_strided<T: Scalar>(dst: &mut [T], src: &[T], st: usize) {
+    let Some(last) = src.len().checked_sub(1) else {
+        return;
+    };
+    if st == 2 {
+        for (pair, &g) in dst[..2 * last].chunks_exact_mut(2).zip(&src[..last]) {
+            pair[0] += g;
+        }
+        dst[2 * last] += src[last];
+    } else {
+        for (i, &g) in src.iter().enumerate() {
+            dst[i * st] += g;
         }
     }
 }
@@ -247,9 +286,8 @@ fn col2im_add<T: Scalar>(dimg: &mut [T], dcol: &mut [T], s: &Conv2dShape) {
                             *d += g;
                         }
                     } else {
-                        for ox in xs.clone() {
-                            dst[ox * st + kj - s.pad] += src[ox];
-                        }
+                        let x0 = xs.start * st + kj - s.pad;
+                        scatter_add_strided(&mut dst[x0..], &src[xs.clone()], st);
                     }
                 }
             }
