@@ -3,7 +3,8 @@
 #   tools/bench_compare.sh                 # ResNet-20/56/110 x original/full_preact
 #   DEPTHS="20" UNITS="original" STEPS=5 tools/bench_compare.sh
 #   ROUNDS=3 tools/bench_compare.sh        # 3 interleaved pairs per model, medians
-# Env: THREADS (2), BATCH (128), STEPS (10), ROUNDS (1), PYTHON
+# Env: THREADS (2), BATCH (128), STEPS (10), ROUNDS (1), PEAK (GFLOP/s;
+#      measured by `resgrad peak` if unset), PYTHON
 #      (/work/torchenv/bin/python), RESGRAD (the release binary; built if
 #      unset), RESGRAD_REFERENCE_DIR.
 # Each model runs resgrad then PyTorch back to back (separate processes, so
@@ -20,13 +21,14 @@ ROUNDS=${ROUNDS:-1}
 DEPTHS=${DEPTHS:-"20 56 110"}
 UNITS=${UNITS:-"original full_preact"}
 PYTHON=${PYTHON:-/work/torchenv/bin/python}
-PEAK=461
 if [ -z "${RESGRAD:-}" ]; then
   cargo build --release --quiet
   RESGRAD="${CARGO_TARGET_DIR:-target}/release/resgrad"
 fi
-echo "# $(date -u +%FT%TZ) $(uptime | sed 's/.*load/load/'), threads $THREADS, batch $BATCH, $STEPS timed steps"
-printf '| %-26s | %9s | %9s | %6s | %6s | %8s | %8s | %14s |\n' model "resgrad img/s" "torch img/s" ratio "ratio (fastest steps)" "resgrad MiB" "torch MiB" "resgrad GFLOP/s"
+# the measured f32 FMA peak on the same threads (best of 9 short rounds)
+PEAK=${PEAK:-$("$RESGRAD" --threads "$THREADS" peak --rounds 9 --json | "$PYTHON" -c 'import json,sys; print(round(json.load(sys.stdin)["gflops"]))')}
+echo "# $(date -u +%FT%TZ) $(uptime | sed 's/.*load/load/'), threads $THREADS, batch $BATCH, $STEPS timed steps, measured peak $PEAK GFLOP/s"
+printf '| %-26s | %9s | %9s | %6s | %6s | %8s | %8s | %14s |\n' model "resgrad img/s" "torch img/s" ratio "ratio (fastest steps)" "resgrad MiB" "torch MiB" "resgrad GFLOP/s (share of peak)"
 printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' ---------------------------- ----------- ----------- -------- -------- ---------- ---------- ----------------
 for d in $DEPTHS; do
   for u in $UNITS; do

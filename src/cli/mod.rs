@@ -147,6 +147,16 @@ pub enum Cmd {
     /// Training throughput: images/s of full training steps (forward,
     /// backward, SGD momentum) on random CIFAR-shaped batches, and peak memory.
     Bench(BenchArgs),
+    /// The machine's measured f32 FMA peak (GFLOP/s) on --threads threads:
+    /// the denominator of "share of peak" in the benchmarks.
+    Peak {
+        /// timed rounds (the best is reported)
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// print one JSON object
+        #[arg(long)]
+        json: bool,
+    },
     /// Data sets.
     Data {
         #[command(subcommand)]
@@ -368,6 +378,24 @@ pub fn run(cli: Cli) -> Result<()> {
                 println!(
                     "{}: batch {}, {} threads: {:.1} images/s (step median {:.1} ms, min {:.1} ms), {:.1} GFLOP/s, peak RSS {:.0} MiB",
                     r.model, r.batch, r.threads, r.images_per_s, r.step_ms_median, r.step_ms_min, r.gflops, r.peak_rss_mib
+                );
+            }
+            Ok(())
+        }
+        Cmd::Peak { rounds, json } => {
+            let r = resgrad::train::peak::measure_peak(rounds, 20_000_000);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&r).map_err(|e| Error::Config(e.to_string()))?
+                );
+            } else {
+                println!(
+                    "f32 FMA peak, {} threads ({}): {:.1} GFLOP/s (best of {} rounds)",
+                    r.threads,
+                    r.isa,
+                    r.gflops,
+                    r.rounds_gflops.len()
                 );
             }
             Ok(())

@@ -19,6 +19,7 @@
 //! accumulate.
 
 pub mod activation;
+pub mod awake;
 pub mod batchnorm;
 pub mod conv2d;
 pub mod dropout;

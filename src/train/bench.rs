@@ -139,11 +139,15 @@ pub fn run_bench(cfg: &BenchConfig) -> Result<BenchResult> {
     let classes = net.classes();
     let labels: Vec<usize> = (0..cfg.batch).map(|_| rng.gen_range(0..classes)).collect();
     let mut opt: Sgd<f32> = Sgd::new(SgdConfig::default());
+    // each step on a pool worker, the other workers kept awake between
+    // its passes (ops::awake), as in training
     let mut step = |net: &mut Net<f32>| -> Result<f64> {
-        net.zero_grad();
-        let loss = net.forward_backward(&input, &labels, false)?;
-        opt.step(&mut net.params_mut(), 0.01);
-        Ok(loss)
+        crate::ops::awake::on_warm_pool(|| {
+            net.zero_grad();
+            let loss = net.forward_backward(&input, &labels, false)?;
+            opt.step(&mut net.params_mut(), 0.01);
+            Ok(loss)
+        })
     };
     for _ in 0..cfg.warmup {
         step(&mut net)?;

@@ -7,6 +7,7 @@ pub mod config;
 pub mod flow;
 pub mod metrics;
 pub mod optim;
+pub mod peak;
 pub mod progress;
 pub mod run;
 pub mod schedule;

@@ -191,8 +191,12 @@ pub fn train_run(cfg: &TrainConfig, dir: &Path, resume: bool, quiet: bool) -> Re
             let t0 = Instant::now();
             let lr = cfg.schedule.lr_at(iter);
             let probe = cfg.flow_every > 0 && (iter % cfg.flow_every == 0 || iter + 1 == cfg.iters);
-            net.zero_grad();
-            let loss = net.forward_backward(&b.images, &b.labels, probe)?;
+            // on a pool worker, the other workers kept awake between the
+            // step's passes (ops::awake)
+            let loss = crate::ops::awake::on_warm_pool(|| {
+                net.zero_grad();
+                net.forward_backward(&b.images, &b.labels, probe)
+            })?;
             if let Some(msg) = divergence(&net, loss, cfg.max_grad_norm) {
                 diverged = Some(msg);
                 if probe {

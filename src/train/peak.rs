@@ -1,0 +1,134 @@
+//! `resgrad peak`: the machine's measured f32 multiply-add peak, the
+//! denominator of every "share of peak" in BENCHMARKS.md.
+//!
+//! Each of the rayon pool's threads runs a loop of independent fused
+//! multiply-adds on the widest vectors the CPU has (AVX-512: 16 lanes,
+//! AVX2+FMA: 8 lanes, otherwise scalar `mul_add`), with enough accumulators
+//! in flight to hide the FMA latency on two FMA ports (12 chains: latency 4-6
+//! cycles x 2 ports). All threads start together and the slowest finishes
+//! the round; the best of several rounds is reported, since turbo clocks and
+//! other tenants make single rounds vary. A nominal peak (cores x GHz x
+//! lanes x 2 ports x 2) is not used: turbo makes it wrong both ways.
+
+use serde::Serialize;
+use std::time::Instant;
+
+/// Independent accumulator chains per thread.
+const CHAINS: usize = 12;
+
+/// The measurement.
+#[derive(Clone, Debug, Serialize)]
+pub struct PeakResult {
+    pub threads: usize,
+    /// "avx512" | "avx2+fma" | "scalar"
+    pub isa: &'static str,
+    /// best round, all threads together
+    pub gflops: f64,
+    /// every round, in order
+    pub rounds_gflops: Vec<f64>,
+}
+
+/// One thread's loop: `iters` x [`CHAINS`] x `lanes` FMAs; returns a value
+/// that depends on every accumulator so the loop cannot be removed.
+fn spin(iters: u64) -> (f32, &'static str, usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked above).
+            return (unsafe { spin_avx512(iters) }, "avx512", 16);
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has AVX2 and FMA (checked above).
+            return (unsafe { spin_avx2(iters) }, "avx2+fma", 8);
+        }
+    }
+    let mut acc = [0f32; CHAINS];
+    let (a, b) = (std::hint::black_box(1.000_000_1f32), 0.999_999_9f32);
+    for _ in 0..iters {
+        for x in acc.iter_mut() {
+            *x = x.mul_add(a, b);
+        }
+    }
+    (acc.iter().sum(), "scalar", 1)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn spin_avx512(iters: u64) -> f32 {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_setzero_ps(); CHAINS];
+    let a = _mm512_set1_ps(std::hint::black_box(1.000_000_1));
+    let b = _mm512_set1_ps(0.999_999_9);
+    for _ in 0..iters {
+        for x in acc.iter_mut() {
+            *x = _mm512_fmadd_ps(*x, a, b);
+        }
+    }
+    acc.iter().map(|&x| _mm512_reduce_add_ps(x)).sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn spin_avx2(iters: u64) -> f32 {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm256_setzero_ps(); CHAINS];
+    let a = _mm256_set1_ps(std::hint::black_box(1.000_000_1));
+    let b = _mm256_set1_ps(0.999_999_9);
+    for _ in 0..iters {
+        for x in acc.iter_mut() {
+            *x = _mm256_fmadd_ps(*x, a, b);
+        }
+    }
+    let mut s = 0.0;
+    for x in acc {
+        let mut v = [0f32; 8];
+        _mm256_storeu_ps(v.as_mut_ptr(), x);
+        s += v.iter().sum::<f32>();
+    }
+    s
+}
+
+/// Measures the f32 FMA peak of the current rayon pool: `rounds` rounds of
+/// `iters` loop trips per thread (20M trips at 16 lanes is ~0.1 s per round
+/// on a 3 GHz core).
+pub fn measure_peak(rounds: usize, iters: u64) -> PeakResult {
+    let threads = rayon::current_num_threads();
+    let mut isa = "scalar";
+    let mut rounds_gflops = Vec::with_capacity(rounds);
+    for _ in 0..rounds.max(1) {
+        let t = Instant::now();
+        // broadcast: exactly one loop on every thread of the pool
+        let runs: Vec<(f32, &'static str, usize)> = rayon::broadcast(|_| spin(iters));
+        let secs = t.elapsed().as_secs_f64();
+        std::hint::black_box(runs.iter().map(|r| r.0).sum::<f32>());
+        let lanes = runs[0].2;
+        isa = runs[0].1;
+        let flops = 2.0 * (threads * CHAINS * lanes) as f64 * iters as f64;
+        rounds_gflops.push(flops / secs * 1e-9);
+    }
+    let gflops = rounds_gflops.iter().cloned().fold(0.0, f64::max);
+    PeakResult {
+        threads,
+        isa,
+        gflops,
+        rounds_gflops,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peak_counts_every_round_and_is_positive() {
+        let r = measure_peak(2, 1000);
+        assert_eq!(r.rounds_gflops.len(), 2);
+        assert!(r.gflops > 0.0 && r.gflops.is_finite());
+        assert_eq!(
+            r.gflops,
+            r.rounds_gflops.iter().cloned().fold(0.0, f64::max)
+        );
+        assert!(["avx512", "avx2+fma", "scalar"].contains(&r.isa));
+    }
+}
