@@ -56,7 +56,8 @@ pub fn evaluate(net: &mut Net<f32>, data: &Dataset, batch: usize) -> Result<(f64
     let mut b = Batch::default();
     let (mut loss, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
     while it.next_into(&mut b) {
-        net.forward(&b.images, false)?;
+        // on a pool worker with the others kept awake (ops::awake)
+        crate::ops::awake::on_warm_pool(|| net.forward(&b.images, false))?;
         loss += net.loss(&b.labels)? * b.n as f64;
         correct += count_correct(net.logits(), &b.labels, net.classes());
         seen += b.n;
