@@ -26,6 +26,33 @@ fn shape(n: usize, cin: usize, h: usize, w: usize, cout: usize) -> Conv2dShape {
     }
 }
 
+/// The three direct passes over plain tensors into fresh buffers: `(out,
+/// dinp, dw)`.
+fn direct_passes(
+    inp: &[f32],
+    w: &[f32],
+    dout: &[f32],
+    s: &Conv2dShape,
+    ws: &mut Workspace,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut out = vec![0f32; dout.len()];
+    forward(&mut out, None, ConvInput::Plain(inp), w, s, ws, None);
+    let (mut dinp, mut dw) = (vec![0f32; inp.len()], vec![0f32; w.len()]);
+    backward(
+        Accum::Set,
+        None,
+        Some(&mut dinp),
+        Some(&mut dw),
+        ConvGradOut::Plain(dout),
+        ConvInput::Plain(inp),
+        w,
+        s,
+        ws,
+        None,
+    );
+    (out, dinp, dw)
+}
+
 /// Largest |a - b| relative to the largest |b| (norm-wise, as f32 sums
 /// of different orders differ by rounding only).
 fn rel(a: &[f32], b: &[f32]) -> f64 {
@@ -265,30 +292,7 @@ fn direct_matches_f64_definition() {
             }
         }
     }
-    let mut ws = Workspace::default();
-    let mut got_out = vec![0f32; out.len()];
-    forward(
-        &mut got_out,
-        None,
-        ConvInput::Plain(&inp),
-        &w,
-        &s,
-        &mut ws,
-        None,
-    );
-    let (mut got_dinp, mut got_dw) = (vec![0f32; inp.len()], vec![0f32; w.len()]);
-    backward(
-        Accum::Add,
-        None,
-        Some(&mut got_dinp),
-        Some(&mut got_dw),
-        ConvGradOut::Plain(&dout),
-        ConvInput::Plain(&inp),
-        &w,
-        &s,
-        &mut ws,
-        None,
-    );
+    let (got_out, got_dinp, got_dw) = direct_passes(&inp, &w, &dout, &s, &mut Workspace::default());
     for (name, a, b) in [
         ("out", &got_out, &out),
         ("dinp", &got_dinp, &dinp),
@@ -568,29 +572,7 @@ fn values_beside_a_row_edge_stay_out_of_the_sums() {
             } else {
                 dout[at((s.n - 1) * s.cout + 2)] = f32::INFINITY;
             }
-            let mut out = vec![0f32; dout.len()];
-            forward(
-                &mut out,
-                None,
-                ConvInput::Plain(&inp),
-                &w,
-                &s,
-                &mut dws,
-                None,
-            );
-            let (mut dinp, mut dw) = (vec![0f32; inp.len()], vec![0f32; w.len()]);
-            backward(
-                Accum::Set,
-                None,
-                Some(&mut dinp),
-                Some(&mut dw),
-                ConvGradOut::Plain(&dout),
-                ConvInput::Plain(&inp),
-                &w,
-                &s,
-                &mut dws,
-                None,
-            );
+            let (out, dinp, dw) = direct_passes(&inp, &w, &dout, &s, &mut dws);
             let mut out_p = vec![0f32; dout.len()];
             cpu::forward(&mut out_p, &inp, &w, &s, &mut plain);
             let (mut dinp_p, mut dw_p) = (vec![0f32; inp.len()], vec![0f32; w.len()]);
