@@ -28,7 +28,8 @@ fi
 # the measured f32 FMA peak on the same threads (best of 20 short rounds:
 # the first few of a process run slow on this VM)
 PEAK=${PEAK:-$("$RESGRAD" --threads "$THREADS" peak --rounds 20 --json | "$PYTHON" -c 'import json,sys; print(round(json.load(sys.stdin)["gflops"]))')}
-echo "# $(date -u +%FT%TZ) $(uptime | sed 's/.*load/load/'), threads $THREADS, batch $BATCH, $STEPS timed steps, measured peak $PEAK GFLOP/s"
+CPU=$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | sed 's/.*: //')
+echo "# $(date -u +%FT%TZ) ${CPU:-unknown CPU}, $(uptime | sed 's/.*load/load/'), threads $THREADS, batch $BATCH, $STEPS timed steps, measured peak $PEAK GFLOP/s"
 printf '| %-26s | %9s | %9s | %6s | %6s | %8s | %8s | %14s |\n' model "resgrad img/s" "torch img/s" ratio "ratio (fastest steps)" "resgrad MiB" "torch MiB" "resgrad GFLOP/s (share of peak)"
 printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' ---------------------------- ----------- ----------- -------- -------- ---------- ---------- ----------------
 for d in $DEPTHS; do
