@@ -370,10 +370,7 @@ pub fn run(cli: Cli) -> Result<()> {
             (cfg.batch, cfg.steps, cfg.warmup) = (a.batch, a.steps, a.warmup);
             let r = run_bench(&cfg)?;
             if a.json {
-                println!(
-                    "{}",
-                    serde_json::to_string(&r).map_err(|e| Error::Config(e.to_string()))?
-                );
+                print_json(&r)?;
             } else {
                 println!(
                     "{}: batch {}, {} threads: {:.1} images/s (step median {:.1} ms, min {:.1} ms), {:.1} GFLOP/s, peak RSS {:.0} MiB",
@@ -385,10 +382,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Peak { rounds, json } => {
             let r = resgrad::train::peak::measure_peak(rounds, 20_000_000);
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string(&r).map_err(|e| Error::Config(e.to_string()))?
-                );
+                print_json(&r)?;
             } else {
                 println!(
                     "f32 FMA peak, {} threads ({}): {:.1} GFLOP/s (best of {} rounds)",
@@ -414,6 +408,13 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Prints one JSON object on one line (`--json`).
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    let line = serde_json::to_string(v).map_err(|e| Error::Config(e.to_string()))?;
+    println!("{line}");
+    Ok(())
 }
 
 fn print_flow(rows: &[resgrad::probe::FlowRow]) {

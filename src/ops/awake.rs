@@ -8,8 +8,9 @@
 //! 0`, as on this project's machines), waking it for the next pass costs a
 //! VM exit and a host reschedule. Measured here (2 threads, a 200 us pass on
 //! each, a sequential gap between passes): 4-11 us of overhead per pass
-//! with a gap under 5 us, **39-91 us** with gaps of 20 us to 1 ms, i.e.
-//! 10-15% of a ResNet-20 step. OpenMP runtimes (PyTorch's) avoid this by
+//! with a gap under 5 us, **39-91 us** with gaps of 20 us to 1 ms; kept
+//! awake, 6-20 us, and a ResNet-20 training step 8% faster (BENCHMARKS.md,
+//! stop 13). OpenMP runtimes (PyTorch's) avoid this by
 //! spin-waiting for up to a few hundred microseconds before sleeping.
 //!
 //! [`on_warm_pool`] runs a closure on a worker of the current pool while

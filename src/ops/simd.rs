@@ -8,22 +8,48 @@
 //! are bitwise the same (Rust never contracts `a * b + c` into an FMA nor
 //! reorders floating-point sums on its own).
 
+/// The widest vector instruction set this CPU offers resgrad's loops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// AVX-512F (16 f32 lanes)
+    Avx512,
+    /// AVX2 with FMA (8 f32 lanes)
+    Avx2Fma,
+    /// the compile target's baseline
+    Baseline,
+}
+
+impl Isa {
+    /// The CPU's (a cached feature check).
+    #[inline(always)]
+    pub fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Isa::Avx2Fma;
+            }
+        }
+        Isa::Baseline
+    }
+}
+
 /// Runs `f` with the widest vector instruction set the CPU supports.
 #[inline(always)]
 pub fn fast<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F (checked just above).
-            return unsafe { run_avx512(f) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-            return unsafe { run_avx2(f) };
-        }
+    match Isa::detect() {
+        // SAFETY: the CPU supports AVX-512F (detected).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { run_avx512(f) },
+        // SAFETY: the CPU supports AVX2 and FMA (detected).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma => unsafe { run_avx2(f) },
+        _ => f(),
     }
-    f()
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -10,6 +10,7 @@
 //! other tenants make single rounds vary. A nominal peak (cores x GHz x
 //! lanes x 2 ports x 2) is not used: turbo makes it wrong both ways.
 
+use crate::ops::simd::Isa;
 use serde::Serialize;
 use std::time::Instant;
 
@@ -31,17 +32,14 @@ pub struct PeakResult {
 /// One thread's loop: `iters` x [`CHAINS`] x `lanes` FMAs; returns a value
 /// that depends on every accumulator so the loop cannot be removed.
 fn spin(iters: u64) -> (f32, &'static str, usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked above).
-            return (unsafe { spin_avx512(iters) }, "avx512", 16);
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has AVX2 and FMA (checked above).
-            return (unsafe { spin_avx2(iters) }, "avx2+fma", 8);
-        }
+    match Isa::detect() {
+        // SAFETY: the CPU has AVX-512F (detected).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => return (unsafe { spin_avx512(iters) }, "avx512", 16),
+        // SAFETY: the CPU has AVX2 and FMA (detected).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma => return (unsafe { spin_avx2(iters) }, "avx2+fma", 8),
+        _ => {}
     }
     let mut acc = [0f32; CHAINS];
     let (a, b) = (std::hint::black_box(1.000_000_1f32), 0.999_999_9f32);

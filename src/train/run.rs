@@ -217,7 +217,7 @@ pub fn train_run(cfg: &TrainConfig, dir: &Path, resume: bool, quiet: bool) -> Re
             window.0 += loss * b.n as f64;
             window.1 += count_correct(net.logits(), &b.labels, net.classes());
             window.2 += b.n;
-            opt.step(&mut net.params_mut(), lr);
+            crate::ops::awake::on_warm_pool(|| opt.step(&mut net.params_mut(), lr));
             window.3 += t0.elapsed().as_secs_f64();
             iter += 1;
             let ips = window.2 as f64 / window.3.max(1e-9);
