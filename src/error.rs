@@ -45,6 +45,10 @@ pub enum Error {
     /// A numerical identity that a command promises did not hold.
     #[error("check failed: {0}")]
     Check(String),
+    /// An external program resgrad hands work to (Slurm's `sbatch`,
+    /// `squeue`, ...) is missing or refused: its own message.
+    #[error("{program}: {msg}")]
+    External { program: String, msg: String },
 }
 
 /// `Result` with resgrad's error.

@@ -1,6 +1,7 @@
 //! Subcommands of the `resgrad` binary: each parses its flags and calls the
 //! library.
 
+mod sweep_slurm;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -133,9 +134,11 @@ pub enum Cmd {
         out: PathBuf,
     },
     /// Train a grid of runs (TOML) as separate processes, N at a time,
-    /// resumably; tabulate the median test error over seeds per grid cell.
+    /// resumably, or as a Slurm job array (--slurm); tabulate the median
+    /// test error over seeds per grid cell.
     Sweep {
-        /// the grid file (see experiments/*.toml)
+        /// the grid file (see experiments/*.toml); the sweep's output
+        /// directory with --status, --task or --collect
         grid: PathBuf,
         /// output directory, one sub-directory per run (default runs/<grid name>)
         #[arg(long)]
@@ -143,6 +146,8 @@ pub enum Cmd {
         /// trainings at a time
         #[arg(long, default_value_t = 1)]
         jobs: usize,
+        #[command(flatten)]
+        cluster: sweep_slurm::SlurmArgs,
     },
     /// Training throughput: images/s of full training steps (forward,
     /// backward, SGD momentum) on random CIFAR-shaped batches, and peak memory.
@@ -356,9 +361,12 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Sweep { grid, out, jobs } => {
-            resgrad::sweep::main(&grid, out.as_deref(), jobs, cli.threads)
-        }
+        Cmd::Sweep {
+            grid,
+            out,
+            jobs,
+            cluster,
+        } => sweep_slurm::run(&grid, out.as_deref(), jobs, cli.threads, cluster),
         Cmd::Bench(a) => {
             use resgrad::train::bench::{cifar_spec, run_bench, BenchConfig};
             let spec = match (&a.spec, a.depth) {

@@ -28,7 +28,7 @@ use std::time::Instant;
 pub const DONE: &str = "done.json";
 /// Marker of a run that stopped with a non-zero exit (code, message, stderr tail).
 pub const FAILED: &str = "failed.json";
-const CONFIG: &str = "config.json";
+pub(super) const CONFIG: &str = "config.json";
 const STDERR_TAIL_LINES: usize = 20;
 
 /// How a run ended.
@@ -85,6 +85,9 @@ pub struct SweepOptions {
     pub threads_per_run: Option<usize>,
     /// nothing on stdout (the header and the per-run lines)
     pub quiet: bool,
+    /// a launcher the trainer runs under, program and arguments (e.g.
+    /// `srun --mpi=pmix -n 4` for data-parallel MPI runs); empty: none
+    pub launch: Vec<String>,
 }
 
 /// What a sweep did and found.
@@ -111,7 +114,7 @@ pub struct SweepSummary {
 
 /// What a run directory says before the sweep touches it.
 #[derive(Clone, Debug)]
-enum Prior {
+pub(super) enum Prior {
     Done(RunRecord),
     Diverged(RunRecord),
     /// never started, or errored without a checkpoint
@@ -120,7 +123,7 @@ enum Prior {
     Resume,
 }
 
-fn read_record(path: &Path) -> Result<RunRecord> {
+pub(super) fn read_record(path: &Path) -> Result<RunRecord> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     serde_json::from_str(&text).map_err(|e| Error::Format {
         path: path.into(),
@@ -128,18 +131,18 @@ fn read_record(path: &Path) -> Result<RunRecord> {
     })
 }
 
-fn write_record(path: &Path, r: &RunRecord) -> Result<()> {
+pub(super) fn write_record(path: &Path, r: &RunRecord) -> Result<()> {
     let text = serde_json::to_string_pretty(r).map_err(|e| Error::Config(e.to_string()))?;
     write_atomic(path, format!("{text}\n").as_bytes())
 }
 
-fn to_json(cfg: &TrainConfig) -> Result<String> {
+pub(super) fn to_json(cfg: &TrainConfig) -> Result<String> {
     serde_json::to_string_pretty(cfg).map_err(|e| Error::Config(e.to_string()))
 }
 
 /// Compare a run directory's `config.json` with the planned config (both
 /// through the same JSON text -> value path, so floats compare exactly).
-fn check_config(dir: &Path, cfg: &TrainConfig) -> Result<()> {
+pub(super) fn check_config(dir: &Path, cfg: &TrainConfig) -> Result<()> {
     let p = dir.join(CONFIG);
     let Ok(text) = std::fs::read_to_string(&p) else {
         return Ok(());
@@ -165,7 +168,7 @@ fn check_config(dir: &Path, cfg: &TrainConfig) -> Result<()> {
     Ok(())
 }
 
-fn prior_state(dir: &Path) -> Result<Prior> {
+pub(super) fn prior_state(dir: &Path) -> Result<Prior> {
     let done = dir.join(DONE);
     if done.exists() {
         return Ok(Prior::Done(read_record(&done)?));
@@ -240,14 +243,21 @@ fn signal_of(_: &std::process::ExitStatus) -> Option<i32> {
 }
 
 /// Run one training as a child process and write its marker file.
-fn execute(
+pub(super) fn execute(
     run: &PlannedRun,
     dir: &Path,
     resume: bool,
     opts: &SweepOptions,
     threads: usize,
 ) -> Result<RunRecord> {
-    let mut cmd = Command::new(&opts.exe);
+    let mut cmd = match opts.launch.split_first() {
+        Some((launcher, args)) => {
+            let mut c = Command::new(launcher);
+            c.args(args).arg(&opts.exe);
+            c
+        }
+        None => Command::new(&opts.exe),
+    };
     cmd.arg("--threads").arg(threads.to_string()).arg("train");
     if resume {
         cmd.arg("--resume").arg(dir);
@@ -401,7 +411,7 @@ fn runs_csv(runs: &[PlannedRun], records: &[Option<RunRecord>]) -> String {
     t
 }
 
-fn describe(rec: &RunRecord) -> String {
+pub(super) fn describe(rec: &RunRecord) -> String {
     match rec.status {
         RunStatus::Done => format!(
             "done: test error {:.2}% after {} iterations",

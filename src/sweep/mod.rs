@@ -59,6 +59,7 @@
 
 mod exec;
 mod grid;
+pub mod slurm;
 mod table;
 
 pub use exec::{
@@ -115,6 +116,7 @@ pub fn main(
         exe,
         threads_per_run: threads,
         quiet: false,
+        launch: Vec::new(),
     };
     let s = run_sweep(&grid, &out, &opts)?;
     println!("\n{}", s.table);
