@@ -544,13 +544,29 @@ fn point_states(
                 } else {
                     None
                 };
+                let ended = in_last
+                    .then(|| ended.get(&i))
+                    .flatten()
+                    .filter(|t| !t.completed())
+                    .zip(last);
                 match (in_last.then(|| live.get(&i)).flatten(), marker) {
                     (Some(t), _) => PointState::Queued(t.clone()),
-                    (None, Some(r)) => PointState::Failed(r),
-                    (None, None) => match (in_last.then(|| ended.get(&i)).flatten(), last) {
-                        (Some(t), Some(j)) if !t.completed() => {
-                            PointState::Failed(slurm_failure(id, &dir, j.job_id, i, t))
+                    (None, Some(mut r)) => {
+                        // what Slurm adds (the task was cancelled, timed out, ...)
+                        if let Some((t, j)) = ended {
+                            let s = slurm_failure(id, &dir, j.job_id, i, t).message;
+                            r.message = Some(
+                                [r.message.take(), s]
+                                    .into_iter()
+                                    .flatten()
+                                    .collect::<Vec<_>>()
+                                    .join("; "),
+                            );
                         }
+                        PointState::Failed(r)
+                    }
+                    (None, None) => match ended {
+                        Some((t, j)) => PointState::Failed(slurm_failure(id, &dir, j.job_id, i, t)),
                         _ if matches!(p, Prior::Resume) => PointState::Stopped {
                             iter: checkpoint_iter(&dir),
                         },
