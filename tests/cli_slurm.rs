@@ -484,7 +484,7 @@ fn slurm_array_with_a_requeue_equals_a_local_sweep() {
                 .and_then(|(_, r)| r.split(',').next()?.parse::<u64>().ok())
         })
         .unwrap_or_else(|| panic!("no resume in the requeued task's log:\n{log}"));
-    assert!(resumed >= 100 && resumed < 3000, "{log}");
+    assert!((100..3000).contains(&resumed), "{log}");
     assert!(log.contains("seed=1: done: test error"), "{log}");
     let o = c.cmd("scontrol", &["-o", "show", "job", &task1]);
     let s = String::from_utf8_lossy(&o.stdout);
