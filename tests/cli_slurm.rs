@@ -563,23 +563,104 @@ fn slurm_array_with_a_requeue_equals_a_local_sweep() {
     println!("Slurm test: {:.1?} in all", t_start.elapsed());
 }
 
-/// No sbatch on PATH: exit 2 saying so (no cluster needed).
+/// No sbatch on PATH: exit 2 saying so, the script and run directories
+/// written all the same; then `--task` trains a point of that directory
+/// as an array task would, under a `--launch` prefix (a logging wrapper
+/// here, `srun --mpi=pmix` in the script), and leaves finished points
+/// alone. No cluster needed.
 #[test]
-fn without_sbatch_the_submission_says_so() {
+fn without_sbatch_the_submission_says_so_and_a_task_runs_its_point() {
     let dir = std::env::temp_dir().join(format!("resgrad-nosbatch-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("tiny.toml"), GRID).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_resgrad"))
-        .args(["sweep", "tiny.toml", "--out", "out", "--slurm"])
-        .current_dir(&dir)
-        .env("PATH", dir.join("no-bin"))
-        .output()
-        .unwrap();
+    let cleanup = Tmp(dir.clone());
+    std::fs::write(
+        dir.join("tiny.toml"),
+        GRID.replace("iters = 3000", "iters = 200"),
+    )
+    .unwrap();
+    let resgrad = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_resgrad"))
+            .args(args)
+            .current_dir(&dir)
+            .env("PATH", dir.join("no-bin"))
+            .output()
+            .unwrap()
+    };
+    let o = resgrad(&["sweep", "tiny.toml", "--out", "out", "--slurm"]);
     let s = text(&o);
-    let script = dir.join("out").join("slurm").join("sweep.sbatch").exists();
-    let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(o.status.code(), Some(2), "{s}");
     assert!(s.contains("error: sbatch: not found on PATH"), "{s}");
-    assert!(script, "the script is written all the same");
+    let out = dir.join("out");
+    assert!(out.join("slurm").join("sweep.sbatch").exists(), "{s}");
+    assert!(out.join("seed=1").join("config.json").exists(), "{s}");
+
+    let wrapper = dir.join("launch.sh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho \"$@\" >> {}/launched.txt\nexec \"$@\"\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let o = Command::new("chmod")
+        .arg("+x")
+        .arg(&wrapper)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let launch = wrapper.to_str().unwrap();
+    let task = [
+        "--threads",
+        "2",
+        "sweep",
+        "out",
+        "--task",
+        "seed=1",
+        "--launch",
+        launch,
+    ];
+    let o = resgrad(&task);
+    let s = text(&o);
+    assert!(o.status.success(), "{s}");
+    assert!(
+        s.contains("seed=1 (array task - of job -, restart 0): starting, 2 threads"),
+        "{s}"
+    );
+    assert!(s.contains("seed=1: done: test error"), "{s}");
+    let launched = read(&dir.join("launched.txt"));
+    assert!(
+        launched.starts_with(env!("CARGO_BIN_EXE_resgrad"))
+            && launched.contains(" --threads 2 train --config ")
+            && launched.contains("seed=1"),
+        "{launched}"
+    );
+    let done = read(&out.join("seed=1").join("done.json"));
+    assert!(done.contains("\"iter\": 200"), "{done}");
+    // a finished point is left alone
+    let o = resgrad(&task);
+    let s = text(&o);
+    assert!(
+        o.status.success() && s.contains("): already done: test error"),
+        "{s}"
+    );
+    assert_eq!(read(&dir.join("launched.txt")), launched);
+    // a point the sweep does not have, a grid file instead of the directory
+    let o = resgrad(&["sweep", "out", "--task", "seed=9"]);
+    let s = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{s}");
+    assert!(s.contains("\"seed=9\" is not a point of the sweep"), "{s}");
+    let o = resgrad(&["sweep", "tiny.toml", "--status"]);
+    let s = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{s}");
+    assert!(s.contains("is not a directory"), "{s}");
+    drop(cleanup);
+}
+
+struct Tmp(PathBuf);
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 pub struct SlurmArgs {
     /// hand the grid to Slurm as one job array (one task per grid point)
     /// instead of training here; writes OUT/slurm/sweep.sbatch and submits it
-    #[arg(long, help_heading = "Slurm")]
+    #[arg(long, conflicts_with = "jobs", help_heading = "Slurm")]
     slurm: bool,
     /// partition of the array's tasks
     #[arg(long, requires = "slurm", help_heading = "Slurm")]

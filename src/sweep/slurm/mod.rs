@@ -109,7 +109,14 @@ fn json_err(path: &Path, e: serde_json::Error) -> Error {
 /// Read `DIR/slurm/job.json`.
 pub fn read_record_file(out: &Path) -> Result<SlurmRecord> {
     let p = slurm_dir(out).join(JOB_JSON);
-    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+    let text = std::fs::read_to_string(&p).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::Config(format!(
+            "{} is missing: {} is not a sweep submitted with --slurm",
+            p.display(),
+            out.display()
+        )),
+        _ => Error::io(&p, e),
+    })?;
     serde_json::from_str(&text).map_err(|e| json_err(&p, e))
 }
 
