@@ -406,7 +406,10 @@ fn slurm_array_with_a_requeue_equals_a_local_sweep() {
 
     // 2. requeue task 1 once it has a checkpoint, before it finishes
     let run1 = sl.join("seed=1");
-    c.wait_for("task 1 to write a checkpoint", 60, || data_rows(&run1) >= 1);
+    // (metrics.csv gets its row before the checkpoint is written)
+    c.wait_for("task 1 to write a checkpoint", 60, || {
+        run1.join("checkpoint.safetensors").exists()
+    });
     let at = data_rows(&run1) * 100;
     assert!(
         !run1.join("done.json").exists() && at < 3000,
