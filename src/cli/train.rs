@@ -117,7 +117,7 @@ pub struct TrainArgs {
     /// a saved config.json to repeat (other flags are ignored)
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// mnist5k (built in) | cifar10:DIR | cifar100:DIR | mnist:DIR
+    /// mnist5k (built in) | cifar10:DIR | cifar100:DIR | mnist:DIR | folder:DIR (train/<class>/*.png, test/<class>/*.png) | safetensors:FILE (images, labels, test_images, test_labels)
     #[arg(long, default_value = "mnist5k")]
     pub data: String,
     /// run directory (config.json, metrics.csv, flow.csv, checkpoint)
@@ -217,7 +217,7 @@ impl TrainArgs {
         }
         let data = DataSource::parse(&self.data)?;
         // the image geometry decides in_channels / in_features
-        let (c, feats, classes) = geometry(&data);
+        let (c, feats, classes) = geometry(&data)?;
         let spec = self.model.spec(c, feats, classes)?;
         let settings = Settings {
             data: Some(self.data.clone()),

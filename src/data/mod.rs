@@ -1,5 +1,6 @@
 //! Image classification data: readers for the official CIFAR-10/100 and
-//! MNIST formats, the built-in 5,000-digit MNIST sample, per-channel
+//! MNIST formats, the built-in 5,000-digit MNIST sample, your own data (an
+//! image folder of PNGs or arrays in a safetensors file, see `own.rs`), per-channel
 //! normalisation, the paper's augmentation (pad 4, random crop, random
 //! horizontal flip), a seeded background batch loader and a downloader.
 //!
@@ -38,11 +39,15 @@
 mod augment;
 mod download;
 mod loader;
+mod own;
 mod readers;
 
 pub use augment::{hflip_into, pad_crop_into, Augment};
 pub use download::{download, download_files, remote_files, DataKind, RemoteFile};
 pub use loader::{Batch, EpochIter, EvalIter, Loader};
+pub use own::{
+    arrays_geometry, folder_classes, folder_geometry, read_arrays, read_image_folder, Geometry,
+};
 pub use readers::{
     builtin_mnist5k, cifar_records_from_bytes, idx_images_from_bytes, idx_labels_from_bytes,
     parse_mnist_csv, read_cifar10, read_cifar100, read_mnist, read_mnist_csv, MNIST5K_CSV_GZ,

@@ -11,8 +11,10 @@
 //! then the data section, little-endian, offsets relative to its start.
 //!
 //! resgrad reads and writes the dtypes it uses: `F32`, `F64` (parameters,
-//! activations, gradients) and `I64` (labels, BatchNorm's
-//! `num_batches_tracked`). Any other dtype is a format error.
+//! activations, gradients), `I64` (labels, BatchNorm's
+//! `num_batches_tracked`) and `U8` (8-bit images and labels of a data set
+//! given as arrays, `--data safetensors:FILE`). Any other dtype is a format
+//! error.
 //!
 //! The reader checks: the header length fits the file; the header is a JSON
 //! object without duplicate keys; every entry has a known dtype, a shape of
@@ -45,6 +47,7 @@ pub enum Dtype {
     F32,
     F64,
     I64,
+    U8,
 }
 
 impl Dtype {
@@ -54,6 +57,7 @@ impl Dtype {
             Dtype::F32 => "F32",
             Dtype::F64 => "F64",
             Dtype::I64 => "I64",
+            Dtype::U8 => "U8",
         }
     }
 
@@ -62,6 +66,7 @@ impl Dtype {
         match self {
             Dtype::F32 => 4,
             Dtype::F64 | Dtype::I64 => 8,
+            Dtype::U8 => 1,
         }
     }
 
@@ -71,6 +76,7 @@ impl Dtype {
             "F32" => Some(Dtype::F32),
             "F64" => Some(Dtype::F64),
             "I64" => Some(Dtype::I64),
+            "U8" => Some(Dtype::U8),
             _ => None,
         }
     }
@@ -255,7 +261,7 @@ impl SafeTensors {
                 .map(f64::from)
                 .collect(),
             Dtype::F64 => f64::from_le_bytes_vec(&t.bytes),
-            Dtype::I64 => return Err(self.wrong_dtype(name, t.dtype, "F32 or F64")),
+            Dtype::I64 | Dtype::U8 => return Err(self.wrong_dtype(name, t.dtype, "F32 or F64")),
         };
         Ok((t.shape.clone(), v))
     }
@@ -273,7 +279,7 @@ impl SafeTensors {
                 .into_iter()
                 .map(T::of)
                 .collect(),
-            Dtype::I64 => return Err(self.wrong_dtype(name, t.dtype, "F32 or F64")),
+            Dtype::I64 | Dtype::U8 => return Err(self.wrong_dtype(name, t.dtype, "F32 or F64")),
         };
         Tensor::from_vec(&t.shape, data)
     }

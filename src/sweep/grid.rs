@@ -417,7 +417,7 @@ pub fn build_config(
     let s: Settings = serde_json::from_value(Value::Object(settings))
         .map_err(|e| Error::Config(format!("settings: {e}")))?;
     let data = DataSource::parse(s.data.as_deref().unwrap_or("mnist5k"))?;
-    let (c, feats, classes) = geometry(&data);
+    let (c, feats, classes) = geometry(&data)?;
     let mlp = spec.get("arch").and_then(Value::as_str) == Some("mlp");
     spec.entry("in_channels").or_insert(Value::from(c));
     spec.entry("classes").or_insert(Value::from(classes));

@@ -19,6 +19,10 @@ pub enum DataSource {
     Cifar10(PathBuf),
     Cifar100(PathBuf),
     Mnist(PathBuf),
+    /// an image folder: `DIR/{train,test}/<class>/*.png` (torchvision's ImageFolder)
+    Folder(PathBuf),
+    /// a safetensors file with `images`, `labels`, `test_images`, `test_labels`
+    Arrays(PathBuf),
 }
 
 impl TryFrom<String> for DataSource {
@@ -41,19 +45,22 @@ impl std::fmt::Display for DataSource {
             DataSource::Cifar10(p) => write!(f, "cifar10:{}", p.display()),
             DataSource::Cifar100(p) => write!(f, "cifar100:{}", p.display()),
             DataSource::Mnist(p) => write!(f, "mnist:{}", p.display()),
+            DataSource::Folder(p) => write!(f, "folder:{}", p.display()),
+            DataSource::Arrays(p) => write!(f, "safetensors:{}", p.display()),
         }
     }
 }
 
 impl DataSource {
-    /// `mnist5k`, `cifar10:DIR`, `cifar100:DIR` or `mnist:DIR`.
+    /// `mnist5k`, `cifar10:DIR`, `cifar100:DIR`, `mnist:DIR`, `folder:DIR`
+    /// or `safetensors:FILE`.
     pub fn parse(s: &str) -> Result<Self> {
         if s == "mnist5k" {
             return Ok(DataSource::Mnist5k);
         }
         let (kind, dir) = s.split_once(':').ok_or_else(|| {
             Error::Config(format!(
-                "data source {s:?}: expected mnist5k, cifar10:DIR, cifar100:DIR or mnist:DIR"
+                "data source {s:?}: expected mnist5k, cifar10:DIR, cifar100:DIR, mnist:DIR, folder:DIR or safetensors:FILE"
             ))
         })?;
         if dir.is_empty() {
@@ -66,8 +73,13 @@ impl DataSource {
             "cifar10" => Ok(DataSource::Cifar10(p)),
             "cifar100" => Ok(DataSource::Cifar100(p)),
             "mnist" => Ok(DataSource::Mnist(p)),
+            "folder" => Ok(DataSource::Folder(p)),
+            "safetensors" => Ok(DataSource::Arrays(p)),
+            "npz" => Err(Error::Config(format!(
+                "data source {s:?}: .npz is not read; save the arrays as safetensors (images, labels, test_images, test_labels: see the README) and give safetensors:FILE"
+            ))),
             _ => Err(Error::Config(format!(
-                "unknown data set {kind:?} (cifar10, cifar100, mnist, mnist5k)"
+                "unknown data set {kind:?} (cifar10, cifar100, mnist, mnist5k, folder, safetensors)"
             ))),
         }
     }
@@ -79,10 +91,13 @@ impl DataSource {
             DataSource::Cifar10(p) => data::read_cifar10(p),
             DataSource::Cifar100(p) => data::read_cifar100(p),
             DataSource::Mnist(p) => data::read_mnist(p),
+            DataSource::Folder(p) => data::read_image_folder(p),
+            DataSource::Arrays(p) => data::read_arrays(p),
         }
     }
 
-    /// The paper's augmentation for CIFAR; none for digits.
+    /// The paper's augmentation for CIFAR; none for digits and for your own
+    /// data (turn it on in a config file if your images suit it).
     pub fn default_augment(&self) -> Augment {
         match self {
             DataSource::Cifar10(_) | DataSource::Cifar100(_) => Augment::cifar(),

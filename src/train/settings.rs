@@ -159,7 +159,7 @@ impl Settings {
         }
         // iterations: `iters`, or `epochs` times the batches per epoch (an
         // estimate from the data set's size: the loader checks the real one)
-        let train_images = train_images(&cfg.data).saturating_sub(cfg.val);
+        let train_images = train_images(&cfg.data)?.saturating_sub(cfg.val);
         let per_epoch = (train_images / cfg.batch.max(1)) as u64;
         match (s.iters, s.epochs) {
             (Some(_), Some(_)) => {
@@ -184,19 +184,26 @@ impl Settings {
     }
 }
 
-/// Image geometry of a data source: (channels, features per image, classes).
-pub fn geometry(data: &DataSource) -> (usize, usize, usize) {
-    match data {
+/// Image geometry of a data source: (channels, features per image,
+/// classes). Your own data are looked at (folder: class folders and the
+/// first image's header; arrays: the file's shapes and labels).
+pub fn geometry(data: &DataSource) -> Result<(usize, usize, usize)> {
+    let own = |g: crate::data::Geometry| (g.c, g.c * g.h * g.w, g.classes);
+    Ok(match data {
         DataSource::Mnist5k | DataSource::Mnist(_) => (1, 784, 10),
         DataSource::Cifar10(_) => (3, 3072, 10),
         DataSource::Cifar100(_) => (3, 3072, 100),
-    }
+        DataSource::Folder(p) => own(crate::data::folder_geometry(p)?),
+        DataSource::Arrays(p) => own(crate::data::arrays_geometry(p)?),
+    })
 }
 
-fn train_images(data: &DataSource) -> usize {
-    match data {
+fn train_images(data: &DataSource) -> Result<usize> {
+    Ok(match data {
         DataSource::Mnist5k => 4000,
         DataSource::Cifar10(_) | DataSource::Cifar100(_) => 50_000,
         DataSource::Mnist(_) => 60_000,
-    }
+        DataSource::Folder(p) => crate::data::folder_geometry(p)?.train_n,
+        DataSource::Arrays(p) => crate::data::arrays_geometry(p)?.train_n,
+    })
 }
