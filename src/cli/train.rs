@@ -186,6 +186,12 @@ pub struct TrainArgs {
     /// scale the last layer of every branch at initialisation
     #[arg(long, default_value_t = 1.0)]
     pub branch_init_scale: f64,
+    /// write a steps.csv row (loss, lr, gradient norm, images/s) every N iterations (0: none)
+    #[arg(long, default_value_t = 1)]
+    pub log_every: u64,
+    /// also write TensorBoard event files (steps, evaluations, probe norms) into this directory
+    #[arg(long)]
+    pub tensorboard: Option<PathBuf>,
     /// no progress output
     #[arg(long)]
     pub quiet: bool,
@@ -244,7 +250,9 @@ impl TrainArgs {
             max_grad_norm: Some(self.max_grad_norm),
             branch_init_scale: Some(self.branch_init_scale),
         };
-        let cfg = settings.build(&spec.label(), spec, data)?;
+        let mut cfg = settings.build(&spec.label(), spec, data)?;
+        cfg.log_every = self.log_every;
+        cfg.tensorboard = self.tensorboard.clone();
         let out = self
             .out
             .clone()

@@ -1,7 +1,10 @@
 //! File I/O: the safetensors format (weights, checkpoints, PyTorch parity
-//! fixtures) and the one way resgrad writes any file, [`write_atomic`].
+//! fixtures), TensorBoard event files and the one way resgrad writes any
+//! file, [`write_atomic`] (logs that grow, `metrics.csv` and the event
+//! files, are appended whole records at a time instead).
 
 pub mod safetensors;
+pub mod tensorboard;
 
 pub use self::safetensors::{Dtype, NamedTensor, SafeTensors};
 

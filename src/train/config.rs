@@ -133,6 +133,16 @@ pub struct TrainConfig {
     /// scale of the last weight layer of every residual branch at
     /// initialisation (1: He init; < 1 makes the shortcut's direct term dominate)
     pub branch_init_scale: f64,
+    /// a `steps.csv` row every this many iterations (0: no steps.csv)
+    #[serde(default = "one")]
+    pub log_every: u64,
+    /// also write TensorBoard event files into this directory
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tensorboard: Option<PathBuf>,
+}
+
+fn one() -> u64 {
+    1
 }
 
 impl TrainConfig {
@@ -156,6 +166,8 @@ impl TrainConfig {
             eval_every: 0,
             max_grad_norm: 1e8,
             branch_init_scale: 1.0,
+            log_every: 1,
+            tensorboard: None,
         }
     }
 

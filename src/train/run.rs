@@ -12,6 +12,7 @@ use super::metrics::{
 };
 use super::optim::Sgd;
 use super::progress::Progress;
+use super::steplog::StepLog;
 use crate::data::{Batch, Dataset, Loader};
 use crate::error::{Error, Result};
 use crate::io::write_atomic;
@@ -154,6 +155,7 @@ pub fn train_run(cfg: &TrainConfig, dir: &Path, resume: bool, quiet: bool) -> Re
             }
         }
     }
+    let mut steplog = StepLog::open(cfg, dir, (resume && iter > 0).then_some(iter))?;
     let cfg_json = serde_json::to_string_pretty(cfg).map_err(|e| Error::Config(e.to_string()))?;
     write_atomic(&dir.join("config.json"), cfg_json.as_bytes())?;
 
@@ -228,6 +230,16 @@ pub fn train_run(cfg: &TrainConfig, dir: &Path, resume: bool, quiet: bool) -> Re
                 window.1 as f64 / window.2.max(1) as f64,
                 ips,
             );
+            let probed = probe.then_some(&flow_last[..]);
+            steplog.step(
+                iter,
+                loss,
+                lr,
+                &mut net,
+                b.n,
+                t0.elapsed().as_secs_f64(),
+                probed,
+            )?;
             batches.recycle(b);
             if iter % eval_every == 0 || iter == cfg.iters {
                 let (test_loss, test_acc) = evaluate(&mut net, &data.eval, cfg.batch)?;
@@ -244,6 +256,7 @@ pub fn train_run(cfg: &TrainConfig, dir: &Path, resume: bool, quiet: bool) -> Re
                     wall_s,
                 };
                 append_lines(&metrics_path, METRICS_HEADER, &last.csv_line())?;
+                steplog.evaluation(&last)?;
                 checkpoint::save(&ckpt_path, cfg, &mut net, &opt, iter, wall_s)?;
                 progress.println(&format!(
                     "{}: iter {iter} epoch {:.2}: train loss {:.4} acc {:.2}%, test loss {test_loss:.4} acc {:.2}%, {ips:.0} img/s",

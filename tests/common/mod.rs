@@ -73,7 +73,8 @@ pub const TIMING_COLUMNS: [usize; 2] = [7, 8]; // images_per_s, wall_s
 
 /// Assert two run directories hold the same results bit for bit:
 /// checkpoint tensors and metadata (except `wall_s`), every metrics column
-/// except the timing ones, flow.csv and config.json byte for byte.
+/// except the timing ones, steps.csv but for images_per_s, flow.csv and
+/// config.json byte for byte.
 pub fn assert_same_run(a: &Path, b: &Path) {
     let ca = SafeTensors::read(&a.join("checkpoint.safetensors")).unwrap();
     let cb = SafeTensors::read(&b.join("checkpoint.safetensors")).unwrap();
@@ -101,6 +102,19 @@ pub fn assert_same_run(a: &Path, b: &Path) {
                 assert_eq!(x, y, "metrics column {i} of row {ra:?} vs {rb:?}");
             }
         }
+    }
+    // steps.csv: one row per iteration, equal but for images_per_s
+    let steps = |d: &Path| -> Vec<String> {
+        std::fs::read_to_string(d.join("steps.csv"))
+            .unwrap()
+            .lines()
+            .map(|l| l.rsplit_once(',').map_or(l, |(k, _)| k).to_string())
+            .collect()
+    };
+    let (sa, sb) = (steps(a), steps(b));
+    assert_eq!(sa.len(), sb.len(), "steps.csv rows");
+    for (ra, rb) in sa.iter().zip(&sb) {
+        assert_eq!(ra, rb, "steps.csv row");
     }
     for f in ["flow.csv", "config.json"] {
         let fa = std::fs::read(a.join(f)).unwrap();
