@@ -122,7 +122,10 @@ fn split_files(root: &Path, split: &str) -> Result<(Vec<String>, Vec<Vec<PathBuf
 }
 
 /// Both splits' files, with the class sets checked to agree.
-fn folder_files(root: &Path) -> Result<(Vec<String>, [Vec<Vec<PathBuf>>; 2])> {
+/// Per class, its files.
+type ClassFiles = Vec<Vec<PathBuf>>;
+
+fn folder_files(root: &Path) -> Result<(Vec<String>, [ClassFiles; 2])> {
     if !root.is_dir() {
         return Err(format_err(root, "image folder: not a directory"));
     }
@@ -664,7 +667,8 @@ mod tests {
     #[test]
     fn malformed_arrays_name_the_problem() {
         let t = TempDir::new("arrays-bad");
-        let cases: Vec<(Box<dyn FnOnce(&mut SafeTensors)>, &str)> = vec![
+        type Tweak = Box<dyn FnOnce(&mut SafeTensors)>;
+        let cases: Vec<(Tweak, &str)> = vec![
             (
                 Box::new(|st: &mut SafeTensors| {
                     st.tensors.remove("test_labels");

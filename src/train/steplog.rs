@@ -130,7 +130,7 @@ impl StepLog {
         w.1 += 1;
         w.2 += images;
         w.3 += secs;
-        if iter % self.every != 0 {
+        if !iter.is_multiple_of(self.every) {
             return Ok(());
         }
         let mean_loss = w.0 / w.1 as f64;
