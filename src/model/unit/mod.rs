@@ -42,10 +42,12 @@ use rand::Rng;
 
 mod build;
 mod plan;
+mod reference;
 mod steps;
 #[cfg(test)]
 mod tests;
 
+pub use reference::Reference;
 use steps::{backward_steps, bn_of};
 pub(crate) use steps::{step_backward, step_forward};
 
@@ -156,6 +158,7 @@ impl<T> UnitGrads<T> {
 }
 
 /// One residual unit with its parameters and its activation buffers.
+#[derive(Clone)]
 pub struct Unit<T> {
     pub index: usize,
     pub kind: UnitKind,
