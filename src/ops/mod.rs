@@ -26,6 +26,8 @@ pub mod dropout;
 pub mod elementwise;
 pub mod fused;
 pub mod linear;
+pub mod mix;
+pub mod norms;
 pub mod par;
 pub mod pool;
 pub mod shortcut_a;

@@ -33,21 +33,10 @@ use crate::scalar::Scalar;
 use crate::tensor::{dot, norm};
 use rand::Rng;
 
-/// A BN-ReLU step back as its two plain steps.
-fn unfuse(steps: &[Step]) -> Vec<Step> {
-    steps
-        .iter()
-        .flat_map(|&s| match s {
-            Step::BnRelu(i) => vec![Step::Bn(i), Step::Relu],
-            s => vec![s],
-        })
-        .collect()
-}
-
 /// The stored intermediates of one plain run of a unit.
 pub struct Reference<T> {
-    steps: Vec<Step>, // the branch, unfused
-    post: Vec<Step>,  // after the addition, unfused
+    steps: Vec<Step>, // the branch, as the spec gives it (no BN-ReLU step)
+    post: Vec<Step>,  // after the addition, likewise
     pre_idx: Option<usize>,
     geoms: Vec<Geom>, // output geometry of each branch step
     n: usize,
@@ -63,18 +52,9 @@ pub struct Reference<T> {
 }
 
 impl<T: Scalar> Reference<T> {
-    /// The plain executor for `u` (its steps unfused, nothing planned).
+    /// The plain executor for `u` (its steps as the spec gives them).
     pub fn new(u: &Unit<T>) -> Self {
-        let steps = unfuse(&u.steps);
-        // the pre-activation pointer moves with the unfusing: at a fused
-        // BN-ReLU it meant the ReLU, which is now the step after the BN
-        let pre_idx = u.pre_idx.map(|p| {
-            let before: usize = u.steps[..p]
-                .iter()
-                .map(|s| 1 + usize::from(matches!(s, Step::BnRelu(_))))
-                .sum();
-            before + usize::from(matches!(u.steps[p], Step::BnRelu(_)))
-        });
+        let steps = u.steps.clone();
         let mut geoms = Vec::with_capacity(steps.len());
         let mut g = u.in_geom;
         for s in &steps {
@@ -85,8 +65,8 @@ impl<T: Scalar> Reference<T> {
         }
         Reference {
             steps,
-            post: unfuse(&u.post),
-            pre_idx,
+            post: u.post.clone(),
+            pre_idx: u.pre_idx,
             geoms,
             n: 0,
             acts: vec![],
