@@ -572,7 +572,6 @@ impl<T: Scalar> BnLayer<T> {
     /// Training mode, fused with a residual addition and the ReLU after it:
     /// `out = max(0, h + BN(inp))` in one pass once the batch statistics are
     /// known (the BN output is not stored; the backward needs only `inp`).
-    #[allow(clippy::too_many_arguments)]
     pub fn forward_add_relu_train(
         &mut self,
         out: &mut [T],

@@ -30,6 +30,7 @@ pub mod mix;
 pub mod norms;
 pub mod par;
 pub mod pool;
+pub mod sgd;
 pub mod shortcut_a;
 pub mod simd;
 pub mod softmax_ce;

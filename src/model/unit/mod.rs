@@ -60,7 +60,7 @@ mod tests;
 pub use crate::ops::mix::Mix;
 pub use plan::{Plan, ShortcutGrad};
 pub use reference::Reference;
-use steps::{backward_steps, bn_of, Layers, StepsBackward};
+use steps::{backward_steps, bn_of, Layers, Saved, StepsBackward};
 use steps::{step_backward, step_forward};
 
 /// One step of a branch (or of `post`).
@@ -556,17 +556,12 @@ impl<T: Scalar> Unit<T> {
                     bns: &mut self.bns,
                     ws,
                 };
-                let saved = (inp, a.post[i].as_slice());
-                step_backward(
-                    plan.post[i],
-                    Accum::Add,
-                    dinp,
-                    dout,
-                    saved,
-                    n,
-                    self.out_geom,
-                    layers,
-                )?;
+                let saved = Saved {
+                    inp,
+                    out: &a.post[i],
+                    gin: self.out_geom,
+                };
+                step_backward(plan.post[i], Accum::Add, dinp, dout, saved, n, layers)?;
             }
         }
         let dsum: &[T] = if plan.post.is_empty() { dy } else { &d.dsum };

@@ -18,6 +18,7 @@
 //!
 //! [`Plan`]: super::plan::Plan
 
+use super::steps::Saved;
 use super::{Mix, ShortcutPath, Step, Unit, UnitFlow};
 use crate::error::Result;
 use crate::model::layers::Geom;
@@ -90,14 +91,12 @@ impl<T: Scalar> Reference<T> {
     }
 
     /// `out = step(inp)`, the plain op.
-    #[allow(clippy::too_many_arguments)]
     fn step_forward(
         &mut self,
         u: &mut Unit<T>,
         step: Step,
         out: &mut [T],
-        inp: &[T],
-        gin: Geom,
+        (inp, gin): (&[T], Geom),
         train: bool,
         ws: &mut ConvWorkspace<T>,
     ) -> Result<()> {
@@ -138,16 +137,12 @@ impl<T: Scalar> Reference<T> {
     }
 
     /// `dinp += step'(inp)^T dout`, the plain op (training mode).
-    #[allow(clippy::too_many_arguments)]
     fn step_backward(
         &self,
         u: &mut Unit<T>,
         step: Step,
-        dinp: &mut [T],
-        dout: &[T],
-        inp: &[T],
-        out: &[T],
-        gin: Geom,
+        (dinp, dout): (&mut [T], &[T]),
+        Saved { inp, out, gin }: Saved<T>,
         ws: &mut ConvWorkspace<T>,
     ) -> Result<()> {
         let n = self.n;
@@ -204,7 +199,7 @@ impl<T: Scalar> Reference<T> {
             } else {
                 (done[s - 1].as_slice(), self.geoms[s - 1])
             };
-            self.step_forward(u, self.steps[s], &mut rest[0], inp, gin, train, ws)?;
+            self.step_forward(u, self.steps[s], &mut rest[0], (inp, gin), train, ws)?;
         }
         self.acts = acts;
         // the shortcut h(x)
@@ -257,7 +252,7 @@ impl<T: Scalar> Reference<T> {
             let (done, rest) = post_acts.split_at_mut(i);
             let inp = if i == 0 { &self.sum } else { &done[i - 1] };
             let inp = inp.clone();
-            self.step_forward(u, self.post[i], &mut rest[0], &inp, u.out_geom, train, ws)?;
+            self.step_forward(u, self.post[i], &mut rest[0], (&inp, u.out_geom), train, ws)?;
         }
         self.post_acts = post_acts;
         Ok(())
@@ -266,7 +261,6 @@ impl<T: Scalar> Reference<T> {
     /// Backward through branch steps `0..=top` from `dtop` (the gradient of
     /// step `top`'s output): `dx += J^T dtop`, every gradient zeroed and
     /// accumulated.
-    #[allow(clippy::too_many_arguments)]
     fn steps_backward(
         &self,
         u: &mut Unit<T>,
@@ -288,7 +282,12 @@ impl<T: Scalar> Reference<T> {
             } else {
                 (&mut lo[s - 1], &self.acts[s - 1], self.geoms[s - 1])
             };
-            self.step_backward(u, self.steps[s], dinp, dout, inp, &self.acts[s], gin, ws)?;
+            let saved = Saved {
+                inp,
+                out: &self.acts[s],
+                gin,
+            };
+            self.step_backward(u, self.steps[s], (dinp, dout), saved, ws)?;
         }
         Ok(())
     }
@@ -314,16 +313,12 @@ impl<T: Scalar> Reference<T> {
                 &self.post_acts[i - 1]
             };
             let mut dinp = vec![T::zero(); out];
-            self.step_backward(
-                u,
-                self.post[i],
-                &mut dinp,
-                &ds,
+            let saved = Saved {
                 inp,
-                &self.post_acts[i],
-                u.out_geom,
-                ws,
-            )?;
+                out: &self.post_acts[i],
+                gin: u.out_geom,
+            };
+            self.step_backward(u, self.post[i], (&mut dinp, &ds), saved, ws)?;
             ds = dinp;
         }
         // the mix's derivatives, as the table says; `dh` is the shortcut's

@@ -37,19 +37,26 @@ pub(super) fn step_forward<T: Scalar>(
     }
 }
 
+/// What a step's backward reads of its forward: its input (of geometry
+/// `gin`) and its output.
+pub(super) struct Saved<'a, T> {
+    pub inp: &'a [T],
+    pub out: &'a [T],
+    pub gin: Geom,
+}
+
 /// Run one step backward: `dinp += step'(inp)^T dout` (`=` with
-/// [`Accum::Set`]); `saved` is the step's (input, output).
-#[allow(clippy::too_many_arguments)]
+/// [`Accum::Set`]).
 pub(super) fn step_backward<T: Scalar>(
     step: Step,
     accum: Accum,
     dinp: &mut [T],
     dout: &[T],
-    (inp, out): (&[T], &[T]),
+    saved: Saved<T>,
     n: usize,
-    gin: Geom,
     l: Layers<T>,
 ) -> Result<()> {
+    let Saved { inp, out, gin } = saved;
     match step {
         Step::Conv(i) => l.convs[i].backward_to(accum, Some(dinp), dout, inp, n, gin, l.ws),
         Step::Bn(i) => l.bns[i].backward_to(accum, dinp, dout, inp, n, gin),
@@ -202,16 +209,12 @@ pub(super) fn backward_steps<T: Scalar>(
             bns: &mut *l.bns,
             ws: &mut *l.ws,
         };
-        step_backward(
-            steps[s],
-            accum,
-            dinp,
-            dout,
-            (inp, &b.acts[s]),
-            n,
+        let saved = Saved {
+            inp,
+            out: &b.acts[s],
             gin,
-            layers,
-        )?;
+        };
+        step_backward(steps[s], accum, dinp, dout, saved, n, layers)?;
     }
     Ok(())
 }

@@ -601,7 +601,6 @@ fn grow(v: &mut Vec<f32>, len: usize) {
 /// the output (`out = res + conv` with a residual `res`); with `planes`
 /// (N, cout), each image's output plane sums, taken while the image is in
 /// cache. Shapes as validated by `mod.rs`; `use_for_forward(s)` must hold.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn forward(
     out: &mut [f32],
     res: Option<&[f32]>,
