@@ -524,8 +524,9 @@ fn backward_checked<T: Scalar>(
     }
 }
 
-/// Hands a backward to the direct f32 kernels (`direct::applies::<T>` holds,
-/// so `T` is `f32` and every cast succeeds); `None` halves are skipped.
+/// Hands a backward to the direct f32 kernels (the caller checked
+/// `direct::use_for_*::<T>`, so `T` is `f32` and every cast succeeds);
+/// `None` halves are skipped.
 #[allow(clippy::too_many_arguments)]
 fn direct_backward<T: Scalar>(
     accum: Accum,
