@@ -330,7 +330,6 @@ pub(crate) fn train_stats<T: Scalar>(
 /// BN, `+` and ReLU; the BN output is never stored). Each operation is the
 /// plain ops' own expression in their order, so the result is bitwise
 /// theirs. Lengths are the caller's (`out`, `h`, `x`: (N, C, HW)).
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn normalise_add_act<T: Scalar, const RELU: bool>(
     out: &mut [T],
     h: &[T],
@@ -672,7 +671,6 @@ pub fn batchnorm_backward_coefs<T: Scalar>(
 
 /// The elementwise half: `dinp = k * (dy - a - (inp - mean) * b)` with
 /// `coef` from [`batchnorm_backward_coefs`] (`dinp` overwritten).
-#[allow(clippy::too_many_arguments)]
 pub fn batchnorm_backward_dx<T: Scalar>(
     dinp: &mut [T],     // (N, C, HW)
     dout: &[T],         // (N, C, HW)
