@@ -10,7 +10,7 @@ use resgrad::io::safetensors::SafeTensors;
 use resgrad::model::Spec;
 use resgrad::probe::write_flow_csv;
 use resgrad::train::flow::{flow_study, FlowData};
-use resgrad::train::{train_run, DataSource, TrainConfig};
+use resgrad::train::{train_run_on, DataSource, TrainConfig};
 use resgrad::Result;
 use std::path::PathBuf;
 
@@ -206,7 +206,13 @@ pub enum DataCmd {
 }
 
 pub fn run(cli: Cli) -> Result<()> {
-    if let Some(t) = cli.threads {
+    // R ranks on one machine share its cores (unless --threads says otherwise)
+    let threads = cli.threads.or_else(|| {
+        let local = resgrad::dist::local_ranks()?;
+        let cores = std::thread::available_parallelism().ok()?.get();
+        Some((cores / local.max(1)).max(1))
+    });
+    if let Some(t) = threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(t.max(1))
             .build_global()
@@ -274,12 +280,18 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Train(args) => {
             let (cfg, dir, resume) = args.config()?;
-            let out = train_run(&cfg, &dir, resume, args.quiet)?;
+            // MPI's world when started by mpirun / srun (the `mpi` feature)
+            let comm = resgrad::dist::from_env()?;
+            let lead = comm.rank() == 0;
+            let out = train_run_on(&cfg, &dir, resume, args.quiet, comm)?;
             if let Some(msg) = out.diverged {
                 return Err(Error::Diverged {
                     iter: out.iter,
                     msg,
                 });
+            }
+            if !lead {
+                return Ok(());
             }
             println!(
                 "{}: finished {} iterations: test accuracy {:.2}%, loss {:.4}; run in {}",
