@@ -346,3 +346,120 @@ fn global_flow_rows(
     });
     rows
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dist::Single;
+    use crate::gradcheck::Rand;
+    use crate::model::Spec;
+    use crate::train::DataSource;
+
+    fn mlp(bn: bool) -> Spec {
+        Spec::from_json(&format!(
+            r#"{{"arch":"mlp","in_features":6,"hidden":8,"units":3,"classes":4,"unit":"full_preact","shortcut":{{"kind":"identity"}},"batchnorm":{bn}}}"#
+        ))
+        .unwrap()
+    }
+
+    fn batch(n: usize, seed: u64) -> Batch {
+        let mut r = Rand::new(seed);
+        Batch {
+            images: r.normal_vec(n * 6).iter().map(|&v| v as f32).collect(),
+            labels: (0..n).map(|_| r.usize_below(4)).collect(),
+            n,
+            c: 6,
+            h: 1,
+            w: 1,
+            epoch: 0,
+            index: 0,
+        }
+    }
+
+    fn grads(net: &mut Net<f32>) -> Vec<Vec<f32>> {
+        net.params_mut().iter().map(|p| p.grad.clone()).collect()
+    }
+
+    /// The backward hands every parameter over exactly once, in the groups
+    /// of `param_groups_mut`, with its gradient already final.
+    #[test]
+    fn groups_come_final_and_complete() {
+        for bn in [false, true] {
+            let b = batch(8, 1);
+            let mut net: Net<f32> = Net::new(&mlp(bn), 1, 0).unwrap();
+            let mut seen: Vec<(usize, Vec<String>, Vec<Vec<f32>>)> = vec![];
+            net.zero_grad();
+            net.forward_backward_with(&b.images, &b.labels, false, &mut |g, ps| {
+                seen.push((
+                    g,
+                    ps.iter().map(|p| p.name.clone()).collect(),
+                    ps.iter().map(|p| p.grad.clone()).collect(),
+                ))
+            })
+            .unwrap();
+            let groups = net.param_groups_mut();
+            assert_eq!(seen.len(), groups.len());
+            let mut all = vec![];
+            for (k, (g, names, gr)) in seen.iter().enumerate() {
+                assert_eq!(*g, k, "groups in backward order");
+                let want: Vec<String> = groups[k].iter().map(|p| p.name.clone()).collect();
+                assert_eq!(names, &want);
+                for (p, gv) in groups[k].iter().zip(gr) {
+                    assert_eq!(&p.grad, gv, "{} changed after it was handed over", p.name);
+                }
+                all.extend(names.clone());
+            }
+            drop(groups);
+            let mut names: Vec<String> = net.params_mut().iter().map(|p| p.name.clone()).collect();
+            names.sort();
+            all.sort();
+            assert_eq!(all, names, "every parameter exactly once");
+        }
+    }
+
+    /// One process in 2 BatchNorm groups: without BN the same gradients as
+    /// the whole batch (the two halves' mean-loss gradients averaged), with
+    /// BN different ones; the running statistics keep the first group's.
+    #[test]
+    fn pieces_average_the_halves() {
+        let b = batch(8, 2);
+        for bn in [false, true] {
+            let spec = mlp(bn);
+            let mut cfg = TrainConfig::new("t", spec.clone(), DataSource::Mnist5k);
+            cfg.batch = 8;
+            let mut plain_net: Net<f32> = Net::new(&spec, 1, 0).unwrap();
+            let mut plain = Parallel::new(Arc::new(Single), &cfg, &mut plain_net).unwrap();
+            let a = plain.step(&mut plain_net, &b, true, 0, 1e8).unwrap();
+            cfg.bn_groups = 2;
+            let mut net: Net<f32> = Net::new(&spec, 1, 0).unwrap();
+            let mut two = Parallel::new(Arc::new(Single), &cfg, &mut net).unwrap();
+            assert!(!two.is_plain());
+            let o = two.step(&mut net, &b, true, 0, 1e8).unwrap();
+            let (ga, gb) = (grads(&mut plain_net), grads(&mut net));
+            let d = ga
+                .iter()
+                .flatten()
+                .zip(gb.iter().flatten())
+                .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+            if bn {
+                assert!(d > 1e-4, "BN over halves must differ: {d}");
+                // the first half's statistics
+                let mut half: Net<f32> = Net::new(&spec, 1, 0).unwrap();
+                half.forward_backward(&b.images[..4 * 6], &b.labels[..4], false)
+                    .unwrap();
+                for (p, q) in half.buffers_mut().iter().zip(net.buffers_mut().iter()) {
+                    assert_eq!(p.0.value, q.0.value);
+                }
+            } else {
+                assert!(d < 1e-6, "no BN: the same gradient, max diff {d}");
+                assert!((a.loss_sum - o.loss_sum).abs() < 1e-5);
+                for (x, y) in a.flow.iter().zip(&o.flow) {
+                    assert!((x.grad_norm - y.grad_norm).abs() <= 1e-5 * x.grad_norm);
+                    let (cx, cy) = (x.cosine.unwrap_or(0.0), y.cosine.unwrap_or(0.0));
+                    assert!((cx - cy).abs() < 1e-4, "{cx} vs {cy}");
+                }
+            }
+            assert_eq!(o.seen, 8);
+        }
+    }
+}
