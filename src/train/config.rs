@@ -178,7 +178,7 @@ impl TrainConfig {
                 self.batch
             ));
         }
-        if self.bn_groups > 1 && self.batch % self.bn_groups != 0 {
+        if self.bn_groups > 1 && !self.batch.is_multiple_of(self.bn_groups) {
             return bad(format!(
                 "batch {} is not a multiple of bn_groups {}",
                 self.batch, self.bn_groups

@@ -47,19 +47,19 @@ impl Parallel {
     /// Checks the batch against the ranks and the BatchNorm groups.
     pub fn new(comm: Arc<dyn Comm>, cfg: &TrainConfig, net: &mut Net<f32>) -> Result<Self> {
         let (r, b) = (comm.size(), cfg.batch);
-        if b % r != 0 {
+        if !b.is_multiple_of(r) {
             return Err(Error::Config(format!(
                 "--batch {b} is not a multiple of the {r} ranks: every rank takes B/R images of each step"
             )));
         }
         let groups = if cfg.bn_groups == 0 { r } else { cfg.bn_groups };
         let sync_bn = groups == 1 && r > 1;
-        if !sync_bn && groups % r != 0 {
+        if !sync_bn && !groups.is_multiple_of(r) {
             return Err(Error::Config(format!(
                 "bn_groups {groups} is neither 1 (sync-BN) nor a multiple of the {r} ranks"
             )));
         }
-        if b % groups != 0 {
+        if !b.is_multiple_of(groups) {
             return Err(Error::Config(format!(
                 "--batch {b} is not a multiple of bn_groups {groups}"
             )));

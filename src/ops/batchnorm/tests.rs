@@ -534,6 +534,9 @@ fn shape_errors_name_the_layer() {
     );
 }
 
+/// (out, dx, dgamma, dbeta, running mean, running var) of one BN training step.
+type Step = (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
+
 /// Two "processes" (threads) that each hold half of a batch and complete
 /// their per-channel sums through a shared accumulator: what an MPI
 /// allreduce does for `across_shards`, in-process.
@@ -664,10 +667,7 @@ fn across_shards_is_the_whole_batch() {
                 );
             }
         };
-        let cat =
-            |f: fn(&(Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>)) -> &Vec<f64>| {
-                [f(&parts[0]).clone(), f(&parts[1]).clone()].concat()
-            };
+        let cat = |f: fn(&Step) -> &Vec<f64>| [f(&parts[0]).clone(), f(&parts[1]).clone()].concat();
         close(&cat(|p| &p.0), &full.0, "out");
         close(&cat(|p| &p.1), &full.1, "dx");
         let add = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x + y).collect::<Vec<_>>();
