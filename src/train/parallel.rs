@@ -20,6 +20,7 @@ use crate::ops::batchnorm::{across_shards, ShardSum};
 use crate::probe::{flow_rows, FlowRow};
 use crate::tensor::norm;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// What the ranks do with each step.
 pub struct Parallel {
@@ -92,6 +93,29 @@ impl Parallel {
     /// all steps so far (the allreduce time the backward did not hide).
     pub fn exposed_s(&self) -> f64 {
         self.pack.exposed_s
+    }
+
+    /// Seconds one step's gradient sums take with nothing to hide them
+    /// behind (every group handed over at once; the median of `reps`): the
+    /// denominator of the share [`Parallel::exposed_s`] leaves visible.
+    /// Collective: every rank calls it.
+    pub fn allreduce_alone_s(&mut self, reps: usize) -> Result<f64> {
+        let exposed = self.pack.exposed_s;
+        let groups = self.pack.send.len();
+        let mut t = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            let t0 = Instant::now();
+            self.comm.sum_groups(&mut self.pack, &mut |ready| {
+                for g in 0..groups {
+                    ready(g, &mut |_| {});
+                }
+                Ok(())
+            })?;
+            t.push(t0.elapsed().as_secs_f64());
+        }
+        self.pack.exposed_s = exposed;
+        t.sort_by(f64::total_cmp);
+        Ok(t.get(reps / 2).copied().unwrap_or(0.0))
     }
 
     /// Forward and backward of one step (every parameter gradient is the

@@ -332,14 +332,20 @@ pub fn train_run_on(
         }
     }
     progress.finish();
-    if comm.size() > 1 && !quiet {
-        let steps = (iter - start_iter).max(1) as f64;
-        eprintln!(
-            "{}: {} ranks: {:.2} ms per step waiting for the gradient sums after the backward",
-            cfg.name,
-            comm.size(),
-            1e3 * par.exposed_s() / steps
-        );
+    if comm.size() > 1 {
+        // how much of the gradient allreduce the backward hid
+        let alone = par.allreduce_alone_s(5)?;
+        let exposed = par.exposed_s() / (iter - start_iter).max(1) as f64;
+        if !quiet {
+            eprintln!(
+                "{}: {} ranks: gradient allreduce {:.2} ms per step alone, {:.2} ms left after the backward ({:.0}% hidden)",
+                cfg.name,
+                comm.size(),
+                1e3 * alone,
+                1e3 * exposed,
+                100.0 * (1.0 - exposed / alone.max(1e-12)).max(0.0)
+            );
+        }
     }
     if diverged.is_none() && iter >= cfg.iters && lead {
         // the final weights alone, under the reference's state-dict names:
