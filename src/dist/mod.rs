@@ -31,8 +31,9 @@ pub mod mpi;
 pub struct GradPack {
     pub send: Vec<Vec<f32>>,
     pub sum: Vec<Vec<f32>>,
-    /// seconds spent waiting for the sums after the backward (the part of
-    /// the allreduce that the backward did not hide), summed over steps
+    /// seconds the last `sum_groups` waited for the sums after its work
+    /// was done: the part of the allreduce the backward did not hide, plus,
+    /// on a rank that finished first, the wait for the slower ranks
     pub exposed_s: f64,
 }
 

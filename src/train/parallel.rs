@@ -30,7 +30,12 @@ pub struct Parallel {
     /// BatchNorm over the whole batch across the ranks (`--sync-bn`)
     sync_bn: bool,
     pack: GradPack,
+    /// the gradient sums' wait after the backward, last [`RECENT`] steps
+    recent: std::collections::VecDeque<f64>,
 }
+
+/// Steps whose allreduce waits are kept for [`Parallel::exposed_per_step_s`].
+pub const RECENT: usize = 100;
 
 /// One step's results over the whole batch.
 pub struct StepOut {
@@ -81,6 +86,7 @@ impl Parallel {
             pieces,
             sync_bn,
             pack,
+            recent: Default::default(),
         })
     }
 
@@ -89,10 +95,17 @@ impl Parallel {
         self.comm.size() == 1 && self.pieces == 1
     }
 
-    /// Seconds spent waiting for the gradient sums after the backward, over
-    /// all steps so far (the allreduce time the backward did not hide).
-    pub fn exposed_s(&self) -> f64 {
-        self.pack.exposed_s
+    /// Seconds per step that the allreduce added after the backward, over
+    /// the last (up to) [`RECENT`] steps: per step the smallest wait over the
+    /// ranks -- the rank whose backward finished last waits only for what
+    /// is left of the sums, the others also for it. Collective.
+    pub fn exposed_per_step_s(&self) -> f64 {
+        let mut total = 0.0;
+        for &e in &self.recent {
+            let all = self.comm.all_gather_u64((e * 1e9) as u64);
+            total += all.into_iter().min().unwrap_or(0) as f64 * 1e-9;
+        }
+        total / self.recent.len().max(1) as f64
     }
 
     /// Seconds one step's gradient sums take with nothing to hide them
@@ -100,7 +113,6 @@ impl Parallel {
     /// denominator of the share [`Parallel::exposed_s`] leaves visible.
     /// Collective: every rank calls it.
     pub fn allreduce_alone_s(&mut self, reps: usize) -> Result<f64> {
-        let exposed = self.pack.exposed_s;
         let groups = self.pack.send.len();
         let mut t = Vec::with_capacity(reps);
         for _ in 0..reps {
@@ -113,7 +125,6 @@ impl Parallel {
             })?;
             t.push(t0.elapsed().as_secs_f64());
         }
-        self.pack.exposed_s = exposed;
         t.sort_by(f64::total_cmp);
         Ok(t.get(reps / 2).copied().unwrap_or(0.0))
     }
@@ -180,6 +191,10 @@ impl Parallel {
                 None => run(),
             }
         })?;
+        if self.recent.len() == RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(self.pack.exposed_s);
         self.comm.sum_f64(&mut sums);
         // each piece's gradients are those of its own mean loss: the sum over
         // the P = R * pieces pieces, divided by P, is the global mean loss's

@@ -235,7 +235,6 @@ pub fn train_run_on(
         bpe
     };
     let mut progress = Progress::new(&cfg.name, cfg.iters, iter, quiet);
-    let start_iter = iter;
     let start = Instant::now();
     let mut window = (0.0f64, 0usize, 0usize, 0.0f64); // (loss sum, correct, seen, compute seconds)
                                                        // a resumed run that had already finished reports its last evaluation
@@ -335,10 +334,10 @@ pub fn train_run_on(
     if comm.size() > 1 {
         // how much of the gradient allreduce the backward hid
         let alone = par.allreduce_alone_s(5)?;
-        let exposed = par.exposed_s() / (iter - start_iter).max(1) as f64;
+        let exposed = par.exposed_per_step_s();
         if !quiet {
             eprintln!(
-                "{}: {} ranks: gradient allreduce {:.2} ms per step alone, {:.2} ms left after the backward ({:.0}% hidden)",
+                "{}: {} ranks: gradient allreduce {:.2} ms per step alone, {:.2} ms left after the last rank's backward ({:.0}% hidden)",
                 cfg.name,
                 comm.size(),
                 1e3 * alone,
