@@ -207,11 +207,7 @@ pub enum DataCmd {
 
 pub fn run(cli: Cli) -> Result<()> {
     // R ranks on one machine share its cores (unless --threads says otherwise)
-    let threads = cli.threads.or_else(|| {
-        let local = resgrad::dist::local_ranks()?;
-        let cores = std::thread::available_parallelism().ok()?.get();
-        Some((cores / local.max(1)).max(1))
-    });
+    let threads = cli.threads.or_else(resgrad::dist::threads_per_rank);
     if let Some(t) = threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(t.max(1))

@@ -140,13 +140,19 @@ pub fn launched_ranks() -> Option<usize> {
         })
 }
 
-/// Processes an MPI launcher started on this machine (`None` outside one or
-/// when it does not say): the CLI gives each `cores / local ranks` threads
-/// unless `--threads` says otherwise.
-pub fn local_ranks() -> Option<usize> {
+/// Threads for each rank when `--threads` is not given and a launcher
+/// started this process: Slurm's `SLURM_CPUS_PER_TASK`, else this machine's
+/// cores over the ranks the launcher started on it (`None`: not launched,
+/// or the launcher does not say).
+pub fn threads_per_rank() -> Option<usize> {
     launched_ranks()?;
-    let get = |k: &str| std::env::var(k).ok()?.parse().ok();
-    get("OMPI_COMM_WORLD_LOCAL_SIZE").or_else(|| get("MPI_LOCALNRANKS"))
+    let get = |k: &str| std::env::var(k).ok()?.parse::<usize>().ok();
+    if let Some(c) = get("SLURM_CPUS_PER_TASK") {
+        return Some(c.max(1));
+    }
+    let local = get("OMPI_COMM_WORLD_LOCAL_SIZE").or_else(|| get("MPI_LOCALNRANKS"))?;
+    let cores = std::thread::available_parallelism().ok()?.get();
+    Some((cores / local.max(1)).max(1))
 }
 
 /// A cheap fingerprint of f32 values: FNV-1a over their bit patterns, one
