@@ -12,6 +12,7 @@
 pub mod data;
 pub mod demo;
 pub mod derive;
+pub mod dist;
 pub mod error;
 pub mod gemm;
 pub mod gradcheck;

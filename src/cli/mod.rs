@@ -11,7 +11,7 @@ use resgrad::io::safetensors::SafeTensors;
 use resgrad::model::Spec;
 use resgrad::probe::write_flow_csv;
 use resgrad::train::flow::{flow_study, FlowData};
-use resgrad::train::{train_run, DataSource, TrainConfig};
+use resgrad::train::{train_run_on, DataSource, TrainConfig};
 use resgrad::Result;
 use std::path::PathBuf;
 
@@ -211,7 +211,9 @@ pub enum DataCmd {
 }
 
 pub fn run(cli: Cli) -> Result<()> {
-    if let Some(t) = cli.threads {
+    // R ranks on one machine share its cores (unless --threads says otherwise)
+    let threads = cli.threads.or_else(resgrad::dist::threads_per_rank);
+    if let Some(t) = threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(t.max(1))
             .build_global()
@@ -279,12 +281,18 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Train(args) => {
             let (cfg, dir, resume) = args.config()?;
-            let out = train_run(&cfg, &dir, resume, args.quiet)?;
+            // MPI's world when started by mpirun / srun (the `mpi` feature)
+            let comm = resgrad::dist::from_env()?;
+            let lead = comm.rank() == 0;
+            let out = train_run_on(&cfg, &dir, resume, args.quiet, comm)?;
             if let Some(msg) = out.diverged {
                 return Err(Error::Diverged {
                     iter: out.iter,
                     msg,
                 });
+            }
+            if !lead {
+                return Ok(());
             }
             println!(
                 "{}: finished {} iterations: test accuracy {:.2}%, loss {:.4}; run in {}",

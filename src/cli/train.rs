@@ -189,6 +189,16 @@ pub struct TrainArgs {
     /// no progress output
     #[arg(long)]
     pub quiet: bool,
+    /// on several ranks (mpirun / srun): BatchNorm statistics over the whole
+    /// global batch, allreduced in the forward and the backward (default:
+    /// each rank normalises over its own B/R images)
+    #[arg(long, conflicts_with = "bn_groups")]
+    pub sync_bn: bool,
+    /// BatchNorm statistics over groups of B/G images of each batch, one
+    /// after another (a multiple of the ranks; one process with G = R
+    /// computes what R ranks with per-rank BatchNorm compute)
+    #[arg(long, value_name = "G")]
+    pub bn_groups: Option<usize>,
 }
 
 impl TrainArgs {
@@ -244,7 +254,15 @@ impl TrainArgs {
             max_grad_norm: Some(self.max_grad_norm),
             branch_init_scale: Some(self.branch_init_scale),
         };
-        let cfg = settings.build(&spec.label(), spec, data)?;
+        let mut cfg = settings.build(&spec.label(), spec, data)?;
+        cfg.bn_groups = if self.sync_bn {
+            1
+        } else {
+            self.bn_groups.unwrap_or(0)
+        };
+        if self.bn_groups == Some(0) {
+            return Err(Error::Config("--bn-groups must be at least 1".into()));
+        }
         let out = self
             .out
             .clone()

@@ -118,6 +118,18 @@ pub struct TrainConfig {
     /// scale of the last weight layer of every residual branch at
     /// initialisation (1: He init; < 1 makes the shortcut's direct term dominate)
     pub branch_init_scale: f64,
+    /// BatchNorm's training statistics over groups of `batch / bn_groups`
+    /// images of each batch: 0 (the default) one group per process (each
+    /// rank's shard of the batch; with one process the whole batch), 1 the
+    /// whole batch on any number of processes (`--sync-bn`), G > 1 groups
+    /// of B/G images ("ghost" BatchNorm: one process computing what G
+    /// ranks with per-rank BN compute; a multiple of the number of ranks)
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bn_groups: usize,
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
 }
 
 impl TrainConfig {
@@ -141,6 +153,7 @@ impl TrainConfig {
             eval_every: 0,
             max_grad_norm: 1e8,
             branch_init_scale: 1.0,
+            bn_groups: 0,
         }
     }
 
@@ -163,6 +176,12 @@ impl TrainConfig {
             return bad(format!(
                 "batch must be at least 2 (BatchNorm needs two samples), got {}",
                 self.batch
+            ));
+        }
+        if self.bn_groups > 1 && !self.batch.is_multiple_of(self.bn_groups) {
+            return bad(format!(
+                "batch {} is not a multiple of bn_groups {}",
+                self.batch, self.bn_groups
             ));
         }
         if self.iters == 0 {

@@ -7,6 +7,7 @@ pub mod config;
 pub mod flow;
 pub mod metrics;
 pub mod optim;
+pub mod parallel;
 pub mod peak;
 pub mod progress;
 pub mod run;
@@ -14,4 +15,4 @@ pub mod schedule;
 pub mod settings;
 
 pub use config::{DataSource, TrainConfig};
-pub use run::{train_run, RunOutcome};
+pub use run::{train_run, train_run_on, RunOutcome};
