@@ -123,9 +123,14 @@ pub struct TrainArgs {
     /// run directory (config.json, metrics.csv, flow.csv, checkpoint)
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// continue the run in this directory from its last checkpoint
+    /// continue the run in this directory from its last checkpoint (with
+    /// --iters N: extend it to N iterations; other run settings are refused)
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// start again in a --out directory that holds a run (its metrics,
+    /// flow log and checkpoint are deleted)
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// `paper`: He et al.'s CIFAR recipe (batch 128, lr 0.1 with 0.01 for 400 iterations, /10 at 32k and 48k, 64k iterations)
     #[arg(long)]
     pub preset: Option<String>,
@@ -189,6 +194,61 @@ pub struct TrainArgs {
     /// no progress output
     #[arg(long)]
     pub quiet: bool,
+    /// the flags given on the command line (set by the CLI from clap's
+    /// matches): `--resume` refuses those that would change the run
+    #[arg(skip)]
+    pub given: Vec<String>,
+}
+
+/// Flags that `--resume` accepts: they do not change what the run computes
+/// (`--iters` extends it, checked against the checkpoint).
+const RESUME_FLAGS: &[&str] = &["resume", "quiet", "iters", "threads", "out"];
+
+/// The files of a run that starting a new one in its directory deletes.
+const RUN_FILES: &[&str] = &[
+    "metrics.csv",
+    "flow.csv",
+    "checkpoint.safetensors",
+    "weights.safetensors",
+];
+
+/// `train --out DIR` (or --config) on a directory that holds a run: refuse
+/// unless --overwrite (nothing is deleted without it), naming the files;
+/// and a directory in use by another process names its owner first.
+fn check_fresh_dir(dir: &std::path::Path, cfg: &TrainConfig, overwrite: bool) -> Result<()> {
+    if !dir.is_dir() {
+        return Ok(());
+    }
+    // in use: say so (train_run takes the lock for real)
+    drop(resgrad::io::lock::DirLock::acquire(dir, "run directory")?);
+    if overwrite {
+        return Ok(());
+    }
+    let mut found: Vec<&str> = RUN_FILES
+        .iter()
+        .copied()
+        .filter(|f| dir.join(f).exists())
+        .collect();
+    // config.json of the same run is rewritten unchanged: only another one counts
+    let cfg_path = dir.join("config.json");
+    if cfg_path.exists() {
+        let same = resgrad::io::read::read_text(&cfg_path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<TrainConfig>(&t).ok())
+            .is_some_and(|old| &old == cfg);
+        if !same {
+            found.insert(0, "config.json");
+        }
+    }
+    if found.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Config(format!(
+        "{} already holds a run ({}); give --resume {} to continue it, or --overwrite to start it again (deletes them)",
+        dir.display(),
+        found.join(", "),
+        dir.display()
+    )))
 }
 
 impl TrainArgs {
@@ -196,15 +256,58 @@ impl TrainArgs {
     pub fn config(&self) -> Result<(TrainConfig, PathBuf, bool)> {
         if let Some(dir) = &self.resume {
             let p = dir.join("config.json");
-            let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
-            let cfg: TrainConfig = serde_json::from_str(&text).map_err(|e| Error::Format {
+            let text = resgrad::io::read::read_text(&p)?;
+            let mut cfg: TrainConfig = serde_json::from_str(&text).map_err(|e| Error::Format {
                 path: p.clone(),
                 msg: e.to_string(),
             })?;
+            // flags that would change the run are refused, never ignored
+            let changing: Vec<String> = self
+                .given
+                .iter()
+                .filter(|f| !RESUME_FLAGS.contains(&f.as_str()))
+                .map(|f| format!("--{}", f.replace('_', "-")))
+                .collect();
+            if !changing.is_empty() {
+                return Err(Error::Config(format!(
+                    "--resume {} continues the run as its config.json says; {} would change it (with --resume give only --iters N to extend the run, and --quiet); to change the run, start a new one with --config {} --out NEW_DIR",
+                    dir.display(),
+                    changing.join(", "),
+                    p.display()
+                )));
+            }
+            if let Some(out) = &self.out {
+                if out != dir {
+                    return Err(Error::Config(format!(
+                        "--resume {} with --out {}: a run continues in its own directory",
+                        dir.display(),
+                        out.display()
+                    )));
+                }
+            }
+            if let Some(n) = self.iters {
+                if n != cfg.iters {
+                    if let resgrad::train::schedule::Decay::Cosine { .. } = cfg.schedule.decay {
+                        return Err(Error::Config(format!(
+                            "--resume {} --iters {n}: the run's cosine schedule spans its {} iterations; extending it would change every learning rate after the checkpoint",
+                            dir.display(),
+                            cfg.iters
+                        )));
+                    }
+                    // applied, and said: config.json is rewritten with it;
+                    // a checkpoint past N is refused when it is loaded
+                    let _ = resgrad::errln!(
+                        "{}: --iters {n}: the run goes to {n} iterations instead of {}",
+                        cfg.name,
+                        cfg.iters
+                    );
+                    cfg.iters = n;
+                }
+            }
             return Ok((cfg, dir.clone(), true));
         }
         if let Some(p) = &self.config {
-            let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+            let text = resgrad::io::read::read_text(p)?;
             let cfg: TrainConfig = serde_json::from_str(&text).map_err(|e| Error::Format {
                 path: p.clone(),
                 msg: e.to_string(),
@@ -212,7 +315,8 @@ impl TrainArgs {
             let out = self
                 .out
                 .clone()
-                .unwrap_or_else(|| PathBuf::from("runs").join(&cfg.name));
+                .unwrap_or_else(|| PathBuf::from("runs").join(resgrad::io::dir_name(&cfg.name)));
+            check_fresh_dir(&out, &cfg, self.overwrite)?;
             return Ok((cfg, out, false));
         }
         let data = DataSource::parse(&self.data)?;
@@ -248,7 +352,8 @@ impl TrainArgs {
         let out = self
             .out
             .clone()
-            .unwrap_or_else(|| PathBuf::from("runs").join(cfg.name.replace(' ', "_")));
+            .unwrap_or_else(|| PathBuf::from("runs").join(resgrad::io::dir_name(&cfg.name)));
+        check_fresh_dir(&out, &cfg, self.overwrite)?;
         Ok((cfg, out, false))
     }
 }

@@ -77,7 +77,7 @@ use std::path::{Path, PathBuf};
 /// Read, parse and check a grid file (named by its stem unless it says
 /// `name`): every run's config is built once, so errors name the file.
 pub fn load_grid(path: &Path) -> Result<Grid> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::io::read::read_text(path)?;
     let stem = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())

@@ -126,10 +126,13 @@ pub fn divergence(net: &Net<f32>, loss: f64, max_norm: f64) -> Option<String> {
 pub fn train_run(cfg: &TrainConfig, dir: &Path, resume: bool, quiet: bool) -> Result<RunOutcome> {
     cfg.validate()?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    // one process per run directory (released on return, error or not)
+    let _lock = crate::io::lock::DirLock::acquire(dir, "run directory")?;
     // a run killed while writing its checkpoint leaves the temporary behind
     crate::io::remove_stale_temporaries(dir);
     let data = load_data(cfg)?;
     let image = data.train.h;
+    crate::limits::check_model("train", &cfg.spec, image, cfg.batch)?;
     let mut net: Net<f32> = Net::new(&cfg.spec, image, cfg.seed)?;
     if cfg.branch_init_scale != 1.0 {
         for u in net.units.iter_mut() {
@@ -142,11 +145,11 @@ pub fn train_run(cfg: &TrainConfig, dir: &Path, resume: bool, quiet: bool) -> Re
     let flow_path = dir.join(FLOW_CSV);
     let (mut iter, mut wall_before) = (0u64, 0.0f64);
     if resume && ckpt_path.exists() {
-        let r = checkpoint::load(&ckpt_path, &mut net, &mut opt)?;
+        let r = checkpoint::load(&ckpt_path, cfg, &mut net, &mut opt)?;
         iter = r.iter;
         wall_before = r.wall_s;
-        retain_rows(&metrics_path, |it| it <= iter)?;
-        retain_rows(&flow_path, |it| it < iter)?;
+        retain_rows(&metrics_path, METRICS_HEADER, |it| it <= iter)?;
+        retain_rows(&flow_path, FLOW_CSV_HEADER, |it| it < iter)?;
     } else {
         for p in [&metrics_path, &flow_path, &ckpt_path] {
             if p.exists() {
@@ -227,7 +230,7 @@ pub fn train_run(cfg: &TrainConfig, dir: &Path, resume: bool, quiet: bool) -> Re
                 window.0 / window.2.max(1) as f64,
                 window.1 as f64 / window.2.max(1) as f64,
                 ips,
-            );
+            )?;
             batches.recycle(b);
             if iter % eval_every == 0 || iter == cfg.iters {
                 let (test_loss, test_acc) = evaluate(&mut net, &data.eval, cfg.batch)?;
@@ -252,7 +255,7 @@ pub fn train_run(cfg: &TrainConfig, dir: &Path, resume: bool, quiet: bool) -> Re
                     last.train_loss,
                     100.0 * last.train_acc,
                     100.0 * test_acc
-                ));
+                ))?;
                 window = (0.0, 0, 0, 0.0);
             }
             if iter >= cfg.iters {
