@@ -38,6 +38,8 @@ struct Format {
     /// parser then reports it)
     announced: fn(&[u8]) -> Option<u64>,
     name: &'static str,
+    /// what bounds the inflated size, for the error
+    bound: &'static str,
 }
 
 /// IDX3 images: 16-byte header, `n * rows * cols` pixel bytes.
@@ -53,6 +55,7 @@ const IDX_IMAGES: Format = Format {
         })
     },
     name: "IDX header",
+    bound: "its IDX header announces",
 };
 
 /// IDX1 labels: 8-byte header, `n` label bytes.
@@ -60,6 +63,7 @@ const IDX_LABELS: Format = Format {
     header: 8,
     announced: |h| (be_u32(h, 0) == 2049).then(|| be_u32(h, 4) as u64 + 8),
     name: "IDX header",
+    bound: "its IDX header announces",
 };
 
 /// Text without a header (CSV): bounded by the memory limit only.
@@ -67,6 +71,7 @@ const TEXT: Format = Format {
     header: 0,
     announced: |_| Some(u64::MAX),
     name: "memory limit",
+    bound: "the memory limit allows",
 };
 
 /// Gunzip `raw` when it starts with the gzip magic bytes: every member
@@ -89,20 +94,24 @@ fn gunzip_if_gz(raw: Vec<u8>, path: &Path, format: &Format) -> Result<Vec<u8>> {
     let Some(announced) = (format.announced)(&out) else {
         return Ok(out); // not this format: the parser says why
     };
-    crate::limits::check_bytes(
-        &format!(
-            "{}: inflating its gzip data ({} bytes by its {})",
-            path.display(),
-            if announced == u64::MAX {
-                "more than 2^64".to_string()
-            } else {
-                announced.to_string()
-            },
-            format.name
-        ),
-        announced as f64,
-    )?;
-    let cap = announced;
+    let cap = if format.header == 0 {
+        crate::limits::memory_limit()?.0 as u64
+    } else {
+        crate::limits::check_bytes(
+            &format!(
+                "{}: inflating its gzip data ({} bytes by its {})",
+                path.display(),
+                if announced == u64::MAX {
+                    "more than 2^64".to_string()
+                } else {
+                    announced.to_string()
+                },
+                format.name
+            ),
+            announced as f64,
+        )?;
+        announced
+    };
     (&mut dec)
         .take(cap - out.len() as u64 + 1)
         .read_to_end(&mut out)
@@ -111,8 +120,8 @@ fn gunzip_if_gz(raw: Vec<u8>, path: &Path, format: &Format) -> Result<Vec<u8>> {
         return Err(fmt_err(
             path,
             format!(
-                "gzip data inflates to more than the {cap} bytes its {} announces (a gzip bomb, or a corrupt file)",
-                format.name
+                "gzip data inflates to more than the {cap} bytes {} (a gzip bomb, or a corrupt file)",
+                format.bound
             ),
         ));
     }

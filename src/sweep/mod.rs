@@ -59,6 +59,7 @@
 
 mod exec;
 mod grid;
+pub mod signals;
 mod table;
 
 pub use exec::{
@@ -115,13 +116,14 @@ pub fn main(
         exe,
         threads_per_run: threads,
         quiet: false,
+        children: signals::Children::install()?,
     };
     let s = run_sweep(&grid, &out, &opts)?;
-    println!("\n{}", s.table);
-    println!(
+    crate::outln!("\n{}", s.table)?;
+    crate::outln!(
         "results.md, results.csv and runs.csv in {}",
         s.out.display()
-    );
+    )?;
     // the plots and index.html over every run that finished or diverged
     let reported: Vec<PathBuf> = s
         .runs
@@ -132,7 +134,7 @@ pub fn main(
         .collect();
     if !reported.is_empty() {
         let rep = crate::report::report(&reported, &s.out.join("report"))?;
-        println!("report: {}", rep.index.display());
+        crate::outln!("report: {}", rep.index.display())?;
     }
     let unfinished: Vec<&str> = s
         .runs
