@@ -300,8 +300,15 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
         }
         Cmd::Train(mut args) => {
             args.given = given_flags(matches);
-            let (cfg, dir, resume) = args.config()?;
+            let (cfg, dir, resume, extended_from) = args.config()?;
             let out = train_run(&cfg, &dir, resume, args.quiet)?;
+            if let Some(old) = extended_from {
+                outln!(
+                    "{}: extended by --iters from {old} to {} iterations (config.json updated)",
+                    cfg.name,
+                    cfg.iters
+                )?;
+            }
             if let Some(msg) = out.diverged {
                 return Err(Error::Diverged {
                     iter: out.iter,

@@ -252,9 +252,14 @@ fn check_fresh_dir(dir: &std::path::Path, cfg: &TrainConfig, overwrite: bool) ->
 }
 
 impl TrainArgs {
-    /// Build the run's config (and its directory).
-    pub fn config(&self) -> Result<(TrainConfig, PathBuf, bool)> {
+    /// Build the run's config, its directory, whether it resumes, and the
+    /// run's former length when `--resume --iters` extends it.
+    pub fn config(&self) -> Result<(TrainConfig, PathBuf, bool, Option<u64>)> {
         if let Some(dir) = &self.resume {
+            if dir.is_dir() {
+                // in use by another process: say so first (train_run takes the lock)
+                drop(resgrad::io::lock::DirLock::acquire(dir, "run directory")?);
+            }
             let p = dir.join("config.json");
             let text = resgrad::io::read::read_text(&p)?;
             let mut cfg: TrainConfig = serde_json::from_str(&text).map_err(|e| Error::Format {
@@ -262,12 +267,13 @@ impl TrainArgs {
                 msg: e.to_string(),
             })?;
             // flags that would change the run are refused, never ignored
-            let changing: Vec<String> = self
+            let mut changing: Vec<String> = self
                 .given
                 .iter()
                 .filter(|f| !RESUME_FLAGS.contains(&f.as_str()))
                 .map(|f| format!("--{}", f.replace('_', "-")))
                 .collect();
+            changing.sort();
             if !changing.is_empty() {
                 return Err(Error::Config(format!(
                     "--resume {} continues the run as its config.json says; {} would change it (with --resume give only --iters N to extend the run, and --quiet); to change the run, start a new one with --config {} --out NEW_DIR",
@@ -294,17 +300,15 @@ impl TrainArgs {
                             cfg.iters
                         )));
                     }
-                    // applied, and said: config.json is rewritten with it;
-                    // a checkpoint past N is refused when it is loaded
-                    let _ = resgrad::errln!(
-                        "{}: --iters {n}: the run goes to {n} iterations instead of {}",
-                        cfg.name,
-                        cfg.iters
-                    );
+                    // applied (config.json is rewritten with it; a
+                    // checkpoint past N is refused when it is loaded) and
+                    // said when the run ends
+                    let old = cfg.iters;
                     cfg.iters = n;
+                    return Ok((cfg, dir.clone(), true, Some(old)));
                 }
             }
-            return Ok((cfg, dir.clone(), true));
+            return Ok((cfg, dir.clone(), true, None));
         }
         if let Some(p) = &self.config {
             let text = resgrad::io::read::read_text(p)?;
@@ -317,7 +321,7 @@ impl TrainArgs {
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("runs").join(resgrad::io::dir_name(&cfg.name)));
             check_fresh_dir(&out, &cfg, self.overwrite)?;
-            return Ok((cfg, out, false));
+            return Ok((cfg, out, false, None));
         }
         let data = DataSource::parse(&self.data)?;
         // the image geometry decides in_channels / in_features
@@ -354,6 +358,6 @@ impl TrainArgs {
             .clone()
             .unwrap_or_else(|| PathBuf::from("runs").join(resgrad::io::dir_name(&cfg.name)));
         check_fresh_dir(&out, &cfg, self.overwrite)?;
-        Ok((cfg, out, false))
+        Ok((cfg, out, false, None))
     }
 }
