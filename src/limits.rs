@@ -153,7 +153,9 @@ pub fn footprint(spec: &Spec, image: usize, batch: usize) -> f64 {
         }
     };
     let classes = f(spec.classes);
-    12.0 * spec.param_bound() + 4.0 * f(batch) * (per_sample + 3.0 * classes) + UNIT_OVERHEAD * units
+    12.0 * spec.param_bound()
+        + 4.0 * f(batch) * (per_sample + 3.0 * classes)
+        + UNIT_OVERHEAD * units
 }
 
 /// Refuse to train `spec` on `batch` images of side `image` when the

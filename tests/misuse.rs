@@ -134,8 +134,24 @@ fn tiny_run(dir: &str, extra: &[&str]) -> Output {
 /// A tiny MLP run of `hidden` width and `iters` iterations (checkpoints every 2).
 fn tiny_run_with(dir: &str, hidden: &str, iters: &str, extra: &[&str]) -> Output {
     let mut a = vec![
-        "train", "--arch", "mlp", "--units", "1", "--hidden", hidden, "--iters", iters, "--batch",
-        "8", "--eval-every", "2", "--flow-every", "2", "--quiet", "--out", dir,
+        "train",
+        "--arch",
+        "mlp",
+        "--units",
+        "1",
+        "--hidden",
+        hidden,
+        "--iters",
+        iters,
+        "--batch",
+        "8",
+        "--eval-every",
+        "2",
+        "--flow-every",
+        "2",
+        "--quiet",
+        "--out",
+        dir,
     ];
     a.extend_from_slice(extra);
     resgrad(&a)
@@ -174,8 +190,24 @@ fn mnist_dir(d: &Path) {
 fn train_on_mnist(d: &Path, out: &Path) -> Output {
     let data = format!("mnist:{}", d.display());
     resgrad(&[
-        "train", "--data", &data, "--arch", "mlp", "--units", "1", "--hidden", "8", "--iters",
-        "1", "--batch", "4", "--flow-every", "0", "--quiet", "--overwrite", "--out",
+        "train",
+        "--data",
+        &data,
+        "--arch",
+        "mlp",
+        "--units",
+        "1",
+        "--hidden",
+        "8",
+        "--iters",
+        "1",
+        "--batch",
+        "4",
+        "--flow-every",
+        "0",
+        "--quiet",
+        "--overwrite",
+        "--out",
         out.to_str().unwrap(),
     ])
 }
@@ -189,23 +221,16 @@ const MLP: &str = r#"{"arch":"mlp","in_features":784,"hidden":8,"units":1,"unit"
 
 // ---------------------------------------------------------- 1. output --
 
-/// stdout a pipe whose reading end is already closed: the command ends
-/// quietly with 141 (128 + SIGPIPE), nothing on stderr.
+/// stdout a pipe whose reading end is closed before the command starts:
+/// the command ends quietly with 141 (128 + SIGPIPE), nothing on stderr.
 fn with_closed_stdout(args: &[&str]) -> Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader); // every write to the pipe now fails with EPIPE
     let mut c = cmd(args);
-    c.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    drop(child.stdout.take()); // the reader goes away before any write
-    let mut err = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-    let status = child.wait().unwrap();
-    Output {
-        status,
-        stdout: vec![],
-        stderr: err.into_bytes(),
-    }
+    c.stdin(Stdio::null()).stdout(writer).stderr(Stdio::piped());
+    let o = c.output().unwrap();
+    drop(c); // the command holds the writer until here
+    o
 }
 
 fn with_stdio_file(args: &[&str], stdout: Stdio, stderr: Stdio) -> Output {
@@ -243,7 +268,10 @@ fn closed_pipes_and_full_disks_on_stdout_and_stderr() {
         no_panic(&format!("{args:?} | (closed)"), &o);
         assert_eq!(o.status.code(), Some(141), "{args:?}: {}", stderr(&o));
         assert_eq!(stderr(&o), "", "{args:?}: quiet");
-        println!("CASE\t{} with stdout a closed pipe\t141\t(nothing)", args[0]);
+        println!(
+            "CASE\t{} with stdout a closed pipe\t141\t(nothing)",
+            args[0]
+        );
     }
     // a full disk on stdout is an error naming the stream
     let o = cmd(&["report", &run, "--out", &rep])
@@ -251,12 +279,31 @@ fn closed_pipes_and_full_disks_on_stdout_and_stderr() {
         .stdout(dev_full())
         .output()
         .unwrap();
-    expect_bad("report >/dev/full", &o, &["standard output", "No space left"]);
+    expect_bad(
+        "report >/dev/full",
+        &o,
+        &["standard output", "No space left"],
+    );
 
     // a diverging run exits 3 whatever happens to its output
     let diverge = [
-        "train", "--arch", "mlp", "--units", "30", "--hidden", "64", "--no-batchnorm",
-        "--shortcut", "scale", "--lambda", "1.5", "--iters", "4", "--batch", "8", "--quiet",
+        "train",
+        "--arch",
+        "mlp",
+        "--units",
+        "30",
+        "--hidden",
+        "64",
+        "--no-batchnorm",
+        "--shortcut",
+        "scale",
+        "--lambda",
+        "1.5",
+        "--iters",
+        "4",
+        "--batch",
+        "8",
+        "--quiet",
         "--out",
     ];
     let mut a = diverge.to_vec();
@@ -291,8 +338,21 @@ fn sizes_beyond_memory_are_refused_before_allocating() {
     };
     expect_bad(
         "bench --batch 10^11",
-        &run(&["bench", "--spec", &mlp, "--batch", "100000000000", "--steps", "1"]),
-        &["bench: mlp-1", "batch 100000000000", "limit of 4.00 GiB", "RESGRAD_MEMORY_LIMIT"],
+        &run(&[
+            "bench",
+            "--spec",
+            &mlp,
+            "--batch",
+            "100000000000",
+            "--steps",
+            "1",
+        ]),
+        &[
+            "bench: mlp-1",
+            "batch 100000000000",
+            "limit of 4.00 GiB",
+            "RESGRAD_MEMORY_LIMIT",
+        ],
     );
     let cifar = spec(
         "c.json",
@@ -301,8 +361,22 @@ fn sizes_beyond_memory_are_refused_before_allocating() {
     let f = t.s("f.csv");
     expect_bad(
         "flow --image 100000",
-        &run(&["flow", "--spec", &cifar, "--data", "synthetic", "--image", "100000", "--out", &f]),
-        &["flow: resnet-20", "100000x100000 images", "limit of 4.00 GiB"],
+        &run(&[
+            "flow",
+            "--spec",
+            &cifar,
+            "--data",
+            "synthetic",
+            "--image",
+            "100000",
+            "--out",
+            &f,
+        ]),
+        &[
+            "flow: resnet-20",
+            "100000x100000 images",
+            "limit of 4.00 GiB",
+        ],
     );
     let deep = spec(
         "deep.json",
@@ -320,7 +394,9 @@ fn sizes_beyond_memory_are_refused_before_allocating() {
     let r = t.s("r");
     expect_bad(
         "train a spec with 10^8 classes",
-        &run(&["train", "--spec", &classes, "--iters", "1", "--quiet", "--out", &r]),
+        &run(&[
+            "train", "--spec", &classes, "--iters", "1", "--quiet", "--out", &r,
+        ]),
         &["train: mlp-1", "limit of 4.00 GiB"],
     );
     expect_bad(
@@ -362,13 +438,38 @@ fn grids_are_counted_not_materialised() {
     expect_bad(
         "sweep of a 10^9-point grid",
         &o,
-        &["1000000000 runs (lr 1000 x wd 1000 x momentum 1000)", "more than the 100000"],
+        &[
+            "1000000000 runs (lr 1000 x wd 1000 x momentum 1000)",
+            "more than the 100000",
+        ],
     );
-    assert!(t0.elapsed() < Duration::from_secs(10), "counted, not planned");
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "counted, not planned"
+    );
     // many axes: the product overflows u64
     let mut many = String::from("[base]\nspec = { arch = \"mlp\", hidden = 8, units = 1, unit = \"original\", shortcut = { kind = \"identity\" } }\niters = 1\n[grid]\n");
-    for k in ["lr", "wd", "momentum", "batch", "val", "gamma", "flow_every", "eval_every", "max_grad_norm", "branch_init_scale", "warmup_iters", "seed"] {
-        many.push_str(&format!("{k} = [{}]\n", (1..=100).map(|v| v.to_string()).collect::<Vec<_>>().join(",")));
+    for k in [
+        "lr",
+        "wd",
+        "momentum",
+        "batch",
+        "val",
+        "gamma",
+        "flow_every",
+        "eval_every",
+        "max_grad_norm",
+        "branch_init_scale",
+        "warmup_iters",
+        "seed",
+    ] {
+        many.push_str(&format!(
+            "{k} = [{}]\n",
+            (1..=100)
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
     }
     std::fs::write(&g, many).unwrap();
     let o = resgrad(&["sweep", g.to_str().unwrap(), "--out", &t.s("out")]);
@@ -412,7 +513,11 @@ fn gzip_bombs_fifos_and_multi_member_gzip() {
     expect_bad(
         "gzip IDX header announcing 2^96 bytes",
         &train_on_mnist(&d, &run),
-        &["train-images-idx3-ubyte.gz", "more than 2^64 bytes", "more than the limit"],
+        &[
+            "train-images-idx3-ubyte.gz",
+            "more than 2^64 bytes",
+            "more than the limit",
+        ],
     );
     std::fs::remove_file(d.join("train-images-idx3-ubyte.gz")).unwrap();
     // FIFOs as data, spec, weights: refused at once, by name
@@ -435,7 +540,14 @@ fn gzip_bombs_fifos_and_multi_member_gzip() {
     expect_bad(
         "grads --weights FIFO",
         &resgrad(&[
-            "grads", "--spec", spec.to_str().unwrap(), "--weights", f, "--input", f, "--out",
+            "grads",
+            "--spec",
+            spec.to_str().unwrap(),
+            "--weights",
+            f,
+            "--input",
+            f,
+            "--out",
             &t.s("g.safetensors"),
         ]),
         &["spec.fifo", "not a regular file"],
@@ -457,29 +569,64 @@ fn one_owner_per_run_directory_and_no_silent_overwrite() {
     expect_bad(
         "train --out an existing run",
         &tiny_run(&run, &[]),
-        &["already holds a run", "metrics.csv", "--resume", "--overwrite"],
+        &[
+            "already holds a run",
+            "metrics.csv",
+            "--resume",
+            "--overwrite",
+        ],
     );
-    assert!(t.join("run/checkpoint.safetensors").exists(), "nothing deleted");
-    expect_ok("train --out an existing run --overwrite", &tiny_run(&run, &["--overwrite"]));
+    assert!(
+        t.join("run/checkpoint.safetensors").exists(),
+        "nothing deleted"
+    );
+    expect_ok(
+        "train --out an existing run --overwrite",
+        &tiny_run(&run, &["--overwrite"]),
+    );
     // a long run holds the lock; a second process is told who owns it
     let long = t.s("long");
     let mut c = cmd(&[
-        "train", "--arch", "mlp", "--units", "2", "--hidden", "64", "--iters", "100000",
-        "--batch", "32", "--quiet", "--out", &long,
+        "train", "--arch", "mlp", "--units", "2", "--hidden", "64", "--iters", "100000", "--batch",
+        "32", "--quiet", "--out", &long,
     ]);
     c.stdout(Stdio::null()).stderr(Stdio::null());
     let mut owner = c.spawn().unwrap();
     let lock = t.join("long/.resgrad.lock");
     let t0 = Instant::now();
     while std::fs::read_to_string(&lock).map_or(true, |s| s.trim() != owner.id().to_string()) {
-        assert!(t0.elapsed() < Duration::from_secs(60), "the lock never appeared");
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the lock never appeared"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let pid = owner.id().to_string();
     expect_bad(
         "second train --out on a directory in use",
-        &resgrad(&["train", "--arch", "mlp", "--units", "1", "--hidden", "8", "--iters", "2", "--batch", "8", "--quiet", "--overwrite", "--out", &long]),
-        &["run directory", "is in use by process", &pid, ".resgrad.lock"],
+        &resgrad(&[
+            "train",
+            "--arch",
+            "mlp",
+            "--units",
+            "1",
+            "--hidden",
+            "8",
+            "--iters",
+            "2",
+            "--batch",
+            "8",
+            "--quiet",
+            "--overwrite",
+            "--out",
+            &long,
+        ]),
+        &[
+            "run directory",
+            "is in use by process",
+            &pid,
+            ".resgrad.lock",
+        ],
     );
     expect_bad(
         "train --resume of a run in use",
@@ -492,7 +639,23 @@ fn one_owner_per_run_directory_and_no_silent_overwrite() {
     assert_eq!(std::fs::read_to_string(&lock).unwrap().trim(), pid);
     expect_ok(
         "stale lock of a killed run taken over",
-        &resgrad(&["train", "--arch", "mlp", "--units", "1", "--hidden", "8", "--iters", "2", "--batch", "8", "--quiet", "--overwrite", "--out", &long]),
+        &resgrad(&[
+            "train",
+            "--arch",
+            "mlp",
+            "--units",
+            "1",
+            "--hidden",
+            "8",
+            "--iters",
+            "2",
+            "--batch",
+            "8",
+            "--quiet",
+            "--overwrite",
+            "--out",
+            &long,
+        ]),
     );
     println!("CASE\tstale lock of a SIGKILLed run\t0\t(taken over)");
 }
@@ -506,7 +669,11 @@ fn names_cannot_escape_the_output_directory() {
         ("grid name ..", "..", "relative directory"),
         ("grid name absolute", "/tmp/x", "path separator"),
         ("grid name empty", "", "is empty"),
-        ("grid name with a control character", "a\\u0007b", "control character"),
+        (
+            "grid name with a control character",
+            "a\\u0007b",
+            "control character",
+        ),
     ] {
         let g = t.join("g.toml");
         std::fs::write(&g, format!("name = \"{name}\"\n{base}")).unwrap();
@@ -530,7 +697,10 @@ fn names_cannot_escape_the_output_directory() {
         60,
     );
     expect_ok("train --config with name ../../up", &o);
-    assert!(t.join("runs/.._.._up/metrics.csv").exists(), "kept under runs/");
+    assert!(
+        t.join("runs/.._.._up/metrics.csv").exists(),
+        "kept under runs/"
+    );
 }
 
 /// The pids whose parent is `pid` (from `/proc/*/stat`).
@@ -573,7 +743,10 @@ fn a_stopped_sweep_stops_its_runs() {
             if pids.len() == 2 {
                 break pids;
             }
-            assert!(t0.elapsed() < Duration::from_secs(60), "children never started");
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "children never started"
+            );
             std::thread::sleep(Duration::from_millis(20));
         };
         let ok = Command::new("kill")
@@ -629,7 +802,10 @@ fn resume_checks_the_checkpoint_against_the_run() {
         &resume(&["--seed", "3", "--batch", "16"]),
         &["--batch, --seed would change it"],
     );
-    expect_ok("--resume --iters 6 extends a finished run", &resume(&["--iters", "6"]));
+    expect_ok(
+        "--resume --iters 6 extends a finished run",
+        &resume(&["--iters", "6"]),
+    );
     let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap();
     assert!(cfg.contains("\"iters\": 6"), "{cfg}");
     expect_bad(
@@ -639,14 +815,21 @@ fn resume_checks_the_checkpoint_against_the_run() {
     );
     // a checkpoint of another seed / spec
     let other = t.s("other");
-    expect_ok("another run", &tiny_run_with(&other, "8", "6", &["--seed", "7"]));
+    expect_ok(
+        "another run",
+        &tiny_run_with(&other, "8", "6", &["--seed", "7"]),
+    );
     let ck = dir.join("checkpoint.safetensors");
     let mine = std::fs::read(&ck).unwrap();
     std::fs::copy(t.join("other/checkpoint.safetensors"), &ck).unwrap();
     expect_bad(
         "resume with a checkpoint of another seed",
         &resume(&[]),
-        &["checkpoint belongs to another run", "its seed is 7", "says 0"],
+        &[
+            "checkpoint belongs to another run",
+            "its seed is 7",
+            "says 0",
+        ],
     );
     std::fs::write(&ck, &mine).unwrap();
     let wider = t.s("wider");
@@ -655,7 +838,11 @@ fn resume_checks_the_checkpoint_against_the_run() {
     expect_bad(
         "resume with a checkpoint of another spec",
         &resume(&[]),
-        &["checkpoint belongs to another run", "its spec is", "\"hidden\":16"],
+        &[
+            "checkpoint belongs to another run",
+            "its spec is",
+            "\"hidden\":16",
+        ],
     );
     // tensors: missing velocity, unknown tensor, NaN
     let edit = |f: &dyn Fn(&mut SafeTensors)| {
@@ -672,7 +859,10 @@ fn resume_checks_the_checkpoint_against_the_run() {
         &["checkpoint lacks tensor \"optim.velocity.fc.weight\""],
     );
     edit(&|st| {
-        st.insert("units.1.convs.0.weight", &Tensor::from_vec(&[1], vec![0f32]).unwrap());
+        st.insert(
+            "units.1.convs.0.weight",
+            &Tensor::from_vec(&[1], vec![0f32]).unwrap(),
+        );
     });
     expect_bad(
         "checkpoint with an unknown tensor",
@@ -697,10 +887,17 @@ fn resume_checks_the_checkpoint_against_the_run() {
     let metrics = dir.join("metrics.csv");
     let text = std::fs::read_to_string(&metrics).unwrap();
     std::fs::write(&metrics, format!("{text}7,0.0")).unwrap();
-    expect_ok("metrics.csv with a torn last line", &resume(&["--iters", "8"]));
+    expect_ok(
+        "metrics.csv with a torn last line",
+        &resume(&["--iters", "8"]),
+    );
     let now = std::fs::read_to_string(&metrics).unwrap();
     assert!(now.ends_with('\n') && !now.contains("7,0.0"), "{now}");
-    assert_eq!(now.lines().count(), 5, "header + rows at 2, 4, 6, 8:\n{now}");
+    assert_eq!(
+        now.lines().count(),
+        5,
+        "header + rows at 2, 4, 6, 8:\n{now}"
+    );
     let body: String = now.lines().skip(1).map(|l| format!("{l}\n")).collect();
     std::fs::write(&metrics, body).unwrap();
     expect_bad(
@@ -729,7 +926,17 @@ fn grads_weights_must_match_the_spec_exactly() {
     let w = w.to_str().unwrap();
     expect_bad(
         "grads with the weights of a deeper net",
-        &resgrad(&["grads", "--spec", s.to_str().unwrap(), "--weights", w, "--input", w, "--out", &t.s("g.safetensors")]),
+        &resgrad(&[
+            "grads",
+            "--spec",
+            s.to_str().unwrap(),
+            "--weights",
+            w,
+            "--input",
+            w,
+            "--out",
+            &t.s("g.safetensors"),
+        ]),
         &["tensor \"units.1.", "not part of the model"],
     );
 }
@@ -745,25 +952,74 @@ fn flags_are_checked_the_same_way_everywhere() {
     let f = t.s("f.csv");
     expect_bad(
         "flow --branch-init-scale NaN",
-        &resgrad(&["flow", "--spec", s, "--data", "synthetic", "--branch-init-scale", "NaN", "--out", &f]),
+        &resgrad(&[
+            "flow",
+            "--spec",
+            s,
+            "--data",
+            "synthetic",
+            "--branch-init-scale",
+            "NaN",
+            "--out",
+            &f,
+        ]),
         &["branch_init_scale must be finite and >= 0, got NaN"],
     );
     expect_bad(
         "flow --lr -1",
-        &resgrad(&["flow", "--spec", s, "--data", "synthetic", "--lr=-1", "--out", &f]),
+        &resgrad(&[
+            "flow",
+            "--spec",
+            s,
+            "--data",
+            "synthetic",
+            "--lr=-1",
+            "--out",
+            &f,
+        ]),
         &["learning rate must be finite and > 0"],
     );
     expect_bad(
         "flow --batch 1",
-        &resgrad(&["flow", "--spec", s, "--data", "synthetic", "--batch", "1", "--out", &f]),
+        &resgrad(&[
+            "flow",
+            "--spec",
+            s,
+            "--data",
+            "synthetic",
+            "--batch",
+            "1",
+            "--out",
+            &f,
+        ]),
         &["batch must be at least 2 (BatchNorm needs two samples), got 1"],
     );
     for (case, args, needle) in [
-        ("--threads 0", vec!["--threads", "0", "peak"], "'--threads <THREADS>': must be between 1 and 1024, got 0"),
-        ("--threads 10^6", vec!["--threads", "1000000", "peak"], "must be between 1 and 1024"),
-        ("sweep --jobs 0", vec!["sweep", "g.toml", "--jobs", "0"], "'--jobs <JOBS>': must be between 1 and 1024, got 0"),
-        ("peak --rounds 0", vec!["peak", "--rounds", "0"], "'--rounds <ROUNDS>': must be between 1 and 1000, got 0"),
-        ("bench --steps 0", vec!["bench", "--depth", "20", "--steps", "0"], "must be between 1 and 100000, got 0"),
+        (
+            "--threads 0",
+            vec!["--threads", "0", "peak"],
+            "'--threads <THREADS>': must be between 1 and 1024, got 0",
+        ),
+        (
+            "--threads 10^6",
+            vec!["--threads", "1000000", "peak"],
+            "must be between 1 and 1024",
+        ),
+        (
+            "sweep --jobs 0",
+            vec!["sweep", "g.toml", "--jobs", "0"],
+            "'--jobs <JOBS>': must be between 1 and 1024, got 0",
+        ),
+        (
+            "peak --rounds 0",
+            vec!["peak", "--rounds", "0"],
+            "'--rounds <ROUNDS>': must be between 1 and 1000, got 0",
+        ),
+        (
+            "bench --steps 0",
+            vec!["bench", "--depth", "20", "--steps", "0"],
+            "must be between 1 and 100000, got 0",
+        ),
     ] {
         expect_bad(case, &resgrad(&args), &[needle]);
     }

@@ -461,7 +461,13 @@ fn print_flow(rows: &[resgrad::probe::FlowRow]) -> Result<()> {
     };
     outln!(
         "{:>6} {:>5} {:>10} {:>10} {:>10} {:>8} {:>10}",
-        "iter", "unit", "||dL/dx||", "shortcut", "branch", "cosine", "prod(lam)"
+        "iter",
+        "unit",
+        "||dL/dx||",
+        "shortcut",
+        "branch",
+        "cosine",
+        "prod(lam)"
     )?;
     for r in rows {
         outln!(

@@ -212,35 +212,24 @@ const RUN_FILES: &[&str] = &[
     "weights.safetensors",
 ];
 
-/// `train --out DIR` (or --config) on a directory that holds a run: refuse
-/// unless --overwrite (nothing is deleted without it), naming the files;
-/// and a directory in use by another process names its owner first.
-fn check_fresh_dir(dir: &std::path::Path, cfg: &TrainConfig, overwrite: bool) -> Result<()> {
+/// `train --out DIR` (or --config) on a directory that holds a run's
+/// results (metrics, flow log, checkpoints): refuse unless --overwrite
+/// (nothing is deleted without it), naming the files; a directory in use
+/// by another process names its owner first. A `config.json` alone (a
+/// start that failed before its first step) holds no result and is
+/// rewritten.
+fn check_fresh_dir(dir: &std::path::Path, overwrite: bool) -> Result<()> {
     if !dir.is_dir() {
         return Ok(());
     }
     // in use: say so (train_run takes the lock for real)
     drop(resgrad::io::lock::DirLock::acquire(dir, "run directory")?);
-    if overwrite {
-        return Ok(());
-    }
-    let mut found: Vec<&str> = RUN_FILES
+    let found: Vec<&str> = RUN_FILES
         .iter()
         .copied()
         .filter(|f| dir.join(f).exists())
         .collect();
-    // config.json of the same run is rewritten unchanged: only another one counts
-    let cfg_path = dir.join("config.json");
-    if cfg_path.exists() {
-        let same = resgrad::io::read::read_text(&cfg_path)
-            .ok()
-            .and_then(|t| serde_json::from_str::<TrainConfig>(&t).ok())
-            .is_some_and(|old| &old == cfg);
-        if !same {
-            found.insert(0, "config.json");
-        }
-    }
-    if found.is_empty() {
+    if overwrite || found.is_empty() {
         return Ok(());
     }
     Err(Error::Config(format!(
@@ -320,7 +309,7 @@ impl TrainArgs {
                 .out
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("runs").join(resgrad::io::dir_name(&cfg.name)));
-            check_fresh_dir(&out, &cfg, self.overwrite)?;
+            check_fresh_dir(&out, self.overwrite)?;
             return Ok((cfg, out, false, None));
         }
         let data = DataSource::parse(&self.data)?;
@@ -357,7 +346,7 @@ impl TrainArgs {
             .out
             .clone()
             .unwrap_or_else(|| PathBuf::from("runs").join(resgrad::io::dir_name(&cfg.name)));
-        check_fresh_dir(&out, &cfg, self.overwrite)?;
+        check_fresh_dir(&out, self.overwrite)?;
         Ok((cfg, out, false, None))
     }
 }

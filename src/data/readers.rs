@@ -318,7 +318,9 @@ pub(crate) fn read_tar_members(path: &Path, wanted: &[&str]) -> Result<Vec<Vec<u
     let reader: Box<dyn Read> = if path.to_string_lossy().ends_with(".tar") {
         Box::new(std::io::BufReader::new(file))
     } else {
-        Box::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::new(file)))
+        Box::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::new(
+            file,
+        )))
     };
     let mut ar = tar::Archive::new(reader);
     let bad = |e: std::io::Error| fmt_err(path, format!("invalid tar.gz archive: {e}"));

@@ -241,14 +241,27 @@ mod tests {
 
     #[test]
     fn names_cannot_leave_their_directory() {
-        for bad in ["", ".", "..", "a/b", "../x", "/abs", "a\\b", "tab\there", "nl\n"] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "../x",
+            "/abs",
+            "a\\b",
+            "tab\there",
+            "nl\n",
+        ] {
             assert!(check_name("grid name", bad).is_err(), "{bad:?}");
         }
         check_name("grid name", "table1-small").unwrap();
-        assert_eq!(dir_name("mlp-4 full_preact scale 0.5/0.5"), "mlp-4_full_preact_scale_0.5_0.5");
+        assert_eq!(
+            dir_name("mlp-4 full_preact scale 0.5/0.5"),
+            "mlp-4_full_preact_scale_0.5_0.5"
+        );
         assert_eq!(dir_name(".."), "_..");
         assert_eq!(dir_name(""), "_");
-        assert_eq!(dir_name("a\u{7}/../b"), "a_.._b");
+        assert_eq!(dir_name("a\u{7}/../b"), "a__.._b");
     }
 
     #[test]

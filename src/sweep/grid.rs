@@ -307,9 +307,17 @@ impl Grid {
             std::collections::HashMap::with_capacity(runs.len());
         for (i, r) in runs.iter().enumerate() {
             if let Some(&o) = seen.get(r.id.as_str()) {
+                let cell = |c: &[(String, String)]| {
+                    c.iter()
+                        .map(|(k, v)| format!("{k} = {v}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
                 return Err(Error::Config(format!(
-                    "grid: two runs would share the directory {:?} ({:?} and {:?}); make the grid values distinct",
-                    r.id, runs[o].cell, r.cell
+                    "grid: two runs would share the directory {:?} ({} and {}); make the grid values distinct",
+                    r.id,
+                    cell(&runs[o].cell),
+                    cell(&r.cell)
                 )));
             }
             seen.insert(&r.id, i);

@@ -128,8 +128,7 @@ pub fn load(
             cfg.iters
         )));
     }
-    net.rng = serde_json::from_str(meta("rng")?)
-        .map_err(|e| fmt(format!("bad RNG state: {e}")))?;
+    net.rng = serde_json::from_str(meta("rng")?).map_err(|e| fmt(format!("bad RNG state: {e}")))?;
     // exactly the model's state and one velocity per parameter
     let mut expected: Vec<String> = net.state_names();
     let params: Vec<(String, Vec<usize>)> = net
