@@ -213,8 +213,15 @@ fn train_on_mnist(d: &Path, out: &Path) -> Output {
 }
 
 fn mkfifo(p: &Path) {
-    let ok = Command::new("mkfifo").arg(p).status().unwrap().success();
-    assert!(ok, "mkfifo {}", p.display());
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path
+    assert_eq!(
+        unsafe { libc::mkfifo(c.as_ptr(), 0o644) },
+        0,
+        "mkfifo {}",
+        p.display()
+    );
 }
 
 const MLP: &str = r#"{"arch":"mlp","in_features":784,"hidden":8,"units":1,"unit":"original","shortcut":{"kind":"identity"}}"#;
@@ -732,7 +739,7 @@ fn a_stopped_sweep_stops_its_runs() {
     )
     .unwrap();
     let out = t.s("out");
-    for (sig, code) in [("TERM", 143), ("HUP", 129)] {
+    for (name, sig, code) in [("TERM", libc::SIGTERM, 143), ("HUP", libc::SIGHUP, 129)] {
         let mut c = cmd(&["sweep", g.to_str().unwrap(), "--out", &out, "--jobs", "2"]);
         c.stdout(Stdio::null()).stderr(Stdio::piped());
         let mut sweep = c.spawn().unwrap();
@@ -749,12 +756,8 @@ fn a_stopped_sweep_stops_its_runs() {
             );
             std::thread::sleep(Duration::from_millis(20));
         };
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &sweep.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
+        // SAFETY: kill(2) on our own child
+        assert_eq!(unsafe { libc::kill(sweep.id() as libc::pid_t, sig) }, 0);
         let t0 = Instant::now();
         let status = loop {
             if let Some(s) = sweep.try_wait().unwrap() {
@@ -763,7 +766,7 @@ fn a_stopped_sweep_stops_its_runs() {
             assert!(t0.elapsed() < Duration::from_secs(60), "sweep did not stop");
             std::thread::sleep(Duration::from_millis(20));
         };
-        assert_eq!(status.code(), Some(code), "sweep stopped by SIG{sig}");
+        assert_eq!(status.code(), Some(code), "sweep stopped by SIG{name}");
         for p in children {
             // reaped by the sweep: gone (or a different, unrelated process)
             let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
@@ -772,7 +775,7 @@ fn a_stopped_sweep_stops_its_runs() {
                 "child {p} outlived the sweep"
             );
         }
-        println!("CASE\tsweep stopped by SIG{sig}\t{code}\t(runs stopped too)");
+        println!("CASE\tsweep stopped by SIG{name}\t{code}\t(runs stopped too)");
     }
     // the rerun resumes them, no orphan holds their directories
     let f = std::fs::read_to_string(t.join("out/seed=0/failed.json")).unwrap();
