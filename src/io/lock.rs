@@ -6,7 +6,9 @@
 //! `flock` when its process ends in any way (an error, SIGKILL, a crash),
 //! so the lock of a dead process is stale by construction and the next
 //! process takes it over (and writes its own pid); the file itself stays.
-//! A second process gets an error naming the owner's pid (exit 2).
+//! A second process gets an error naming the owner's pid (exit 2). On a
+//! file system that has no `flock` (ENOLCK, some network mounts) the
+//! directory is used unlocked.
 
 use crate::error::{Error, Result};
 use std::fs::{File, OpenOptions};
@@ -52,6 +54,10 @@ impl DirLock {
                     path.display()
                 )));
             }
+            // a file system without flock (some network mounts): the run
+            // goes on unlocked rather than not at all
+            Err(std::fs::TryLockError::Error(e))
+                if e.kind() == std::io::ErrorKind::Unsupported || e.raw_os_error() == Some(37) => {}
             Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
         }
         // ours now (a stale lock of a dead process is taken over): our pid
