@@ -559,6 +559,15 @@ fn gzip_bombs_fifos_and_multi_member_gzip() {
         ]),
         &["spec.fifo", "not a regular file"],
     );
+    let run = t.join("fiforun");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("config.json"), "{}").unwrap();
+    mkfifo(&run.join("metrics.csv"));
+    expect_bad(
+        "report of a run whose metrics.csv is a FIFO",
+        &resgrad(&["report", run.to_str().unwrap(), "--out", &t.s("rep")]),
+        &["metrics.csv", "not a regular file"],
+    );
     expect_bad(
         "train --config /dev/zero",
         &resgrad(&["train", "--config", "/dev/zero", "--out", &t.s("z")]),

@@ -124,7 +124,7 @@ enum Prior {
 }
 
 fn read_record(path: &Path) -> Result<RunRecord> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::io::read::read_text(path)?;
     serde_json::from_str(&text).map_err(|e| Error::Format {
         path: path.into(),
         msg: e.to_string(),

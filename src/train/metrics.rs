@@ -75,7 +75,7 @@ pub fn last_row(path: &Path) -> Result<Option<MetricsRow>> {
     if !path.exists() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::io::read::read_text(path)?;
     Ok(text
         .split_inclusive('\n')
         .skip(1)
