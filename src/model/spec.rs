@@ -200,7 +200,7 @@ impl Spec {
 
     /// Read a spec file: JSON, or TOML when the name ends in `.toml`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::io::read::read_text(path)?;
         Self::from_json(&text).map_err(|e| match e {
             Error::Spec(m) => Error::Spec(format!("{}: {m}", path.display())),
             e => e,

@@ -153,7 +153,7 @@ impl Run {
 /// absent.
 pub fn load_run(dir: &Path) -> Result<Run> {
     let config_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+    let text = crate::io::read::read_text(&config_path)?;
     let config: Value = serde_json::from_str(&text).map_err(|e| Error::Format {
         path: config_path.clone(),
         msg: format!("not valid JSON: {e}"),
@@ -205,6 +205,10 @@ fn dir_name(dir: &Path) -> String {
 }
 
 fn read_optional(path: &Path) -> Result<Option<(PathBuf, String)>> {
+    // a FIFO or device is refused by name (a missing file is fine)
+    if path.exists() {
+        crate::io::read::regular_file_len(path)?;
+    }
     match std::fs::read_to_string(path) {
         Ok(t) => Ok(Some((path.to_path_buf(), t))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),

@@ -169,6 +169,19 @@ impl TrainConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
+        self.validate_settings()?;
+        if self.iters == 0 {
+            return Err(Error::Config(
+                "the run has no iterations: give --epochs or --iters".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every check of [`validate`](Self::validate) but the iteration
+    /// count: what `resgrad flow` (which runs `--steps`, not `iters`)
+    /// checks too, so a flag is validated the same way in every command.
+    pub fn validate_settings(&self) -> Result<()> {
         self.spec.validate()?;
         self.schedule.validate()?;
         let bad = |m: String| Err(Error::Config(m));
@@ -183,9 +196,6 @@ impl TrainConfig {
                 "batch {} is not a multiple of bn_groups {}",
                 self.batch, self.bn_groups
             ));
-        }
-        if self.iters == 0 {
-            return bad("the run has no iterations: give --epochs or --iters".into());
         }
         if !(self.sgd.momentum.is_finite() && (0.0..1.0).contains(&self.sgd.momentum)) {
             return bad(format!(

@@ -169,13 +169,20 @@ pub fn train_run_on(
     cfg.validate()?;
     let lead = comm.rank() == 0;
     let quiet = quiet || !lead;
-    if lead {
+    // one process per run directory (released on return, error or not):
+    // rank 0 holds it for all the ranks of a data-parallel run
+    let _lock = if lead {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let lock = crate::io::lock::DirLock::acquire(dir, "run directory")?;
         // a run killed while writing its checkpoint leaves the temporary behind
         crate::io::remove_stale_temporaries(dir);
-    }
+        Some(lock)
+    } else {
+        None
+    };
     let data = load_data(cfg)?;
     let image = data.train.h;
+    crate::limits::check_model("train", &cfg.spec, image, cfg.batch)?;
     let mut net: Net<f32> = Net::new(&cfg.spec, image, cfg.seed)?;
     if cfg.branch_init_scale != 1.0 {
         for u in net.units.iter_mut() {
@@ -188,12 +195,12 @@ pub fn train_run_on(
     let flow_path = dir.join(FLOW_CSV);
     let (mut iter, mut wall_before) = (0u64, 0.0f64);
     if resume && ckpt_path.exists() {
-        let r = checkpoint::load(&ckpt_path, &mut net, &mut opt)?;
+        let r = checkpoint::load(&ckpt_path, cfg, &mut net, &mut opt)?;
         iter = r.iter;
         wall_before = r.wall_s;
         if lead {
-            retain_rows(&metrics_path, |it| it <= iter)?;
-            retain_rows(&flow_path, |it| it < iter)?;
+            retain_rows(&metrics_path, METRICS_HEADER, |it| it <= iter)?;
+            retain_rows(&flow_path, FLOW_CSV_HEADER, |it| it < iter)?;
         }
     } else if lead {
         for p in [&metrics_path, &flow_path, &ckpt_path] {
@@ -291,7 +298,7 @@ pub fn train_run_on(
                 window.0 / window.2.max(1) as f64,
                 window.1 as f64 / window.2.max(1) as f64,
                 ips,
-            );
+            )?;
             batches.recycle(b);
             let eval_now = iter % eval_every == 0 || iter == cfg.iters;
             if eval_now || iter % WEIGHT_CHECK_EVERY == 0 {
@@ -322,7 +329,7 @@ pub fn train_run_on(
                     last.train_loss,
                     100.0 * last.train_acc,
                     100.0 * test_acc
-                ));
+                ))?;
                 window = (0.0, 0, 0, 0.0);
             }
             if iter >= cfg.iters {
@@ -336,14 +343,14 @@ pub fn train_run_on(
         let alone = par.allreduce_alone_s(5)?;
         let exposed = par.exposed_per_step_s();
         if !quiet {
-            eprintln!(
+            crate::errln!(
                 "{}: {} ranks: gradient allreduce {:.2} ms per step alone, {:.2} ms left after the last rank's backward ({:.0}% hidden)",
                 cfg.name,
                 comm.size(),
                 1e3 * alone,
                 1e3 * exposed,
                 100.0 * (1.0 - exposed / alone.max(1e-12)).max(0.0)
-            );
+            )?;
         }
     }
     if diverged.is_none() && iter >= cfg.iters && lead {
