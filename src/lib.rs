@@ -25,6 +25,7 @@ pub mod scalar;
 pub mod sweep;
 pub mod tensor;
 pub mod train;
+pub mod verdict;
 
 pub use error::{Error, Result};
 pub use scalar::Scalar;

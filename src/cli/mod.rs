@@ -274,8 +274,13 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Train(args) => {
             let (cfg, dir, resume) = args.config()?;
+            for w in cfg.schedule.beyond_run(cfg.iters) {
+                eprintln!("warning: {w} (--schedule-scale scales a preset's schedule to the run)");
+            }
             let out = train_run(&cfg, &dir, resume, args.quiet)?;
+            let verdict = out.verdict.describe();
             if let Some(msg) = out.diverged {
+                eprint!("verdict: {verdict}");
                 return Err(Error::Diverged {
                     iter: out.iter,
                     msg,
@@ -289,6 +294,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 out.last.test_loss,
                 dir.display()
             );
+            print!("verdict: {verdict}");
             Ok(())
         }
         Cmd::Grads {
@@ -353,6 +359,15 @@ pub fn run(cli: Cli) -> Result<()> {
                 );
             } else {
                 print_flow(&rows);
+                // the verdict of each probe (crate::verdict)
+                let mut iters: Vec<u64> = rows.iter().map(|r| r.iter).collect();
+                iters.dedup();
+                for it in iters {
+                    let probe: Vec<_> = rows.iter().filter(|r| r.iter == it).cloned().collect();
+                    if let Some(v) = resgrad::verdict::judge(&probe) {
+                        println!("verdict at iteration {it}: {}", v.describe());
+                    }
+                }
             }
             Ok(())
         }

@@ -160,6 +160,9 @@ pub struct TrainArgs {
     /// warm-up iterations (the preset's warm-up is kept unless this is given)
     #[arg(long)]
     pub warmup_iters: Option<u64>,
+    /// scale the preset's schedule (milestones, warm-up) from its 64k iterations to --iters/--epochs (e.g. --preset paper --iters 300: warm-up 2, milestones 150, 225)
+    #[arg(long)]
+    pub schedule_scale: bool,
     /// constant | linear
     #[arg(long, default_value = "constant")]
     pub warmup: String,
@@ -243,6 +246,7 @@ impl TrainArgs {
             eval_every: Some(self.eval_every),
             max_grad_norm: Some(self.max_grad_norm),
             branch_init_scale: Some(self.branch_init_scale),
+            schedule_scale: self.schedule_scale.then_some(true),
         };
         let cfg = settings.build(&spec.label(), spec, data)?;
         let out = self

@@ -56,6 +56,7 @@ pub const SETTING_KEYS: &[&str] = &[
     "eval_every",
     "max_grad_norm",
     "branch_init_scale",
+    "schedule_scale",
 ];
 
 const TOP_KEYS: &str = "name, description, fail_above, [base], [grid]";
@@ -540,7 +541,7 @@ unit = ["original", "full_preact"]
         for k in SETTING_KEYS {
             let v = match *k {
                 "data" | "preset" | "schedule" | "warmup" => Value::from("x"),
-                "nesterov" | "no_decay_bn_bias" | "augment" => Value::from(true),
+                "nesterov" | "no_decay_bn_bias" | "augment" | "schedule_scale" => Value::from(true),
                 "milestones" => Value::from(vec![1u64]),
                 _ => Value::from(1u64),
             };

@@ -39,6 +39,8 @@ pub struct RunOutcome {
     pub diverged: Option<String>,
     /// iterations completed (for a diverged run: the one that diverged)
     pub iter: u64,
+    /// the verdict on the gradient flow (also in `summary.json`)
+    pub verdict: crate::verdict::RunVerdict,
 }
 
 impl RunOutcome {
@@ -148,7 +150,11 @@ pub fn train_run(cfg: &TrainConfig, dir: &Path, resume: bool, quiet: bool) -> Re
         retain_rows(&metrics_path, |it| it <= iter)?;
         retain_rows(&flow_path, |it| it < iter)?;
     } else {
-        for p in [&metrics_path, &flow_path, &ckpt_path] {
+        let (summary, marker) = (
+            dir.join(crate::verdict::SUMMARY_JSON),
+            dir.join(crate::verdict::DIVERGED_JSON),
+        );
+        for p in [&metrics_path, &flow_path, &ckpt_path, &summary, &marker] {
             if p.exists() {
                 std::fs::remove_file(p).map_err(|e| Error::io(p, e))?;
             }
@@ -275,6 +281,12 @@ pub fn train_run(cfg: &TrainConfig, dir: &Path, resume: bool, quiet: bool) -> Re
     if flow_first.is_empty() {
         flow_first = flow_last.clone();
     }
+    // summary.json (the verdict) for every run; diverged.json for a diverged one
+    let marker = diverged.as_ref().map(|msg| crate::verdict::Diverged {
+        iter,
+        message: msg.clone(),
+    });
+    let verdict = crate::verdict::write_run_files(dir, Some(last.test_acc), marker)?;
     Ok(RunOutcome {
         name: cfg.name.clone(),
         last,
@@ -282,5 +294,6 @@ pub fn train_run(cfg: &TrainConfig, dir: &Path, resume: bool, quiet: bool) -> Re
         flow_last,
         diverged,
         iter,
+        verdict,
     })
 }

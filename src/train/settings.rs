@@ -47,6 +47,9 @@ pub struct Settings {
     pub eval_every: Option<u64>,
     pub max_grad_norm: Option<f64>,
     pub branch_init_scale: Option<f64>,
+    /// scale the preset's schedule (milestones, warm-up) from its 64k
+    /// iterations to the run's length
+    pub schedule_scale: Option<bool>,
 }
 
 impl Settings {
@@ -175,6 +178,19 @@ impl Settings {
             (None, Some(e)) => cfg.iters = e.saturating_mul(per_epoch),
             (None, None) if cfg.iters == 0 => cfg.iters = 10 * per_epoch,
             (None, None) => {}
+        }
+        if s.schedule_scale == Some(true) {
+            let Some(written_for) = s.preset.as_deref().map(|_| 64_000u64) else {
+                return Err(Error::Config(
+                    "schedule_scale (--schedule-scale) scales the preset's schedule, written for its 64k iterations, to the run's length: give a preset (--preset paper)".into(),
+                ));
+            };
+            if s.milestones.is_some() || s.warmup_iters.is_some() {
+                return Err(Error::Config(
+                    "give schedule_scale (--schedule-scale) or milestones / warmup_iters for this run's length, not both".into(),
+                ));
+            }
+            cfg.schedule = cfg.schedule.scaled(cfg.iters as f64 / written_for as f64);
         }
         if let Decay::Cosine { total, .. } = &mut cfg.schedule.decay {
             *total = cfg.iters;
