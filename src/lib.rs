@@ -13,6 +13,7 @@ pub mod data;
 pub mod demo;
 pub mod derive;
 pub mod error;
+pub mod eval;
 pub mod gemm;
 pub mod gradcheck;
 pub mod grads;

@@ -1,6 +1,7 @@
 //! Subcommands of the `resgrad` binary: each parses its flags and calls the
 //! library.
 
+mod eval;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -70,6 +71,12 @@ pub enum Cmd {
     /// Train one network; writes config.json, metrics.csv, flow.csv and a checkpoint into the run directory.
     #[command(after_help = DATA_NOTE)]
     Train(Box<train::TrainArgs>),
+    /// Evaluate a trained network (a run directory, or --weights and --spec):
+    /// test loss, accuracy, per-class accuracy and the confusion matrix.
+    Eval(Box<eval::EvalArgs>),
+    /// Classify one image (a PNG, or a data set record by --index): the
+    /// top-k classes with their probabilities.
+    Predict(Box<eval::PredictArgs>),
     /// One training-mode forward/backward; writes logits, loss, grad.<param>
     /// and dx.<i> (the PyTorch reference's fixture keys) as safetensors.
     Grads {
@@ -297,6 +304,8 @@ pub fn run(cli: Cli) -> Result<()> {
             print!("verdict: {verdict}");
             Ok(())
         }
+        Cmd::Eval(a) => eval::eval(&a),
+        Cmd::Predict(a) => eval::predict(&a),
         Cmd::Grads {
             spec,
             weights,
