@@ -181,3 +181,132 @@ fn eval_and_predict_a_trained_run() {
         assert!(err.contains(msg), "{args:?}: {err}");
     }
 }
+
+/// Rewrite the `__metadata__` entry `key` of a safetensors file's JSON header.
+fn set_metadata(src: &Path, dst: &Path, key: &str, value: &str) {
+    let bytes = std::fs::read(src).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    header["__metadata__"][key] = Value::from(value);
+    let h = header.to_string().into_bytes();
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&h);
+    out.extend_from_slice(&bytes[8 + n..]);
+    std::fs::write(dst, out).unwrap();
+}
+
+/// The `__metadata__` of a safetensors file's JSON header.
+fn metadata(p: &Path) -> Value {
+    let bytes = std::fs::read(p).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    header["__metadata__"].clone()
+}
+
+#[test]
+fn init_from_weights_and_the_stored_normalisation() {
+    let tmp = TempDir::new("init-from");
+    let base = [
+        "train",
+        "--arch",
+        "mlp",
+        "--units",
+        "2",
+        "--hidden",
+        "32",
+        "--no-batchnorm",
+        "--batch",
+        "64",
+        "--flow-every",
+        "0",
+        "--quiet",
+    ];
+    let with = |extra: &[&str]| -> Vec<String> {
+        base.iter().chain(extra).map(|s| s.to_string()).collect()
+    };
+    let a = tmp.join("a");
+    let args = with(&["--iters", "30", "--lr", "0.05"]);
+    run_ok(&args.iter().map(String::as_str).collect::<Vec<_>>(), &a);
+    let (loss_a, acc_a) = last_eval(&a);
+
+    // the normalisation, in config.json and in the weights' metadata
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("config.json")).unwrap()).unwrap();
+    let mean = cfg["norm"]["mean"].as_array().unwrap().clone();
+    assert_eq!(mean.len(), 1);
+    let m0 = mean[0].as_f64().unwrap();
+    assert!(m0 > 10.0 && m0 < 80.0, "digits: mostly black pixels, {m0}");
+    let wa = a.join("weights.safetensors");
+    let meta: Value = serde_json::from_str(metadata(&wa)["norm"].as_str().unwrap()).unwrap();
+    assert_eq!(meta["mean"], cfg["norm"]["mean"]);
+    assert_eq!(meta["std"], cfg["norm"]["std"]);
+    assert_eq!(meta["pixel_range"], serde_json::json!([0, 255]));
+
+    // a run started from a's weights (one step at a negligible rate)
+    // evaluates as a ended
+    let b = tmp.join("b");
+    let args = with(&[
+        "--iters",
+        "1",
+        "--lr",
+        "1e-12",
+        "--init-from",
+        wa.to_str().unwrap(),
+    ]);
+    run_ok(&args.iter().map(String::as_str).collect::<Vec<_>>(), &b);
+    let (loss_b, acc_b) = last_eval(&b);
+    assert_eq!(acc_b, acc_a);
+    assert!((loss_b - loss_a).abs() < 1e-5, "{loss_b} vs {loss_a}");
+    // ... and the seeded initialisation does not
+    let c = tmp.join("c");
+    let args = with(&["--iters", "1", "--lr", "1e-12"]);
+    run_ok(&args.iter().map(String::as_str).collect::<Vec<_>>(), &c);
+    assert!((last_eval(&c).0 - loss_a).abs() > 1e-2);
+
+    // eval applies the weights' stored normalisation: other statistics in
+    // the metadata give another loss
+    let cfg_spec = tmp.join("spec.json");
+    std::fs::write(&cfg_spec, cfg["spec"].to_string()).unwrap();
+    let eval_loss = |w: &Path| -> f64 {
+        let j = tmp.join("e.json");
+        ok(&[
+            "eval",
+            "--weights",
+            w.to_str().unwrap(),
+            "--spec",
+            cfg_spec.to_str().unwrap(),
+            "--json",
+            j.to_str().unwrap(),
+        ]);
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(&j).unwrap()).unwrap();
+        v["loss"].as_f64().unwrap()
+    };
+    assert!((eval_loss(&wa) - loss_a).abs() < 1e-5);
+    let other = tmp.join("other.safetensors");
+    set_metadata(&wa, &other, "norm", r#"{"mean":[0.0],"std":[1.0]}"#);
+    assert!((eval_loss(&other) - loss_a).abs() > 1e-2);
+
+    // weights of another shape, and a second way of initialising: exit 2
+    for (extra, msg) in [
+        (
+            vec!["--shortcut", "conv1x1"],
+            "missing tensor \"units.0.shortcut.weight\"",
+        ),
+        (
+            vec!["--branch-init-scale", "0.5"],
+            "branch_init_scale does not apply",
+        ),
+    ] {
+        let mut args = with(&["--iters", "1", "--init-from", wa.to_str().unwrap()]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let o = bin()
+            .args(&args)
+            .arg("--out")
+            .arg(tmp.join("bad"))
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{extra:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(msg), "{extra:?}: {err}");
+    }
+}

@@ -180,12 +180,18 @@ pub struct TrainArgs {
     /// probe the gradient flow every K iterations (0: never)
     #[arg(long, default_value_t = 100)]
     pub flow_every: u64,
+    /// a steps.csv row (loss, lr, gradient norm, images/s) every N steps (0: none)
+    #[arg(long, default_value_t = 1)]
+    pub log_every: u64,
     /// evaluate and checkpoint every N iterations (default: every epoch)
     #[arg(long, default_value_t = 0)]
     pub eval_every: u64,
     /// a gradient norm above this stops the run as diverged (exit 3)
     #[arg(long, default_value_t = 1e8)]
     pub max_grad_norm: f64,
+    /// start from these weights (safetensors under the reference's state-dict names: a PyTorch state_dict or a run's weights.safetensors); fresh optimiser state
+    #[arg(long)]
+    pub init_from: Option<PathBuf>,
     /// scale the last layer of every branch at initialisation
     #[arg(long, default_value_t = 1.0)]
     pub branch_init_scale: f64,
@@ -247,6 +253,8 @@ impl TrainArgs {
             max_grad_norm: Some(self.max_grad_norm),
             branch_init_scale: Some(self.branch_init_scale),
             schedule_scale: self.schedule_scale.then_some(true),
+            init_from: self.init_from.clone(),
+            log_every: Some(self.log_every),
         };
         let cfg = settings.build(&spec.label(), spec, data)?;
         let out = self

@@ -9,7 +9,9 @@
 //! with the statistics of the training split (`DataSplit::normalize`) of
 //! the run's data (after its held-out `val` images), or, for weights and a
 //! spec, of the `--data` set's training split (default: the built-in
-//! digits). Evaluation runs in eval mode (BatchNorm running statistics, no
+//! digits). Runs and weights written by `train` carry these statistics
+//! (`config.json`'s `norm`, the weights' `norm` metadata, see
+//! [`norm_metadata`]), and then those are applied. Evaluation runs in eval mode (BatchNorm running statistics, no
 //! dropout), as the training loop's evaluations do.
 
 mod png_image;
@@ -24,6 +26,28 @@ use crate::train::{DataSource, TrainConfig};
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+
+/// The weights' metadata key of the normalisation.
+pub const NORM_METADATA: &str = "norm";
+
+/// The normalisation as the weights' metadata value: JSON
+/// `{"mean": [...], "std": [...], "pixel_range": [0, 255]}`, per channel, for
+/// `x = (pixel - mean[c]) / std[c]` on raw pixel values in `pixel_range`.
+pub fn norm_metadata(norm: &Norm) -> String {
+    // written as f32 (as config.json writes them), not widened to f64
+    #[derive(Serialize)]
+    struct Meta<'a> {
+        mean: &'a [f32],
+        std: &'a [f32],
+        pixel_range: [u32; 2],
+    }
+    let m = Meta {
+        mean: &norm.mean,
+        std: &norm.std,
+        pixel_range: [0, 255],
+    };
+    serde_json::to_string(&m).unwrap_or_default()
+}
 
 /// Where the network comes from.
 #[derive(Clone, Debug)]
@@ -54,7 +78,7 @@ pub struct Trained {
 /// data set of a weights file and spec (default `mnist5k`); for a run it
 /// is ignored here (see [`Trained::eval_set`]).
 pub fn open(source: &ModelSource, data: Option<&DataSource>) -> Result<Trained> {
-    let (spec, data_src, val, weights) = match source {
+    let (spec, data_src, val, weights, stored) = match source {
         ModelSource::Run(dir) => {
             let p = dir.join("config.json");
             let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
@@ -75,14 +99,26 @@ pub fn open(source: &ModelSource, data: Option<&DataSource>) -> Result<Trained> 
                     dir.display()
                 ))
             })?;
-            (cfg.spec, cfg.data, cfg.val, w)
+            (cfg.spec, cfg.data, cfg.val, w, cfg.norm)
         }
         ModelSource::Files { weights, spec } => (
             Spec::from_file(spec)?,
             data.cloned().unwrap_or(DataSource::Mnist5k),
             0,
             weights.clone(),
+            None,
         ),
+    };
+    let st = SafeTensors::read(&weights)?;
+    let stored = match (stored, st.metadata.get(NORM_METADATA)) {
+        (Some(n), _) => Some(n),
+        (None, Some(m)) => Some(serde_json::from_str::<Norm>(m).map_err(|e| Error::Format {
+            path: weights.clone(),
+            msg: format!(
+                "metadata {NORM_METADATA:?} is not {{\"mean\": [...], \"std\": [...]}}: {e}"
+            ),
+        })?),
+        (None, None) => None,
     };
     let mut split = data_src.load()?;
     let held_out = if val > 0 {
@@ -90,18 +126,13 @@ pub fn open(source: &ModelSource, data: Option<&DataSource>) -> Result<Trained> 
     } else {
         None
     };
-    let norm = split.normalize();
-    let eval = match held_out {
-        Some(mut v) => {
-            norm.apply(&mut v)?;
-            v
-        }
-        None => split.test,
-    };
+    // the statistics training used: stored, else recomputed as train does
+    let norm = stored.unwrap_or_else(|| Norm::of(&split.train));
+    let mut eval = held_out.unwrap_or(split.test);
+    norm.apply(&mut eval)?;
     let t = &split.train;
     check_fits(&spec, t, &data_src.to_string())?;
     let mut net: Net<f32> = Net::new(&spec, t.h, 0)?;
-    let st = SafeTensors::read(&weights)?;
     net.load_state(&st)?;
     Ok(Trained {
         net,

@@ -57,6 +57,8 @@ pub const SETTING_KEYS: &[&str] = &[
     "max_grad_norm",
     "branch_init_scale",
     "schedule_scale",
+    "init_from",
+    "log_every",
 ];
 
 const TOP_KEYS: &str = "name, description, fail_above, [base], [grid]";
@@ -540,7 +542,7 @@ unit = ["original", "full_preact"]
     fn every_setting_key_is_a_settings_field() {
         for k in SETTING_KEYS {
             let v = match *k {
-                "data" | "preset" | "schedule" | "warmup" => Value::from("x"),
+                "data" | "preset" | "schedule" | "warmup" | "init_from" => Value::from("x"),
                 "nesterov" | "no_decay_bn_bias" | "augment" | "schedule_scale" => Value::from(true),
                 "milestones" => Value::from(vec![1u64]),
                 _ => Value::from(1u64),

@@ -138,10 +138,16 @@ pub fn train_run(cfg: &TrainConfig, dir: &Path, resume: bool, quiet: bool) -> Re
             u.scale_branch_output(cfg.branch_init_scale);
         }
     }
+    if let Some(p) = &cfg.init_from {
+        // every parameter and buffer by name and shape (a resumed run's
+        // checkpoint replaces them below)
+        net.load_state(&crate::io::safetensors::SafeTensors::read(p)?)?;
+    }
     let mut opt: Sgd<f32> = Sgd::new(cfg.sgd.clone());
     let ckpt_path = dir.join(CHECKPOINT);
     let metrics_path = dir.join(METRICS_CSV);
     let flow_path = dir.join(FLOW_CSV);
+    let steps_path = dir.join(super::steps::STEPS_CSV);
     let (mut iter, mut wall_before) = (0u64, 0.0f64);
     if resume && ckpt_path.exists() {
         let r = checkpoint::load(&ckpt_path, &mut net, &mut opt)?;
@@ -149,18 +155,32 @@ pub fn train_run(cfg: &TrainConfig, dir: &Path, resume: bool, quiet: bool) -> Re
         wall_before = r.wall_s;
         retain_rows(&metrics_path, |it| it <= iter)?;
         retain_rows(&flow_path, |it| it < iter)?;
+        retain_rows(&steps_path, |it| it < iter)?;
     } else {
         let (summary, marker) = (
             dir.join(crate::verdict::SUMMARY_JSON),
             dir.join(crate::verdict::DIVERGED_JSON),
         );
-        for p in [&metrics_path, &flow_path, &ckpt_path, &summary, &marker] {
+        for p in [
+            &metrics_path,
+            &flow_path,
+            &steps_path,
+            &ckpt_path,
+            &summary,
+            &marker,
+        ] {
             if p.exists() {
                 std::fs::remove_file(p).map_err(|e| Error::io(p, e))?;
             }
         }
     }
-    let cfg_json = serde_json::to_string_pretty(cfg).map_err(|e| Error::Config(e.to_string()))?;
+    // config.json records the normalisation (eval and predict apply it)
+    let stored = TrainConfig {
+        norm: Some(data.norm.clone()),
+        ..cfg.clone()
+    };
+    let cfg_json =
+        serde_json::to_string_pretty(&stored).map_err(|e| Error::Config(e.to_string()))?;
     write_atomic(&dir.join("config.json"), cfg_json.as_bytes())?;
 
     let train = Arc::new(data.train);
@@ -191,6 +211,7 @@ pub fn train_run(cfg: &TrainConfig, dir: &Path, resume: bool, quiet: bool) -> Re
     };
     let (mut flow_first, mut flow_last): (Vec<FlowRow>, Vec<FlowRow>) = (vec![], vec![]);
     let mut diverged = None;
+    let mut steps = super::steps::StepLog::new(dir, cfg.log_every);
     'outer: while iter < cfg.iters {
         let epoch = iter / bpe;
         let mut batches = loader.epoch_from(epoch, (iter % bpe) as usize);
@@ -224,7 +245,12 @@ pub fn train_run(cfg: &TrainConfig, dir: &Path, resume: bool, quiet: bool) -> Re
             window.1 += count_correct(net.logits(), &b.labels, net.classes());
             window.2 += b.n;
             crate::ops::awake::on_warm_pool(|| opt.step(&mut net.params_mut(), lr));
-            window.3 += t0.elapsed().as_secs_f64();
+            let dt = t0.elapsed().as_secs_f64();
+            window.3 += dt;
+            if steps.wants(iter) {
+                let g = super::steps::grad_norm(&mut net);
+                steps.push(iter, lr, loss, g, b.n as f64 / dt.max(1e-9));
+            }
             iter += 1;
             let ips = window.2 as f64 / window.3.max(1e-9);
             progress.update(
@@ -250,7 +276,8 @@ pub fn train_run(cfg: &TrainConfig, dir: &Path, resume: bool, quiet: bool) -> Re
                     wall_s,
                 };
                 append_lines(&metrics_path, METRICS_HEADER, &last.csv_line())?;
-                checkpoint::save(&ckpt_path, cfg, &mut net, &opt, iter, wall_s)?;
+                steps.flush()?;
+                checkpoint::save(&ckpt_path, &stored, &mut net, &opt, iter, wall_s)?;
                 progress.println(&format!(
                     "{}: iter {iter} epoch {:.2}: train loss {:.4} acc {:.2}%, test loss {test_loss:.4} acc {:.2}%, {ips:.0} img/s",
                     cfg.name,
@@ -266,6 +293,7 @@ pub fn train_run(cfg: &TrainConfig, dir: &Path, resume: bool, quiet: bool) -> Re
             }
         }
     }
+    steps.flush()?;
     progress.finish();
     if diverged.is_none() && iter >= cfg.iters {
         // the final weights alone, under the reference's state-dict names:
@@ -275,6 +303,11 @@ pub fn train_run(cfg: &TrainConfig, dir: &Path, resume: bool, quiet: bool) -> Re
         st.metadata.insert(
             "spec".into(),
             serde_json::to_string(&cfg.spec).map_err(|e| Error::Config(e.to_string()))?,
+        );
+        // the inputs' normalisation: x = (pixel - mean[c]) / std[c] on 0..=255 pixels
+        st.metadata.insert(
+            crate::eval::NORM_METADATA.into(),
+            crate::eval::norm_metadata(&data.norm),
         );
         st.write_atomic(&dir.join(WEIGHTS))?;
     }

@@ -50,6 +50,10 @@ pub struct Settings {
     /// scale the preset's schedule (milestones, warm-up) from its 64k
     /// iterations to the run's length
     pub schedule_scale: Option<bool>,
+    /// start from these weights (safetensors, the reference's state-dict names)
+    pub init_from: Option<std::path::PathBuf>,
+    /// a steps.csv row every this many steps (default 1; 0: none)
+    pub log_every: Option<u64>,
 }
 
 impl Settings {
@@ -159,6 +163,10 @@ impl Settings {
         }
         if let Some(b) = s.branch_init_scale {
             cfg.branch_init_scale = b;
+        }
+        cfg.init_from.clone_from(&s.init_from);
+        if let Some(n) = s.log_every {
+            cfg.log_every = n;
         }
         // iterations: `iters`, or `epochs` times the batches per epoch (an
         // estimate from the data set's size: the loader checks the real one)
