@@ -57,7 +57,7 @@ impl StepLog {
 
     /// Whether step `iter` is logged.
     pub fn wants(&self, iter: u64) -> bool {
-        self.every > 0 && iter % self.every == 0
+        self.every > 0 && iter.is_multiple_of(self.every)
     }
 
     /// Keep one row.
