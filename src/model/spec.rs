@@ -253,6 +253,11 @@ impl Spec {
                 if self.in_channels == 0 {
                     return bad("in_channels must be at least 1".into());
                 }
+                // never ignored: the conv nets (here and in the PyTorch
+                // reference) have BatchNorm in every unit
+                if !self.batchnorm {
+                    return bad("\"batchnorm\": false is not supported for cifar (convolutional) nets: they are built with BatchNorm in every unit, as the PyTorch reference builds them; remove the field (or --no-batchnorm), or use \"arch\": \"mlp\" for a net without BN".into());
+                }
                 for f in ["in_features", "hidden", "units"] {
                     let set = match f {
                         "in_features" => self.in_features.is_some(),

@@ -151,7 +151,12 @@ pub(super) fn check_config(dir: &Path, cfg: &TrainConfig) -> Result<()> {
         return Ok(());
     };
     let parse = |t: &str| serde_json::from_str::<serde_json::Value>(t).ok();
-    let old = parse(&text);
+    let mut old = parse(&text);
+    // `norm` is what training computed from the data (train writes it into
+    // config.json), not a setting of the grid
+    if let Some(serde_json::Value::Object(o)) = old.as_mut() {
+        o.remove("norm");
+    }
     let new = parse(&to_json(cfg)?);
     if old.is_none() || old != new {
         let field = match (&old, &new) {

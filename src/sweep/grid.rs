@@ -56,6 +56,9 @@ pub const SETTING_KEYS: &[&str] = &[
     "eval_every",
     "max_grad_norm",
     "branch_init_scale",
+    "schedule_scale",
+    "init_from",
+    "log_every",
 ];
 
 const TOP_KEYS: &str = "name, description, fail_above, [base], [grid]";
@@ -577,8 +580,8 @@ unit = ["original", "full_preact"]
     fn every_setting_key_is_a_settings_field() {
         for k in SETTING_KEYS {
             let v = match *k {
-                "data" | "preset" | "schedule" | "warmup" => Value::from("x"),
-                "nesterov" | "no_decay_bn_bias" | "augment" => Value::from(true),
+                "data" | "preset" | "schedule" | "warmup" | "init_from" => Value::from("x"),
+                "nesterov" | "no_decay_bn_bias" | "augment" | "schedule_scale" => Value::from(true),
                 "milestones" => Value::from(vec![1u64]),
                 _ => Value::from(1u64),
             };

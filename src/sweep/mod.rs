@@ -28,7 +28,8 @@
 //! `resgrad train`'s settings: data, preset, iters, epochs, batch, lr,
 //! momentum, nesterov, wd, no_decay_bn_bias, schedule, milestones, gamma,
 //! warmup, warmup_iters, warmup_lr, seed, val, augment, flow_every,
-//! eval_every, max_grad_norm, branch_init_scale. A `[grid]` key is any of
+//! eval_every, max_grad_norm, branch_init_scale, schedule_scale, init_from,
+//! log_every. A `[grid]` key is any of
 //! either kind; its list replaces the base value. Unknown keys anywhere
 //! are errors (exit 2). Relative data paths are relative to the directory
 //! the sweep runs in.

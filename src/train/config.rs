@@ -126,10 +126,30 @@ pub struct TrainConfig {
     /// ranks with per-rank BN compute; a multiple of the number of ranks)
     #[serde(default, skip_serializing_if = "is_zero")]
     pub bn_groups: usize,
+    /// start from these weights instead of the seeded initialisation:
+    /// safetensors under the reference's state-dict names (a PyTorch
+    /// `state_dict`, another run's `weights.safetensors`); the optimiser
+    /// state starts fresh
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<PathBuf>,
+    /// a `steps.csv` row (loss, lr, gradient norm, images/s) every this
+    /// many steps (0: none)
+    #[serde(default = "every_step")]
+    pub log_every: u64,
+    /// the per-channel statistics the inputs were normalised with, on raw
+    /// 0..=255 pixels: `x = (pixel - mean[c]) / std[c]`. Written by `train`
+    /// (computed from the training split, after `val`); `eval` and
+    /// `predict` apply them. A run recomputes them from its data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub norm: Option<Norm>,
 }
 
 fn is_zero(v: &usize) -> bool {
     *v == 0
+}
+
+fn every_step() -> u64 {
+    1
 }
 
 impl TrainConfig {
@@ -154,6 +174,9 @@ impl TrainConfig {
             max_grad_norm: 1e8,
             branch_init_scale: 1.0,
             bn_groups: 0,
+            init_from: None,
+            log_every: 1,
+            norm: None,
         }
     }
 
@@ -220,6 +243,12 @@ impl TrainConfig {
                 "branch_init_scale must be finite and >= 0, got {}",
                 self.branch_init_scale
             ));
+        }
+        if self.init_from.is_some() && self.branch_init_scale != 1.0 {
+            return bad(
+                "init_from (--init-from) replaces the initial weights: branch_init_scale does not apply"
+                    .into(),
+            );
         }
         Ok(())
     }

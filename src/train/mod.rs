@@ -13,6 +13,7 @@ pub mod progress;
 pub mod run;
 pub mod schedule;
 pub mod settings;
+pub mod steps;
 
 pub use config::{DataSource, TrainConfig};
 pub use run::{train_run, train_run_on, RunOutcome};

@@ -41,6 +41,8 @@ pub struct RunOutcome {
     pub diverged: Option<String>,
     /// iterations completed (for a diverged run: the one that diverged)
     pub iter: u64,
+    /// the verdict on the gradient flow (also in `summary.json`)
+    pub verdict: crate::verdict::RunVerdict,
 }
 
 impl RunOutcome {
@@ -189,10 +191,16 @@ pub fn train_run_on(
             u.scale_branch_output(cfg.branch_init_scale);
         }
     }
+    if let Some(p) = &cfg.init_from {
+        // every parameter and buffer by name and shape (a resumed run's
+        // checkpoint replaces them below)
+        net.load_state(&crate::io::safetensors::SafeTensors::read(p)?)?;
+    }
     let mut opt: Sgd<f32> = Sgd::new(cfg.sgd.clone());
     let ckpt_path = dir.join(CHECKPOINT);
     let metrics_path = dir.join(METRICS_CSV);
     let flow_path = dir.join(FLOW_CSV);
+    let steps_path = dir.join(super::steps::STEPS_CSV);
     let (mut iter, mut wall_before) = (0u64, 0.0f64);
     if resume && ckpt_path.exists() {
         let r = checkpoint::load(&ckpt_path, cfg, &mut net, &mut opt)?;
@@ -201,9 +209,21 @@ pub fn train_run_on(
         if lead {
             retain_rows(&metrics_path, METRICS_HEADER, |it| it <= iter)?;
             retain_rows(&flow_path, FLOW_CSV_HEADER, |it| it < iter)?;
+            retain_rows(&steps_path, super::steps::STEPS_HEADER, |it| it < iter)?;
         }
     } else if lead {
-        for p in [&metrics_path, &flow_path, &ckpt_path] {
+        let (summary, marker) = (
+            dir.join(crate::verdict::SUMMARY_JSON),
+            dir.join(crate::verdict::DIVERGED_JSON),
+        );
+        for p in [
+            &metrics_path,
+            &flow_path,
+            &steps_path,
+            &ckpt_path,
+            &summary,
+            &marker,
+        ] {
             if p.exists() {
                 std::fs::remove_file(p).map_err(|e| Error::io(p, e))?;
             }
@@ -221,7 +241,13 @@ pub fn train_run_on(
         });
         crate::dist::check_same_start(&*comm, &start)?;
     }
-    let cfg_json = serde_json::to_string_pretty(cfg).map_err(|e| Error::Config(e.to_string()))?;
+    // config.json records the normalisation (eval and predict apply it)
+    let stored = TrainConfig {
+        norm: Some(data.norm.clone()),
+        ..cfg.clone()
+    };
+    let cfg_json =
+        serde_json::to_string_pretty(&stored).map_err(|e| Error::Config(e.to_string()))?;
     if lead {
         write_atomic(&dir.join("config.json"), cfg_json.as_bytes())?;
     }
@@ -255,6 +281,8 @@ pub fn train_run_on(
     };
     let (mut flow_first, mut flow_last): (Vec<FlowRow>, Vec<FlowRow>) = (vec![], vec![]);
     let mut diverged = None;
+    // rank 0 alone writes steps.csv
+    let mut steps = super::steps::StepLog::new(dir, if lead { cfg.log_every } else { 0 });
     'outer: while iter < cfg.iters {
         let epoch = iter / bpe;
         let mut batches = loader.epoch_from(epoch, (iter % bpe) as usize);
@@ -289,7 +317,18 @@ pub fn train_run_on(
             window.1 += out.correct;
             window.2 += out.seen;
             crate::ops::awake::on_warm_pool(|| opt.step(&mut net.params_mut(), lr));
-            window.3 += t0.elapsed().as_secs_f64();
+            let dt = t0.elapsed().as_secs_f64();
+            window.3 += dt;
+            if steps.wants(iter) {
+                let g = super::steps::grad_norm(&mut net);
+                steps.push(
+                    iter,
+                    lr,
+                    out.loss_sum / out.seen.max(1) as f64,
+                    g,
+                    b.n as f64 / dt.max(1e-9),
+                );
+            }
             iter += 1;
             let ips = window.2 as f64 / window.3.max(1e-9);
             progress.update(
@@ -320,7 +359,8 @@ pub fn train_run_on(
                 };
                 if lead {
                     append_lines(&metrics_path, METRICS_HEADER, &last.csv_line())?;
-                    checkpoint::save(&ckpt_path, cfg, &mut net, &opt, iter, wall_s)?;
+                    steps.flush()?;
+                    checkpoint::save(&ckpt_path, &stored, &mut net, &opt, iter, wall_s)?;
                 }
                 progress.println(&format!(
                     "{}: iter {iter} epoch {:.2}: train loss {:.4} acc {:.2}%, test loss {test_loss:.4} acc {:.2}%, {ips:.0} img/s",
@@ -337,6 +377,7 @@ pub fn train_run_on(
             }
         }
     }
+    steps.flush()?;
     progress.finish();
     if comm.size() > 1 {
         // how much of the gradient allreduce the backward hid
@@ -362,11 +403,26 @@ pub fn train_run_on(
             "spec".into(),
             serde_json::to_string(&cfg.spec).map_err(|e| Error::Config(e.to_string()))?,
         );
+        // the inputs' normalisation: x = (pixel - mean[c]) / std[c] on 0..=255 pixels
+        st.metadata.insert(
+            crate::eval::NORM_METADATA.into(),
+            crate::eval::norm_metadata(&data.norm),
+        );
         st.write_atomic(&dir.join(WEIGHTS))?;
     }
     if flow_first.is_empty() {
         flow_first = flow_last.clone();
     }
+    // summary.json (the verdict) for every run; diverged.json for a diverged one
+    let marker = diverged.as_ref().map(|msg| crate::verdict::Diverged {
+        iter,
+        message: msg.clone(),
+    });
+    let verdict = if lead {
+        crate::verdict::write_run_files(dir, Some(last.test_acc), marker)?
+    } else {
+        crate::verdict::RunVerdict::new(&flow_first, &flow_last, marker)
+    };
     Ok(RunOutcome {
         name: cfg.name.clone(),
         last,
@@ -374,5 +430,6 @@ pub fn train_run_on(
         flow_last,
         diverged,
         iter,
+        verdict,
     })
 }

@@ -102,6 +102,15 @@ pub fn assert_same_run(a: &Path, b: &Path) {
             }
         }
     }
+    // steps.csv: every column but the last (images_per_s, timing)
+    let steps = |d: &Path| -> Vec<String> {
+        std::fs::read_to_string(d.join("steps.csv"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.rsplit_once(',').map_or(l, |(a, _)| a).to_string())
+            .collect()
+    };
+    assert_eq!(steps(a), steps(b), "steps.csv differs");
     for f in ["flow.csv", "config.json"] {
         let fa = std::fs::read(a.join(f)).unwrap();
         let fb = std::fs::read(b.join(f)).unwrap();
