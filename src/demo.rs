@@ -1,7 +1,8 @@
 //! `resgrad demo`, the main job: one deep residual MLP on the built-in
 //! 5,000 MNIST digits, trained in several variants of its shortcut and
 //! unit, with the gradient-flow probe on; a table of test accuracy,
-//! ||dL/dx_0|| / ||dL/dx_L|| at initialisation and at the end, and a verdict.
+//! ||dL/dx_0|| / ||dL/dx_L|| at initialisation and at the end, and the
+//! verdict of `crate::verdict` (from which unit, which term carries it).
 
 use crate::error::{Error, Result};
 use crate::io::write_atomic;
@@ -87,24 +88,6 @@ pub fn variants() -> Vec<(&'static str, UnitKind, Shortcut)> {
     ]
 }
 
-/// A verdict on a variant's gradient flow.
-pub fn verdict(out: &RunOutcome) -> &'static str {
-    if out.diverged.is_some() {
-        return "diverged";
-    }
-    let rs = [
-        RunOutcome::ratio(&out.flow_first),
-        RunOutcome::ratio(&out.flow_last),
-    ];
-    if rs.iter().flatten().any(|r| !r.is_finite() || *r > 100.0) {
-        "exploding"
-    } else if rs.iter().flatten().any(|r| *r < 0.01) {
-        "vanishing"
-    } else {
-        "healthy"
-    }
-}
-
 /// One row of the demo's table.
 #[derive(Clone, Debug, Serialize)]
 pub struct DemoRow {
@@ -184,23 +167,16 @@ fn run_part(out: &Path, s: &DemoSettings, batchnorm: bool) -> Result<Vec<DemoRow
         cfg.flow_every = per_epoch;
         let dir = out.join(slug(name));
         let o = train_run(&cfg, &dir, false, false)?;
-        let row = DemoRow {
+        // train_run judged the run and wrote summary.json (crate::verdict)
+        rows.push(DemoRow {
             variant: label.clone(),
             dir: dir.clone(),
             test_acc: o.last.test_acc,
             ratio_init: RunOutcome::ratio(&o.flow_first),
             ratio_end: RunOutcome::ratio(&o.flow_last),
-            verdict: verdict(&o).to_string(),
+            verdict: o.verdict.short(),
             diverged: o.diverged.clone(),
-        };
-        let summary = serde_json::json!({
-            "verdict": row.verdict, "ratio_init": row.ratio_init, "ratio_end": row.ratio_end,
-            // a diverged run has no final accuracy
-            "test_acc": if row.diverged.is_some() { None } else { Some(row.test_acc) },
-            "diverged": row.diverged,
         });
-        write_atomic(&dir.join("summary.json"), summary.to_string().as_bytes())?;
-        rows.push(row);
     }
     Ok(rows)
 }

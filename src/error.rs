@@ -49,6 +49,14 @@ pub enum Error {
     /// `squeue`, ...) is missing or refused: its own message.
     #[error("{program}: {msg}")]
     External { program: String, msg: String },
+    /// Standard output or error is a closed pipe (`resgrad report ... |
+    /// head -1`): the command ends quietly, as Unix tools do, with exit
+    /// code 141 (128 + SIGPIPE, what the shell reports for `cat`, `seq`...).
+    #[error("{stream} is a closed pipe")]
+    OutputClosed { stream: &'static str },
+    /// Stopped by a signal (SIGINT, SIGTERM, SIGHUP): exit code 128 + signal.
+    #[error("stopped by signal {signal} ({name})")]
+    Interrupted { signal: i32, name: &'static str },
 }
 
 /// `Result` with resgrad's error.
@@ -56,11 +64,14 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     /// Process exit code for this error: 3 for divergence, 1 for a failed
-    /// numerical check, 2 for every kind of bad input.
+    /// numerical check, 141 for a closed output pipe, 128 + the signal for
+    /// a stop by signal, 2 for every kind of bad input.
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Diverged { .. } => 3,
             Error::Check(_) => 1,
+            Error::OutputClosed { .. } => 141,
+            Error::Interrupted { signal, .. } => 128 + signal,
             _ => 2,
         }
     }

@@ -82,7 +82,37 @@ pub fn net_for_input<T: Scalar>(spec: &Spec, input: &Tensor<T>) -> Result<Net<T>
             1
         }
     };
+    // f64 doubles every buffer
+    let scale = std::mem::size_of::<T>() / 4;
+    crate::limits::check_model("grads", spec, image, shape[0].saturating_mul(scale))?;
     Net::new(spec, image, 0)
+}
+
+/// Tensor names a reference fixture holds beside the weights.
+fn is_fixture_key(name: &str) -> bool {
+    matches!(name, "input" | "labels" | "logits" | "loss")
+        || name.starts_with("grad.")
+        || name.starts_with("dx.")
+}
+
+/// The weights must be exactly the spec's: every state tensor present
+/// (checked when loading), and no tensor that is neither the model's nor a
+/// fixture's (the weights of a deeper or wider net would otherwise load
+/// their first part silently).
+fn check_weight_names<T: Scalar>(net: &mut Net<T>, weights: &SafeTensors) -> Result<()> {
+    let names = net.state_names();
+    let known: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
+    if let Some(extra) = weights
+        .tensors
+        .keys()
+        .find(|k| !known.contains(k.as_str()) && !is_fixture_key(k))
+    {
+        return Err(Error::Weights(format!(
+            "{}: tensor {extra:?} is not part of the model the spec describes (weights of another model?)",
+            weights.origin_str()
+        )));
+    }
+    Ok(())
 }
 
 /// One training-mode forward/backward; returns the tensors the reference
@@ -104,6 +134,7 @@ pub fn compute_grads<T: Scalar>(
         });
     }
     let mut net = net_for_input::<T>(&spec, &input)?;
+    check_weight_names(&mut net, weights)?;
     net.load_state(weights)?;
     net.zero_grad();
     let loss = net.forward_backward(input.data(), &labels, false)?;

@@ -12,11 +12,14 @@
 pub mod data;
 pub mod demo;
 pub mod derive;
+pub mod dist;
 pub mod error;
+pub mod eval;
 pub mod gemm;
 pub mod gradcheck;
 pub mod grads;
 pub mod io;
+pub mod limits;
 pub mod model;
 pub mod ops;
 pub mod probe;
@@ -25,6 +28,7 @@ pub mod scalar;
 pub mod sweep;
 pub mod tensor;
 pub mod train;
+pub mod verdict;
 
 pub use error::{Error, Result};
 pub use scalar::Scalar;

@@ -124,6 +124,7 @@ fn train_on(data: &str, out: &Path) -> Output {
         "--flow-every",
         "0",
         "--quiet",
+        "--overwrite",
         "--out",
         out.to_str().unwrap(),
     ])
@@ -922,7 +923,7 @@ fn safetensors_malformed() {
     expect_bad(
         "truncated data",
         &g.weights(&bytes[..bytes.len() - 4]),
-        &[w, "data_offsets", "out of range: the data section has"],
+        &[w, "data_offsets do not cover the data section"],
     );
     // shorter than the length field, empty
     expect_bad(
@@ -957,7 +958,7 @@ fn safetensors_malformed() {
             r#"{"fc.bias":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#,
             &[0; 8],
         )),
-        &[w, "tensor \"fc.bias\""],
+        &[w, "shape and dtype disagree with its data_offsets"],
     );
     // overlapping tensors, duplicate keys, negative shape
     expect_bad(
@@ -982,12 +983,12 @@ fn safetensors_malformed() {
             r#"{"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}}"#,
             &[0; 4],
         )),
-        &[w, "tensor \"a\""],
+        &[w, "header is not a JSON object of tensor entries"],
     );
     expect_bad(
         "metadata not strings",
         &g.weights(&raw_safetensors(r#"{"__metadata__":{"k":1}}"#, &[])),
-        &[w, "__metadata__"],
+        &[w, "header is not a JSON object of tensor entries"],
     );
     // weights file missing
     let o = g.run_with(
@@ -1294,7 +1295,7 @@ fn resume_and_config_malformed() {
     expect_bad(
         "resume with a truncated checkpoint",
         &resume(),
-        &["checkpoint.safetensors", "out of range"],
+        &["checkpoint.safetensors", "do not cover the data section"],
     );
     write(&run.join("checkpoint.safetensors"), b"");
     expect_bad(

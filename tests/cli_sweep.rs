@@ -188,6 +188,7 @@ fn sweep_records_tabulates_skips_and_resumes() {
             "--out",
             run.to_str().unwrap(),
             "--quiet",
+            "--overwrite",
         ],
         &t.0,
     );

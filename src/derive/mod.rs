@@ -501,10 +501,10 @@ pub fn write_json(d: &Derivation, path: &Path) -> Result<()> {
 /// failed, so the failure can be read), then fail if any identity failed.
 pub fn run(cfg: &DeriveConfig, json: Option<&Path>) -> Result<()> {
     let d = derive(cfg)?;
-    print!("{}", render(&d));
+    crate::io::console::out(format_args!("{}", render(&d)))?;
     if let Some(path) = json {
         write_json(&d, path)?;
-        println!("JSON written to {}", path.display());
+        crate::outln!("JSON written to {}", path.display())?;
     }
     d.result()
 }

@@ -3,6 +3,9 @@
 //! file, [`write_atomic`] (logs that grow, `metrics.csv` and the event
 //! files, are appended whole records at a time instead).
 
+pub mod console;
+pub mod lock;
+pub mod read;
 pub mod safetensors;
 pub mod tensorboard;
 
@@ -102,6 +105,52 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     sync_dir(&dir)
 }
 
+/// Check a name that becomes a directory under an output directory (a
+/// grid's `name`, a run's name): not empty, not `.` or `..`, no path
+/// separator and no control character, so it cannot leave the directory
+/// it is joined to. `what` names it in the error.
+pub fn check_name(what: &str, name: &str) -> Result<()> {
+    let why = if name.is_empty() {
+        Some("is empty")
+    } else if name == "." || name == ".." {
+        Some("is a relative directory (. or ..)")
+    } else if name.contains(['/', '\\']) {
+        Some("contains a path separator (/ or \\)")
+    } else if name.chars().any(char::is_control) {
+        Some("contains a control character")
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(Error::Config(format!(
+            "{what} {name:?} {why}: it names a directory inside the output directory"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// A run's name as one directory name: every character outside
+/// `[A-Za-z0-9._+=-]` (a space, a `/`, a control character) becomes `_`,
+/// and a name of dots only gets a leading `_`, so the result never leaves
+/// the directory it is joined to.
+pub fn dir_name(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._+=-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.is_empty() || s.chars().all(|c| c == '.') {
+        format!("_{s}")
+    } else {
+        s
+    }
+}
+
 /// Remove the temporary files that [`write_atomic`] left in `dir` when its
 /// process was killed mid-write (`.<name>.tmp.<pid>.<n>` whose process no
 /// longer runs; checked through `/proc`, so only on systems that have it).
@@ -192,6 +241,31 @@ pub(crate) mod test_util {
 mod tests {
     use super::test_util::TempDir;
     use super::*;
+
+    #[test]
+    fn names_cannot_leave_their_directory() {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "../x",
+            "/abs",
+            "a\\b",
+            "tab\there",
+            "nl\n",
+        ] {
+            assert!(check_name("grid name", bad).is_err(), "{bad:?}");
+        }
+        check_name("grid name", "table1-small").unwrap();
+        assert_eq!(
+            dir_name("mlp-4 full_preact scale 0.5/0.5"),
+            "mlp-4_full_preact_scale_0.5_0.5"
+        );
+        assert_eq!(dir_name(".."), "_..");
+        assert_eq!(dir_name(""), "_");
+        assert_eq!(dir_name("a\u{7}/../b"), "a__.._b");
+    }
 
     #[test]
     fn write_atomic_creates_and_replaces() {

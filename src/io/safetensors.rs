@@ -1,8 +1,8 @@
-//! A small, strict reader/writer for the [safetensors] format, used for
-//! weights, checkpoints and the PyTorch parity fixtures.
-//!
-//! Hand-written (no `safetensors` crate): the format is tiny and owning the
-//! parser lets every malformed input become an [`Error::Format`] that names
+//! Weights, checkpoints and the PyTorch parity fixtures in the
+//! [safetensors] format, read and written by the `safetensors` crate (the
+//! format's own implementation, fuzzed upstream). This module keeps
+//! resgrad's side: the tensors as owned, named buffers, the element types
+//! resgrad uses, and every malformed file an [`Error::Format`] that names
 //! the file, never a panic.
 //!
 //! Layout: an 8-byte little-endian header length `n`; `n` bytes of JSON, an
@@ -10,20 +10,16 @@
 //! [begin, end]}` plus an optional `"__metadata__"` string-to-string map;
 //! then the data section, little-endian, offsets relative to its start.
 //!
-//! resgrad reads and writes the dtypes it uses: `F32`, `F64` (parameters,
+//! The crate checks: the header length fits the file (and the 100 MB cap);
+//! the header is UTF-8 JSON of that shape; the tensors' offsets, in order,
+//! cover the data section back to back (no overlap, no gap, no trailing
+//! bytes); each tensor's byte count is its shape times its dtype's size.
+//! resgrad then refuses dtypes other than `F32`, `F64` (parameters,
 //! activations, gradients), `I64` (labels, BatchNorm's
 //! `num_batches_tracked`) and `U8` (8-bit images and labels of a data set
-//! given as arrays, `--data safetensors:FILE`). Any other dtype is a format
-//! error.
-//!
-//! The reader checks: the header length fits the file; the header is a JSON
-//! object without duplicate keys; every entry has a known dtype, a shape of
-//! non-negative integers and two offsets with `begin <= end <= data length`;
-//! `end - begin` equals `numel * dtype size`; no two tensors overlap. Gaps
-//! between tensors and trailing bytes are tolerated (the official writer
-//! never produces them). The writer sorts tensors by name, pads the header
-//! with spaces to a multiple of 8 bytes (so the data is 8-aligned, as the
-//! official writer does) and lays tensors out back to back.
+//! given as arrays, `--data safetensors:FILE`). The writer (the crate's) orders tensors by dtype
+//! alignment, then name, and pads the header with spaces to a multiple of
+//! 8 bytes.
 //!
 //! [safetensors]: https://github.com/huggingface/safetensors
 
@@ -31,15 +27,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
-use serde_json::Value;
+use safetensors::tensor::{Metadata, SafeTensorError, View};
 
 use crate::error::{check_len, Error, Result};
 use crate::scalar::Scalar;
 use crate::tensor::Tensor;
-
-/// Header length cap (the official implementation uses the same 100 MB).
-const MAX_HEADER: u64 = 100_000_000;
 
 /// Element types resgrad stores.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -85,6 +77,25 @@ impl Dtype {
     pub fn is_float(self) -> bool {
         matches!(self, Dtype::F32 | Dtype::F64)
     }
+
+    fn of_crate(d: safetensors::Dtype) -> Option<Dtype> {
+        match d {
+            safetensors::Dtype::F32 => Some(Dtype::F32),
+            safetensors::Dtype::F64 => Some(Dtype::F64),
+            safetensors::Dtype::I64 => Some(Dtype::I64),
+            safetensors::Dtype::U8 => Some(Dtype::U8),
+            _ => None,
+        }
+    }
+
+    fn to_crate(self) -> safetensors::Dtype {
+        match self {
+            Dtype::F32 => safetensors::Dtype::F32,
+            Dtype::F64 => safetensors::Dtype::F64,
+            Dtype::I64 => safetensors::Dtype::I64,
+            Dtype::U8 => safetensors::Dtype::U8,
+        }
+    }
 }
 
 impl fmt::Display for Dtype {
@@ -107,6 +118,61 @@ impl NamedTensor {
     /// Number of elements (1 for a 0-d tensor).
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
+    }
+}
+
+impl View for &NamedTensor {
+    fn dtype(&self) -> safetensors::Dtype {
+        self.dtype.to_crate()
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(&self.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+/// The crate's reading error, with what resgrad knows about the file.
+fn describe(e: SafeTensorError, bytes: &[u8]) -> String {
+    let len = bytes.len();
+    let n = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+    match (e, n) {
+        (SafeTensorError::HeaderTooSmall, _) => {
+            format!("file is {len} bytes, too short for the 8-byte header length")
+        }
+        (SafeTensorError::InvalidHeaderLength, Some(n)) => format!(
+            "header length {n} is beyond the end of the file ({} bytes after the length)",
+            len - 8
+        ),
+        (SafeTensorError::HeaderTooLarge, Some(n)) if n > (len - 8) as u64 => format!(
+            "header length {n} is beyond the end of the file ({} bytes after the length)",
+            len - 8
+        ),
+        (SafeTensorError::HeaderTooLarge, Some(n)) => {
+            format!("header length {n} exceeds the 100000000-byte limit")
+        }
+        (SafeTensorError::InvalidHeader(e), _) => format!("header is not UTF-8: {e}"),
+        (SafeTensorError::InvalidHeaderDeserialization(e), _) => {
+            format!("header is not a JSON object of tensor entries: {e}")
+        }
+        (SafeTensorError::InvalidOffset(name), _) => format!(
+            "tensor {name:?}: its data_offsets do not start where the previous tensor's end \
+             (overlap, gap, reversed or duplicate entries)"
+        ),
+        (SafeTensorError::MetadataIncompleteBuffer, Some(n)) => format!(
+            "the tensors' data_offsets do not cover the data section ({} bytes) exactly",
+            (len as u64).saturating_sub(8 + n)
+        ),
+        (SafeTensorError::TensorInvalidInfo, _) => {
+            "a tensor's shape and dtype disagree with its data_offsets".into()
+        }
+        (e, _) => e.to_string(),
     }
 }
 
@@ -140,85 +206,31 @@ impl SafeTensors {
             path: origin.to_path_buf(),
             msg: format!("safetensors: {msg}"),
         };
-        if bytes.len() < 8 {
-            return Err(fail(format!(
-                "file is {} bytes, too short for the 8-byte header length",
-                bytes.len()
-            )));
-        }
-        let mut len8 = [0u8; 8];
-        len8.copy_from_slice(&bytes[..8]);
-        let n = u64::from_le_bytes(len8);
-        let avail = (bytes.len() - 8) as u64;
-        if n > avail {
-            return Err(fail(format!(
-                "header length {n} is beyond the end of the file ({avail} bytes after the length)"
-            )));
-        }
-        if n > MAX_HEADER {
-            return Err(fail(format!(
-                "header length {n} exceeds the {MAX_HEADER}-byte limit"
-            )));
-        }
-        let n = n as usize; // n <= avail, which is a usize
-        let header = &bytes[8..8 + n];
+        let (n, header): (usize, Metadata) =
+            safetensors::SafeTensors::read_metadata(bytes).map_err(|e| fail(describe(e, bytes)))?;
         let data = &bytes[8 + n..];
-
-        let entries: Entries = serde_json::from_slice(header)
-            .map_err(|e| fail(format!("header is not a JSON object: {e}")))?;
-
         let mut out = SafeTensors {
             origin: origin.to_path_buf(),
             ..Default::default()
         };
-        let mut infos: Vec<(String, Dtype, Vec<usize>, usize, usize)> =
-            Vec::with_capacity(entries.0.len());
-        let mut names = std::collections::BTreeSet::new();
-        for (name, v) in &entries.0 {
-            if !names.insert(name.as_str()) {
-                return Err(fail(format!("duplicate header key {name:?}")));
-            }
-            if name == "__metadata__" {
-                let obj = v
-                    .as_object()
-                    .ok_or_else(|| fail("__metadata__ is not a JSON object".into()))?;
-                for (k, val) in obj {
-                    let s = val
-                        .as_str()
-                        .ok_or_else(|| fail(format!("__metadata__[{k:?}] is not a string")))?;
-                    out.metadata.insert(k.clone(), s.to_string());
-                }
-                continue;
-            }
-            let (dtype, shape, begin, end) =
-                parse_entry(v, data.len()).map_err(|m| fail(format!("tensor {name:?}: {m}")))?;
-            infos.push((name.clone(), dtype, shape, begin, end));
+        if let Some(m) = header.metadata() {
+            out.metadata
+                .extend(m.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
-        // no two tensors may share bytes: sorted by begin, any overlap shows
-        // up between neighbours
-        let mut spans: Vec<(usize, usize, &str)> = infos
-            .iter()
-            .map(|(n, _, _, b, e)| (*b, *e, n.as_str()))
-            .collect();
-        spans.sort_unstable();
-        for w in spans.windows(2) {
-            let (b0, e0, n0) = w[0];
-            let (b1, e1, n1) = w[1];
-            if b1 < e0 {
-                return Err(fail(format!(
-                    "tensors {n0:?} [{b0}, {e0}) and {n1:?} [{b1}, {e1}) overlap"
-                )));
-            }
-        }
-        for (name, dtype, shape, b, e) in infos {
-            out.tensors.insert(
-                name,
-                NamedTensor {
-                    dtype,
-                    shape,
-                    bytes: data[b..e].to_vec(),
-                },
-            );
+        for (name, info) in header.tensors() {
+            let dtype = Dtype::of_crate(info.dtype).ok_or_else(|| {
+                fail(format!(
+                    "tensor {name:?}: unsupported dtype \"{:?}\" (resgrad reads F32, F64, I64)",
+                    info.dtype
+                ))
+            })?;
+            let (b, e) = info.data_offsets; // validated: b <= e <= data.len()
+            let t = NamedTensor {
+                dtype,
+                shape: info.shape.clone(),
+                bytes: data[b..e].to_vec(),
+            };
+            out.tensors.insert(name, t);
         }
         Ok(out)
     }
@@ -351,54 +363,33 @@ impl SafeTensors {
     }
 
     fn encode(&self) -> std::result::Result<Vec<u8>, String> {
-        let mut header = serde_json::Map::new();
-        if !self.metadata.is_empty() {
-            let m: serde_json::Map<String, Value> = self
-                .metadata
-                .iter()
-                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-                .collect();
-            header.insert("__metadata__".into(), Value::Object(m));
+        if self.tensors.contains_key("__metadata__") {
+            return Err("a tensor may not be named __metadata__".into());
         }
-        let mut offset = 0usize;
-        for (name, t) in &self.tensors {
-            if name == "__metadata__" {
-                return Err("a tensor may not be named __metadata__".into());
+        let info = (!self.metadata.is_empty()).then(|| {
+            let m = self.metadata.iter();
+            m.map(|(k, v)| (k.clone(), v.clone())).collect()
+        });
+        safetensors::serialize(self.tensors.iter(), info).map_err(|e| match e {
+            SafeTensorError::TensorInvalidInfo => {
+                let bad = self.tensors.iter().find(|(_, t)| {
+                    t.shape
+                        .iter()
+                        .try_fold(t.dtype.size(), |a, &d| a.checked_mul(d))
+                        != Some(t.bytes.len())
+                });
+                match bad {
+                    Some((name, t)) => format!(
+                        "tensor {name:?}: {} bytes for shape {:?} of {}",
+                        t.bytes.len(),
+                        t.shape,
+                        t.dtype
+                    ),
+                    None => e.to_string(),
+                }
             }
-            let want = t
-                .shape
-                .iter()
-                .try_fold(t.dtype.size(), |a, &d| a.checked_mul(d))
-                .ok_or_else(|| format!("tensor {name:?}: shape {:?} overflows", t.shape))?;
-            if t.bytes.len() != want {
-                return Err(format!(
-                    "tensor {name:?}: {} bytes for shape {:?} of {}, expected {want}",
-                    t.bytes.len(),
-                    t.shape,
-                    t.dtype
-                ));
-            }
-            let mut e = serde_json::Map::new();
-            e.insert("dtype".into(), Value::from(t.dtype.name()));
-            e.insert("shape".into(), Value::from(t.shape.clone()));
-            e.insert(
-                "data_offsets".into(),
-                Value::from(vec![offset, offset + want]),
-            );
-            header.insert(name.clone(), Value::Object(e));
-            offset += want;
-        }
-        let mut h = serde_json::to_vec(&Value::Object(header)).map_err(|e| e.to_string())?;
-        while h.len() % 8 != 0 {
-            h.push(b' ');
-        }
-        let mut out = Vec::with_capacity(8 + h.len() + offset);
-        out.extend_from_slice(&(h.len() as u64).to_le_bytes());
-        out.extend_from_slice(&h);
-        for t in self.tensors.values() {
-            out.extend_from_slice(&t.bytes);
-        }
-        Ok(out)
+            e => e.to_string(),
+        })
     }
 
     /// Write atomically (see [`crate::io::write_atomic`]); errors name `path`.
@@ -411,107 +402,11 @@ impl SafeTensors {
     }
 }
 
-/// Validate one header entry against a data section of `data_len` bytes:
-/// (dtype, shape, begin, end).
-fn parse_entry(
-    v: &Value,
-    data_len: usize,
-) -> std::result::Result<(Dtype, Vec<usize>, usize, usize), String> {
-    let obj = v.as_object().ok_or("entry is not a JSON object")?;
-    let dname = obj
-        .get("dtype")
-        .ok_or("missing \"dtype\"")?
-        .as_str()
-        .ok_or("\"dtype\" is not a string")?;
-    let dtype = Dtype::from_name(dname)
-        .ok_or_else(|| format!("unsupported dtype {dname:?} (resgrad reads F32, F64, I64)"))?;
-    let shape_v = obj
-        .get("shape")
-        .ok_or("missing \"shape\"")?
-        .as_array()
-        .ok_or("\"shape\" is not an array")?;
-    let mut shape = Vec::with_capacity(shape_v.len());
-    for d in shape_v {
-        let d = d
-            .as_u64()
-            .and_then(|d| usize::try_from(d).ok())
-            .ok_or_else(|| {
-                format!("shape {shape_v:?} has an entry that is not a non-negative integer")
-            })?;
-        shape.push(d);
-    }
-    let offs = obj
-        .get("data_offsets")
-        .ok_or("missing \"data_offsets\"")?
-        .as_array()
-        .ok_or("\"data_offsets\" is not an array")?;
-    let (begin, end) = match offs.as_slice() {
-        [b, e] => (
-            b.as_u64()
-                .ok_or("data_offsets[0] is not a non-negative integer")?,
-            e.as_u64()
-                .ok_or("data_offsets[1] is not a non-negative integer")?,
-        ),
-        _ => {
-            return Err(format!(
-                "data_offsets has {} entries, expected 2",
-                offs.len()
-            ))
-        }
-    };
-    if begin > end {
-        return Err(format!("data_offsets [{begin}, {end}] are reversed"));
-    }
-    if end > data_len as u64 {
-        return Err(format!(
-            "data_offsets [{begin}, {end}] out of range: the data section has {data_len} bytes"
-        ));
-    }
-    let (begin, end) = (begin as usize, end as usize); // both <= data_len
-    let want = shape
-        .iter()
-        .try_fold(dtype.size(), |a, &d| a.checked_mul(d))
-        .ok_or_else(|| format!("shape {shape:?} overflows"))?;
-    if end - begin != want {
-        return Err(format!(
-            "shape {shape:?} of {dtype} needs {want} bytes, data_offsets [{begin}, {end}] hold {}",
-            end - begin
-        ));
-    }
-    Ok((dtype, shape, begin, end))
-}
-
-/// A JSON object's entries in file order, duplicates kept (so the reader
-/// can reject them; `serde_json::Map` would silently keep the last).
-struct Entries(Vec<(String, Value)>);
-
-impl<'de> Deserialize<'de> for Entries {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Entries;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(
-                self,
-                mut m: A,
-            ) -> std::result::Result<Entries, A::Error> {
-                let mut v = Vec::new();
-                while let Some((k, val)) = m.next_entry::<String, Value>()? {
-                    v.push((k, val));
-                }
-                Ok(Entries(v))
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::test_util::TempDir;
     use super::*;
+    use serde_json::Value;
 
     fn fixtures_dir() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))

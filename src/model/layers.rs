@@ -11,8 +11,8 @@ use crate::ops::batchnorm::{
 };
 use crate::ops::conv2d::{
     conv2d_backward_from, conv2d_backward_to, conv2d_forward, conv2d_forward_from,
-    conv2d_fuses_grad_out, conv2d_fuses_input_act, Conv2dShape, ConvGradOut, ConvInput,
-    ConvWorkspace,
+    conv2d_fuses_grad_out, conv2d_fuses_input_act, Conv2dShape, ConvBackward, ConvForward,
+    ConvGradOut, ConvInput, ConvWorkspace,
 };
 use crate::ops::elementwise::{bias_add_backward, bias_add_forward};
 use crate::ops::fused::{bn_relu_backward_plus, bn_relu_backward_to};
@@ -260,67 +260,57 @@ impl<T: Scalar> WeightLayer<T> {
             && conv2d_fuses_grad_out::<T>(&self.conv_shape(n, g))
     }
 
-    /// [`WeightLayer::forward`] of a convolution without bias from any
-    /// [`ConvInput`]; with a residual `res`, `out = res + conv(inp)`; with
-    /// `planes` (N, cout), also the per-plane sums of `out` for the BN that
-    /// reads it (`ops::conv2d::conv2d_forward_from`).
-    #[allow(clippy::too_many_arguments)]
+    /// [`WeightLayer::forward`] of a convolution without bias, as one
+    /// [`ConvForward`] pass: from any [`ConvInput`]; with a residual,
+    /// `out = res + conv(inp)`; with `planes` (N, cout), also the per-plane
+    /// sums of `out` for the BN that reads it (`ops::conv2d::conv2d_forward_from`).
     pub fn forward_from(
         &self,
-        out: &mut [T],
-        res: Option<&[T]>,
-        inp: ConvInput<T>,
+        pass: ConvForward<T>,
         n: usize,
         g: Geom,
         ws: &mut ConvWorkspace<T>,
-        planes: Option<&mut [f64]>,
     ) -> Result<()> {
-        match (res, inp, &planes) {
-            (None, ConvInput::Plain(x), None) => self.forward(out, x, n, g, ws),
-            _ => {
+        match pass {
+            ConvForward {
+                out,
+                res: None,
+                inp: ConvInput::Plain(x),
+                planes: None,
+            } => self.forward(out, x, n, g, ws),
+            pass => {
                 self.check_plain_conv()?;
                 let cs = self.conv_shape(n, g);
-                conv2d_forward_from(out, res, inp, &self.weight.value, &cs, ws, planes)
+                conv2d_forward_from(pass, &self.weight.value, &cs, ws)
             }
         }
     }
 
-    /// [`WeightLayer::backward_to`] of a [`WeightLayer::forward_from`], from
-    /// any [`ConvGradOut`]; with a residual `res`, `dinp = res + ...`
-    /// (`accum` must be [`Accum::Set`]); with `planes`, the plane sums of
-    /// the BN-ReLU backward over `dinp` (`ops::conv2d::conv2d_backward_from`).
-    #[allow(clippy::too_many_arguments)]
+    /// [`WeightLayer::backward_to`] of a [`WeightLayer::forward_from`], as
+    /// one [`ConvBackward`] pass: from any [`ConvGradOut`]; with a residual,
+    /// `dinp = res + ...` (`accum` must be [`Accum::Set`]); with `planes`,
+    /// the plane sums of the BN-ReLU backward over `dinp`
+    /// (`ops::conv2d::conv2d_backward_from`).
     pub fn backward_from(
         &mut self,
-        accum: Accum,
-        res: Option<&[T]>,
-        dinp: Option<&mut [T]>,
-        dout: ConvGradOut<T>,
-        inp: ConvInput<T>,
+        pass: ConvBackward<T>,
         n: usize,
         g: Geom,
         ws: &mut ConvWorkspace<T>,
-        planes: Option<&mut [(f64, f64)]>,
     ) -> Result<()> {
-        match (res, dout, inp, &planes) {
-            (None, ConvGradOut::Plain(d), ConvInput::Plain(x), None) => {
-                self.backward_to(accum, dinp, d, x, n, g, ws)
-            }
-            _ => {
+        match pass {
+            ConvBackward {
+                accum,
+                res: None,
+                dinp,
+                dout: ConvGradOut::Plain(d),
+                inp: ConvInput::Plain(x),
+                planes: None,
+            } => self.backward_to(accum, dinp, d, x, n, g, ws),
+            pass => {
                 self.check_plain_conv()?;
                 let cs = self.conv_shape(n, g);
-                conv2d_backward_from(
-                    accum,
-                    res,
-                    dinp,
-                    &mut self.weight.grad,
-                    dout,
-                    inp,
-                    &self.weight.value,
-                    &cs,
-                    ws,
-                    planes,
-                )
+                conv2d_backward_from(pass, &mut self.weight.grad, &self.weight.value, &cs, ws)
             }
         }
     }
@@ -582,7 +572,6 @@ impl<T: Scalar> BnLayer<T> {
     /// Training mode, fused with a residual addition and the ReLU after it:
     /// `out = max(0, h + BN(inp))` in one pass once the batch statistics are
     /// known (the BN output is not stored; the backward needs only `inp`).
-    #[allow(clippy::too_many_arguments)]
     pub fn forward_add_relu_train(
         &mut self,
         out: &mut [T],

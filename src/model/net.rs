@@ -57,6 +57,29 @@ pub struct Net<T> {
     pub flow: Vec<UnitFlow>,
 }
 
+/// Receives a parameter group (its number and its parameters) whose
+/// gradients the backward has just finished ([`Net::forward_backward_with`]).
+pub type OnGroup<'a, T> = dyn FnMut(usize, &mut [&mut Param<T>]) + 'a;
+
+fn top_group<'a, T: Scalar>(
+    fc: &'a mut WeightLayer<T>,
+    bn: &'a mut Option<BnLayer<T>>,
+) -> Vec<&'a mut Param<T>> {
+    let mut v: Vec<&mut Param<T>> = fc.params_mut().collect();
+    if let Some(bn) = bn.as_mut() {
+        v.extend(bn.params_mut());
+    }
+    v
+}
+
+fn stem_group<'a, T: Scalar>(
+    stem: &'a mut WeightLayer<T>,
+    bn: &'a mut Option<BnLayer<T>>,
+) -> Vec<&'a mut Param<T>> {
+    // (the same order as top_group: the weight layer, then its BN)
+    top_group(stem, bn)
+}
+
 fn alloc<T: Scalar>(v: &mut Vec<T>, len: usize) {
     if v.len() != len {
         *v = vec![T::zero(); len];
@@ -324,6 +347,18 @@ impl<T: Scalar> Net<T> {
     /// `dL/dx_i` in `dx(i)`. With `probe`, each unit's gradient is split into
     /// its shortcut and branch terms (`self.flow`).
     pub fn backward(&mut self, labels: &[usize], probe: bool) -> Result<()> {
+        self.backward_hooked(labels, probe, None)
+    }
+
+    /// [`Net::backward`], calling `on_group` with each parameter group as
+    /// soon as its gradients are final (groups as [`Net::param_groups_mut`]
+    /// numbers them; the stem's group comes with [`Net::backward_stem`]).
+    fn backward_hooked(
+        &mut self,
+        labels: &[usize],
+        probe: bool,
+        mut on_group: Option<&mut OnGroup<'_, T>>,
+    ) -> Result<()> {
         let n = self.n;
         check_len("net", "labels", labels, &[n])?;
         let ws = &mut self.ws;
@@ -382,6 +417,9 @@ impl<T: Scalar> Net<T> {
                 dtop.copy_from_slice(&self.dfinal_out);
             }
         }
+        if let Some(h) = on_group.as_deref_mut() {
+            h(0, &mut top_group(&mut self.fc, &mut self.final_bn));
+        }
         // the residual units, in exact reverse order
         for i in (0..nu).rev() {
             let (dlo, dhi) = self.dxs.split_at_mut(i + 1);
@@ -394,6 +432,9 @@ impl<T: Scalar> Net<T> {
             };
             let flow = if probe { Some(&mut self.flow[i]) } else { None };
             uhi[0].backward(dx, &dhi[0], x, ws, &mut self.grads, flow)?;
+            if let Some(h) = on_group.as_deref_mut() {
+                h(nu - i, &mut uhi[0].params_mut());
+            }
         }
         // stem
         let dx0 = &self.dxs[0];
@@ -427,6 +468,40 @@ impl<T: Scalar> Net<T> {
         self.backward(labels, probe)?;
         self.backward_stem(input)?;
         Ok(loss)
+    }
+
+    /// [`Net::forward_backward`], handing each parameter group to
+    /// `on_group` as soon as the backward has finished its gradients: the
+    /// top (fc and final BN) first, then the units from the last to the
+    /// first, the stem last -- the order of [`Net::param_groups_mut`]. A
+    /// data-parallel step starts each group's sum over the processes there,
+    /// while the backward goes on.
+    pub fn forward_backward_with(
+        &mut self,
+        input: &[T],
+        labels: &[usize],
+        probe: bool,
+        on_group: &mut OnGroup<'_, T>,
+    ) -> Result<f64> {
+        self.forward(input, true)?;
+        let loss = self.loss(labels)?;
+        self.backward_hooked(labels, probe, Some(&mut *on_group))?;
+        self.backward_stem(input)?;
+        on_group(
+            self.units.len() + 1,
+            &mut stem_group(&mut self.stem, &mut self.stem_bn),
+        );
+        Ok(loss)
+    }
+
+    /// Every parameter, in the groups the backward finishes them in: group
+    /// 0 the top (fc, then the final BN), group `1 + j` unit `U - 1 - j`,
+    /// group `U + 1` the stem (conv or Linear, then its BN).
+    pub fn param_groups_mut(&mut self) -> Vec<Vec<&mut Param<T>>> {
+        let mut g = vec![top_group(&mut self.fc, &mut self.final_bn)];
+        g.extend(self.units.iter_mut().rev().map(|u| u.params_mut()));
+        g.push(stem_group(&mut self.stem, &mut self.stem_bn));
+        g
     }
 
     /// `dL/dx_i` (i = 0..=U) after `backward`.

@@ -200,7 +200,7 @@ impl Spec {
 
     /// Read a spec file: JSON, or TOML when the name ends in `.toml`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::io::read::read_text(path)?;
         Self::from_json(&text).map_err(|e| match e {
             Error::Spec(m) => Error::Spec(format!("{}: {m}", path.display())),
             e => e,
@@ -252,6 +252,11 @@ impl Spec {
                 }
                 if self.in_channels == 0 {
                     return bad("in_channels must be at least 1".into());
+                }
+                // never ignored: the conv nets (here and in the PyTorch
+                // reference) have BatchNorm in every unit
+                if !self.batchnorm {
+                    return bad("\"batchnorm\": false is not supported for cifar (convolutional) nets: they are built with BatchNorm in every unit, as the PyTorch reference builds them; remove the field (or --no-batchnorm), or use \"arch\": \"mlp\" for a net without BN".into());
                 }
                 for f in ["in_features", "hidden", "units"] {
                     let set = match f {

@@ -32,6 +32,18 @@ impl<T: Scalar> Net<T> {
         Ok(())
     }
 
+    /// The names of every tensor [`save_state`](Self::save_state) writes
+    /// (parameters, BN buffers, `num_batches_tracked`): a checkpoint or
+    /// weights file is checked against exactly this set.
+    pub fn state_names(&mut self) -> Vec<String> {
+        let mut names: Vec<String> = self.params_mut().iter().map(|p| p.name.clone()).collect();
+        for bn in self.bn_layers_mut() {
+            names.extend(bn.buffers().map(|b| b.name.clone()));
+            names.push(format!("{}.num_batches_tracked", bn.prefix));
+        }
+        names
+    }
+
     /// Write `grad.<name>` for every parameter.
     pub fn save_grads(&mut self, st: &mut SafeTensors) -> Result<()> {
         for p in self.params_mut() {

@@ -12,9 +12,9 @@
 //!   both contributions; callers zero gradients once per step;
 //! - a wrong-sized buffer is an `Error::Shape` naming the op, never a panic.
 //!
-//! The exception to `+=`: the `*_backward_set` variants of the ops on a
-//! residual unit's hot path *overwrite* the input gradient (their
-//! [`Accum::Set`]) when the caller knows it is that buffer's only writer, so
+//! The exception to `+=`: the `*_backward_to` entry points of the ops on a
+//! residual unit's hot path (conv2d, BatchNorm, BN-ReLU) *overwrite* the
+//! input gradient when given [`Accum::Set`] when the caller knows it is that buffer's only writer, so
 //! the buffer needs no zeroing pass first. Parameter gradients always
 //! accumulate.
 
@@ -26,8 +26,11 @@ pub mod dropout;
 pub mod elementwise;
 pub mod fused;
 pub mod linear;
+pub mod mix;
+pub mod norms;
 pub mod par;
 pub mod pool;
+pub mod sgd;
 pub mod shortcut_a;
 pub mod simd;
 pub mod softmax_ce;

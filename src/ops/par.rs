@@ -74,6 +74,16 @@ pub fn par_zero<T: Copy + Default + Send>(x: &mut [T]) {
     );
 }
 
+/// `dst = src`, split over the pool like [`par_zero`].
+pub fn par_copy<T: Copy + Send + Sync>(dst: &mut [T], src: &[T]) {
+    assert_eq!(dst.len(), src.len(), "par_copy: lengths differ");
+    par_pieces(
+        dst,
+        #[inline(always)]
+        |at, p| p.copy_from_slice(&src[at..at + p.len()]),
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

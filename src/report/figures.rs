@@ -67,6 +67,7 @@ fn grad_norm_figure(runs: &[Run]) -> FigureSpec {
                 y_log: true,
                 x_integer: true,
                 series,
+                vlines: stage_lines(runs),
             }
         })
         .collect();
@@ -75,7 +76,9 @@ fn grad_norm_figure(runs: &[Run]) -> FigureSpec {
         title: "Gradient norm per unit".into(),
         caption: "‖∂L/∂x_l‖ at the input of each unit l (l = U is the last unit's output), \
                   log scale. Dashed: the prediction ∏λ · ‖∂L/∂x_U‖ from the shortcut scalars \
-                  alone, where every shortcut above l is a multiple of the identity."
+                  alone, where every shortcut above l is a multiple of the identity. \
+                  Dotted verticals: stage boundaries, units whose shortcut is a projection \
+                  or option A (stride 2), where the ∏λ line breaks."
             .into(),
         panels,
         runs: labels(runs),
@@ -120,6 +123,7 @@ fn shortcut_branch_figure(runs: &[Run]) -> FigureSpec {
                 y_log: true,
                 x_integer: true,
                 series,
+                vlines: stage_lines(runs),
             }
         })
         .collect();
@@ -128,7 +132,8 @@ fn shortcut_branch_figure(runs: &[Run]) -> FigureSpec {
         title: "Shortcut term vs residual-branch term".into(),
         caption: "The two terms of the backward pass through unit l, \
                   ∂L/∂x_l = h'(x_l)·∂L/∂x_{l+1} + ∂F/∂x_l·∂L/∂x_{l+1}: \
-                  solid the shortcut term, dashed the residual branch, log scale."
+                  solid the shortcut term, dashed the residual branch, log scale. \
+                  Dotted verticals: stage boundaries (projection or option-A shortcuts)."
             .into(),
         panels,
         runs: labels(runs),
@@ -169,6 +174,7 @@ fn training_figure(runs: &[Run]) -> FigureSpec {
         y_log,
         x_integer: false,
         series,
+        vlines: vec![],
     };
     FigureSpec {
         name: "training",
@@ -183,6 +189,16 @@ fn training_figure(runs: &[Run]) -> FigureSpec {
         runs: labels(runs),
         styles: vec![],
     }
+}
+
+/// The stage boundaries of every run (`Run::stage_boundaries`), each once.
+fn stage_lines(runs: &[Run]) -> Vec<(f64, String)> {
+    let mut b: Vec<usize> = runs.iter().flat_map(Run::stage_boundaries).collect();
+    b.sort_unstable();
+    b.dedup();
+    b.into_iter()
+        .map(|u| (u as f64, format!("unit {u}: stride 2")))
+        .collect()
 }
 
 fn labels(runs: &[Run]) -> Vec<String> {

@@ -32,6 +32,7 @@ th.num { text-align: right; }
 .v-vanishing { background: #fff3d6; color: #8a5a00; }
 .v-exploding { background: #fde4d8; color: #9a3412; }
 .v-diverged { background: #fbdada; color: #9b1c1c; }
+.v-dead { background: #e4e4e7; color: #27272a; }
 .v-unknown { background: #eceef1; color: #555; }
 .missing { color: #999; }
 details { margin: 8px 0; }
@@ -79,7 +80,7 @@ fn verdict_badge(v: Option<String>) -> String {
     let Some(v) = v else {
         return "<span class=\"verdict v-unknown\">no summary</span>".into();
     };
-    let class = ["healthy", "vanishing", "exploding", "diverged"]
+    let class = ["healthy", "vanishing", "exploding", "diverged", "dead"]
         .into_iter()
         .find(|k| v.starts_with(k))
         .unwrap_or("unknown");
@@ -142,6 +143,27 @@ pub fn index_html(runs: &[Run], figures: &[Figure]) -> String {
          (else the last evaluation in <code>metrics.csv</code>). A ratio far below 1 means the \
          gradient vanishes on its way down, far above 1 that it explodes.</p>\n",
     );
+    // each run's verdict in full: divergence, the last and the first probe
+    let verdicts: Vec<(String, String)> = runs
+        .iter()
+        .filter_map(|r| Some((r.label.clone(), r.run_verdict()?.describe())))
+        .collect();
+    if !verdicts.is_empty() {
+        h.push_str("<h3>Verdicts</h3>\n<p class=\"note\">Judged from the last probe (and the first, at \
+                    initialisation): vanishing below ‖∂L/∂x<sub>0</sub>‖/‖∂L/∂x<sub>U</sub>‖ = 1e-2, \
+                    exploding above 1e2 or at a non-finite norm, dead at exact zeros, \
+                    from the highest unit past the threshold; the carrier is the term that is the \
+                    larger in at least two thirds of the units.</p>\n<ul class=\"verdicts\">\n");
+        for (label, text) in verdicts {
+            let _ = writeln!(
+                h,
+                "<li><b>{}</b>: {}</li>",
+                esc(&label),
+                esc(text.trim_end()).replace('\n', "<br>")
+            );
+        }
+        h.push_str("</ul>\n");
+    }
     let missing: Vec<String> = runs
         .iter()
         .flat_map(|r| {

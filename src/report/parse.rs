@@ -83,6 +83,8 @@ pub struct Run {
     /// `None` when `flow.csv` is absent; probes sorted by iteration.
     pub flow: Option<Vec<FlowProbe>>,
     pub summary: Option<RunSummaryFile>,
+    /// `diverged.json`: the marker a diverged run leaves
+    pub diverged: Option<crate::verdict::Diverged>,
 }
 
 impl Run {
@@ -137,14 +139,70 @@ impl Run {
         m || f
     }
 
-    /// The verdict from `summary.json`; without one, `diverged (inferred)`
-    /// when non-finite values were seen, else `None`.
+    /// The verdict on the run's gradient flow (`crate::verdict`), judged
+    /// from its first and last probe: `diverged at iteration I` when the
+    /// run left `diverged.json`; else from `flow.csv` when every value in it
+    /// is finite; else `summary.json`'s verdict; else `diverged (inferred)`
+    /// when non-finite values were seen; else `None`.
     pub fn verdict(&self) -> Option<String> {
-        if let Some(s) = &self.summary {
-            return Some(s.verdict.clone());
+        self.run_verdict()
+            .map(|v| v.short())
+            .or_else(|| self.summary.as_ref().map(|s| s.verdict.clone()))
+            .or_else(|| {
+                self.has_non_finite()
+                    .then(|| "diverged (inferred)".to_string())
+            })
+    }
+
+    /// The verdict judged from `diverged.json` and `flow.csv` (see
+    /// [`Run::verdict`]); `None` without a marker and without a finite
+    /// `flow.csv`.
+    pub fn run_verdict(&self) -> Option<crate::verdict::RunVerdict> {
+        let rows = |p: Option<&FlowProbe>| p.map(|p| p.units.clone()).unwrap_or_default();
+        let v = crate::verdict::RunVerdict::new(
+            &rows(self.flow_init()),
+            &rows(self.flow_end()),
+            self.diverged.clone(),
+        );
+        if self.diverged.is_some() || (v.end.is_some() && !self.has_non_finite()) {
+            Some(v)
+        } else {
+            None
         }
-        self.has_non_finite()
-            .then(|| "diverged (inferred)".to_string())
+    }
+
+    /// Units where the shape changes (cifar nets: the first unit of stages
+    /// 2 and 3, stride 2), whose shortcut is a projection or option A
+    /// rather than a multiple of the identity: the `prod(lambda)` line
+    /// breaks there. Read from `config["spec"]` (`depth`, `block`; an mlp
+    /// has none); only units below the run's top probed unit.
+    pub fn stage_boundaries(&self) -> Vec<usize> {
+        let Some(spec) = self.config.get("spec") else {
+            return vec![];
+        };
+        if spec.get("arch").and_then(Value::as_str) == Some("mlp") {
+            return vec![];
+        }
+        let Some(depth) = spec.get("depth").and_then(Value::as_u64) else {
+            return vec![];
+        };
+        let per = match spec.get("block").and_then(Value::as_str) {
+            Some("bottleneck") => 9,
+            _ => 6,
+        };
+        if depth < 2 + per || (depth - 2) % per != 0 {
+            return vec![];
+        }
+        let n = ((depth - 2) / per) as usize;
+        let top = self
+            .flow
+            .iter()
+            .flatten()
+            .filter_map(|p| p.units.last())
+            .map(|u| u.unit)
+            .max()
+            .unwrap_or(0);
+        [n, 2 * n].into_iter().filter(|&b| b < top).collect()
     }
 }
 
@@ -153,7 +211,7 @@ impl Run {
 /// absent.
 pub fn load_run(dir: &Path) -> Result<Run> {
     let config_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+    let text = crate::io::read::read_text(&config_path)?;
     let config: Value = serde_json::from_str(&text).map_err(|e| Error::Format {
         path: config_path.clone(),
         msg: format!("not valid JSON: {e}"),
@@ -184,6 +242,7 @@ pub fn load_run(dir: &Path) -> Result<Run> {
             })
         })
         .transpose()?;
+    let diverged = crate::verdict::read_diverged(dir)?;
     Ok(Run {
         dir: dir.to_path_buf(),
         label,
@@ -192,6 +251,7 @@ pub fn load_run(dir: &Path) -> Result<Run> {
         metrics,
         flow,
         summary,
+        diverged,
     })
 }
 
@@ -205,6 +265,10 @@ fn dir_name(dir: &Path) -> String {
 }
 
 fn read_optional(path: &Path) -> Result<Option<(PathBuf, String)>> {
+    // a FIFO or device is refused by name (a missing file is fine)
+    if path.exists() {
+        crate::io::read::regular_file_len(path)?;
+    }
     match std::fs::read_to_string(path) {
         Ok(t) => Ok(Some((path.to_path_buf(), t))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),

@@ -86,6 +86,8 @@ pub struct Panel {
     /// x values are integers (unit indices): integer ticks only.
     pub x_integer: bool,
     pub series: Vec<Series>,
+    /// dotted vertical lines with a label at the top (stage boundaries)
+    pub vlines: Vec<(f64, String)>,
 }
 
 /// A figure: panels side by side, a colour legend (one entry per run) and a
@@ -506,6 +508,20 @@ fn draw_panel<DB: DrawingBackend>(
             .pos(Pos::new(HPos::Center, VPos::Center));
         area.draw(&Text::new("no data", (w as i32 / 2, h as i32 / 2), style))?;
         return Ok(());
+    }
+    for (x, label) in panel.vlines.iter().filter(|(x, _)| (x0..=x1).contains(x)) {
+        let line = [(*x, y0), (*x, y1)];
+        chart.draw_series(DashedLineSeries::new(
+            line,
+            3,
+            4,
+            INK.mix(0.5).stroke_width(1),
+        ))?;
+        let style = (FONT, 14)
+            .into_font()
+            .color(&INK.mix(0.7))
+            .pos(Pos::new(HPos::Left, VPos::Top));
+        chart.draw_series(std::iter::once(Text::new(label.clone(), (*x, y1), style)))?;
     }
     for (run, kind, ss) in &segs {
         let color = PALETTE[run % PALETTE.len()];

@@ -103,7 +103,18 @@ fn summary_rows_and_ratios() {
     };
 
     assert_eq!(id.label, "identity");
-    assert_eq!(id.verdict.as_deref(), Some("healthy"));
+    // judged from flow.csv (crate::verdict): the shortcut term is the larger
+    assert_eq!(id.verdict.as_deref(), Some("healthy, shortcut term"));
+    assert_eq!(
+        half.verdict.as_deref(),
+        Some(
+            format!(
+                "vanishing from unit {}, shortcut term",
+                synthetic::UNITS - 7
+            )
+            .as_str()
+        )
+    );
     assert_eq!(id.final_test_acc, Some(0.9187));
     let r = id.ratio_init.unwrap();
     assert!((0.9..1.5).contains(&r), "identity ratio {r}");

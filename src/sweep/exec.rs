@@ -88,6 +88,9 @@ pub struct SweepOptions {
     /// a launcher the trainer runs under, program and arguments (e.g.
     /// `srun --mpi=pmix -n 4` for data-parallel MPI runs); empty: none
     pub launch: Vec<String>,
+    /// the running children, to which a stop is forwarded
+    /// ([`super::signals`]; the CLI installs the signal handler)
+    pub children: super::signals::Children,
 }
 
 /// What a sweep did and found.
@@ -124,7 +127,7 @@ pub(super) enum Prior {
 }
 
 pub(super) fn read_record(path: &Path) -> Result<RunRecord> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::io::read::read_text(path)?;
     serde_json::from_str(&text).map_err(|e| Error::Format {
         path: path.into(),
         msg: e.to_string(),
@@ -148,7 +151,12 @@ pub(super) fn check_config(dir: &Path, cfg: &TrainConfig) -> Result<()> {
         return Ok(());
     };
     let parse = |t: &str| serde_json::from_str::<serde_json::Value>(t).ok();
-    let old = parse(&text);
+    let mut old = parse(&text);
+    // `norm` is what training computed from the data (train writes it into
+    // config.json), not a setting of the grid
+    if let Some(serde_json::Value::Object(o)) = old.as_mut() {
+        o.remove("norm");
+    }
     let new = parse(&to_json(cfg)?);
     if old.is_none() || old != new {
         let field = match (&old, &new) {
@@ -262,10 +270,13 @@ pub(super) fn execute(
     if resume {
         cmd.arg("--resume").arg(dir);
     } else {
+        // a run that never got to a checkpoint starts again: what an
+        // earlier attempt left (metrics rows) goes
         cmd.arg("--config")
             .arg(dir.join(CONFIG))
             .arg("--out")
-            .arg(dir);
+            .arg(dir)
+            .arg("--overwrite");
     }
     cmd.arg("--quiet")
         .stdin(Stdio::null())
@@ -292,7 +303,7 @@ pub(super) fn execute(
             rec.wall_s = Some(m.wall_s);
         }
     };
-    match cmd.output() {
+    match opts.children.output(&mut cmd) {
         Err(e) => {
             rec.message = Some(format!("could not start {}: {e}", opts.exe.display()));
         }
@@ -438,6 +449,8 @@ pub(super) fn describe(rec: &RunRecord) -> String {
 pub fn run_sweep(grid: &Grid, out: &Path, opts: &SweepOptions) -> Result<SweepSummary> {
     let runs = grid.plan()?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    // one sweep per output directory (released on return)
+    let _lock = crate::io::lock::DirLock::acquire(out, "sweep directory")?;
     // every check before the first child starts
     let mut priors = Vec::with_capacity(runs.len());
     for r in &runs {
@@ -468,24 +481,20 @@ pub fn run_sweep(grid: &Grid, out: &Path, opts: &SweepOptions) -> Result<SweepSu
     let jobs = opts.jobs.max(1);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = opts.threads_per_run.unwrap_or((cores / jobs).max(1)).max(1);
-    let cells = {
-        let mut c: Vec<&Vec<(String, String)>> = Vec::new();
-        for r in &runs {
-            if !c.contains(&&r.cell) {
-                c.push(&r.cell);
-            }
-        }
-        c.len()
-    };
+    let cells = runs
+        .iter()
+        .map(|r| &r.cell)
+        .collect::<std::collections::HashSet<_>>()
+        .len();
     if !opts.quiet {
-        println!(
+        crate::outln!(
             "sweep {}: {} runs ({cells} cells) in {}: {started} to start, {resumed} to resume, \
          {skipped_done} already done, {skipped_diverged} diverged earlier (not retried); \
          {jobs} at a time, {threads} threads each",
             grid.name,
             runs.len(),
             out.display()
-        );
+        )?;
     }
     for &(i, _) in &queue {
         let dir = out.join(&runs[i].id);
@@ -505,6 +514,9 @@ pub fn run_sweep(grid: &Grid, out: &Path, opts: &SweepOptions) -> Result<SweepSu
             let tx = tx.clone();
             let (queue, runs, next) = (&queue, &runs, &next);
             s.spawn(move || loop {
+                if opts.children.stopping() {
+                    break; // stopped: no new run
+                }
                 let k = next.fetch_add(1, Ordering::SeqCst);
                 let Some(&(i, resume)) = queue.get(k) else {
                     break;
@@ -524,30 +536,40 @@ pub fn run_sweep(grid: &Grid, out: &Path, opts: &SweepOptions) -> Result<SweepSu
                         errored += 1;
                     }
                     if !opts.quiet {
-                        println!(
+                        let line = crate::outln!(
                             "[{}/{total}] {}{}: {} ({secs:.1} s)",
                             k + 1,
                             runs[i].id,
                             if resume { " (resumed)" } else { "" },
                             describe(&rec)
                         );
+                        if let Err(e) = line {
+                            // stdout gone: stop starting runs, report it at the end
+                            opts.children.stop_starting();
+                            first_err.get_or_insert(e);
+                        }
                     }
                     records[i] = Some(rec);
                 }
                 Err(e) => {
                     errored += 1;
                     if !opts.quiet {
-                        println!("[{}/{total}] {}: ERROR: {e}", k + 1, runs[i].id);
+                        let _ = crate::outln!("[{}/{total}] {}: ERROR: {e}", k + 1, runs[i].id);
                     }
                     first_err.get_or_insert(e);
                 }
             }
         }
     });
+    // stopped by a signal: the table of what finished, then 128 + signal
+    let stopped = opts.children.stopped_by_signal();
     if let Some(e) = first_err {
         return Err(e);
     }
     let (cells, table) = write_results(grid, out, &runs, &records)?;
+    if let Some(e) = stopped {
+        return Err(e);
+    }
     Ok(SweepSummary {
         name: grid.name.clone(),
         out: out.to_path_buf(),

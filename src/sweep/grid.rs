@@ -56,9 +56,17 @@ pub const SETTING_KEYS: &[&str] = &[
     "eval_every",
     "max_grad_norm",
     "branch_init_scale",
+    "schedule_scale",
+    "init_from",
+    "log_every",
 ];
 
 const TOP_KEYS: &str = "name, description, fail_above, [base], [grid]";
+
+/// The most runs a grid may have: every run is a training process and a
+/// directory; the product of the axes is counted (with overflow checked)
+/// before any run is planned.
+pub const MAX_RUNS: usize = 100_000;
 
 /// One axis of the grid: a key (or several keys linked with `+`, which vary
 /// together) and its values.
@@ -194,6 +202,8 @@ impl Grid {
                 "grid: [base] needs a spec table (spec = { ... })".into(),
             ));
         }
+        // the name is a directory (runs/<name>) and every run's name prefix
+        crate::io::check_name("grid: name", &grid.name)?;
         if let Some(f) = grid.fail_above {
             if !(f.is_finite() && f > 0.0) {
                 return Err(Error::Config(format!(
@@ -215,9 +225,13 @@ impl Grid {
         Ok(grid)
     }
 
-    /// Number of runs (the product of the axes' lengths).
+    /// Number of runs (the product of the axes' lengths; saturates at
+    /// `usize::MAX` instead of overflowing).
     pub fn len(&self) -> usize {
-        self.axes.iter().map(|a| a.values.len()).product()
+        self.axes
+            .iter()
+            .try_fold(1usize, |n, a| n.checked_mul(a.values.len()))
+            .unwrap_or(usize::MAX)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -231,6 +245,22 @@ impl Grid {
         let mut axes: Vec<&Axis> = self.axes.iter().filter(|a| !a.is_seed()).collect();
         axes.extend(self.axes.iter().filter(|a| a.is_seed()));
         let n = self.len();
+        if n > MAX_RUNS {
+            let sizes: Vec<String> = self
+                .axes
+                .iter()
+                .map(|a| format!("{} {}", a.name(), a.values.len()))
+                .collect();
+            return Err(Error::Config(format!(
+                "grid: {} runs ({}), more than the {MAX_RUNS} a sweep runs",
+                if n == usize::MAX {
+                    "more than 2^64".to_string()
+                } else {
+                    n.to_string()
+                },
+                sizes.join(" x ")
+            )));
+        }
         let mut runs: Vec<PlannedRun> = Vec::with_capacity(n);
         let mut idx = vec![0usize; axes.len()];
         for _ in 0..n {
@@ -276,13 +306,24 @@ impl Grid {
                 idx[j] = 0;
             }
         }
+        let mut seen: std::collections::HashMap<&str, usize> =
+            std::collections::HashMap::with_capacity(runs.len());
         for (i, r) in runs.iter().enumerate() {
-            if let Some(o) = runs[..i].iter().find(|o| o.id == r.id) {
+            if let Some(&o) = seen.get(r.id.as_str()) {
+                let cell = |c: &[(String, String)]| {
+                    c.iter()
+                        .map(|(k, v)| format!("{k} = {v}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
                 return Err(Error::Config(format!(
-                    "grid: two runs would share the directory {:?} ({:?} and {:?}); make the grid values distinct",
-                    r.id, o.cell, r.cell
+                    "grid: two runs would share the directory {:?} ({} and {}); make the grid values distinct",
+                    r.id,
+                    cell(&runs[o].cell),
+                    cell(&r.cell)
                 )));
             }
+            seen.insert(&r.id, i);
         }
         Ok(runs)
     }
@@ -539,8 +580,8 @@ unit = ["original", "full_preact"]
     fn every_setting_key_is_a_settings_field() {
         for k in SETTING_KEYS {
             let v = match *k {
-                "data" | "preset" | "schedule" | "warmup" => Value::from("x"),
-                "nesterov" | "no_decay_bn_bias" | "augment" => Value::from(true),
+                "data" | "preset" | "schedule" | "warmup" | "init_from" => Value::from("x"),
+                "nesterov" | "no_decay_bn_bias" | "augment" | "schedule_scale" => Value::from(true),
                 "milestones" => Value::from(vec![1u64]),
                 _ => Value::from(1u64),
             };
@@ -580,6 +621,18 @@ iters = 5
             (format!("{base}preset = \"fast\"\n"), "unknown preset"),
             ("[base]\niters = 5\n".to_string(), "needs a spec"),
             (format!("{base}[grid\n"), "grid: TOML parse error"),
+            (format!("name = \"../up\"\n{base}"), "path separator"),
+            (format!("name = \"..\"\n{base}"), "relative directory"),
+            (format!("name = \"\"\n{base}"), "is empty"),
+            (format!("name = \"a\\tb\"\n{base}"), "control character"),
+            (
+                format!(
+                    "{base}[grid]\nlr = [{}]\nwd = [{}]\n",
+                    vec!["0.1"; 1000].join(","),
+                    vec!["0.1"; 1000].join(",")
+                ),
+                "1000000 runs (lr 1000 x wd 1000), more than the 100000",
+            ),
         ];
         for (text, needle) in cases {
             let e = Grid::parse(&text, "t").and_then(|g| g.plan().map(|_| ()));

@@ -28,7 +28,8 @@
 //! `resgrad train`'s settings: data, preset, iters, epochs, batch, lr,
 //! momentum, nesterov, wd, no_decay_bn_bias, schedule, milestones, gamma,
 //! warmup, warmup_iters, warmup_lr, seed, val, augment, flow_every,
-//! eval_every, max_grad_norm, branch_init_scale. A `[grid]` key is any of
+//! eval_every, max_grad_norm, branch_init_scale, schedule_scale, init_from,
+//! log_every. A `[grid]` key is any of
 //! either kind; its list replaces the base value. Unknown keys anywhere
 //! are errors (exit 2). Relative data paths are relative to the directory
 //! the sweep runs in.
@@ -59,6 +60,7 @@
 
 mod exec;
 mod grid;
+pub mod signals;
 pub mod slurm;
 mod table;
 
@@ -78,7 +80,7 @@ use std::path::{Path, PathBuf};
 /// Read, parse and check a grid file (named by its stem unless it says
 /// `name`): every run's config is built once, so errors name the file.
 pub fn load_grid(path: &Path) -> Result<Grid> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::io::read::read_text(path)?;
     let stem = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -117,13 +119,14 @@ pub fn main(
         threads_per_run: threads,
         quiet: false,
         launch: Vec::new(),
+        children: signals::Children::install()?,
     };
     let s = run_sweep(&grid, &out, &opts)?;
-    println!("\n{}", s.table);
-    println!(
+    crate::outln!("\n{}", s.table)?;
+    crate::outln!(
         "results.md, results.csv and runs.csv in {}",
         s.out.display()
-    );
+    )?;
     // the plots and index.html over every run that finished or diverged
     let reported: Vec<PathBuf> = s
         .runs
@@ -134,7 +137,7 @@ pub fn main(
         .collect();
     if !reported.is_empty() {
         let rep = crate::report::report(&reported, &s.out.join("report"))?;
-        println!("report: {}", rep.index.display());
+        crate::outln!("report: {}", rep.index.display())?;
     }
     let unfinished: Vec<&str> = s
         .runs

@@ -130,6 +130,8 @@ pub fn run_bench(cfg: &BenchConfig) -> Result<BenchResult> {
     if cfg.steps == 0 {
         return Err(Error::Config("bench: steps must be at least 1".into()));
     }
+    cfg.spec.validate()?;
+    crate::limits::check_model("bench", &cfg.spec, cfg.image, cfg.batch)?;
     let mut net: Net<f32> = Net::new(&cfg.spec, cfg.image, cfg.seed)?;
     let g = net.input_geom();
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xbe4c);
@@ -152,7 +154,7 @@ pub fn run_bench(cfg: &BenchConfig) -> Result<BenchResult> {
     for _ in 0..cfg.warmup {
         step(&mut net)?;
     }
-    let mut times = Vec::with_capacity(cfg.steps);
+    let mut times = Vec::with_capacity(cfg.steps.min(1 << 16));
     for _ in 0..cfg.steps {
         let t0 = Instant::now();
         let loss = step(&mut net)?;

@@ -133,15 +133,40 @@ pub struct TrainConfig {
     /// scale of the last weight layer of every residual branch at
     /// initialisation (1: He init; < 1 makes the shortcut's direct term dominate)
     pub branch_init_scale: f64,
-    /// a `steps.csv` row every this many iterations (0: no steps.csv)
-    #[serde(default = "one")]
+    /// BatchNorm's training statistics over groups of `batch / bn_groups`
+    /// images of each batch: 0 (the default) one group per process (each
+    /// rank's shard of the batch; with one process the whole batch), 1 the
+    /// whole batch on any number of processes (`--sync-bn`), G > 1 groups
+    /// of B/G images ("ghost" BatchNorm: one process computing what G
+    /// ranks with per-rank BN compute; a multiple of the number of ranks)
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bn_groups: usize,
+    /// start from these weights instead of the seeded initialisation:
+    /// safetensors under the reference's state-dict names (a PyTorch
+    /// `state_dict`, another run's `weights.safetensors`); the optimiser
+    /// state starts fresh
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<PathBuf>,
+    /// a `steps.csv` row (loss, lr, gradient norm, images/s) every this
+    /// many steps (0: none)
+    #[serde(default = "every_step")]
     pub log_every: u64,
+    /// the per-channel statistics the inputs were normalised with, on raw
+    /// 0..=255 pixels: `x = (pixel - mean[c]) / std[c]`. Written by `train`
+    /// (computed from the training split, after `val`); `eval` and
+    /// `predict` apply them. A run recomputes them from its data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub norm: Option<Norm>,
     /// also write TensorBoard event files into this directory
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tensorboard: Option<PathBuf>,
 }
 
-fn one() -> u64 {
+fn is_zero(v: &usize) -> bool {
+    *v == 0
+}
+
+fn every_step() -> u64 {
     1
 }
 
@@ -166,7 +191,10 @@ impl TrainConfig {
             eval_every: 0,
             max_grad_norm: 1e8,
             branch_init_scale: 1.0,
+            bn_groups: 0,
+            init_from: None,
             log_every: 1,
+            norm: None,
             tensorboard: None,
         }
     }
@@ -183,6 +211,19 @@ impl TrainConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
+        self.validate_settings()?;
+        if self.iters == 0 {
+            return Err(Error::Config(
+                "the run has no iterations: give --epochs or --iters".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every check of [`validate`](Self::validate) but the iteration
+    /// count: what `resgrad flow` (which runs `--steps`, not `iters`)
+    /// checks too, so a flag is validated the same way in every command.
+    pub fn validate_settings(&self) -> Result<()> {
         self.spec.validate()?;
         self.schedule.validate()?;
         let bad = |m: String| Err(Error::Config(m));
@@ -192,8 +233,11 @@ impl TrainConfig {
                 self.batch
             ));
         }
-        if self.iters == 0 {
-            return bad("the run has no iterations: give --epochs or --iters".into());
+        if self.bn_groups > 1 && !self.batch.is_multiple_of(self.bn_groups) {
+            return bad(format!(
+                "batch {} is not a multiple of bn_groups {}",
+                self.batch, self.bn_groups
+            ));
         }
         if !(self.sgd.momentum.is_finite() && (0.0..1.0).contains(&self.sgd.momentum)) {
             return bad(format!(
@@ -218,6 +262,12 @@ impl TrainConfig {
                 "branch_init_scale must be finite and >= 0, got {}",
                 self.branch_init_scale
             ));
+        }
+        if self.init_from.is_some() && self.branch_init_scale != 1.0 {
+            return bad(
+                "init_from (--init-from) replaces the initial weights: branch_init_scale does not apply"
+                    .into(),
+            );
         }
         Ok(())
     }

@@ -26,11 +26,7 @@ pub enum FlowData {
 /// Probe rows at iteration 0 and after `steps` SGD steps (`cfg.batch`,
 /// `cfg.schedule`, `cfg.sgd`, `cfg.seed`, `cfg.branch_init_scale` apply).
 pub fn flow_study(cfg: &TrainConfig, data: FlowData, steps: u64) -> Result<Vec<FlowRow>> {
-    cfg.spec.validate()?;
-    cfg.schedule.validate()?;
-    if cfg.batch < 2 {
-        return Err(Error::Config("batch must be at least 2".into()));
-    }
+    cfg.validate_settings()?;
     // a source of (images, labels) batches
     let mut next: Box<BatchSource>;
     let image;
@@ -70,6 +66,7 @@ pub fn flow_study(cfg: &TrainConfig, data: FlowData, steps: u64) -> Result<Vec<F
             });
         }
     }
+    crate::limits::check_model("flow", &cfg.spec, image, cfg.batch)?;
     let mut net: Net<f32> = Net::new(&cfg.spec, image, cfg.seed)?;
     if cfg.branch_init_scale != 1.0 {
         for u in net.units.iter_mut() {

@@ -6,7 +6,7 @@
 use crate::error::{Error, Result};
 use crate::io::write_atomic;
 use std::fs::OpenOptions;
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 pub const METRICS_CSV: &str = "metrics.csv";
@@ -75,7 +75,7 @@ pub fn last_row(path: &Path) -> Result<Option<MetricsRow>> {
     if !path.exists() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::io::read::read_text(path)?;
     Ok(text
         .split_inclusive('\n')
         .skip(1)
@@ -84,16 +84,32 @@ pub fn last_row(path: &Path) -> Result<Option<MetricsRow>> {
         .last())
 }
 
-/// Append complete lines to `path` (created with `header` if absent).
+/// Append complete lines to `path` (created with `header` if absent or
+/// empty). A file whose last line is torn (no final newline: not one
+/// resgrad wrote whole) is refused, not appended to: the new row would be
+/// glued to the torn one. Resuming repairs it first ([`retain_rows`]).
 pub fn append_lines(path: &Path, header: &str, lines: &str) -> Result<()> {
-    let exists = path.exists();
     let mut f = OpenOptions::new()
         .create(true)
+        .read(true)
         .append(true)
         .open(path)
         .map_err(|e| Error::io(path, e))?;
+    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    if len > 0 {
+        let mut last = [0u8];
+        f.seek(SeekFrom::Start(len - 1))
+            .and_then(|_| f.read_exact(&mut last))
+            .map_err(|e| Error::io(path, e))?;
+        if last[0] != b'\n' {
+            return Err(Error::Format {
+                path: path.into(),
+                msg: "the last line is torn (no final newline); not appending to it (resuming the run repairs it)".into(),
+            });
+        }
+    }
     let mut buf = String::new();
-    if !exists {
+    if len == 0 {
         buf.push_str(header);
         buf.push('\n');
     }
@@ -104,26 +120,43 @@ pub fn append_lines(path: &Path, header: &str, lines: &str) -> Result<()> {
 }
 
 /// Keep the header and the rows whose first column (the iteration)
-/// satisfies `keep` (and drop a torn last line); rewrite atomically.
-pub fn retain_rows(path: &Path, keep: impl Fn(u64) -> bool) -> Result<()> {
+/// satisfies `keep`, drop a torn last line (a write cut by a kill), and
+/// rewrite atomically. The first line must be `header` (a torn or empty
+/// file is repaired to the header alone); a file that starts with
+/// anything else is refused with a message, not rewritten.
+pub fn retain_rows(path: &Path, header: &str, keep: impl Fn(u64) -> bool) -> Result<()> {
     if !path.exists() {
         return Ok(());
     }
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::io::read::read_text(path)?;
     let mut out = String::new();
     for (i, line) in text.split_inclusive('\n').enumerate() {
         if !line.ends_with('\n') {
             break; // torn write
         }
-        let keep = i == 0
-            || line
-                .split(',')
-                .next()
-                .and_then(|v| v.parse::<u64>().ok())
-                .is_some_and(&keep);
+        if i == 0 {
+            if line.trim_end() != header {
+                return Err(Error::Format {
+                    path: path.into(),
+                    msg: format!(
+                        "the first line is not the header {header:?} (a missing header, or another file); not resuming into it: move it away to start the log afresh"
+                    ),
+                });
+            }
+            out.push_str(line);
+            continue;
+        }
+        let keep = line
+            .split(',')
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(&keep);
         if keep {
             out.push_str(line);
         }
+    }
+    if out.is_empty() {
+        out = format!("{header}\n");
     }
     write_atomic(path, out.as_bytes())
 }

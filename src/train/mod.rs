@@ -7,6 +7,7 @@ pub mod config;
 pub mod flow;
 pub mod metrics;
 pub mod optim;
+pub mod parallel;
 pub mod peak;
 pub mod progress;
 pub mod run;
@@ -15,4 +16,4 @@ pub mod settings;
 pub mod steplog;
 
 pub use config::{DataSource, TrainConfig};
-pub use run::{train_run, RunOutcome};
+pub use run::{train_run, train_run_on, RunOutcome};

@@ -1,5 +1,6 @@
 //! SGD with momentum (optionally Nesterov) and weight decay, exactly as
-//! `torch.optim.SGD` (dampening 0):
+//! `torch.optim.SGD` (dampening 0); the per-element update is
+//! `ops::sgd::sgd_update`:
 //!
 //! ```text
 //! d = grad + wd * p            (wd = 0 for exempt parameters)
@@ -9,6 +10,7 @@
 //! ```
 
 use crate::model::{Param, ParamKind};
+use crate::ops::sgd::{sgd_update, SgdStep};
 use crate::scalar::Scalar;
 use serde::{Deserialize, Serialize};
 
@@ -52,24 +54,23 @@ impl<T: Scalar> Sgd<T> {
 
     /// One update of every parameter with learning rate `lr`.
     pub fn step(&mut self, params: &mut [&mut Param<T>], lr: f64) {
-        if self.velocity.len() != params.len() {
+        let fits = self.velocity.len() == params.len()
+            && (params.iter().zip(&self.velocity)).all(|(p, v)| p.value.len() == v.len());
+        if !fits {
             self.velocity = params
                 .iter()
                 .map(|p| vec![T::zero(); p.value.len()])
                 .collect();
         }
-        let mu = T::of(self.cfg.momentum);
-        let lr = T::of(lr);
         for (p, v) in params.iter_mut().zip(self.velocity.iter_mut()) {
             let exempt = self.cfg.no_decay_bn_bias && p.kind != ParamKind::Weight;
-            let wd = T::of(if exempt { 0.0 } else { self.cfg.weight_decay });
-            let nesterov = self.cfg.nesterov;
-            for ((w, &g), vi) in p.value.iter_mut().zip(&p.grad).zip(v.iter_mut()) {
-                let d = g + wd * *w;
-                *vi = mu * *vi + d;
-                let step = if nesterov { d + mu * *vi } else { *vi };
-                *w -= lr * step;
-            }
+            let h = SgdStep {
+                lr,
+                momentum: self.cfg.momentum,
+                weight_decay: if exempt { 0.0 } else { self.cfg.weight_decay },
+                nesterov: self.cfg.nesterov,
+            };
+            sgd_update(&mut p.value, v, &p.grad, h).expect("velocities sized above");
         }
     }
 }

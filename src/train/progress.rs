@@ -1,6 +1,7 @@
 //! Progress display: an indicatif bar on a terminal, plain periodic lines
 //! otherwise (logs, CI, pipes).
 
+use crate::error::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -43,7 +44,15 @@ impl Progress {
     }
 
     /// Update after iteration `iter` (1-based count of completed ones).
-    pub fn update(&mut self, iter: u64, epoch: f64, loss: f64, acc: f64, images_per_s: f64) {
+    /// A closed stdout is an error ([`crate::io::console`]).
+    pub fn update(
+        &mut self,
+        iter: u64,
+        epoch: f64,
+        loss: f64,
+        acc: f64,
+        images_per_s: f64,
+    ) -> Result<()> {
         let msg = format!(
             "epoch {epoch:.2}  loss {loss:.4}  acc {:.1}%  {images_per_s:.0} img/s",
             100.0 * acc
@@ -53,17 +62,19 @@ impl Progress {
             b.set_message(msg);
         } else if !self.quiet && (self.last_line.elapsed() >= self.every || iter == self.total) {
             self.last_line = Instant::now();
-            println!("{} iter {iter}/{}  {msg}", self.label, self.total);
+            crate::outln!("{} iter {iter}/{}  {msg}", self.label, self.total)?;
         }
+        Ok(())
     }
 
     /// A line that stays (evaluation results).
-    pub fn println(&self, line: &str) {
+    pub fn println(&self, line: &str) -> Result<()> {
         match &self.bar {
             Some(b) => b.println(line),
-            None if !self.quiet => println!("{line}"),
+            None if !self.quiet => crate::outln!("{line}")?,
             None => {}
         }
+        Ok(())
     }
 
     pub fn finish(&self) {

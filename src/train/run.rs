@@ -11,13 +11,15 @@ use super::metrics::{
     append_lines, last_row, retain_rows, MetricsRow, FLOW_CSV, METRICS_CSV, METRICS_HEADER,
 };
 use super::optim::Sgd;
+use super::parallel::Parallel;
 use super::progress::Progress;
 use super::steplog::StepLog;
 use crate::data::{Batch, Dataset, Loader};
+use crate::dist::{Comm, Single};
 use crate::error::{Error, Result};
 use crate::io::write_atomic;
 use crate::model::Net;
-use crate::probe::{flow_rows, rows_to_csv, FlowRow, FLOW_CSV_HEADER};
+use crate::probe::{rows_to_csv, FlowRow, FLOW_CSV_HEADER};
 use crate::tensor::norm;
 use serde::Serialize;
 use std::path::Path;
@@ -40,6 +42,8 @@ pub struct RunOutcome {
     pub diverged: Option<String>,
     /// iterations completed (for a diverged run: the one that diverged)
     pub iter: u64,
+    /// the verdict on the gradient flow (also in `summary.json`)
+    pub verdict: crate::verdict::RunVerdict,
 }
 
 impl RunOutcome {
@@ -53,20 +57,7 @@ impl RunOutcome {
 
 /// Evaluate in eval mode (BN running statistics, no dropout); returns (loss, accuracy).
 pub fn evaluate(net: &mut Net<f32>, data: &Dataset, batch: usize) -> Result<(f64, f64)> {
-    let mut it = data.eval_batches(batch);
-    let mut b = Batch::default();
-    let (mut loss, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
-    while it.next_into(&mut b) {
-        // on a pool worker with the others kept awake (ops::awake)
-        crate::ops::awake::on_warm_pool(|| net.forward(&b.images, false))?;
-        loss += net.loss(&b.labels)? * b.n as f64;
-        correct += count_correct(net.logits(), &b.labels, net.classes());
-        seen += b.n;
-    }
-    if seen == 0 {
-        return Err(Error::Config("the evaluation set is empty".into()));
-    }
-    Ok((loss / seen as f64, correct as f64 / seen as f64))
+    evaluate_on(net, data, batch, &Single)
 }
 
 /// Number of rows whose arg-max equals the label.
@@ -92,6 +83,12 @@ pub fn count_correct(logits: &[f32], labels: &[usize], classes: usize) -> usize 
 pub fn divergence(net: &Net<f32>, loss: f64, max_norm: f64) -> Option<String> {
     let u = net.num_units();
     let norms: Vec<f64> = (0..=u).map(|i| norm(net.dx(i))).collect();
+    divergence_in(&norms, loss, max_norm)
+}
+
+/// [`divergence`] from the norms `||dL/dx_i||`, i = 0..=U.
+pub fn divergence_in(norms: &[f64], loss: f64, max_norm: f64) -> Option<String> {
+    let u = norms.len() - 1;
     // from the top down: the first boundary where the gradient is no longer usable
     for i in (0..=u).rev() {
         let n = norms[i];
@@ -123,41 +120,144 @@ pub fn divergence(net: &Net<f32>, loss: f64, max_norm: f64) -> Option<String> {
     None
 }
 
+/// [`evaluate`] split over the ranks: rank r takes evaluation batches r,
+/// r + R, ...; the sums are added over the ranks.
+pub fn evaluate_on(
+    net: &mut Net<f32>,
+    data: &Dataset,
+    batch: usize,
+    comm: &dyn Comm,
+) -> Result<(f64, f64)> {
+    let (rank, size) = (comm.rank(), comm.size());
+    let mut it = data.eval_batches(batch);
+    let mut b = Batch::default();
+    let (mut loss, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+    let mut i = 0usize;
+    while it.next_into(&mut b) {
+        if i % size == rank {
+            crate::ops::awake::on_warm_pool(|| net.forward(&b.images, false))?;
+            loss += net.loss(&b.labels)? * b.n as f64;
+            correct += count_correct(net.logits(), &b.labels, net.classes());
+            seen += b.n;
+        }
+        i += 1;
+    }
+    let mut v = [loss, correct as f64, seen as f64];
+    comm.sum_f64(&mut v);
+    if v[2] == 0.0 {
+        return Err(Error::Config("the evaluation set is empty".into()));
+    }
+    Ok((v[0] / v[2], v[1] / v[2]))
+}
+
+/// The weights are compared across the ranks every this many iterations
+/// (and at every evaluation and at the end).
+pub const WEIGHT_CHECK_EVERY: u64 = 100;
+
 /// Train (or resume) the run in `dir`.
 pub fn train_run(cfg: &TrainConfig, dir: &Path, resume: bool, quiet: bool) -> Result<RunOutcome> {
+    train_run_on(cfg, dir, resume, quiet, Arc::new(Single))
+}
+
+/// [`train_run`] as one of the ranks of `comm` (see `dist`): each rank
+/// trains on its shard of every batch; rank 0 alone writes the run's files
+/// and shows progress, every rank reads the checkpoint on `resume`.
+pub fn train_run_on(
+    cfg: &TrainConfig,
+    dir: &Path,
+    resume: bool,
+    quiet: bool,
+    comm: Arc<dyn Comm>,
+) -> Result<RunOutcome> {
     cfg.validate()?;
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    // a run killed while writing its checkpoint leaves the temporary behind
-    crate::io::remove_stale_temporaries(dir);
+    let lead = comm.rank() == 0;
+    let quiet = quiet || !lead;
+    // one process per run directory (released on return, error or not):
+    // rank 0 holds it for all the ranks of a data-parallel run
+    let _lock = if lead {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let lock = crate::io::lock::DirLock::acquire(dir, "run directory")?;
+        // a run killed while writing its checkpoint leaves the temporary behind
+        crate::io::remove_stale_temporaries(dir);
+        Some(lock)
+    } else {
+        None
+    };
     let data = load_data(cfg)?;
     let image = data.train.h;
+    crate::limits::check_model("train", &cfg.spec, image, cfg.batch)?;
     let mut net: Net<f32> = Net::new(&cfg.spec, image, cfg.seed)?;
     if cfg.branch_init_scale != 1.0 {
         for u in net.units.iter_mut() {
             u.scale_branch_output(cfg.branch_init_scale);
         }
     }
+    if let Some(p) = &cfg.init_from {
+        // every parameter and buffer by name and shape (a resumed run's
+        // checkpoint replaces them below)
+        net.load_state(&crate::io::safetensors::SafeTensors::read(p)?)?;
+    }
     let mut opt: Sgd<f32> = Sgd::new(cfg.sgd.clone());
     let ckpt_path = dir.join(CHECKPOINT);
     let metrics_path = dir.join(METRICS_CSV);
     let flow_path = dir.join(FLOW_CSV);
+    let steps_path = dir.join(super::steplog::STEPS_CSV);
     let (mut iter, mut wall_before) = (0u64, 0.0f64);
     if resume && ckpt_path.exists() {
-        let r = checkpoint::load(&ckpt_path, &mut net, &mut opt)?;
+        let r = checkpoint::load(&ckpt_path, cfg, &mut net, &mut opt)?;
         iter = r.iter;
         wall_before = r.wall_s;
-        retain_rows(&metrics_path, |it| it <= iter)?;
-        retain_rows(&flow_path, |it| it < iter)?;
-    } else {
-        for p in [&metrics_path, &flow_path, &ckpt_path] {
+        if lead {
+            retain_rows(&metrics_path, METRICS_HEADER, |it| it <= iter)?;
+            retain_rows(&flow_path, FLOW_CSV_HEADER, |it| it < iter)?;
+        }
+    } else if lead {
+        let (summary, marker) = (
+            dir.join(crate::verdict::SUMMARY_JSON),
+            dir.join(crate::verdict::DIVERGED_JSON),
+        );
+        for p in [
+            &metrics_path,
+            &flow_path,
+            &steps_path,
+            &ckpt_path,
+            &summary,
+            &marker,
+        ] {
             if p.exists() {
                 std::fs::remove_file(p).map_err(|e| Error::io(p, e))?;
             }
         }
     }
-    let mut steplog = StepLog::open(cfg, dir, (resume && iter > 0).then_some(iter))?;
-    let cfg_json = serde_json::to_string_pretty(cfg).map_err(|e| Error::Config(e.to_string()))?;
-    write_atomic(&dir.join("config.json"), cfg_json.as_bytes())?;
+    if comm.size() > 1 {
+        // every rank must be running the same run from the same point
+        let start = serde_json::json!({
+            "config": cfg,
+            "training images": format!("{:016x}", crate::dist::checksum([data.train.images.as_slice()])),
+            "training labels": format!("{:016x}", crate::dist::fnv(&data.train.labels)),
+            "evaluation images": format!("{:016x}", crate::dist::checksum([data.eval.images.as_slice()])),
+            "starting iteration": iter,
+            "weights": format!("{:016x}", super::parallel::weights_checksum(&mut net)),
+        });
+        crate::dist::check_same_start(&*comm, &start)?;
+    }
+    // config.json records the normalisation (eval and predict apply it)
+    let stored = TrainConfig {
+        norm: Some(data.norm.clone()),
+        ..cfg.clone()
+    };
+    let cfg_json =
+        serde_json::to_string_pretty(&stored).map_err(|e| Error::Config(e.to_string()))?;
+    if lead {
+        write_atomic(&dir.join("config.json"), cfg_json.as_bytes())?;
+    }
+    let mut par = Parallel::new(comm.clone(), cfg, &mut net)?;
+    // steps.csv and the TensorBoard events: rank 0 alone
+    let mut steplog = if lead {
+        StepLog::open(cfg, dir, (resume && iter > 0).then_some(iter))?
+    } else {
+        StepLog::off()
+    };
 
     let train = Arc::new(data.train);
     let loader = Loader::new(train.clone(), cfg.batch, cfg.seed, Some(cfg.augment))?;
@@ -194,33 +294,35 @@ pub fn train_run(cfg: &TrainConfig, dir: &Path, resume: bool, quiet: bool) -> Re
             let t0 = Instant::now();
             let lr = cfg.schedule.lr_at(iter);
             let probe = cfg.flow_every > 0 && (iter % cfg.flow_every == 0 || iter + 1 == cfg.iters);
-            // on a pool worker, the other workers kept awake between the
-            // step's passes (ops::awake)
-            let loss = crate::ops::awake::on_warm_pool(|| {
-                net.zero_grad();
-                net.forward_backward(&b.images, &b.labels, probe)
-            })?;
-            if let Some(msg) = divergence(&net, loss, cfg.max_grad_norm) {
+            // forward and backward (of this rank's shard, the gradients
+            // summed over the ranks: train::parallel)
+            let out = par.step(&mut net, &b, probe, iter, cfg.max_grad_norm)?;
+            if let Some(msg) = out.diverged {
                 diverged = Some(msg);
                 if probe {
-                    flow_last = flow_rows(&net, iter);
-                    append_lines(&flow_path, FLOW_CSV_HEADER, &rows_to_csv(&flow_last))?;
+                    flow_last = out.flow;
+                    if lead {
+                        append_lines(&flow_path, FLOW_CSV_HEADER, &rows_to_csv(&flow_last))?;
+                    }
                 }
                 break 'outer;
             }
             if probe {
-                let rows = flow_rows(&net, iter);
-                append_lines(&flow_path, FLOW_CSV_HEADER, &rows_to_csv(&rows))?;
+                let rows = out.flow;
+                if lead {
+                    append_lines(&flow_path, FLOW_CSV_HEADER, &rows_to_csv(&rows))?;
+                }
                 if flow_first.is_empty() {
                     flow_first = rows.clone();
                 }
                 flow_last = rows;
             }
-            window.0 += loss * b.n as f64;
-            window.1 += count_correct(net.logits(), &b.labels, net.classes());
-            window.2 += b.n;
+            window.0 += out.loss_sum;
+            window.1 += out.correct;
+            window.2 += out.seen;
             crate::ops::awake::on_warm_pool(|| opt.step(&mut net.params_mut(), lr));
-            window.3 += t0.elapsed().as_secs_f64();
+            let dt = t0.elapsed().as_secs_f64();
+            window.3 += dt;
             iter += 1;
             let ips = window.2 as f64 / window.3.max(1e-9);
             progress.update(
@@ -229,11 +331,11 @@ pub fn train_run(cfg: &TrainConfig, dir: &Path, resume: bool, quiet: bool) -> Re
                 window.0 / window.2.max(1) as f64,
                 window.1 as f64 / window.2.max(1) as f64,
                 ips,
-            );
+            )?;
             let probed = probe.then_some(&flow_last[..]);
             steplog.step(
                 iter,
-                loss,
+                out.loss_sum / out.seen.max(1) as f64,
                 lr,
                 &mut net,
                 b.n,
@@ -241,8 +343,12 @@ pub fn train_run(cfg: &TrainConfig, dir: &Path, resume: bool, quiet: bool) -> Re
                 probed,
             )?;
             batches.recycle(b);
-            if iter % eval_every == 0 || iter == cfg.iters {
-                let (test_loss, test_acc) = evaluate(&mut net, &data.eval, cfg.batch)?;
+            let eval_now = iter % eval_every == 0 || iter == cfg.iters;
+            if eval_now || iter % WEIGHT_CHECK_EVERY == 0 {
+                par.settle(&mut net, iter)?;
+            }
+            if eval_now {
+                let (test_loss, test_acc) = evaluate_on(&mut net, &data.eval, cfg.batch, &*comm)?;
                 let wall_s = wall_before + start.elapsed().as_secs_f64();
                 last = MetricsRow {
                     iter,
@@ -255,9 +361,11 @@ pub fn train_run(cfg: &TrainConfig, dir: &Path, resume: bool, quiet: bool) -> Re
                     images_per_s: ips,
                     wall_s,
                 };
-                append_lines(&metrics_path, METRICS_HEADER, &last.csv_line())?;
-                steplog.evaluation(&last)?;
-                checkpoint::save(&ckpt_path, cfg, &mut net, &opt, iter, wall_s)?;
+                if lead {
+                    append_lines(&metrics_path, METRICS_HEADER, &last.csv_line())?;
+                    steplog.evaluation(&last)?;
+                    checkpoint::save(&ckpt_path, &stored, &mut net, &opt, iter, wall_s)?;
+                }
                 progress.println(&format!(
                     "{}: iter {iter} epoch {:.2}: train loss {:.4} acc {:.2}%, test loss {test_loss:.4} acc {:.2}%, {ips:.0} img/s",
                     cfg.name,
@@ -265,7 +373,7 @@ pub fn train_run(cfg: &TrainConfig, dir: &Path, resume: bool, quiet: bool) -> Re
                     last.train_loss,
                     100.0 * last.train_acc,
                     100.0 * test_acc
-                ));
+                ))?;
                 window = (0.0, 0, 0, 0.0);
             }
             if iter >= cfg.iters {
@@ -274,7 +382,22 @@ pub fn train_run(cfg: &TrainConfig, dir: &Path, resume: bool, quiet: bool) -> Re
         }
     }
     progress.finish();
-    if diverged.is_none() && iter >= cfg.iters {
+    if comm.size() > 1 {
+        // how much of the gradient allreduce the backward hid
+        let alone = par.allreduce_alone_s(5)?;
+        let exposed = par.exposed_per_step_s();
+        if !quiet {
+            crate::errln!(
+                "{}: {} ranks: gradient allreduce {:.2} ms per step alone, {:.2} ms left after the last rank's backward ({:.0}% hidden)",
+                cfg.name,
+                comm.size(),
+                1e3 * alone,
+                1e3 * exposed,
+                100.0 * (1.0 - exposed / alone.max(1e-12)).max(0.0)
+            )?;
+        }
+    }
+    if diverged.is_none() && iter >= cfg.iters && lead {
         // the final weights alone, under the reference's state-dict names:
         // `Net(spec).load_state_dict(safetensors.torch.load_file(...))` takes them as is
         let mut st = crate::io::safetensors::SafeTensors::new();
@@ -283,11 +406,26 @@ pub fn train_run(cfg: &TrainConfig, dir: &Path, resume: bool, quiet: bool) -> Re
             "spec".into(),
             serde_json::to_string(&cfg.spec).map_err(|e| Error::Config(e.to_string()))?,
         );
+        // the inputs' normalisation: x = (pixel - mean[c]) / std[c] on 0..=255 pixels
+        st.metadata.insert(
+            crate::eval::NORM_METADATA.into(),
+            crate::eval::norm_metadata(&data.norm),
+        );
         st.write_atomic(&dir.join(WEIGHTS))?;
     }
     if flow_first.is_empty() {
         flow_first = flow_last.clone();
     }
+    // summary.json (the verdict) for every run; diverged.json for a diverged one
+    let marker = diverged.as_ref().map(|msg| crate::verdict::Diverged {
+        iter,
+        message: msg.clone(),
+    });
+    let verdict = if lead {
+        crate::verdict::write_run_files(dir, Some(last.test_acc), marker)?
+    } else {
+        crate::verdict::RunVerdict::new(&flow_first, &flow_last, marker)
+    };
     Ok(RunOutcome {
         name: cfg.name.clone(),
         last,
@@ -295,5 +433,6 @@ pub fn train_run(cfg: &TrainConfig, dir: &Path, resume: bool, quiet: bool) -> Re
         flow_last,
         diverged,
         iter,
+        verdict,
     })
 }

@@ -101,6 +101,77 @@ impl Schedule {
         }
     }
 
+    /// The schedule for a run `factor` times as long as the one it was
+    /// written for: step milestones and the warm-up's length multiplied by
+    /// `factor` and rounded (a warm-up that rounds to 0 iterations is
+    /// dropped); the rates, and a cosine's total (set to the run's length
+    /// elsewhere), are unchanged.
+    pub fn scaled(&self, factor: f64) -> Schedule {
+        let scale = |n: u64| (n as f64 * factor).round() as u64;
+        let decay = match &self.decay {
+            Decay::Step { milestones, gamma } => Decay::Step {
+                milestones: milestones.iter().map(|&m| scale(m)).collect(),
+                gamma: *gamma,
+            },
+            d => d.clone(),
+        };
+        let warmup = match self.warmup {
+            Warmup::Constant { iters, .. } | Warmup::Linear { iters, .. } if scale(iters) == 0 => {
+                Warmup::None
+            }
+            Warmup::Constant { iters, lr } => Warmup::Constant {
+                iters: scale(iters),
+                lr,
+            },
+            Warmup::Linear {
+                iters,
+                start_factor,
+            } => Warmup::Linear {
+                iters: scale(iters),
+                start_factor,
+            },
+            Warmup::None => Warmup::None,
+        };
+        Schedule {
+            base_lr: self.base_lr,
+            decay,
+            warmup,
+        }
+    }
+
+    /// What of the schedule a run of `iters` iterations never reaches: a
+    /// warm-up as long as the run (it trains at the warm-up rate
+    /// throughout), step milestones at or after the end. One message each.
+    pub fn beyond_run(&self, iters: u64) -> Vec<String> {
+        let mut out = Vec::new();
+        let warm = match self.warmup {
+            Warmup::Constant { iters, .. } | Warmup::Linear { iters, .. } => iters,
+            Warmup::None => 0,
+        };
+        if warm > 0 && warm >= iters {
+            out.push(format!(
+                "the {warm}-iteration warm-up covers the whole {iters}-iteration run: it trains at the warm-up rate (lr {}) throughout",
+                self.lr_at(0)
+            ));
+        }
+        if let Decay::Step { milestones, .. } = &self.decay {
+            let late: Vec<String> = milestones
+                .iter()
+                .filter(|&&m| m >= iters)
+                .map(u64::to_string)
+                .collect();
+            if !late.is_empty() {
+                out.push(format!(
+                    "the step milestone{} {} lie{} at or beyond the run's end ({iters} iterations): the learning rate is never divided there",
+                    if late.len() == 1 { "" } else { "s" },
+                    late.join(", "),
+                    if late.len() == 1 { "s" } else { "" },
+                ));
+            }
+        }
+        out
+    }
+
     /// Learning rate for (0-based) iteration `iter`.
     pub fn lr_at(&self, iter: u64) -> f64 {
         match self.warmup {
@@ -146,6 +217,39 @@ mod tests {
         assert_eq!(s.lr_at(31_999), 0.1);
         assert!((s.lr_at(32_000) - 0.01).abs() < 1e-15);
         assert!((s.lr_at(48_000) - 0.001).abs() < 1e-15);
+    }
+
+    #[test]
+    fn paper_schedule_scaled_to_a_short_run() {
+        // 300 of the paper's 64k iterations
+        let s = Schedule::paper().scaled(300.0 / 64_000.0);
+        assert_eq!(s.warmup, Warmup::Constant { iters: 2, lr: 0.01 });
+        assert_eq!(
+            s.decay,
+            Decay::Step {
+                milestones: vec![150, 225],
+                gamma: 0.1
+            }
+        );
+        assert_eq!((s.lr_at(1), s.lr_at(2)), (0.01, 0.1));
+        assert!(s.beyond_run(300).is_empty());
+        // a warm-up that rounds to nothing is dropped
+        assert_eq!(Schedule::paper().scaled(1e-4).warmup, Warmup::None);
+        assert_eq!(Schedule::paper().scaled(1.0), Schedule::paper());
+    }
+
+    #[test]
+    fn warns_about_what_a_short_run_never_reaches() {
+        let w = Schedule::paper().beyond_run(300);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("400-iteration warm-up covers the whole 300-iteration run"));
+        assert!(w[0].contains("lr 0.01"));
+        assert!(w[1].contains("milestones 32000, 48000 lie at or beyond"));
+        let w = Schedule::paper().beyond_run(40_000);
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("milestone 48000 lies"), "{w:?}");
+        assert!(Schedule::paper().beyond_run(64_000).is_empty());
+        assert!(Schedule::constant(0.1).beyond_run(1).is_empty());
     }
 
     #[test]

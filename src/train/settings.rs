@@ -47,6 +47,13 @@ pub struct Settings {
     pub eval_every: Option<u64>,
     pub max_grad_norm: Option<f64>,
     pub branch_init_scale: Option<f64>,
+    /// scale the preset's schedule (milestones, warm-up) from its 64k
+    /// iterations to the run's length
+    pub schedule_scale: Option<bool>,
+    /// start from these weights (safetensors, the reference's state-dict names)
+    pub init_from: Option<std::path::PathBuf>,
+    /// a steps.csv row every this many steps (default 1; 0: none)
+    pub log_every: Option<u64>,
 }
 
 impl Settings {
@@ -157,6 +164,10 @@ impl Settings {
         if let Some(b) = s.branch_init_scale {
             cfg.branch_init_scale = b;
         }
+        cfg.init_from.clone_from(&s.init_from);
+        if let Some(n) = s.log_every {
+            cfg.log_every = n;
+        }
         // iterations: `iters`, or `epochs` times the batches per epoch (an
         // estimate from the data set's size: the loader checks the real one)
         let train_images = train_images(&cfg.data)?.saturating_sub(cfg.val);
@@ -175,6 +186,19 @@ impl Settings {
             (None, Some(e)) => cfg.iters = e.saturating_mul(per_epoch),
             (None, None) if cfg.iters == 0 => cfg.iters = 10 * per_epoch,
             (None, None) => {}
+        }
+        if s.schedule_scale == Some(true) {
+            let Some(written_for) = s.preset.as_deref().map(|_| 64_000u64) else {
+                return Err(Error::Config(
+                    "schedule_scale (--schedule-scale) scales the preset's schedule, written for its 64k iterations, to the run's length: give a preset (--preset paper)".into(),
+                ));
+            };
+            if s.milestones.is_some() || s.warmup_iters.is_some() {
+                return Err(Error::Config(
+                    "give schedule_scale (--schedule-scale) or milestones / warmup_iters for this run's length, not both".into(),
+                ));
+            }
+            cfg.schedule = cfg.schedule.scaled(cfg.iters as f64 / written_for as f64);
         }
         if let Decay::Cosine { total, .. } = &mut cfg.schedule.decay {
             *total = cfg.iters;

@@ -51,13 +51,23 @@ pub fn grad_norm(net: &mut Net<f32>) -> f64 {
 }
 
 impl StepLog {
+    /// No logs (the ranks of a data-parallel run but rank 0).
+    pub fn off() -> StepLog {
+        StepLog {
+            every: 0,
+            csv: None,
+            tb: None,
+            window: (0.0, 0, 0, 0.0),
+        }
+    }
+
     /// Open the logs of the run in `dir`; `resumed_at`: the checkpoint's
     /// iteration when the run resumes (rows after it are dropped), `None`
     /// for a fresh run (an old `steps.csv` is removed).
     pub fn open(cfg: &TrainConfig, dir: &Path, resumed_at: Option<u64>) -> Result<StepLog> {
         let path = dir.join(STEPS_CSV);
         match resumed_at {
-            Some(iter) => retain_rows(&path, |it| it <= iter)?,
+            Some(iter) => retain_rows(&path, STEPS_HEADER, |it| it <= iter)?,
             None if path.exists() => {
                 std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?
             }

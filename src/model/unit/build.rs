@@ -2,7 +2,7 @@
 //! of steps in the unit's placement order (Fig. 4 of He et al.), what follows
 //! the addition, the shortcut path and the mix.
 
-use super::{Mix, ShortcutPath, Step, Unit};
+use super::{Acts, Mix, Plan, ShortcutPath, Step, Unit, UnitGrads};
 use crate::model::layers::{BnLayer, Geom, WeightLayer};
 use crate::model::spec::{Block, Downsample, Shortcut, Spec, UnitKind};
 use crate::ops::shortcut_a::ShortcutAShape;
@@ -110,18 +110,11 @@ impl<T: Scalar> Unit<T> {
             }
             _ => {}
         }
-        let (steps, pre_idx) = super::fuse_bn_relu(steps, pre_idx);
-        let (post, _) = super::fuse_bn_relu(post, None);
-        // geometry of every step output
-        let mut geoms = Vec::with_capacity(steps.len());
-        let mut g = in_geom;
-        for s in &steps {
-            if let Step::Conv(i) = s {
-                g = convs[*i].out_geom(g);
-            }
-            geoms.push(g);
-        }
-        let out_geom = g;
+        // geometry of the unit's output
+        let out_geom = steps.iter().fold(in_geom, |g, s| match s {
+            Step::Conv(i) => convs[*i].out_geom(g),
+            _ => g,
+        });
 
         // the shortcut path
         let sc = spec.shortcut;
@@ -181,31 +174,14 @@ impl<T: Scalar> Unit<T> {
             mix,
             gate,
             steps,
-            geoms,
-            pre_idx,
             post,
-            n: 0,
-            virt: vec![],
-            dvirt: vec![],
-            fold_add: false,
-            bn_sums: vec![],
-            bn_planes: vec![],
-            virt_live: false,
-            store_all: false,
-            acts: vec![],
-            h: vec![],
-            hd: vec![],
-            mask: vec![],
-            g: vec![],
-            sum: vec![],
-            post_acts: vec![],
-            dacts: vec![],
+            pre_idx,
+            plan: Plan::default(),
+            reference_plan: false,
+            act: Acts::default(),
             dh: vec![],
             dz: vec![],
-            dsum: vec![],
-            dpost: vec![],
-            dx_short: vec![],
-            dx_branch: vec![],
+            grad: UnitGrads::default(),
         }
     }
 }

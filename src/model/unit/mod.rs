@@ -27,27 +27,41 @@
 //! The probe (`UnitFlow`) records both and their cosine; they add up to
 //! `dL/dx` exactly.
 
+//!
+//! Two executors run a unit: the fast one here (`forward`, `backward`,
+//! with `steps.rs`), which reads every fusion and storage decision from the
+//! unit's [`Plan`] (`plan.rs`), and the reference unit ([`Reference`],
+//! `reference.rs`: plain ops, every intermediate stored), the oracle the
+//! fast one is tested against (`tests.rs`).
+
 use super::layers::{BnLayer, Geom, Param, WeightLayer};
 use super::spec::UnitKind;
 use crate::error::Result;
 use crate::ops::activation::sigmoid_forward;
-use crate::ops::conv2d::{ConvInput, ConvWorkspace};
+use crate::ops::conv2d::{ConvForward, ConvInput, ConvWorkspace};
 use crate::ops::dropout::dropout_forward;
-use crate::ops::par::{par_pieces, par_pieces2, par_zero};
+use crate::ops::mix::{
+    add_relu_backward, add_relu_forward, mix_backward, mix_forward, MixGrads, MixInputs,
+};
+use crate::ops::norms::add_terms;
+use crate::ops::par::{par_copy, par_zero};
 use crate::ops::shortcut_a::{shortcut_a_backward, shortcut_a_forward, ShortcutAShape};
 use crate::ops::Accum;
 use crate::scalar::Scalar;
-use crate::tensor::{dot, norm};
 use rand::Rng;
 
 mod build;
 mod plan;
+mod reference;
 mod steps;
 #[cfg(test)]
 mod tests;
 
-use steps::{backward_steps, bn_of};
-pub(crate) use steps::{step_backward, step_forward};
+pub use crate::ops::mix::Mix;
+pub use plan::{Plan, ShortcutGrad};
+pub use reference::Reference;
+use steps::{backward_steps, bn_of, Layers, Saved, StepsBackward};
+use steps::{step_backward, step_forward};
 
 /// One step of a branch (or of `post`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,28 +72,6 @@ pub enum Step {
     /// `Bn(i)` then `Relu`, fused (`ops::fused`): one output tensor, no
     /// stored BN output
     BnRelu(usize),
-}
-
-/// Merges every `Bn(i), Relu` pair into `BnRelu(i)`; `pre_idx` (an index
-/// into `steps`) follows: a pointer at a merged pair's ReLU now points at
-/// the fused step.
-pub(super) fn fuse_bn_relu(steps: Vec<Step>, pre_idx: Option<usize>) -> (Vec<Step>, Option<usize>) {
-    let mut out = Vec::with_capacity(steps.len());
-    let mut map = Vec::with_capacity(steps.len()); // old index -> new index
-    let mut i = 0;
-    while i < steps.len() {
-        if let (Step::Bn(j), Some(Step::Relu)) = (steps[i], steps.get(i + 1)) {
-            out.push(Step::BnRelu(j));
-            map.push(out.len() - 1);
-            map.push(out.len() - 1);
-            i += 2;
-        } else {
-            out.push(steps[i]);
-            map.push(out.len() - 1);
-            i += 1;
-        }
-    }
-    (out, pre_idx.map(|p| map[p]))
 }
 
 /// The shortcut path `h(x)`.
@@ -98,17 +90,6 @@ pub enum ShortcutPath<T> {
     None,
 }
 
-/// How the shortcut and the branch are combined.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Mix {
-    Add,
-    Scale { shortcut: f64, branch: f64 },
-    ExclusiveGate,
-    ShortcutGate,
-    Dropout { p: f64 },
-    None,
-}
-
 /// The gradient split of one unit, recorded during its backward.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct UnitFlow {
@@ -123,14 +104,22 @@ pub struct UnitFlow {
 }
 
 /// The gradient scratch of a unit's backward (branch steps, post steps,
-/// the probe's two terms): alive only during one unit's backward, so a
-/// network keeps one set for all its units.
+/// the probe's two terms, plane sums): alive only during one unit's
+/// backward, so a network keeps one set for all its units.
+#[derive(Clone)]
 pub struct UnitGrads<T> {
+    /// `dacts[s]`: dL/d(output of branch step s); the last one is dF
     dacts: Vec<Vec<T>>,
+    /// dL/d(mix output), when post steps follow the addition
     dsum: Vec<T>,
+    /// `dpost[i]`: dL/d(output of post step i), for i < last
     dpost: Vec<Vec<T>>,
+    /// the probe's shortcut and branch terms of dL/dx
     dx_short: Vec<T>,
     dx_branch: Vec<T>,
+    /// per-plane sums of a BN-ReLU backward's reduction, taken by the conv
+    /// that writes that BN-ReLU's output gradient (N, C)
+    sums: Vec<(f64, f64)>,
 }
 
 impl<T> Default for UnitGrads<T> {
@@ -141,82 +130,84 @@ impl<T> Default for UnitGrads<T> {
             dpost: vec![],
             dx_short: vec![],
             dx_branch: vec![],
+            sums: vec![],
         }
     }
 }
 
-impl<T> UnitGrads<T> {
-    fn swap(&mut self, u: &mut Unit<T>) {
-        std::mem::swap(&mut self.dacts, &mut u.dacts);
-        std::mem::swap(&mut self.dsum, &mut u.dsum);
-        std::mem::swap(&mut self.dpost, &mut u.dpost);
-        std::mem::swap(&mut self.dx_short, &mut u.dx_short);
-        std::mem::swap(&mut self.dx_branch, &mut u.dx_branch);
+/// The activations of a unit's last forward, sized by its plan.
+#[derive(Clone)]
+struct Acts<T> {
+    /// output of each branch step (empty where unstored)
+    branch: Vec<Vec<T>>,
+    /// shortcut output (unused for the identity: h = x)
+    h: Vec<T>,
+    /// dropped-out shortcut (dropout kind) and its mask
+    hd: Vec<T>,
+    mask: Vec<T>,
+    /// gate sigmoid(z)
+    g: Vec<T>,
+    /// mix output (empty when the plan fuses the ReLU after it)
+    sum: Vec<T>,
+    /// output of each post step
+    post: Vec<Vec<T>>,
+    /// per-plane sums of a BN's input, taken by the conv that writes it
+    /// (N, C): the first pass of the BN's training statistics
+    planes: Vec<f64>,
+    /// the last forward was a training one (the plan's unstored tensors
+    /// were left unstored)
+    trained: bool,
+}
+
+impl<T> Default for Acts<T> {
+    fn default() -> Self {
+        Acts {
+            branch: vec![],
+            h: vec![],
+            hd: vec![],
+            mask: vec![],
+            g: vec![],
+            sum: vec![],
+            post: vec![],
+            planes: vec![],
+            trained: false,
+        }
     }
 }
 
-/// One residual unit with its parameters and its activation buffers.
+/// One residual unit: its parameters, its plan, its activations and its
+/// gradient buffers.
+#[derive(Clone)]
 pub struct Unit<T> {
     pub index: usize,
     pub kind: UnitKind,
     pub in_geom: Geom,
     pub out_geom: Geom,
+    // ---- parameters
     pub convs: Vec<WeightLayer<T>>,
     pub bns: Vec<BnLayer<T>>,
     pub path: ShortcutPath<T>,
     pub mix: Mix,
     pub gate: Option<WeightLayer<T>>,
+    // ---- the unit as the spec describes it (nothing fused)
+    /// the branch, in the placement's order
     steps: Vec<Step>,
-    geoms: Vec<Geom>, // output geometry of each branch step
-    pre_idx: Option<usize>,
+    /// what follows the addition
     post: Vec<Step>,
-    // activations, sized for batch `n`
-    n: usize,
-    // branch steps whose output a training forward does not store: a
-    // BN-ReLU whose only reader, the next conv, normalises as it reads
-    // (`BnLayer::relu_input`); `virt_live` says the last forward did so
-    virt: Vec<bool>,
-    // branch steps (BN, BN-ReLU) whose input gradient the backward does not
-    // store: the conv before them computes it as it reads it
-    // (`BnLayer::grad_out`); used when `virt_live`
-    dvirt: Vec<bool>,
-    // the last conv of the branch writes `sum = x + F` (identity shortcut,
-    // plain addition) and F is not stored
-    fold_add: bool,
-    virt_live: bool,
-    // per-plane sums of a BN-ReLU backward's reduction, computed by the
-    // conv that writes that BN-ReLU's output gradient (N, C)
-    bn_sums: Vec<(f64, f64)>,
-    // per-plane sums of a BN's input, computed by the conv that writes it
-    // (N, C): the first pass of the BN's training statistics
-    bn_planes: Vec<f64>,
-    store_all: bool,        // no virtual steps (tests compare both ways)
-    acts: Vec<Vec<T>>,      // branch step outputs (empty where `virt`)
-    h: Vec<T>,              // shortcut output (unused for the identity: h = x)
-    hd: Vec<T>,             // dropped-out shortcut (dropout kind)
-    mask: Vec<T>,           // dropout mask
-    g: Vec<T>,              // gate sigmoid(z)
-    sum: Vec<T>,            // mix output
-    post_acts: Vec<Vec<T>>, // post step outputs
-    // gradients (dacts, dsum, dpost, dx_short, dx_branch: swapped in from
-    // the net's shared UnitGrads during backward, empty otherwise)
-    dacts: Vec<Vec<T>>,
+    /// the step whose output a pre-activation projection reads
+    pre_idx: Option<usize>,
+    // ---- the plan: every fusion and storage decision, per batch size
+    plan: Plan,
+    /// plan with [`Plan::reference`] instead of [`Plan::new`]
+    reference_plan: bool,
+    // ---- activations
+    act: Acts<T>,
+    // ---- gradients: the mix's (the unit's own; `dz` holds the gate's
+    // logits z between forward and backward), and the shared scratch
+    // (swapped in from the net's `UnitGrads` during backward)
     dh: Vec<T>,
     dz: Vec<T>,
-    dsum: Vec<T>,
-    dpost: Vec<Vec<T>>,
-    dx_short: Vec<T>,
-    dx_branch: Vec<T>,
-}
-
-fn resize<T: Scalar>(v: &mut Vec<T>, len: usize) {
-    if v.len() != len {
-        *v = vec![T::zero(); len];
-    }
-}
-
-fn zero<T: Scalar>(v: &mut [T]) {
-    par_zero(v);
+    grad: UnitGrads<T>,
 }
 
 impl<T: Scalar> Unit<T> {
@@ -280,15 +271,20 @@ impl<T: Scalar> Unit<T> {
 
     /// The unit's output (valid after `forward`).
     pub fn output(&self) -> &[T] {
-        self.post_acts.last().unwrap_or(&self.sum)
+        self.act.post.last().unwrap_or(&self.act.sum)
     }
 
-    /// Stores every branch activation (`true`), or lets a BN-ReLU that
-    /// only a convolution reads go unstored (`false`, the default): the
-    /// two give the same bits.
-    pub fn store_every_activation(&mut self, yes: bool) {
-        self.store_all = yes;
-        self.n = 0; // re-plan the buffers at the next forward
+    /// Runs with [`Plan::reference`] (`true`: nothing fused, every
+    /// intermediate stored) or the fast [`Plan::new`] (`false`, the
+    /// default): the two give the same bits.
+    pub fn use_reference_plan(&mut self, yes: bool) {
+        self.reference_plan = yes;
+        self.plan.n = 0; // re-plan at the next forward
+    }
+
+    /// The plan of the last forward.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
     }
 
     /// Forward: fills every activation buffer; the result is `output()`.
@@ -301,199 +297,166 @@ impl<T: Scalar> Unit<T> {
         rng: &mut R,
     ) -> Result<()> {
         self.ensure(n);
+        let (plan, a) = (&self.plan, &mut self.act);
         // the original unit's last BN is applied inside the add + ReLU pass
-        // (training mode): its output F is never stored
-        let fold_bn = match self.steps.last() {
-            Some(&Step::Bn(i)) if train && self.fused_relu_post() => Some(i),
-            _ => None,
-        };
-        let nbranch = self.steps.len() - usize::from(fold_bn.is_some());
-        self.virt_live = train;
+        let bn_in_add = train && plan.bn_in_add;
+        let nbranch = plan.steps.len() - usize::from(bn_in_add);
+        a.trained = train;
         // the step whose BN statistics' first pass (per-plane sums) the conv
         // before it took while writing its input
         let mut planes_for: Option<usize> = None;
         // the branch F(x), step by step
         for s in 0..nbranch {
-            let (done, rest) = self.acts.split_at_mut(s);
+            let (done, rest) = a.branch.split_at_mut(s);
             let (inp, gin) = if s == 0 {
                 (x, self.in_geom)
             } else {
-                (done[s - 1].as_slice(), self.geoms[s - 1])
+                (done[s - 1].as_slice(), plan.geoms[s - 1])
             };
-            if self.virt[s] {
-                match (train, self.steps[s]) {
+            if plan.unstored[s] {
+                match (train, plan.steps[s]) {
                     // a BN-ReLU read by the next conv: statistics only
                     (true, Step::BnRelu(i)) => {
-                        let planes = (planes_for == Some(s)).then_some(self.bn_planes.as_slice());
+                        let planes = (planes_for == Some(s)).then_some(a.planes.as_slice());
                         self.bns[i].forward_stats_train(inp, n, gin, planes)?;
                         continue;
                     }
                     // evaluation stores it as usual
-                    _ => resize(&mut rest[0], self.geoms[s].len(n)),
+                    _ => resize(&mut rest[0], plan.geoms[s].len(n)),
                 }
             }
-            let vin = train && s > 0 && self.virt[s - 1];
-            let into_sum = self.fold_add && s + 1 == nbranch;
-            // a training BN that reads this conv's output, and takes its
-            // statistics on the unstored paths (a BN-ReLU read by a conv, or
-            // the original unit's last BN)
-            let bn_next = train
-                && (s + 1 < self.steps.len())
-                && (self.virt[s + 1] || (fold_bn.is_some() && s + 1 == nbranch));
-            let planes_next = bn_next
-                && match self.steps[s] {
-                    Step::Conv(j) => self.convs[j].fuses_input_act(n, gin),
-                    _ => false,
-                };
-            if let (true, Step::Conv(j)) = (vin || into_sum || planes_next, self.steps[s]) {
-                // ... which this conv normalises as it reads
+            // a conv that reads the unstored BN-ReLU before it ...
+            let vin = train && s > 0 && plan.unstored[s - 1];
+            // ... writes sum = x + F ...
+            let into_sum = plan.add_in_conv && s + 1 == nbranch;
+            // ... or sums its output's planes for the BN after it
+            let planes_next = train && plan.planes_in_conv[s];
+            if let (true, Step::Conv(j)) = (vin || into_sum || planes_next, plan.steps[s]) {
                 let inp = if vin {
                     let x_bn = if s == 1 { x } else { done[s - 2].as_slice() };
-                    self.bns[bn_of(self.steps[s - 1]).0].relu_input(x_bn)
+                    self.bns[bn_of(plan.steps[s - 1]).0].relu_input(x_bn)
                 } else {
                     ConvInput::Plain(inp)
                 };
-                // the last conv adds the identity shortcut in its own store:
-                // sum = x + F, F never stored
                 let (out, res) = if into_sum {
-                    (&mut self.sum, Some(x))
+                    (&mut a.sum, Some(x))
                 } else {
                     (&mut rest[0], None)
                 };
                 let planes = if planes_next {
-                    self.bn_planes.clear();
-                    self.bn_planes.resize(n * self.geoms[s].c, 0.0);
+                    a.planes.clear();
+                    a.planes.resize(n * plan.geoms[s].c, 0.0);
                     planes_for = Some(s + 1);
-                    Some(self.bn_planes.as_mut_slice())
+                    Some(a.planes.as_mut_slice())
                 } else {
                     None
                 };
-                self.convs[j].forward_from(out, res, inp, n, gin, ws, planes)?;
+                let pass = ConvForward {
+                    out,
+                    res,
+                    inp,
+                    planes,
+                };
+                self.convs[j].forward_from(pass, n, gin, ws)?;
                 continue;
             }
-            step_forward(
-                self.steps[s],
-                &mut rest[0],
-                inp,
-                n,
-                gin,
-                train,
-                &mut self.convs,
-                &mut self.bns,
+            let layers = Layers {
+                convs: &mut self.convs,
+                bns: &mut self.bns,
                 ws,
-            )?;
+            };
+            step_forward(plan.steps[s], &mut rest[0], inp, n, gin, train, layers)?;
         }
         // the shortcut h(x)
         match &self.path {
             ShortcutPath::Identity | ShortcutPath::None => {}
-            ShortcutPath::OptionA(s) => shortcut_a_forward(&mut self.h, x, s)?,
+            ShortcutPath::OptionA(s) => shortcut_a_forward(&mut a.h, x, s)?,
             ShortcutPath::Projection { layer, reads_pre } => {
-                let (inp, gin) = match (reads_pre, self.pre_idx) {
-                    (true, Some(p)) => (self.acts[p].as_slice(), self.geoms[p]),
+                let (inp, gin) = match (reads_pre, plan.pre_idx) {
+                    (true, Some(p)) => (a.branch[p].as_slice(), plan.geoms[p]),
                     _ => (x, self.in_geom),
                 };
-                layer.forward(&mut self.h, inp, n, gin, ws)?;
+                layer.forward(&mut a.h, inp, n, gin, ws)?;
             }
         }
-        if matches!(self.mix, Mix::Dropout { .. }) && matches!(self.path, ShortcutPath::Identity) {
-            self.h.copy_from_slice(x);
+        let drop = matches!(self.mix, Mix::Dropout { .. });
+        let identity = matches!(self.path, ShortcutPath::Identity);
+        if drop && identity {
+            par_copy(&mut a.h, x);
         }
-        let h: &[T] = if matches!(self.path, ShortcutPath::Identity)
-            && !matches!(self.mix, Mix::Dropout { .. })
-        {
-            x
-        } else {
-            &self.h
-        };
-        let f = self.acts.last().expect("branch has steps");
-        // the addition
-        let fused_relu = self.fused_relu_post();
+        let h: &[T] = if identity && !drop { x } else { &a.h };
+        // the mix
         match self.mix {
             // ... with the last BN inside: out = max(0, h + BN(x_bn))
-            Mix::Add if fold_bn.is_some() => {
-                let (i, s) = (fold_bn.expect("matched above"), nbranch);
+            Mix::Add if bn_in_add => {
+                let (i, s) = (bn_of(plan.steps[nbranch]).0, nbranch);
                 let (x_bn, g_bn) = if s == 0 {
                     (x, self.in_geom)
                 } else {
-                    (self.acts[s - 1].as_slice(), self.geoms[s - 1])
+                    (a.branch[s - 1].as_slice(), plan.geoms[s - 1])
                 };
-                let planes = (planes_for == Some(s)).then_some(self.bn_planes.as_slice());
-                let out = &mut self.post_acts[0];
-                self.bns[i].forward_add_relu_train(out, h, x_bn, n, g_bn, planes)?;
+                let planes = (planes_for == Some(s)).then_some(a.planes.as_slice());
+                self.bns[i].forward_add_relu_train(&mut a.post[0], h, x_bn, n, g_bn, planes)?;
             }
             // ... and the ReLU after it, in the same pass: out = max(0, h + F)
-            Mix::Add if fused_relu => par_pieces(
-                &mut self.post_acts[0],
-                #[inline(always)]
-                |at, out| {
-                    for ((y, &a), &b) in out.iter_mut().zip(&h[at..]).zip(&f[at..]) {
-                        let v = a + b;
-                        *y = if v > T::zero() { v } else { T::zero() };
-                    }
-                },
-            ),
+            Mix::Add if plan.add_relu => {
+                let f = a.branch.last().expect("branch has steps");
+                add_relu_forward(&mut a.post[0], h, f)?;
+            }
             // ... done by the last conv
-            Mix::Add if self.fold_add => {}
-            Mix::Add => par_pieces(
-                &mut self.sum,
-                #[inline(always)]
-                |at, sum| {
-                    for ((y, &a), &b) in sum.iter_mut().zip(&h[at..]).zip(&f[at..]) {
-                        *y = a + b;
-                    }
-                },
-            ),
-            Mix::Scale { shortcut, branch } => {
-                let (a, b) = (T::of(shortcut), T::of(branch));
-                for ((y, &hv), &fv) in self.sum.iter_mut().zip(h).zip(f) {
-                    *y = a * hv + b * fv;
+            Mix::Add if plan.add_in_conv => {}
+            mix => {
+                let f = a.branch.last().expect("branch has steps");
+                let mut h = h;
+                if let Mix::Dropout { p } = mix {
+                    dropout_forward(&mut a.hd, &mut a.mask, h, p, train, rng)?;
+                    h = &a.hd;
                 }
-            }
-            Mix::ExclusiveGate | Mix::ShortcutGate => {
-                let gate = self.gate.as_ref().expect("gated unit has a gate");
-                // z = W_g x + b_g (into dz, which the backward overwrites anyway), g = sigmoid(z)
-                gate.forward(&mut self.dz, x, n, self.in_geom, ws)?;
-                sigmoid_forward(&mut self.g, &self.dz)?;
-                let excl = self.mix == Mix::ExclusiveGate;
-                for (((y, &hv), &fv), &gv) in self.sum.iter_mut().zip(h).zip(f).zip(&self.g) {
-                    *y = (T::one() - gv) * hv + if excl { gv * fv } else { fv };
+                if let Some(gate) = &self.gate {
+                    // z = W_g x + b_g (into dz, which the backward overwrites), g = sigmoid(z)
+                    gate.forward(&mut self.dz, x, n, self.in_geom, ws)?;
+                    sigmoid_forward(&mut a.g, &self.dz)?;
                 }
+                let inputs = MixInputs {
+                    h,
+                    f,
+                    g: &a.g,
+                    mask: &a.mask,
+                };
+                mix_forward(&mut a.sum, mix, inputs)?;
             }
-            Mix::Dropout { p } => {
-                dropout_forward(&mut self.hd, &mut self.mask, h, p, train, rng)?;
-                for ((y, &a), &b) in self.sum.iter_mut().zip(&self.hd).zip(f) {
-                    *y = a + b;
-                }
-            }
-            Mix::None => self.sum.copy_from_slice(f),
         }
         // after the addition (a fused ReLU is done)
-        let first_post = if fused_relu { 1 } else { 0 };
-        for i in first_post..self.post.len() {
-            let (done, rest) = self.post_acts.split_at_mut(i);
+        let first_post = usize::from(plan.add_relu);
+        for i in first_post..plan.post.len() {
+            let (done, rest) = a.post.split_at_mut(i);
             let inp = if i == 0 {
-                self.sum.as_slice()
+                a.sum.as_slice()
             } else {
                 done[i - 1].as_slice()
             };
+            let layers = Layers {
+                convs: &mut self.convs,
+                bns: &mut self.bns,
+                ws,
+            };
             step_forward(
-                self.post[i],
+                plan.post[i],
                 &mut rest[0],
                 inp,
                 n,
                 self.out_geom,
                 train,
-                &mut self.convs,
-                &mut self.bns,
-                ws,
+                layers,
             )?;
         }
         Ok(())
     }
 
-    /// Backward: `dx += dL/dx` given `dy = dL/d(output)`, accumulating every
-    /// parameter gradient. With `flow`, the shortcut and branch terms are
-    /// kept apart and recorded.
+    /// Backward: `dx = dL/dx` (overwritten: the unit is `x`'s only
+    /// consumer) given `dy = dL/d(output)`, accumulating every parameter
+    /// gradient. With `flow`, the shortcut and branch terms are kept apart
+    /// and recorded.
     ///
     /// The gradient buffers of the branch and of `post` live only during this
     /// call, so they come from `grads`, one set shared by every unit of the
@@ -507,40 +470,41 @@ impl<T: Scalar> Unit<T> {
         grads: &mut UnitGrads<T>,
         flow: Option<&mut UnitFlow>,
     ) -> Result<()> {
-        grads.swap(self);
+        std::mem::swap(&mut self.grad, grads);
         self.fit_grads(flow.is_some());
         let r = self.backward_inner(dx, dy, x, ws, flow);
-        grads.swap(self);
+        std::mem::swap(&mut self.grad, grads);
         r
     }
 
     /// Sizes the (swapped-in) gradient buffers for this unit; after the first
     /// step every size fits the capacity already there (no allocation).
     fn fit_grads(&mut self, probe: bool) {
-        let (n, nsteps, np) = (self.n, self.steps.len(), self.post.len());
+        let (n, nsteps, np) = (self.plan.n, self.plan.steps.len(), self.plan.post.len());
         let out = self.out_geom.len(n);
-        if self.dacts.len() < nsteps {
-            self.dacts.resize_with(nsteps, Vec::new);
+        let d = &mut self.grad;
+        if d.dacts.len() < nsteps {
+            d.dacts.resize_with(nsteps, Vec::new);
         }
         // the last one is dF, which a plain addition aliases to dsum: no buffer
         let add = self.mix == Mix::Add;
-        for (s, (d, g)) in self.dacts.iter_mut().zip(&self.geoms).enumerate() {
+        for (s, (da, g)) in d.dacts.iter_mut().zip(&self.plan.geoms).enumerate() {
             let len = if add && s + 1 == nsteps { 0 } else { g.len(n) };
-            d.resize(len, T::zero());
+            da.resize(len, T::zero());
         }
         // dsum only when post steps follow the addition (else dsum is dy);
         // dpost[i] holds the gradient of post step i's output for i < last
         // (the last one's is dy)
-        self.dsum.resize(if np > 0 { out } else { 0 }, T::zero());
-        if self.dpost.len() < np {
-            self.dpost.resize_with(np, Vec::new);
+        d.dsum.resize(if np > 0 { out } else { 0 }, T::zero());
+        if d.dpost.len() < np {
+            d.dpost.resize_with(np, Vec::new);
         }
-        for (i, d) in self.dpost.iter_mut().enumerate().take(np) {
-            d.resize(if i + 1 < np { out } else { 0 }, T::zero());
+        for (i, dp) in d.dpost.iter_mut().enumerate().take(np) {
+            dp.resize(if i + 1 < np { out } else { 0 }, T::zero());
         }
         let probe_len = if probe { self.in_geom.len(n) } else { 0 };
-        self.dx_short.resize(probe_len, T::zero());
-        self.dx_branch.resize(probe_len, T::zero());
+        d.dx_short.resize(probe_len, T::zero());
+        d.dx_branch.resize(probe_len, T::zero());
     }
 
     fn backward_inner(
@@ -551,261 +515,166 @@ impl<T: Scalar> Unit<T> {
         ws: &mut ConvWorkspace<T>,
         flow: Option<&mut UnitFlow>,
     ) -> Result<()> {
-        let n = self.n;
+        let (plan, a, d) = (&self.plan, &self.act, &mut self.grad);
+        let n = plan.n;
         let probe = flow.is_some();
-        let nsteps = self.steps.len();
-        let shared = self.shared_grad();
-        let relu_post = self.fused_relu_post();
-        let identity_add = self.fused_identity_add();
-        let no_virt = vec![false; if self.virt_live { 0 } else { nsteps }];
-        let (virt, dvirt): (&[bool], &[bool]) = if self.virt_live {
-            (&self.virt, &self.dvirt)
+        let nsteps = plan.steps.len();
+        let sg = plan.shortcut_grad[usize::from(probe)];
+        // the unstored tensors of a training forward (none after evaluation)
+        let none = vec![false; if a.trained { 0 } else { nsteps }];
+        let (unstored, unstored_grad, sums_in_conv): (&[bool], &[bool], &[bool]) = if a.trained {
+            let sums = &plan.sums_in_conv[usize::from(probe)];
+            (&plan.unstored, &plan.unstored_grad, sums)
         } else {
-            (&no_virt, &no_virt)
+            (&none, &none, &none)
         };
         if probe {
-            zero(&mut self.dx_branch);
+            par_zero(&mut d.dx_branch);
         }
-        if let Some(p) = shared {
-            zero(&mut self.dacts[p]);
+        if let Some(p) = plan.shared {
+            par_zero(&mut d.dacts[p]);
         }
         // dacts[s] is dL/d(output of branch step s); the last one is dF
-        let (dacts, dacts_top) = self.dacts[..nsteps].split_at_mut(nsteps - 1);
+        let (dacts, dacts_top) = d.dacts[..nsteps].split_at_mut(nsteps - 1);
         // in the forward pass post came after the addition, so now carry dy back through it
-        let mut dx_done = false;
-        // the first conv's input gradient is written as dsum + ..., in its
-        // own store: no dx pass here
-        let conv_res = identity_add
-            && !probe
-            && !self.store_all
-            && match self.steps[0] {
-                Step::Conv(j) => self.convs[j].fuses_grad_out(n, self.in_geom),
-                _ => false,
-            };
-        if relu_post {
+        if plan.add_relu {
             // the forward was out = max(0, sum), so now dsum = dy [out > 0]
-            let out = &self.post_acts[0];
-            if identity_add && !probe && !conv_res {
-                // ... and the addition hands dsum to the shortcut unchanged:
-                // dx = dsum (the gradient highway), written in the same pass
-                par_pieces2(
-                    dx,
-                    &mut self.dsum,
-                    #[inline(always)]
-                    |at, dx, ds| {
-                        for ((a, b), (&g, &o)) in dx
-                            .iter_mut()
-                            .zip(ds.iter_mut())
-                            .zip(dy[at..].iter().zip(&out[at..]))
-                        {
-                            let v = if o > T::zero() { g } else { T::zero() };
-                            *a = v;
-                            *b = v;
-                        }
-                    },
-                );
-                dx_done = true;
-            } else {
-                par_pieces(
-                    &mut self.dsum,
-                    #[inline(always)]
-                    |at, ds| {
-                        for (b, (&g, &o)) in ds.iter_mut().zip(dy[at..].iter().zip(&out[at..])) {
-                            *b = if o > T::zero() { g } else { T::zero() };
-                        }
-                    },
-                );
+            let with_dx = (sg == ShortcutGrad::WithReluMask).then_some(&mut *dx);
+            add_relu_backward(&mut d.dsum, with_dx, dy, &a.post[0])?;
+        } else if !plan.post.is_empty() {
+            par_zero(&mut d.dsum);
+            for dp in d.dpost[..plan.post.len()].iter_mut() {
+                par_zero(dp);
             }
-        } else if !self.post.is_empty() {
-            zero(&mut self.dsum);
-            for d in self.dpost[..self.post.len()].iter_mut() {
-                zero(d);
-            }
-            for i in (0..self.post.len()).rev() {
-                let (lo, hi) = self.dpost.split_at_mut(i);
-                let dout: &[T] = if i + 1 == self.post.len() { dy } else { &hi[0] };
-                let dinp: &mut [T] = if i == 0 {
-                    &mut self.dsum
-                } else {
-                    &mut lo[i - 1]
-                };
-                let inp: &[T] = if i == 0 {
-                    &self.sum
-                } else {
-                    &self.post_acts[i - 1]
-                };
-                step_backward(
-                    self.post[i],
-                    Accum::Add,
-                    dinp,
-                    dout,
-                    inp,
-                    &self.post_acts[i],
-                    n,
-                    self.out_geom,
-                    &mut self.convs,
-                    &mut self.bns,
+            for i in (0..plan.post.len()).rev() {
+                let (lo, hi) = d.dpost.split_at_mut(i);
+                let dout: &[T] = if i + 1 == plan.post.len() { dy } else { &hi[0] };
+                let dinp: &mut [T] = if i == 0 { &mut d.dsum } else { &mut lo[i - 1] };
+                let inp: &[T] = if i == 0 { &a.sum } else { &a.post[i - 1] };
+                let layers = Layers {
+                    convs: &mut self.convs,
+                    bns: &mut self.bns,
                     ws,
-                )?;
+                };
+                let saved = Saved {
+                    inp,
+                    out: &a.post[i],
+                    gin: self.out_geom,
+                };
+                step_backward(plan.post[i], Accum::Add, dinp, dout, saved, n, layers)?;
             }
         }
-        let dsum: &[T] = if self.post.is_empty() { dy } else { &self.dsum };
+        let dsum: &[T] = if plan.post.is_empty() { dy } else { &d.dsum };
         // the addition splits the gradient into the shortcut's dh and the
-        // branch's dF (overwritten: their only writer)
-        let identity_h =
-            matches!(self.path, ShortcutPath::Identity) && !matches!(self.mix, Mix::Dropout { .. });
-        let h: &[T] = if identity_h { x } else { &self.h };
-        let (dh, df): (&[T], &[T]) = {
-            let df = &mut dacts_top[0];
-            let f = &self.acts[nsteps - 1];
-            match self.mix {
-                // a plain addition passes dsum to both: dh = dF = dsum, no copy
-                Mix::Add => {}
-                Mix::Scale { shortcut, branch } => {
-                    let (ca, cb) = (T::of(shortcut), T::of(branch));
-                    for ((a, b), &s) in self.dh.iter_mut().zip(df.iter_mut()).zip(dsum) {
-                        *a = ca * s; // dh = a s
-                        *b = cb * s; // dF = b s
-                    }
-                }
-                Mix::ExclusiveGate | Mix::ShortcutGate => {
-                    let excl = self.mix == Mix::ExclusiveGate;
-                    for i in 0..dsum.len() {
-                        let (s, g) = (dsum[i], self.g[i]);
-                        self.dh[i] = (T::one() - g) * s; // dh = (1-g) s
-                        let dg = if excl {
-                            df[i] = g * s; // dF = g s
-                            (f[i] - h[i]) * s // dg = (F - h) s
-                        } else {
-                            df[i] = s; // dF = s
-                            -h[i] * s // dg = -h s
-                        };
-                        self.dz[i] = dg * g * (T::one() - g); // dz = dg g (1-g)
-                    }
-                }
-                Mix::Dropout { .. } => {
-                    for (((a, b), &s), &m) in self
-                        .dh
-                        .iter_mut()
-                        .zip(df.iter_mut())
-                        .zip(dsum)
-                        .zip(&self.mask)
-                    {
-                        *a = m * s; // dh = m s
-                        *b = s; // dF = s
-                    }
-                }
-                Mix::None => df.copy_from_slice(dsum), // dF = s
-            }
-            if self.mix == Mix::Add {
-                (dsum, dsum)
-            } else {
-                (&self.dh, &dacts_top[0])
-            }
+        // branch's dF (overwritten: their only writer); a plain addition
+        // passes dsum to both: dh = dF = dsum, no copy
+        let (dh, df): (&[T], &[T]) = if self.mix == Mix::Add {
+            (dsum, dsum)
+        } else {
+            let identity_h = matches!(self.path, ShortcutPath::Identity)
+                && !matches!(self.mix, Mix::Dropout { .. });
+            let inputs = MixInputs {
+                h: if identity_h { x } else { &a.h },
+                f: &a.branch[nsteps - 1],
+                g: &a.g,
+                mask: &a.mask,
+            };
+            let grads = MixGrads {
+                dh: &mut self.dh,
+                df: &mut dacts_top[0],
+                dz: &mut self.dz,
+            };
+            mix_backward(grads, dsum, self.mix, inputs)?;
+            (&self.dh, &dacts_top[0])
         };
-        // a pre-activation unit's identity term joins the first BN-ReLU's
-        // backward pass instead (dx = dh + ..., no copy of dh first)
-        let res_fold = identity_add
-            && !probe
-            && !dx_done
-            && shared.is_none()
-            && self.gate.is_none()
-            && (matches!(self.steps[0], Step::BnRelu(_)) || conv_res);
-        // the shortcut term, written first: dx = h'(x)^T dh (the identity:
-        // dx = dh, the gradient highway); the branch term is added to it
-        let short_target: &mut [T] = if probe { &mut self.dx_short } else { dx };
-        match &mut self.path {
-            ShortcutPath::Identity if dx_done || res_fold => {} // done above / below
-            ShortcutPath::Identity => par_pieces(
-                short_target,
-                #[inline(always)]
-                |at, t| t.copy_from_slice(&dh[at..at + t.len()]),
-            ),
-            ShortcutPath::None => zero(short_target),
-            ShortcutPath::OptionA(s) => {
-                zero(short_target);
+        let branch = StepsBackward {
+            steps: &plan.steps,
+            unstored,
+            unstored_grad,
+            sums_in_conv,
+            acts: &a.branch,
+            geoms: &plan.geoms,
+            in_geom: self.in_geom,
+            x,
+            n,
+        };
+        // the shortcut term of dL/dx, h'(x)^T dh (the identity: dh, the
+        // gradient highway): written first, the branch term added to it;
+        // or, where the plan joins it to a pass of the branch, handed on
+        let short_target: &mut [T] = if probe { &mut d.dx_short } else { dx };
+        let mut res = None;
+        match (sg, &mut self.path) {
+            (ShortcutGrad::WithReluMask, _) => {} // dx = dsum, written with it above
+            (ShortcutGrad::InFirstBnRelu | ShortcutGrad::InFirstConv, _) => res = Some(dh),
+            (ShortcutGrad::Own, ShortcutPath::Identity) => par_copy(short_target, dh),
+            (ShortcutGrad::Own, ShortcutPath::None) => par_zero(short_target),
+            (ShortcutGrad::Own, ShortcutPath::OptionA(s)) => {
+                par_zero(short_target);
                 shortcut_a_backward(short_target, dh, s)?;
             }
-            ShortcutPath::Projection { layer, reads_pre } => match (*reads_pre, self.pre_idx) {
-                (true, Some(p)) => {
-                    // the projection read the pre-activation: its gradient enters
-                    // the branch at step p and is carried back through steps p..0
-                    zero(short_target);
-                    layer.backward(Some(&mut dacts[p]), dh, &self.acts[p], n, self.geoms[p], ws)?;
-                    if probe {
-                        // keep the shortcut term apart: carry it down now, then clear
-                        let (below, at_p) = dacts.split_at_mut(p);
-                        backward_steps(
-                            &self.steps[..=p],
-                            (&virt[..=p], &dvirt[..=p]),
-                            &at_p[0],
-                            below,
-                            None,
-                            None,
-                            &self.acts,
-                            &self.geoms,
-                            self.in_geom,
-                            x,
-                            &mut self.dx_short,
-                            n,
-                            &mut self.convs,
-                            &mut self.bns,
-                            ws,
-                            &mut self.bn_sums,
-                        )?;
-                        zero(&mut dacts[p]);
+            (ShortcutGrad::Own, ShortcutPath::Projection { layer, reads_pre }) => {
+                match (*reads_pre, plan.pre_idx) {
+                    (true, Some(p)) => {
+                        // the projection read the pre-activation: its gradient enters
+                        // the branch at step p and is carried back through steps p..0
+                        par_zero(short_target);
+                        let (inp, gin) = (&a.branch[p], plan.geoms[p]);
+                        layer.backward(Some(&mut dacts[p]), dh, inp, n, gin, ws)?;
+                        if probe {
+                            // keep the shortcut term apart: carry it down now, then clear
+                            let (below, at_p) = dacts.split_at_mut(p);
+                            let prefix = branch.prefix(p + 1);
+                            let mut layers = Layers {
+                                convs: &mut self.convs,
+                                bns: &mut self.bns,
+                                ws,
+                            };
+                            let sums = &mut d.sums;
+                            let into = (&at_p[0][..], below, &mut d.dx_short[..]);
+                            backward_steps(&prefix, &mut layers, into, None, None, sums)?;
+                            par_zero(&mut dacts[p]);
+                        }
                     }
+                    _ => layer.backward_to(
+                        Accum::Set,
+                        Some(short_target),
+                        dh,
+                        x,
+                        n,
+                        self.in_geom,
+                        ws,
+                    )?,
                 }
-                _ => {
-                    layer.backward_to(Accum::Set, Some(short_target), dh, x, n, self.in_geom, ws)?
-                }
-            },
+            }
         }
         // the branch term: dx += J_F^T dF, step by step in exact reverse order
-        let branch_target: &mut [T] = if probe { &mut self.dx_branch } else { dx };
-        backward_steps(
-            &self.steps,
-            (virt, dvirt),
-            df,
-            dacts,
-            shared,
-            if res_fold { Some(dh) } else { None },
-            &self.acts,
-            &self.geoms,
-            self.in_geom,
-            x,
-            branch_target,
-            n,
-            &mut self.convs,
-            &mut self.bns,
+        let branch_target: &mut [T] = if probe { &mut d.dx_branch } else { dx };
+        let mut layers = Layers {
+            convs: &mut self.convs,
+            bns: &mut self.bns,
             ws,
-            &mut self.bn_sums,
-        )?;
+        };
+        let into = (df, dacts, &mut *branch_target);
+        backward_steps(&branch, &mut layers, into, plan.shared, res, &mut d.sums)?;
         // ... and the gate's own path, which counts with the branch
         if let Some(gate) = self.gate.as_mut() {
             gate.backward(Some(branch_target), &self.dz, x, n, self.in_geom, ws)?;
         }
         if let Some(fl) = flow {
-            for ((d, &a), &b) in dx.iter_mut().zip(&self.dx_short).zip(&self.dx_branch) {
-                *d = a + b;
-            }
-            let (ns, nb) = (norm(&self.dx_short), norm(&self.dx_branch));
-            let mut total = 0.0;
-            for (&a, &b) in self.dx_short.iter().zip(&self.dx_branch) {
-                let t = a.f64() + b.f64();
-                total += t * t;
-            }
+            let t = add_terms(dx, &d.dx_short, &d.dx_branch)?;
             *fl = UnitFlow {
-                grad_norm: total.sqrt(),
-                shortcut_norm: ns,
-                branch_norm: nb,
-                cosine: if ns > 0.0 && nb > 0.0 {
-                    dot(&self.dx_short, &self.dx_branch) / (ns * nb)
-                } else {
-                    0.0
-                },
+                grad_norm: t.total,
+                shortcut_norm: t.first,
+                branch_norm: t.second,
+                cosine: t.cosine,
             };
         }
         Ok(())
+    }
+}
+
+fn resize<T: Scalar>(v: &mut Vec<T>, len: usize) {
+    if v.len() != len {
+        *v = vec![T::zero(); len];
     }
 }

@@ -1,32 +1,178 @@
-//! A unit's plan: which passes it fuses and which intermediates it leaves
-//! unstored, decided once per batch size from its kind (shortcut, mix,
-//! post) and from what its convolutions can absorb, and the buffers sized
-//! accordingly ([`Unit::ensure`]). Every choice here gives the same bits as
-//! storing everything (`store_every_activation(true)`; `tests.rs`).
+//! A unit's plan: every fusion and storage decision of its forward and
+//! backward, made once per batch size (and, for the backward, per probe
+//! setting) from the unit's kind (steps, shortcut, mix, post) and from what
+//! its convolutions can absorb, in [`Plan::new`]. The forward and the
+//! backward only read it. [`Plan::reference`] turns every decision off (no
+//! fused step, every intermediate stored, every term written by its own
+//! pass): the fast plan gives the same bits (`tests.rs`), and the
+//! reference unit (`reference.rs`, plain ops) the same values to 1e-12.
+//!
+//! Names: an *unstored* tensor is one the plan never writes, because its
+//! only reader computes it while it reads (a BN-ReLU output read by a conv,
+//! a BN's input gradient read by the conv before it, a branch output `F`
+//! the last conv adds into the sum). *Plane sums* are the per-(image,
+//! channel) sums a conv takes of the tensor it writes, the first pass of
+//! the BN statistics (or reduction) that reads that tensor.
 
-use super::{resize, Mix, ShortcutPath, Step, Unit};
+use super::{Mix, ShortcutPath, Step, Unit};
+use crate::model::layers::Geom;
 use crate::scalar::Scalar;
 
-impl<T: Scalar> Unit<T> {
-    /// Identity shortcut with a plain addition: the backward adds `dsum`
-    /// to `dx` and to `dF` in one pass, without materialising `dh`.
-    pub(super) fn fused_identity_add(&self) -> bool {
-        matches!(self.path, ShortcutPath::Identity) && self.mix == Mix::Add
+/// Where the fast backward writes the shortcut's term of `dL/dx`. The
+/// shortcut gradient of the fast unit is written in `Unit::backward_inner`,
+/// in the one `match` on this.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShortcutGrad {
+    /// By its own pass, first (`dx = h'(x)^T dh`; the identity: a copy of
+    /// `dh`), the branch term added to it; with the probe, into its own
+    /// buffer.
+    Own,
+    /// The original unit's ReLU backward writes `dx = dsum = dy [out > 0]`
+    /// in the same pass as `dsum` (identity shortcut, plain addition).
+    WithReluMask,
+    /// The first step, a BN-ReLU, writes `dx = dh + J^T ...` in its own
+    /// backward pass.
+    InFirstBnRelu,
+    /// The first step, a direct conv, writes `dx = dh + W^T ...` in its
+    /// input gradient's store.
+    InFirstConv,
+}
+
+/// Every fusion and storage decision of one unit at one batch size.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// the batch size planned for (0: not planned yet)
+    pub n: usize,
+    /// the branch, `Bn, Relu` pairs fused into `BnRelu` (fast plan)
+    pub steps: Vec<Step>,
+    /// output geometry of each of `steps`
+    pub geoms: Vec<Geom>,
+    /// the step whose output a pre-activation projection reads
+    pub pre_idx: Option<usize>,
+    /// after the addition, fused as `steps`
+    pub post: Vec<Step>,
+    // ---- forward (training only, except `add_in_conv`)
+    /// branch steps whose output is unstored: a BN-ReLU whose one reader,
+    /// the next conv, normalises as it reads (`BnLayer::relu_input`)
+    pub unstored: Vec<bool>,
+    /// branch steps that are a conv summing its output's planes for the
+    /// statistics of the BN after it
+    pub planes_in_conv: Vec<bool>,
+    /// the original unit's last BN applied inside the add + ReLU pass
+    /// (`out = max(0, h + BN(x))`; neither `F` nor the sum stored)
+    pub bn_in_add: bool,
+    /// the ReLU after a plain addition in the addition's pass (forward) and
+    /// its mask in one pass (backward); the sum is not stored
+    pub add_relu: bool,
+    /// the last conv writes `sum = x + F` (identity, plain addition), `F`
+    /// unstored (training and evaluation)
+    pub add_in_conv: bool,
+    // ---- backward
+    /// branch steps (BN, BN-ReLU) whose input gradient is unstored: the
+    /// conv before them computes it as it reads it (`BnLayer::grad_out`)
+    pub unstored_grad: Vec<bool>,
+    /// the branch gradient with two writers (the step above it and a
+    /// projection reading the pre-activation): zeroed and added to; every
+    /// other branch gradient is overwritten by its one writer
+    pub shared: Option<usize>,
+    /// where the shortcut term goes, `[probe off, probe on]`
+    pub shortcut_grad: [ShortcutGrad; 2],
+    /// branch steps that are a conv summing, as it writes the BN-ReLU
+    /// before it its output gradient, the planes of that BN-ReLU's
+    /// reduction; `[probe off, probe on]`
+    pub sums_in_conv: [Vec<bool>; 2],
+}
+
+impl Default for Plan {
+    fn default() -> Self {
+        Plan {
+            n: 0,
+            steps: vec![],
+            geoms: vec![],
+            pre_idx: None,
+            post: vec![],
+            unstored: vec![],
+            planes_in_conv: vec![],
+            bn_in_add: false,
+            add_relu: false,
+            add_in_conv: false,
+            unstored_grad: vec![],
+            shared: None,
+            shortcut_grad: [ShortcutGrad::Own; 2],
+            sums_in_conv: [vec![], vec![]],
+        }
+    }
+}
+
+/// Merges every `Bn(i), Relu` pair into `BnRelu(i)`; `pre_idx` (an index
+/// into `steps`) follows: a pointer at a merged pair's ReLU now points at
+/// the fused step.
+fn fuse_bn_relu(steps: &[Step], pre_idx: Option<usize>) -> (Vec<Step>, Option<usize>) {
+    let mut out = Vec::with_capacity(steps.len());
+    let mut map = Vec::with_capacity(steps.len()); // old index -> new index
+    let mut i = 0;
+    while i < steps.len() {
+        if let (Step::Bn(j), Some(Step::Relu)) = (steps[i], steps.get(i + 1)) {
+            out.push(Step::BnRelu(j));
+            map.push(out.len() - 1);
+            map.push(out.len() - 1);
+            i += 2;
+        } else {
+            out.push(steps[i]);
+            map.push(out.len() - 1);
+            i += 1;
+        }
+    }
+    (out, pre_idx.map(|p| map[p]))
+}
+
+impl Plan {
+    /// The fast plan of `u` at batch size `n`.
+    pub fn new<T: Scalar>(u: &Unit<T>, n: usize) -> Plan {
+        Plan::make(u, n, true)
     }
 
-    /// `post` is a single ReLU after a plain addition (the original unit):
-    /// the forward writes `max(0, h + F)` in one pass (the sum itself is
-    /// never stored) and the backward masks `dy` in one pass.
-    pub(super) fn fused_relu_post(&self) -> bool {
-        self.mix == Mix::Add && self.post == [Step::Relu]
+    /// Every fusion off: `Bn, Relu` run as two steps, every intermediate
+    /// stored, every term of `dL/dx` written by its own pass.
+    pub fn reference<T: Scalar>(u: &Unit<T>, n: usize) -> Plan {
+        Plan::make(u, n, false)
     }
 
-    /// The branch step whose output gradient has two writers: the step above
-    /// it and a projection shortcut that reads the pre-activation (pre-act
-    /// B projections); it is zeroed and accumulated, every other branch
-    /// gradient is overwritten by its one writer.
-    pub(super) fn shared_grad(&self) -> Option<usize> {
-        match (&self.path, self.pre_idx) {
+    fn make<T: Scalar>(u: &Unit<T>, n: usize, fused: bool) -> Plan {
+        let (steps, pre_idx) = if fused {
+            fuse_bn_relu(&u.steps, u.pre_idx)
+        } else {
+            (u.steps.clone(), u.pre_idx)
+        };
+        let post = if fused {
+            fuse_bn_relu(&u.post, None).0
+        } else {
+            u.post.clone()
+        };
+        let mut geoms = Vec::with_capacity(steps.len());
+        let mut g = u.in_geom;
+        for s in &steps {
+            if let Step::Conv(i) = s {
+                g = u.convs[*i].out_geom(g);
+            }
+            geoms.push(g);
+        }
+        let (len, last) = (steps.len(), steps.len() - 1);
+        // input geometry of step s
+        let gin = |s: usize| if s == 0 { u.in_geom } else { geoms[s - 1] };
+        // step s is a conv that reads a BN-ReLU input / a BN output
+        // gradient at no cost of its own
+        let conv_reads_act = |s: usize| match steps[s] {
+            Step::Conv(j) => fused && u.convs[j].fuses_input_act(n, gin(s)),
+            _ => false,
+        };
+        let conv_reads_grad = |s: usize| match steps[s] {
+            Step::Conv(j) => fused && u.convs[j].fuses_grad_out(n, gin(s)),
+            _ => false,
+        };
+        let identity = matches!(u.path, ShortcutPath::Identity);
+        let identity_add = identity && u.mix == Mix::Add;
+        let shared = match (&u.path, pre_idx) {
             (
                 ShortcutPath::Projection {
                     reads_pre: true, ..
@@ -34,108 +180,130 @@ impl<T: Scalar> Unit<T> {
                 Some(p),
             ) => Some(p),
             _ => None,
-        }
-    }
-
-    /// Whether branch step `s` is a BN-ReLU that a training forward need
-    /// not store: its one reader is the next step, a convolution that
-    /// normalises while it reads at no cost of its own (not a pre-activation
-    /// projection, which reads it too).
-    pub(super) fn is_virtual(&self, s: usize, n: usize) -> bool {
-        if self.store_all {
-            return false;
-        }
-        let read_by_shortcut = self.pre_idx == Some(s)
-            && matches!(
-                self.path,
-                ShortcutPath::Projection {
-                    reads_pre: true,
-                    ..
-                }
-            );
-        match (self.steps[s], self.steps.get(s + 1)) {
-            (Step::BnRelu(_), Some(&Step::Conv(j))) => {
-                !read_by_shortcut && self.convs[j].fuses_input_act(n, self.geoms[s])
-            }
-            _ => false,
-        }
-    }
-
-    /// Whether branch step `s` is a BN (or BN-ReLU) whose input gradient
-    /// the backward need not store: its one reader is the conv before it,
-    /// which computes it while it reads at no cost of its own (not where a
-    /// pre-activation projection adds to the same gradient).
-    pub(super) fn grad_is_virtual(&self, s: usize, n: usize) -> bool {
-        if self.store_all || s == 0 || self.shared_grad() == Some(s - 1) {
-            return false;
-        }
-        let gin = if s == 1 {
-            self.in_geom
-        } else {
-            self.geoms[s - 2]
         };
-        match (self.steps[s - 1], self.steps[s]) {
-            (Step::Conv(j), Step::Bn(_) | Step::BnRelu(_)) => self.convs[j].fuses_grad_out(n, gin),
-            _ => false,
+        let add_relu = fused && u.mix == Mix::Add && post == [Step::Relu];
+        let bn_in_add = add_relu && matches!(steps[last], Step::Bn(_));
+        // a BN-ReLU read only by the next conv (not by a projection too)
+        let unstored: Vec<bool> = (0..len)
+            .map(|s| {
+                matches!(steps[s], Step::BnRelu(_))
+                    && s < last
+                    && shared != Some(s)
+                    && conv_reads_act(s + 1)
+            })
+            .collect();
+        let planes_in_conv = (0..len)
+            .map(|s| {
+                let bn_next = s < last && (unstored[s + 1] || (bn_in_add && s + 1 == last));
+                bn_next && conv_reads_act(s)
+            })
+            .collect();
+        let add_in_conv = fused && identity_add && !add_relu && conv_reads_act(last);
+        // a BN whose input gradient only the conv before it reads
+        let unstored_grad: Vec<bool> = (0..len)
+            .map(|s| {
+                s > 0
+                    && shared != Some(s - 1)
+                    && matches!(steps[s], Step::Bn(_) | Step::BnRelu(_))
+                    && conv_reads_grad(s - 1)
+            })
+            .collect();
+        let shortcut_grad = [false, true].map(|probe| {
+            if !fused || !identity_add || probe {
+                ShortcutGrad::Own
+            } else if conv_reads_grad(0) {
+                ShortcutGrad::InFirstConv
+            } else if add_relu {
+                ShortcutGrad::WithReluMask
+            } else if matches!(steps[0], Step::BnRelu(_)) {
+                ShortcutGrad::InFirstBnRelu
+            } else {
+                ShortcutGrad::Own
+            }
+        });
+        let sums_in_conv = shortcut_grad.map(|sg| {
+            (0..len)
+                .map(|s| {
+                    // the conv overwrites the unstored BN-ReLU's gradient
+                    // (its one writer) whose reduction the next pass takes
+                    s > 0
+                        && matches!(steps[s], Step::Conv(_))
+                        && unstored[s - 1]
+                        && shared != Some(s - 1)
+                        && (unstored_grad[s - 1] || (s == 1 && sg == ShortcutGrad::InFirstBnRelu))
+                })
+                .collect()
+        });
+        Plan {
+            n,
+            steps,
+            geoms,
+            pre_idx,
+            post,
+            unstored,
+            planes_in_conv,
+            bn_in_add,
+            add_relu,
+            add_in_conv,
+            unstored_grad,
+            shared,
+            shortcut_grad,
+            sums_in_conv,
         }
     }
 
-    /// Whether the branch's last step is a conv that can add the identity
-    /// shortcut in its own store (a plain addition, no ReLU after it).
-    pub(super) fn folds_add(&self, n: usize) -> bool {
-        let last = self.steps.len() - 1;
-        let gin = if last == 0 {
-            self.in_geom
-        } else {
-            self.geoms[last - 1]
-        };
-        !self.store_all
-            && self.mix == Mix::Add
-            && matches!(self.path, ShortcutPath::Identity)
-            && !self.fused_relu_post()
-            && match self.steps[last] {
-                Step::Conv(j) => self.convs[j].fuses_input_act(n, gin),
-                _ => false,
-            }
+    /// How many tensors the plan leaves unstored (tests).
+    #[cfg(test)]
+    pub fn unstored_count(&self) -> usize {
+        let flags = self.unstored.iter().chain(&self.unstored_grad);
+        flags.filter(|&&v| v).count() + usize::from(self.add_in_conv)
     }
+}
 
+impl<T: Scalar> Unit<T> {
+    /// Plans for batch size `n` (the fast plan, or the reference plan after
+    /// `use_reference_plan(true)`) and sizes the activation buffers.
     pub(super) fn ensure(&mut self, n: usize) {
-        if self.n == n {
+        if self.plan.n == n {
             return;
         }
-        self.n = n;
+        self.plan = if self.reference_plan {
+            Plan::reference(self, n)
+        } else {
+            Plan::new(self, n)
+        };
+        let plan = &self.plan;
         let out = self.out_geom.len(n);
-        self.virt = (0..self.steps.len())
-            .map(|s| self.is_virtual(s, n))
-            .collect();
-        self.dvirt = (0..self.steps.len())
-            .map(|s| self.grad_is_virtual(s, n))
-            .collect();
-        self.fold_add = self.folds_add(n);
-        let last = self.steps.len() - 1;
-        self.acts = (self.geoms.iter().zip(&self.virt).enumerate())
+        let last = plan.steps.len() - 1;
+        let a = &mut self.act;
+        a.branch = (plan.geoms.iter().zip(&plan.unstored).enumerate())
             .map(|(s, (g, &v))| {
-                let unstored = v || (s == last && self.fold_add);
+                let unstored = v || (s == last && plan.add_in_conv);
                 vec![T::zero(); if unstored { 0 } else { g.len(n) }]
             })
             .collect();
         let needs_h = !matches!(self.path, ShortcutPath::Identity | ShortcutPath::None)
             || matches!(self.mix, Mix::Dropout { .. });
-        resize(&mut self.h, if needs_h { out } else { 0 });
+        resize(&mut a.h, if needs_h { out } else { 0 });
+        let drop = matches!(self.mix, Mix::Dropout { .. });
+        resize(&mut a.hd, if drop { out } else { 0 });
+        resize(&mut a.mask, if drop { out } else { 0 });
+        let gated = self.gate.is_some();
+        resize(&mut a.g, if gated { out } else { 0 });
+        resize(&mut a.sum, if plan.add_relu { 0 } else { out });
+        a.post = plan.post.iter().map(|_| vec![T::zero(); out]).collect();
         // with a plain addition dh = dF = dsum: no buffer of its own
         let no_dh = matches!(self.path, ShortcutPath::None) || self.mix == Mix::Add;
         resize(&mut self.dh, if no_dh { 0 } else { out });
-        let drop = matches!(self.mix, Mix::Dropout { .. });
-        resize(&mut self.hd, if drop { out } else { 0 });
-        resize(&mut self.mask, if drop { out } else { 0 });
-        let gated = self.gate.is_some();
-        resize(&mut self.g, if gated { out } else { 0 });
         resize(&mut self.dz, if gated { out } else { 0 });
-        let sum_len = if self.fused_relu_post() { 0 } else { out };
-        resize(&mut self.sum, sum_len);
-        self.post_acts = self.post.iter().map(|_| vec![T::zero(); out]).collect();
         if let ShortcutPath::OptionA(s) = &mut self.path {
             s.n = n;
         }
+    }
+}
+
+fn resize<T: Scalar>(v: &mut Vec<T>, len: usize) {
+    if v.len() != len {
+        *v = vec![T::zero(); len];
     }
 }

@@ -68,6 +68,8 @@
 use crate::error::{check_len, check_nonzero, Error, Result};
 use crate::ops::Accum;
 use crate::scalar::Scalar;
+use std::cell::RefCell;
+use std::sync::Arc;
 
 mod reduce;
 use reduce::{block, block_sum, dy, per_block, per_channel, plane_sums};
@@ -81,6 +83,43 @@ const OP: &str = "batchnorm";
 
 /// From this many elements on, the passes run on the rayon pool.
 const PAR_MIN: usize = 1 << 14;
+
+/// Completes per-channel partial sums over the shards of one batch that
+/// several processes hold (data-parallel training with sync-BN): replaces
+/// every value by its sum over the processes (an MPI allreduce).
+pub type ShardSum = Arc<dyn Fn(&mut [f64]) + Send + Sync>;
+
+thread_local! {
+    static SHARDS: RefCell<Option<ShardSum>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with the batch spread over several processes: every
+/// training-mode BatchNorm that `f` runs on this thread takes its
+/// statistics (and its backward's two sums) over the whole batch, not the
+/// local shard, by completing each per-channel sum with `sum` -- the mean's
+/// sums and the value count, then the centred sums of squares about the
+/// global mean, then `sum dy` and `sum dy * xhat`. The result is the math
+/// of one process holding the whole batch (up to the order of the f64
+/// additions). `dgamma`/`dbeta` keep the *local* sums: the caller averages
+/// parameter gradients over the processes as for any other parameter.
+/// Every training-mode path goes through the two functions that consult
+/// this (the statistics and the backward coefficients), fused or not.
+pub fn across_shards<R>(sum: ShardSum, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<ShardSum>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let prev = self.0.take();
+            SHARDS.with(|s| *s.borrow_mut() = prev);
+        }
+    }
+    let _restore = Restore(SHARDS.with(|s| s.borrow_mut().replace(sum)));
+    f()
+}
+
+/// The shard sum of an enclosing [`across_shards`] on this thread.
+fn shard_sum() -> Option<ShardSum> {
+    SHARDS.with(|s| s.borrow().clone())
+}
 
 /// Sizes: N samples, C channels, HW positions per channel (1 for 1d).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,6 +194,53 @@ fn batch_stats<T: Scalar>(
         let e = mu - mt.f64();
         (mu, (sq / m - e * e).max(0.0))
     })
+}
+
+/// [`batch_stats`] over a batch spread over several processes
+/// ([`across_shards`]): the same two passes, each pass's per-channel sums
+/// completed by `sum` (with the value count after the first), so the
+/// squares are centred on the global mean. Returns the statistics and the
+/// global count `M`.
+fn batch_stats_across<T: Scalar>(
+    inp: &[T],
+    s: BnShape,
+    parallel: bool,
+    planes: Option<&[f64]>,
+    sum: &ShardSum,
+) -> (Vec<(f64, f64)>, usize) {
+    let mut tot: Vec<f64> = per_channel(s.c, parallel, |c| {
+        let mut t = 0.0f64;
+        for n in 0..s.n {
+            t += match planes {
+                Some(p) => p[n * s.c + c],
+                None => block_sum(block(inp, s, n, c), |v| v),
+            };
+        }
+        t
+    });
+    tot.push(s.m() as f64);
+    sum(&mut tot);
+    let m = tot[s.c];
+    let mu: Vec<f64> = tot[..s.c].iter().map(|t| t / m).collect();
+    let mut sq: Vec<f64> = per_channel(s.c, parallel, |c| {
+        let mt = T::of(mu[c]);
+        let mut q = 0.0f64;
+        for n in 0..s.n {
+            q += block_sum(block(inp, s, n, c), |v| {
+                let d = v - mt;
+                d * d
+            });
+        }
+        q
+    });
+    sum(&mut sq);
+    let stats = (0..s.c)
+        .map(|c| {
+            let e = mu[c] - T::of(mu[c]).f64();
+            (mu[c], (sq[c] / m - e * e).max(0.0))
+        })
+        .collect();
+    (stats, m as usize)
 }
 
 /// `out[n,c,p] = (inp[n,c,p] - mu[c]) * k[c] + beta[c]`, i.e. `k = gamma * rstd`.
@@ -310,7 +396,10 @@ pub(crate) fn train_stats<T: Scalar>(
     if let Some(p) = planes {
         check_len(OP, "plane sums", p, &[s.n, s.c])?;
     }
-    let stats = batch_stats(inp, s, s.parallel(), planes);
+    let (stats, m) = match shard_sum() {
+        Some(sum) => batch_stats_across(inp, s, s.parallel(), planes, &sum),
+        None => (batch_stats(inp, s, s.parallel(), planes), m),
+    };
     let unbias = m as f64 / (m - 1) as f64;
     let mut k = vec![T::zero(); s.c];
     for (c, &(mu, var)) in stats.iter().enumerate() {
@@ -330,7 +419,6 @@ pub(crate) fn train_stats<T: Scalar>(
 /// BN, `+` and ReLU; the BN output is never stored). Each operation is the
 /// plain ops' own expression in their order, so the result is bitwise
 /// theirs. Lengths are the caller's (`out`, `h`, `x`: (N, C, HW)).
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn normalise_add_act<T: Scalar, const RELU: bool>(
     out: &mut [T],
     h: &[T],
@@ -564,10 +652,22 @@ fn backward_coefs<T: Scalar, const RELU: bool>(
     });
     // dx = k * (dy - a - (x - mu) * b) with k = gamma * rstd, a = sum(dy) / M,
     // b = rstd * sum(dy * xhat) / M  (the xhat_i of the formula is (x - mu) * rstd)
+    // (across shards: the parameter gradients take the local sums, the
+    // input gradient the sums over the whole batch)
+    let global = shard_sum().map(|sum| {
+        let mut v: Vec<f64> = sums.iter().flat_map(|&(a, b)| [a, b]).collect();
+        v.push(m);
+        sum(&mut v);
+        v
+    });
     let mut coef = Vec::with_capacity(s.c);
     for (c, &(sdy, sdyx)) in sums.iter().enumerate() {
         dbeta[c] += T::of(sdy);
         dgamma[c] += T::of(sdyx);
+        let (sdy, sdyx, m) = match &global {
+            Some(v) => (v[2 * c], v[2 * c + 1], v[2 * s.c]),
+            None => (sdy, sdyx, m),
+        };
         let r = rstd[c].f64();
         coef.push((k[c], T::of(sdy / m), T::of(r * sdyx / m)));
     }
@@ -672,7 +772,6 @@ pub fn batchnorm_backward_coefs<T: Scalar>(
 
 /// The elementwise half: `dinp = k * (dy - a - (inp - mean) * b)` with
 /// `coef` from [`batchnorm_backward_coefs`] (`dinp` overwritten).
-#[allow(clippy::too_many_arguments)]
 pub fn batchnorm_backward_dx<T: Scalar>(
     dinp: &mut [T],     // (N, C, HW)
     dout: &[T],         // (N, C, HW)

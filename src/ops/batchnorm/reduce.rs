@@ -195,7 +195,6 @@ pub(super) fn plane_sums<T: Scalar, const RELU: bool>(
 /// `dout` masked where `(x - mean) * k + beta <= 0`: what
 /// [`batchnorm_backward_coefs`] and `fused::bn_relu_backward_plus` accept
 /// precomputed.
-#[allow(clippy::too_many_arguments)]
 pub fn bn_relu_plane_sums<T: Scalar>(
     planes: &mut [(f64, f64)], // (N, C)
     dout: &[T],                // (N, C, HW)

@@ -533,3 +533,156 @@ fn shape_errors_name_the_layer() {
         "batch size",
     );
 }
+
+/// (out, dx, dgamma, dbeta, running mean, running var) of one BN training step.
+type Step = (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
+
+/// Two "processes" (threads) that each hold half of a batch and complete
+/// their per-channel sums through a shared accumulator: what an MPI
+/// allreduce does for `across_shards`, in-process.
+struct TwoShards {
+    acc: std::sync::Mutex<Vec<f64>>,
+    barrier: std::sync::Barrier,
+}
+
+impl TwoShards {
+    fn sum(&self, v: &mut [f64]) {
+        {
+            let mut a = self.acc.lock().unwrap();
+            if a.is_empty() {
+                *a = vec![0.0; v.len()];
+            }
+            for (a, x) in a.iter_mut().zip(v.iter()) {
+                *a += *x;
+            }
+        }
+        self.barrier.wait();
+        v.copy_from_slice(&self.acc.lock().unwrap());
+        if self.barrier.wait().is_leader() {
+            self.acc.lock().unwrap().clear();
+        }
+        self.barrier.wait();
+    }
+}
+
+/// Sync-BN: two shards of a batch with their sums completed across them
+/// give the whole batch's BatchNorm -- the same outputs, running statistics
+/// and input gradients, and parameter gradients that add up to the whole
+/// batch's (each shard keeps its local part). Plain and fused BN-ReLU; the
+/// backward through the coefficient/dx split too.
+#[test]
+fn across_shards_is_the_whole_batch() {
+    let mut r = Rand::new(21);
+    let s = BnShape { n: 6, c: 3, hw: 5 };
+    let x: Vec<f64> = r.normal_vec(s.len()).iter().map(|v| 3.0 + v).collect();
+    let dout = r.normal_vec(s.len());
+    let (g, b) = (r.normal_vec(3), r.normal_vec(3));
+    // the whole batch: (out, dx, dgamma, dbeta, running mean, running var)
+    let whole = |relu: bool, x: &[f64], dout: &[f64], s: BnShape| {
+        let mut out = vec![0.0; s.len()];
+        let (mut mean, mut rstd) = (vec![0.0; s.c], vec![0.0; s.c]);
+        let (mut rm, mut rv) = (vec![0.0; s.c], vec![1.0; s.c]);
+        let f = if relu {
+            forward_train_act::<f64, true>
+        } else {
+            forward_train_act::<f64, false>
+        };
+        f(
+            &mut out, &mut mean, &mut rstd, x, &g, &b, &mut rm, &mut rv, 0.1, BN_EPS, s,
+        )
+        .unwrap();
+        let mut dx = vec![0.0; s.len()];
+        let (mut dg, mut db) = (vec![0.0; s.c], vec![0.0; s.c]);
+        let coef = batchnorm_backward_coefs(
+            &mut dg,
+            &mut db,
+            dout,
+            x,
+            &mean,
+            &rstd,
+            &g,
+            relu.then_some(b.as_slice()),
+            None,
+            s,
+        )
+        .unwrap();
+        let beta = relu.then_some(b.as_slice());
+        batchnorm_backward_dx(&mut dx, dout, x, &mean, beta, &coef, s).unwrap();
+        // and the one-pass backward agrees with the split one
+        let mut dx1 = vec![0.0; s.len()];
+        let (mut dg1, mut db1) = (vec![0.0; s.c], vec![0.0; s.c]);
+        let back = if relu {
+            backward_act::<f64, true, true>
+        } else {
+            backward_act::<f64, false, true>
+        };
+        back(
+            &mut dx1,
+            &[],
+            &mut dg1,
+            &mut db1,
+            dout,
+            x,
+            &mean,
+            &rstd,
+            &g,
+            &b,
+            None,
+            s,
+            false,
+        );
+        assert_eq!(dx, dx1);
+        (out, dx, dg, db, rm, rv)
+    };
+    for relu in [false, true] {
+        let full = whole(relu, &x, &dout, s);
+        let shards = Arc::new(TwoShards {
+            acc: std::sync::Mutex::new(vec![]),
+            barrier: std::sync::Barrier::new(2),
+        });
+        let half = BnShape { n: 3, ..s };
+        let parts: Vec<_> = std::thread::scope(|scope| {
+            let hs: Vec<_> = (0..2)
+                .map(|k| {
+                    let sh = shards.clone();
+                    let (x, dout) = (
+                        &x[k * half.len()..(k + 1) * half.len()],
+                        &dout[k * half.len()..(k + 1) * half.len()],
+                    );
+                    let whole = &whole;
+                    scope.spawn(move || {
+                        across_shards(Arc::new(move |v: &mut [f64]| sh.sum(v)), || {
+                            whole(relu, x, dout, half)
+                        })
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let close = |a: &[f64], b: &[f64], what: &str| {
+            for (p, q) in a.iter().zip(b) {
+                assert!(
+                    (p - q).abs() <= 1e-12 * (1.0 + p.abs()),
+                    "{what}: {p} vs {q}"
+                );
+            }
+        };
+        let cat = |f: fn(&Step) -> &Vec<f64>| [f(&parts[0]).clone(), f(&parts[1]).clone()].concat();
+        close(&cat(|p| &p.0), &full.0, "out");
+        close(&cat(|p| &p.1), &full.1, "dx");
+        let add = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x + y).collect::<Vec<_>>();
+        close(&add(&parts[0].2, &parts[1].2), &full.2, "dgamma");
+        close(&add(&parts[0].3, &parts[1].3), &full.3, "dbeta");
+        for p in &parts {
+            close(&p.4, &full.4, "running mean");
+            close(&p.5, &full.5, "running var");
+        }
+        // without the shards' sums each half is normalised on its own: different
+        let alone = whole(relu, &x[..half.len()], &dout[..half.len()], half);
+        assert!(alone
+            .0
+            .iter()
+            .zip(&full.0)
+            .any(|(p, q)| (p - q).abs() > 1e-3));
+    }
+}

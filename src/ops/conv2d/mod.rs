@@ -192,7 +192,25 @@ pub fn conv2d_forward<T: Scalar>(
     s: &Conv2dShape,
     ws: &mut ConvWorkspace<T>,
 ) -> Result<()> {
-    conv2d_forward_from(out, None, ConvInput::Plain(inp), weight, s, ws, None)
+    let pass = ConvForward {
+        out,
+        res: None,
+        inp: ConvInput::Plain(inp),
+        planes: None,
+    };
+    conv2d_forward_from(pass, weight, s, ws)
+}
+
+/// One forward pass of a convolution ([`conv2d_forward_from`]): what it
+/// reads and what it writes besides the weights.
+pub struct ConvForward<'a, T> {
+    /// (N, cout, oh, ow), overwritten
+    pub out: &'a mut [T],
+    /// (N, cout, oh, ow): `out = res + conv(inp)`
+    pub res: Option<&'a [T]>,
+    pub inp: ConvInput<'a, T>,
+    /// (N, cout): the per-plane sums of `out`
+    pub planes: Option<&'a mut [f64]>,
 }
 
 /// [`conv2d_forward`] of any [`ConvInput`]; with a residual `res` (N, cout,
@@ -202,16 +220,18 @@ pub fn conv2d_forward<T: Scalar>(
 /// sum of output plane `(n, c)` (`batchnorm::bn_plane_sums`, bit for bit):
 /// the first pass of the statistics of a training BN that reads `out`,
 /// which the direct kernels take while each image's output is in cache.
-#[allow(clippy::too_many_arguments)]
 pub fn conv2d_forward_from<T: Scalar>(
-    out: &mut [T],     // (N, cout, oh, ow)
-    res: Option<&[T]>, // (N, cout, oh, ow)
-    inp: ConvInput<T>,
+    pass: ConvForward<T>,
     weight: &[T], // (cout, cin, kh, kw)
     s: &Conv2dShape,
     ws: &mut ConvWorkspace<T>,
-    planes: Option<&mut [f64]>, // (N, cout)
 ) -> Result<()> {
+    let ConvForward {
+        out,
+        res,
+        inp,
+        planes,
+    } = pass;
     s.validate()?;
     s.check_output("output", out)?;
     if let Some(r) = res {
@@ -284,8 +304,31 @@ pub fn conv2d_backward_to<T: Scalar>(
     s: &Conv2dShape,
     ws: &mut ConvWorkspace<T>,
 ) -> Result<()> {
-    let (dout, inp) = (ConvGradOut::Plain(dout), ConvInput::Plain(inp));
-    conv2d_backward_from(accum, None, dinp, dweight, dout, inp, weight, s, ws, None)
+    let pass = ConvBackward {
+        accum,
+        res: None,
+        dinp,
+        dout: ConvGradOut::Plain(dout),
+        inp: ConvInput::Plain(inp),
+        planes: None,
+    };
+    conv2d_backward_from(pass, dweight, weight, s, ws)
+}
+
+/// One backward pass of a convolution ([`conv2d_backward_from`]): what it
+/// reads and what it writes besides the weight gradient.
+pub struct ConvBackward<'a, T> {
+    /// how `dinp` is written
+    pub accum: Accum,
+    /// (N, cin, h, w): `dinp = res + ...`
+    pub res: Option<&'a [T]>,
+    /// (N, cin, h, w); `None` when nobody needs it
+    pub dinp: Option<&'a mut [T]>,
+    pub dout: ConvGradOut<'a, T>,
+    /// the forward's input
+    pub inp: ConvInput<'a, T>,
+    /// (N, cin): the plane sums of the BN-ReLU backward over `dinp`
+    pub planes: Option<&'a mut [(f64, f64)]>,
 }
 
 /// [`conv2d_backward_to`] of any [`ConvInput`] (the forward's) and any
@@ -299,19 +342,21 @@ pub fn conv2d_backward_to<T: Scalar>(
 /// overwritten, no residual): the per-plane sums of that BN-ReLU's backward
 /// reduction over `dinp` (`batchnorm::bn_relu_plane_sums`, bit for bit),
 /// which the direct kernels compute as they store `dinp`.
-#[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward_from<T: Scalar>(
-    accum: Accum,
-    res: Option<&[T]>,      // (N, cin, h, w)
-    dinp: Option<&mut [T]>, // (N, cin, h, w)
-    dweight: &mut [T],      // (cout, cin, kh, kw)
-    dout: ConvGradOut<T>,
-    inp: ConvInput<T>,
-    weight: &[T], // (cout, cin, kh, kw)
+    pass: ConvBackward<T>,
+    dweight: &mut [T], // (cout, cin, kh, kw)
+    weight: &[T],      // (cout, cin, kh, kw)
     s: &Conv2dShape,
     ws: &mut ConvWorkspace<T>,
-    planes: Option<&mut [(f64, f64)]>, // (N, cin)
 ) -> Result<()> {
+    let ConvBackward {
+        accum,
+        res,
+        dinp,
+        dout,
+        inp,
+        planes,
+    } = pass;
     s.validate()?;
     dout.check(s)?;
     inp.check(s)?;
@@ -479,8 +524,9 @@ fn backward_checked<T: Scalar>(
     }
 }
 
-/// Hands a backward to the direct f32 kernels (`direct::applies::<T>` holds,
-/// so `T` is `f32` and every cast succeeds); `None` halves are skipped.
+/// Hands a backward to the direct f32 kernels (the caller checked
+/// `direct::use_for_*::<T>`, so `T` is `f32` and every cast succeeds);
+/// `None` halves are skipped.
 #[allow(clippy::too_many_arguments)]
 fn direct_backward<T: Scalar>(
     accum: Accum,

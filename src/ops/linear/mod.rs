@@ -69,7 +69,6 @@ pub fn linear_forward<T: Scalar>(
 
 /// Backward of [`linear_forward`]; every gradient accumulates (`+=`).
 /// `dinp` may be `None` when nobody needs the input gradient.
-#[allow(clippy::too_many_arguments)]
 pub fn linear_backward<T: Scalar>(
     dinp: Option<&mut [T]>,  // (N, fin)
     dweight: &mut [T],       // (fout, fin)

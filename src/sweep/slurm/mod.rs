@@ -248,16 +248,16 @@ pub fn submit(grid: &Grid, out: &Path, opts: &SlurmOptions, exe: &Path) -> Resul
         jobs: Vec::new(),
     });
     rec.name = grid.name.clone();
-    println!(
+    crate::outln!(
         "sweep {}: {} points in {}: {} to submit, {done} already done, {diverged} diverged earlier (not retried)",
         grid.name,
         runs.len(),
         out.display(),
         todo.len()
-    );
+    )?;
     if todo.is_empty() {
         write_record_file(&out, &rec)?;
-        println!("nothing to train: collecting");
+        crate::outln!("nothing to train: collecting")?;
         return collect(grid, &out);
     }
     for &i in &todo {
@@ -295,13 +295,13 @@ pub fn submit(grid: &Grid, out: &Path, opts: &SlurmOptions, exe: &Path) -> Resul
     });
     write_record_file(&out, &rec)?;
     let d = out.display();
-    println!(
+    crate::outln!(
         "submitted Slurm job {job_id}: --array={array} of {}\n\
          follow it:  resgrad sweep {d} --status   (or squeue -j {job_id})\n\
          task logs:  {d}/slurm/{job_id}_<index>.out\n\
          when done:  resgrad sweep {d} --collect   (results.md, results.csv, runs.csv, report)",
         script_path.display()
-    );
+    )?;
     Ok(())
 }
 
@@ -339,20 +339,20 @@ pub fn run_task(out: &Path, id: &str, threads: Option<usize>, launch: Option<&st
         .max(1);
     let resume = match prior_state(&dir)? {
         Prior::Done(r) | Prior::Diverged(r) => {
-            println!("{id} ({whence}): already {}", describe(&r));
+            crate::outln!("{id} ({whence}): already {}", describe(&r))?;
             return Ok(());
         }
         Prior::Start => {
-            println!("{id} ({whence}): starting, {threads} threads");
+            crate::outln!("{id} ({whence}): starting, {threads} threads")?;
             false
         }
         Prior::Resume => {
             let at = checkpoint_iter(&dir)
                 .map(|i| i.to_string())
                 .unwrap_or_else(|| "?".into());
-            println!(
+            crate::outln!(
                 "{id} ({whence}): resuming from the checkpoint at iteration {at}, {threads} threads"
-            );
+            )?;
             true
         }
     };
@@ -364,9 +364,11 @@ pub fn run_task(out: &Path, id: &str, threads: Option<usize>, launch: Option<&st
         launch: launch
             .map(|l| l.split_whitespace().map(str::to_string).collect())
             .unwrap_or_default(),
+        // Slurm's SIGTERM (scancel, requeue, preemption) reaches the run too
+        children: super::signals::Children::install()?,
     };
     let rec = execute(&run, &dir, resume, &opts, threads)?;
-    println!("{id}: {}", describe(&rec));
+    crate::outln!("{id}: {}", describe(&rec))?;
     if rec.status == RunStatus::Error {
         return Err(Error::External {
             program: "resgrad train".into(),
@@ -629,16 +631,16 @@ pub fn status(out: &Path) -> Result<()> {
     };
     let w = ids.iter().map(String::len).max().unwrap_or(0);
     for (id, s) in ids.iter().zip(&states) {
-        println!(
+        crate::outln!(
             "{id:<w$}  {:<11}  {}",
             s.word(),
             s.detail(&out.join(id), iters(id))
-        );
+        )?;
     }
     if let Some(n) = note {
-        println!("{n}");
+        crate::outln!("{n}")?;
     }
-    println!("{}", summary_line(&rec.name, job, &states));
+    crate::outln!("{}", summary_line(&rec.name, job, &states))?;
     Ok(())
 }
 
@@ -669,8 +671,8 @@ pub fn collect(grid: &Grid, out: &Path) -> Result<()> {
         });
     }
     let (_, table) = write_results(grid, out, &runs, &records)?;
-    println!("\n{table}");
-    println!("results.md, results.csv and runs.csv in {}", out.display());
+    crate::outln!("\n{table}")?;
+    crate::outln!("results.md, results.csv and runs.csv in {}", out.display())?;
     let reported: Vec<PathBuf> = runs
         .iter()
         .zip(&records)
@@ -679,10 +681,10 @@ pub fn collect(grid: &Grid, out: &Path) -> Result<()> {
         .collect();
     if !reported.is_empty() {
         let rep = crate::report::report(&reported, &out.join("report"))?;
-        println!("report: {}", rep.index.display());
+        crate::outln!("report: {}", rep.index.display())?;
     }
     if let Some(n) = note {
-        println!("{n}");
+        crate::outln!("{n}")?;
     }
     let unfinished: Vec<String> = ids
         .iter()
@@ -698,6 +700,6 @@ pub fn collect(grid: &Grid, out: &Path) -> Result<()> {
             out.display()
         )));
     }
-    println!("{}", summary_line(&grid.name, job, &states));
+    crate::outln!("{}", summary_line(&grid.name, job, &states))?;
     Ok(())
 }

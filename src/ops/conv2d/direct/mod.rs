@@ -19,10 +19,12 @@
 //!
 //! where `e_kx(x)` is 0 when `x + kx - 1` falls outside the row (`x = 0` for
 //! `kx = 0`, `x = w - 1` for `kx = 2`) and 1 otherwise: those reads land on
-//! the neighbouring row's last or first pixel, so they are masked to zero.
-//! Rows above and below the image read `P`'s zero rows. So for a fixed
-//! `(c, k)` the inputs of 16 consecutive `j` are one 16-lane vector load,
-//! its edge lanes masked (a zero-masking load costs what a plain one does):
+//! the neighbouring row's last or first pixel, so they are masked out: the
+//! load is a whole, in-bounds 16-lane load and the mask sits on the FMA
+//! (`_mm512_mask3_fmadd_ps`: a masked lane adds nothing, so a value beside
+//! the edge, an inf say, never enters a sum). Rows above and below the
+//! image read `P`'s zero rows. So for a fixed `(c, k)` the inputs of 16
+//! consecutive `j` are one 16-lane vector load:
 //! no gather, no im2col, no padded columns to compute and throw away, and
 //! the result lands at its NCHW place. The kernel keeps an 8-channel x
 //! 48-position tile of outputs in 24 registers and adds one broadcast weight
@@ -77,8 +79,8 @@ const TILE_V: usize = 3;
 
 /// Which convolutions take the direct path, from `RESGRAD_CONV` (for A/B
 /// measurements): `im2col` none, `direct` every applicable one, anything
-/// else (or unset) the measured choice of [`use_for_data`] and
-/// [`use_for_weight`].
+/// else (or unset) the measured choice of [`use_for_forward`],
+/// [`use_for_input_grad`] and [`use_for_weight`].
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
     Off,
@@ -128,11 +130,11 @@ pub(super) fn applies<T: 'static>(s: &Conv2dShape) -> bool {
 
 /// Smallest plane (h*w) for which the direct forward and input gradient
 /// are used: measured faster than im2col + GEMM at 32x32, 16x16 and 8x8
-/// (batch 128, 2 threads, 8x8: 272-288 vs 194-210 GFLOP/s; BENCHMARKS.md).
-/// Smaller planes (a 4x4 last stage of a 32x32 net's deeper variants) were
-/// not measured and stay on im2col.
+/// (BENCHMARKS.md has the numbers and the machine). Smaller planes (a 4x4
+/// last stage of a 32x32 net's deeper variants) were not measured and
+/// stay on im2col.
 const MIN_PLANE_DATA: usize = 8 * 8;
-/// Smallest plane for the direct weight gradient (8x8: 214 vs 198 GFLOP/s).
+/// Smallest plane for the direct weight gradient (measured from 8x8 on).
 const MIN_PLANE_WEIGHT: usize = 8 * 8;
 
 fn big_enough(s: &Conv2dShape, min: usize) -> bool {
@@ -601,7 +603,6 @@ fn grow(v: &mut Vec<f32>, len: usize) {
 /// the output (`out = res + conv` with a residual `res`); with `planes`
 /// (N, cout), each image's output plane sums, taken while the image is in
 /// cache. Shapes as validated by `mod.rs`; `use_for_forward(s)` must hold.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn forward(
     out: &mut [f32],
     res: Option<&[f32]>,

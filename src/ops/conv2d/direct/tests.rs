@@ -3,8 +3,8 @@
 //! against an f64 evaluation of the same f32 data.
 use super::super::{
     conv2d_backward, conv2d_backward_from, conv2d_backward_input, conv2d_backward_to,
-    conv2d_backward_weight, conv2d_forward, conv2d_forward_from, cpu, Conv2dShape, ConvInput,
-    ConvWorkspace,
+    conv2d_backward_weight, conv2d_forward, conv2d_forward_from, cpu, Conv2dShape, ConvBackward,
+    ConvForward, ConvInput, ConvWorkspace,
 };
 use super::*;
 use crate::gradcheck::Rand;
@@ -351,22 +351,35 @@ fn bn_relu_input_is_the_written_out_input() {
         };
         let (mut out_a, mut out_v) = (vec![0f32; dout.len()], vec![f32::NAN; dout.len()]);
         conv2d_forward(&mut out_a, &a, &w, &s, &mut ws).unwrap();
-        conv2d_forward_from(&mut out_v, None, act, &w, &s, &mut ws, None).unwrap();
+        conv2d_forward_from(
+            ConvForward {
+                out: &mut out_v,
+                res: None,
+                inp: act,
+                planes: None,
+            },
+            &w,
+            &s,
+            &mut ws,
+        )
+        .unwrap();
         assert_eq!(out_a, out_v, "{s:?}");
         let (mut dw_a, mut dw_v) = (vec![0f32; w.len()], vec![0f32; w.len()]);
         let (mut dx_a, mut dx_v) = (vec![0f32; x.len()], vec![0f32; x.len()]);
         conv2d_backward(Some(&mut dx_a), &mut dw_a, &dout, &a, &w, &s, &mut ws).unwrap();
         conv2d_backward_from(
-            Accum::Add,
-            None,
-            Some(&mut dx_v),
+            ConvBackward {
+                accum: Accum::Add,
+                res: None,
+                dinp: Some(&mut dx_v),
+                dout: ConvGradOut::Plain(&dout),
+                inp: act,
+                planes: None,
+            },
             &mut dw_v,
-            ConvGradOut::Plain(&dout),
-            act,
             &w,
             &s,
             &mut ws,
-            None,
         )
         .unwrap();
         assert_eq!(dw_a, dw_v, "{s:?}");
@@ -376,16 +389,18 @@ fn bn_relu_input_is_the_written_out_input() {
         let (mut got, mut want) = (vec![(0.0, 0.0); s.n * s.cin], vec![(0.0, 0.0); s.n * s.cin]);
         let (mut dx_s, mut dw_s) = (vec![f32::NAN; x.len()], vec![0f32; w.len()]);
         conv2d_backward_from(
-            Accum::Set,
-            None,
-            Some(&mut dx_s),
+            ConvBackward {
+                accum: Accum::Set,
+                res: None,
+                dinp: Some(&mut dx_s),
+                dout: ConvGradOut::Plain(&dout),
+                inp: act,
+                planes: Some(&mut got),
+            },
             &mut dw_s,
-            ConvGradOut::Plain(&dout),
-            act,
             &w,
             &s,
             &mut ws,
-            Some(&mut got),
         )
         .unwrap();
         assert_eq!(dx_s, dx_a, "{s:?}");
@@ -420,16 +435,18 @@ fn bn_relu_input_is_the_written_out_input() {
             let (mut dx_a, mut dx_v) = (vec![0f32; x.len()], vec![f32::NAN; x.len()]);
             conv2d_backward(Some(&mut dx_a), &mut dw_a, &g, &a, &w, &s, &mut ws).unwrap();
             conv2d_backward_from(
-                Accum::Set,
-                None,
-                Some(&mut dx_v),
+                ConvBackward {
+                    accum: Accum::Set,
+                    res: None,
+                    dinp: Some(&mut dx_v),
+                    dout: bn,
+                    inp: act,
+                    planes: None,
+                },
                 &mut dw_v,
-                bn,
-                act,
                 &w,
                 &s,
                 &mut ws,
-                None,
             )
             .unwrap();
             assert_eq!(dw_a, dw_v, "{s:?} {beta:?}");
@@ -439,7 +456,18 @@ fn bn_relu_input_is_the_written_out_input() {
         // per image as it is written: bitwise batchnorm's own
         let (mut got, mut want) = (vec![0f64; s.n * s.cout], vec![0f64; s.n * s.cout]);
         let mut out_s = vec![f32::NAN; dout.len()];
-        conv2d_forward_from(&mut out_s, None, act, &w, &s, &mut ws, Some(&mut got)).unwrap();
+        conv2d_forward_from(
+            ConvForward {
+                out: &mut out_s,
+                res: None,
+                inp: act,
+                planes: Some(&mut got),
+            },
+            &w,
+            &s,
+            &mut ws,
+        )
+        .unwrap();
         assert_eq!(out_s, out_a, "{s:?}");
         for (img, p) in out_s
             .chunks_exact(s.cout * oh * ow)
@@ -451,39 +479,54 @@ fn bn_relu_input_is_the_written_out_input() {
         // a residual added in the store: the same bits as adding after
         let res = f(r.normal_vec(dout.len()));
         let mut out_r = vec![f32::NAN; dout.len()];
-        conv2d_forward_from(&mut out_r, Some(&res), act, &w, &s, &mut ws, None).unwrap();
+        conv2d_forward_from(
+            ConvForward {
+                out: &mut out_r,
+                res: Some(&res),
+                inp: act,
+                planes: None,
+            },
+            &w,
+            &s,
+            &mut ws,
+        )
+        .unwrap();
         let plus: Vec<f32> = res.iter().zip(&out_a).map(|(&a, &b)| a + b).collect();
         assert_eq!(out_r, plus, "{s:?}");
         let dres = f(r.normal_vec(x.len()));
         let (mut dx_r, mut dw_r) = (vec![f32::NAN; x.len()], vec![0f32; w.len()]);
         let dplain = ConvGradOut::Plain(&dout[..]);
         conv2d_backward_from(
-            Accum::Set,
-            Some(&dres),
-            Some(&mut dx_r),
+            ConvBackward {
+                accum: Accum::Set,
+                res: Some(&dres),
+                dinp: Some(&mut dx_r),
+                dout: dplain,
+                inp: act,
+                planes: None,
+            },
             &mut dw_r,
-            dplain,
-            act,
             &w,
             &s,
             &mut ws,
-            None,
         )
         .unwrap();
         let mut dx_p = dres.clone();
         conv2d_backward_input(&mut dx_p, &dout, &w, &s, &mut ws).unwrap();
         assert_eq!(dx_r, dx_p, "{s:?}");
         let e = conv2d_backward_from(
-            Accum::Add,
-            Some(&dres),
-            Some(&mut dx_r),
+            ConvBackward {
+                accum: Accum::Add,
+                res: Some(&dres),
+                dinp: Some(&mut dx_r),
+                dout: dplain,
+                inp: act,
+                planes: None,
+            },
             &mut dw_r,
-            dplain,
-            act,
             &w,
             &s,
             &mut ws,
-            None,
         )
         .unwrap_err();
         assert!(e.to_string().contains("residual"), "{e}");
@@ -494,7 +537,18 @@ fn bn_relu_input_is_the_written_out_input() {
             k: &k,
             beta: &beta,
         };
-        let e = conv2d_forward_from(&mut out_v, None, bad, &w, &s, &mut ws, None).unwrap_err();
+        let e = conv2d_forward_from(
+            ConvForward {
+                out: &mut out_v,
+                res: None,
+                inp: bad,
+                planes: None,
+            },
+            &w,
+            &s,
+            &mut ws,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("BN mean"), "{e}");
     }
 }
