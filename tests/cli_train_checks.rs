@@ -1,7 +1,7 @@
 //! What `resgrad train` refuses or warns about instead of silently doing
 //! something else: `"batchnorm": false` on a conv net (exit 2), a paper
 //! schedule longer than the run (a warning) and `--schedule-scale`, which
-//! fits the preset's schedule to the run; and its per-step log, steps.csv.
+//! fits the preset's schedule to the run (steps.csv: tests/steplog.rs).
 
 mod common;
 
@@ -142,78 +142,5 @@ fn a_short_run_with_the_paper_schedule_is_warned_or_scaled() {
         };
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
         assert!(stderr(&o).contains(msg), "{}", stderr(&o));
-    }
-}
-
-#[test]
-fn steps_csv_logs_every_step_or_every_nth() {
-    let tmp = TempDir::new("steps");
-    let base = [
-        "--arch",
-        "mlp",
-        "--units",
-        "2",
-        "--hidden",
-        "8",
-        "--batch",
-        "32",
-        "--iters",
-        "7",
-        "--eval-every",
-        "3",
-        "--flow-every",
-        "0",
-        "--quiet",
-    ];
-    let rows = |dir: &std::path::Path| -> Vec<Vec<f64>> {
-        let t = std::fs::read_to_string(dir.join("steps.csv")).unwrap();
-        let mut l = t.lines();
-        assert_eq!(l.next(), Some("iter,lr,loss,grad_norm,images_per_s"));
-        l.map(|r| r.split(',').map(|v| v.parse().unwrap()).collect())
-            .collect()
-    };
-    let every = tmp.join("every");
-    let o = train(&base, &every);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let r = rows(&every);
-    assert_eq!(
-        r.iter().map(|r| r[0] as u64).collect::<Vec<_>>(),
-        (0..7).collect::<Vec<_>>()
-    );
-    for row in &r {
-        assert_eq!(row.len(), 5);
-        assert_eq!(row[1], 0.1);
-        assert!(row[2] > 0.0 && row[2] < 10.0, "{row:?}");
-        assert!(row[3] > 0.0 && row[3].is_finite(), "{row:?}");
-        assert!(row[4] > 0.0, "{row:?}");
-    }
-    // the metrics' train_loss at iteration 3 is the mean of steps 0..3
-    let m = std::fs::read_to_string(every.join("metrics.csv")).unwrap();
-    let first: Vec<f64> = m
-        .lines()
-        .nth(1)
-        .unwrap()
-        .split(',')
-        .map(|v| v.parse().unwrap())
-        .collect();
-    let mean = (r[0][2] + r[1][2] + r[2][2]) / 3.0;
-    assert!((first[3] - mean).abs() < 1e-5, "{} vs {mean}", first[3]);
-
-    // every 3rd step; a resumed finished run adds no row twice
-    let nth = tmp.join("nth");
-    let mut args = base.to_vec();
-    args.extend(["--log-every", "3"]);
-    assert!(train(&args, &nth).status.success());
-    let o = bin()
-        .args(["train", "--quiet", "--resume"])
-        .arg(&nth)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    let iters: Vec<u64> = rows(&nth).iter().map(|r| r[0] as u64).collect();
-    assert_eq!(iters, vec![0, 3, 6]);
-    // bit for bit the same losses as every step's log
-    for (a, b) in rows(&nth).iter().zip([&r[0], &r[3], &r[6]]) {
-        assert_eq!(a[2], b[2]);
     }
 }

@@ -141,7 +141,7 @@ fn a_diverged_run_leaves_a_marker_that_report_shows() {
     assert!(html.contains("diverged at iteration 0: the gradient blew up"));
 
     // the same directory trained again without the limit: no stale marker
-    let o = train(&["--iters", "2"], &dir);
+    let o = train(&["--iters", "2", "--overwrite"], &dir);
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert!(!dir.join("diverged.json").exists());
     assert_eq!(json(&dir.join("summary.json"))["verdict"], "healthy");

@@ -338,7 +338,8 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             }
             if let Some(msg) = out.diverged {
                 if lead {
-                    resgrad::io::console::err(format_args!("verdict: {verdict}"))?;
+                    // best effort: the divergence (exit 3) is what counts
+                    let _ = resgrad::io::console::err(format_args!("verdict: {verdict}"));
                 }
                 return Err(Error::Diverged {
                     iter: out.iter,
