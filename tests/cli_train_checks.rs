@@ -144,3 +144,40 @@ fn a_short_run_with_the_paper_schedule_is_warned_or_scaled() {
         assert!(stderr(&o).contains(msg), "{}", stderr(&o));
     }
 }
+
+#[test]
+fn a_negative_value_is_checked_as_a_value() {
+    let tmp = TempDir::new("negative");
+    let o = train(&["--lr", "-1", "--iters", "1"], &tmp.join("run"));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("learning rate") && e.contains("-1"), "{e}");
+    assert!(!e.contains("unexpected argument"), "{e}");
+}
+
+#[test]
+fn every_flag_in_help_has_a_description() {
+    for cmd in [
+        "train", "flow", "bench", "sweep", "eval", "predict", "report", "grads", "derive", "demo",
+        "peak",
+    ] {
+        let o = bin().args([cmd, "--help"]).output().unwrap();
+        assert!(o.status.success(), "{cmd} --help");
+        let help = String::from_utf8_lossy(&o.stdout).into_owned();
+        let lines: Vec<&str> = help.lines().collect();
+        for (i, l) in lines.iter().enumerate() {
+            let t = l.trim_start();
+            if !(t.starts_with("--") || t.starts_with("-h,")) {
+                continue;
+            }
+            // clap writes the description after two spaces on the flag's
+            // line, or (long help) on the next line
+            let inline = t
+                .split_once("  ")
+                .is_some_and(|(_, d)| !d.trim().is_empty());
+            let next = lines.get(i + 1).map(|n| n.trim()).unwrap_or("");
+            let below = !next.is_empty() && !next.starts_with('-');
+            assert!(inline || below, "{cmd}: {t} has no description");
+        }
+    }
+}

@@ -70,7 +70,8 @@ pub enum Cmd {
         width: usize,
     },
     /// Train one network; writes config.json, metrics.csv, flow.csv and a checkpoint into the run directory.
-    #[command(after_help = DATA_NOTE)]
+    // `--lr -1` is a value its own check refuses, not an unknown argument
+    #[command(after_help = DATA_NOTE, allow_negative_numbers = true)]
     Train(Box<train::TrainArgs>),
     /// Evaluate a trained network (a run directory, or --weights and --spec):
     /// test loss, accuracy, per-class accuracy and the confusion matrix.
@@ -99,6 +100,7 @@ pub enum Cmd {
     },
     /// The gradient-flow probe: per unit, ||dL/dx_l|| split into its shortcut
     /// and branch terms, at initialisation and after K training steps.
+    #[command(allow_negative_numbers = true)]
     Flow {
         /// model spec (JSON)
         #[arg(long)]

@@ -134,17 +134,22 @@ pub struct TrainArgs {
     /// `paper`: He et al.'s CIFAR recipe (batch 128, lr 0.1 with 0.01 for 400 iterations, /10 at 32k and 48k, 64k iterations)
     #[arg(long)]
     pub preset: Option<String>,
+    /// epochs of the training set (default: 10 epochs unless --iters or a preset says otherwise)
     #[arg(long)]
     pub epochs: Option<u64>,
+    /// SGD iterations (instead of --epochs; with --resume: extend the run to N)
     #[arg(long)]
     pub iters: Option<u64>,
+    /// images per SGD step, over all ranks of a data-parallel run (default 128)
     #[arg(long)]
     pub batch: Option<usize>,
+    /// base learning rate, before warm-up and decay (default 0.1)
     #[arg(long)]
     pub lr: Option<f64>,
     /// momentum (default 0.9)
     #[arg(long)]
     pub momentum: Option<f64>,
+    /// Nesterov momentum (torch.optim.SGD's nesterov=True)
     #[arg(long)]
     pub nesterov: bool,
     /// weight decay (default 1e-4)
