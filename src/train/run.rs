@@ -201,7 +201,6 @@ pub fn train_run_on(
     let ckpt_path = dir.join(CHECKPOINT);
     let metrics_path = dir.join(METRICS_CSV);
     let flow_path = dir.join(FLOW_CSV);
-    let steps_path = dir.join(super::steplog::STEPS_CSV);
     let (mut iter, mut wall_before) = (0u64, 0.0f64);
     if resume && ckpt_path.exists() {
         let r = checkpoint::load(&ckpt_path, cfg, &mut net, &mut opt)?;
@@ -216,14 +215,8 @@ pub fn train_run_on(
             dir.join(crate::verdict::SUMMARY_JSON),
             dir.join(crate::verdict::DIVERGED_JSON),
         );
-        for p in [
-            &metrics_path,
-            &flow_path,
-            &steps_path,
-            &ckpt_path,
-            &summary,
-            &marker,
-        ] {
+        // (steps.csv: StepLog::open below starts it afresh)
+        for p in [&metrics_path, &flow_path, &ckpt_path, &summary, &marker] {
             if p.exists() {
                 std::fs::remove_file(p).map_err(|e| Error::io(p, e))?;
             }

@@ -44,8 +44,7 @@ pub struct StepLog {
 pub fn grad_norm(net: &mut Net<f32>) -> f64 {
     net.params_mut()
         .iter()
-        .flat_map(|p| p.grad.iter())
-        .map(|&g| (g as f64) * (g as f64))
+        .map(|p| crate::tensor::dot(&p.grad, &p.grad))
         .sum::<f64>()
         .sqrt()
 }
