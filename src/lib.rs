@@ -9,6 +9,7 @@
 //! row-major contiguous buffers; gradients are `d`-prefixed and accumulate
 //! with `+=`; forward overwrites its output.
 
+pub mod backend;
 pub mod data;
 pub mod demo;
 pub mod derive;

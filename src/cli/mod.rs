@@ -468,7 +468,7 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             Ok(())
         }
         Cmd::Peak { rounds, json } => {
-            let r = resgrad::train::peak::measure_peak(rounds, 20_000_000);
+            let r = resgrad::backend::cpu::peak::measure_peak(rounds, 20_000_000);
             if json {
                 print_json(&r)?;
             } else {

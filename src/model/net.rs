@@ -21,7 +21,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 /// A residual network and all its buffers for one batch size.
-pub struct Net<T> {
+pub struct Net<T: Scalar> {
     pub spec: Spec,
     pub stem: WeightLayer<T>,
     pub stem_bn: Option<BnLayer<T>>,
@@ -278,7 +278,7 @@ impl<T: Scalar> Net<T> {
         // the residual units, in order
         for i in 0..self.units.len() {
             let (done, rest) = self.units.split_at_mut(i);
-            let x: &[T] = if i == 0 {
+            let x: &Vec<T> = if i == 0 {
                 &self.x0
             } else {
                 done[i - 1].output()
@@ -425,7 +425,7 @@ impl<T: Scalar> Net<T> {
             let (dlo, dhi) = self.dxs.split_at_mut(i + 1);
             let dx = &mut dlo[i]; // overwritten by the unit, x_i's only consumer
             let (ulo, uhi) = self.units.split_at_mut(i);
-            let x: &[T] = if i == 0 {
+            let x: &Vec<T> = if i == 0 {
                 &self.x0
             } else {
                 ulo[i - 1].output()

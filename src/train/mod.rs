@@ -8,7 +8,6 @@ pub mod flow;
 pub mod metrics;
 pub mod optim;
 pub mod parallel;
-pub mod peak;
 pub mod progress;
 pub mod run;
 pub mod schedule;

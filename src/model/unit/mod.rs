@@ -36,16 +36,9 @@
 
 use super::layers::{BnLayer, Geom, Param, WeightLayer};
 use super::spec::UnitKind;
+use crate::backend::{Backend, ConvForwardPass, ConvSource, Cpu, MixSource, MixTarget};
 use crate::error::Result;
-use crate::ops::activation::sigmoid_forward;
-use crate::ops::conv2d::{ConvForward, ConvInput, ConvWorkspace};
-use crate::ops::dropout::dropout_forward;
-use crate::ops::mix::{
-    add_relu_backward, add_relu_forward, mix_backward, mix_forward, MixGrads, MixInputs,
-};
-use crate::ops::norms::add_terms;
-use crate::ops::par::{par_copy, par_zero};
-use crate::ops::shortcut_a::{shortcut_a_backward, shortcut_a_forward, ShortcutAShape};
+use crate::ops::shortcut_a::ShortcutAShape;
 use crate::ops::Accum;
 use crate::scalar::Scalar;
 use rand::Rng;
@@ -60,7 +53,7 @@ mod tests;
 pub use crate::ops::mix::Mix;
 pub use plan::{Plan, ShortcutGrad};
 pub use reference::Reference;
-use steps::{backward_steps, bn_of, Layers, Saved, StepsBackward};
+use steps::{backward_steps, bn_of, zeroed, Layers, Saved, StepsBackward};
 use steps::{step_backward, step_forward};
 
 /// One step of a branch (or of `post`).
@@ -76,14 +69,14 @@ pub enum Step {
 
 /// The shortcut path `h(x)`.
 #[derive(Clone, Debug)]
-pub enum ShortcutPath<T> {
+pub enum ShortcutPath<T: Scalar, B: Backend = Cpu> {
     Identity,
     /// strided subsampling + zero-padded channels
     OptionA(ShortcutAShape),
     /// 1x1 conv (or Linear): a B projection or the conv1x1 shortcut kind;
     /// `reads_pre`: it reads the pre-activated input (pre-act B projections)
     Projection {
-        layer: Box<WeightLayer<T>>,
+        layer: Box<WeightLayer<T, B>>,
         reads_pre: bool,
     },
     /// no shortcut: a plain net
@@ -106,89 +99,60 @@ pub struct UnitFlow {
 /// The gradient scratch of a unit's backward (branch steps, post steps,
 /// the probe's two terms, plane sums): alive only during one unit's
 /// backward, so a network keeps one set for all its units.
-#[derive(Clone)]
-pub struct UnitGrads<T> {
+#[derive(Clone, Default)]
+pub struct UnitGrads<T: Scalar, B: Backend = Cpu> {
     /// `dacts[s]`: dL/d(output of branch step s); the last one is dF
-    dacts: Vec<Vec<T>>,
+    dacts: Vec<B::Buf<T>>,
     /// dL/d(mix output), when post steps follow the addition
-    dsum: Vec<T>,
+    dsum: B::Buf<T>,
     /// `dpost[i]`: dL/d(output of post step i), for i < last
-    dpost: Vec<Vec<T>>,
+    dpost: Vec<B::Buf<T>>,
     /// the probe's shortcut and branch terms of dL/dx
-    dx_short: Vec<T>,
-    dx_branch: Vec<T>,
+    dx_short: B::Buf<T>,
+    dx_branch: B::Buf<T>,
     /// per-plane sums of a BN-ReLU backward's reduction, taken by the conv
     /// that writes that BN-ReLU's output gradient (N, C)
-    sums: Vec<(f64, f64)>,
-}
-
-impl<T> Default for UnitGrads<T> {
-    fn default() -> Self {
-        UnitGrads {
-            dacts: vec![],
-            dsum: vec![],
-            dpost: vec![],
-            dx_short: vec![],
-            dx_branch: vec![],
-            sums: vec![],
-        }
-    }
+    sums: B::Buf<(f64, f64)>,
 }
 
 /// The activations of a unit's last forward, sized by its plan.
-#[derive(Clone)]
-struct Acts<T> {
+#[derive(Clone, Default)]
+struct Acts<T: Scalar, B: Backend> {
     /// output of each branch step (empty where unstored)
-    branch: Vec<Vec<T>>,
+    branch: Vec<B::Buf<T>>,
     /// shortcut output (unused for the identity: h = x)
-    h: Vec<T>,
+    h: B::Buf<T>,
     /// dropped-out shortcut (dropout kind) and its mask
-    hd: Vec<T>,
-    mask: Vec<T>,
+    hd: B::Buf<T>,
+    mask: B::Buf<T>,
     /// gate sigmoid(z)
-    g: Vec<T>,
+    g: B::Buf<T>,
     /// mix output (empty when the plan fuses the ReLU after it)
-    sum: Vec<T>,
+    sum: B::Buf<T>,
     /// output of each post step
-    post: Vec<Vec<T>>,
+    post: Vec<B::Buf<T>>,
     /// per-plane sums of a BN's input, taken by the conv that writes it
     /// (N, C): the first pass of the BN's training statistics
-    planes: Vec<f64>,
+    planes: B::Buf<f64>,
     /// the last forward was a training one (the plan's unstored tensors
     /// were left unstored)
     trained: bool,
 }
 
-impl<T> Default for Acts<T> {
-    fn default() -> Self {
-        Acts {
-            branch: vec![],
-            h: vec![],
-            hd: vec![],
-            mask: vec![],
-            g: vec![],
-            sum: vec![],
-            post: vec![],
-            planes: vec![],
-            trained: false,
-        }
-    }
-}
-
 /// One residual unit: its parameters, its plan, its activations and its
 /// gradient buffers.
 #[derive(Clone)]
-pub struct Unit<T> {
+pub struct Unit<T: Scalar, B: Backend = Cpu> {
     pub index: usize,
     pub kind: UnitKind,
     pub in_geom: Geom,
     pub out_geom: Geom,
     // ---- parameters
-    pub convs: Vec<WeightLayer<T>>,
-    pub bns: Vec<BnLayer<T>>,
-    pub path: ShortcutPath<T>,
+    pub convs: Vec<WeightLayer<T, B>>,
+    pub bns: Vec<BnLayer<T, B>>,
+    pub path: ShortcutPath<T, B>,
     pub mix: Mix,
-    pub gate: Option<WeightLayer<T>>,
+    pub gate: Option<WeightLayer<T, B>>,
     // ---- the unit as the spec describes it (nothing fused)
     /// the branch, in the placement's order
     steps: Vec<Step>,
@@ -201,13 +165,13 @@ pub struct Unit<T> {
     /// plan with [`Plan::reference`] instead of [`Plan::new`]
     reference_plan: bool,
     // ---- activations
-    act: Acts<T>,
+    act: Acts<T, B>,
     // ---- gradients: the mix's (the unit's own; `dz` holds the gate's
     // logits z between forward and backward), and the shared scratch
     // (swapped in from the net's `UnitGrads` during backward)
-    dh: Vec<T>,
-    dz: Vec<T>,
-    grad: UnitGrads<T>,
+    dh: B::Buf<T>,
+    dz: B::Buf<T>,
+    grad: UnitGrads<T, B>,
 }
 
 impl<T: Scalar> Unit<T> {
@@ -268,9 +232,12 @@ impl<T: Scalar> Unit<T> {
         }
         v
     }
+}
 
+/// The fast unit, on any backend.
+impl<T: Scalar, B: Backend> Unit<T, B> {
     /// The unit's output (valid after `forward`).
-    pub fn output(&self) -> &[T] {
+    pub fn output(&self) -> &B::Buf<T> {
         self.act.post.last().unwrap_or(&self.act.sum)
     }
 
@@ -290,10 +257,10 @@ impl<T: Scalar> Unit<T> {
     /// Forward: fills every activation buffer; the result is `output()`.
     pub fn forward<R: Rng>(
         &mut self,
-        x: &[T],
+        x: &B::Buf<T>,
         n: usize,
         train: bool,
-        ws: &mut ConvWorkspace<T>,
+        ws: &mut B::Workspace<T>,
         rng: &mut R,
     ) -> Result<()> {
         self.ensure(n);
@@ -311,18 +278,18 @@ impl<T: Scalar> Unit<T> {
             let (inp, gin) = if s == 0 {
                 (x, self.in_geom)
             } else {
-                (done[s - 1].as_slice(), plan.geoms[s - 1])
+                (&done[s - 1], plan.geoms[s - 1])
             };
             if plan.unstored[s] {
                 match (train, plan.steps[s]) {
                     // a BN-ReLU read by the next conv: statistics only
                     (true, Step::BnRelu(i)) => {
-                        let planes = (planes_for == Some(s)).then_some(a.planes.as_slice());
-                        self.bns[i].forward_stats_train(inp, n, gin, planes)?;
+                        let planes = (planes_for == Some(s)).then_some(&a.planes);
+                        B::bn_stats_train(&mut self.bns[i], inp, n, gin, planes)?;
                         continue;
                     }
                     // evaluation stores it as usual
-                    _ => resize(&mut rest[0], plan.geoms[s].len(n)),
+                    _ => resize::<B, T>(&mut rest[0], plan.geoms[s].len(n)),
                 }
             }
             // a conv that reads the unstored BN-ReLU before it ...
@@ -333,10 +300,11 @@ impl<T: Scalar> Unit<T> {
             let planes_next = train && plan.planes_in_conv[s];
             if let (true, Step::Conv(j)) = (vin || into_sum || planes_next, plan.steps[s]) {
                 let inp = if vin {
-                    let x_bn = if s == 1 { x } else { done[s - 2].as_slice() };
-                    self.bns[bn_of(plan.steps[s - 1]).0].relu_input(x_bn)
+                    let x_bn = if s == 1 { x } else { &done[s - 2] };
+                    let bn = &self.bns[bn_of(plan.steps[s - 1]).0];
+                    ConvSource::BnRelu { x: x_bn, bn }
                 } else {
-                    ConvInput::Plain(inp)
+                    ConvSource::Plain(inp)
                 };
                 let (out, res) = if into_sum {
                     (&mut a.sum, Some(x))
@@ -344,20 +312,19 @@ impl<T: Scalar> Unit<T> {
                     (&mut rest[0], None)
                 };
                 let planes = if planes_next {
-                    a.planes.clear();
-                    a.planes.resize(n * plan.geoms[s].c, 0.0);
+                    zeroed::<B, _>(&mut a.planes, n * plan.geoms[s].c);
                     planes_for = Some(s + 1);
-                    Some(a.planes.as_mut_slice())
+                    Some(&mut a.planes)
                 } else {
                     None
                 };
-                let pass = ConvForward {
+                let pass = ConvForwardPass {
                     out,
                     res,
                     inp,
                     planes,
                 };
-                self.convs[j].forward_from(pass, n, gin, ws)?;
+                B::conv_forward(&self.convs[j], pass, n, gin, ws)?;
                 continue;
             }
             let layers = Layers {
@@ -365,26 +332,26 @@ impl<T: Scalar> Unit<T> {
                 bns: &mut self.bns,
                 ws,
             };
-            step_forward(plan.steps[s], &mut rest[0], inp, n, gin, train, layers)?;
+            step_forward(plan.steps[s], &mut rest[0], inp, (n, gin), train, layers)?;
         }
         // the shortcut h(x)
         match &self.path {
             ShortcutPath::Identity | ShortcutPath::None => {}
-            ShortcutPath::OptionA(s) => shortcut_a_forward(&mut a.h, x, s)?,
+            ShortcutPath::OptionA(s) => B::shortcut_a_forward(&mut a.h, x, s)?,
             ShortcutPath::Projection { layer, reads_pre } => {
                 let (inp, gin) = match (reads_pre, plan.pre_idx) {
-                    (true, Some(p)) => (a.branch[p].as_slice(), plan.geoms[p]),
+                    (true, Some(p)) => (&a.branch[p], plan.geoms[p]),
                     _ => (x, self.in_geom),
                 };
-                layer.forward(&mut a.h, inp, n, gin, ws)?;
+                B::weight_forward(layer, &mut a.h, inp, n, gin, ws)?;
             }
         }
         let drop = matches!(self.mix, Mix::Dropout { .. });
         let identity = matches!(self.path, ShortcutPath::Identity);
         if drop && identity {
-            par_copy(&mut a.h, x);
+            B::copy(&mut a.h, x)?;
         }
-        let h: &[T] = if identity && !drop { x } else { &a.h };
+        let h: &B::Buf<T> = if identity && !drop { x } else { &a.h };
         // the mix
         match self.mix {
             // ... with the last BN inside: out = max(0, h + BN(x_bn))
@@ -393,15 +360,16 @@ impl<T: Scalar> Unit<T> {
                 let (x_bn, g_bn) = if s == 0 {
                     (x, self.in_geom)
                 } else {
-                    (a.branch[s - 1].as_slice(), plan.geoms[s - 1])
+                    (&a.branch[s - 1], plan.geoms[s - 1])
                 };
-                let planes = (planes_for == Some(s)).then_some(a.planes.as_slice());
-                self.bns[i].forward_add_relu_train(&mut a.post[0], h, x_bn, n, g_bn, planes)?;
+                let planes = (planes_for == Some(s)).then_some(&a.planes);
+                let (bn, out) = (&mut self.bns[i], &mut a.post[0]);
+                B::bn_add_relu_train(bn, out, h, x_bn, (n, g_bn), planes)?;
             }
             // ... and the ReLU after it, in the same pass: out = max(0, h + F)
             Mix::Add if plan.add_relu => {
                 let f = a.branch.last().expect("branch has steps");
-                add_relu_forward(&mut a.post[0], h, f)?;
+                B::add_relu_forward(&mut a.post[0], h, f)?;
             }
             // ... done by the last conv
             Mix::Add if plan.add_in_conv => {}
@@ -409,46 +377,35 @@ impl<T: Scalar> Unit<T> {
                 let f = a.branch.last().expect("branch has steps");
                 let mut h = h;
                 if let Mix::Dropout { p } = mix {
-                    dropout_forward(&mut a.hd, &mut a.mask, h, p, train, rng)?;
+                    B::dropout_forward(&mut a.hd, &mut a.mask, h, (p, train), rng)?;
                     h = &a.hd;
                 }
                 if let Some(gate) = &self.gate {
                     // z = W_g x + b_g (into dz, which the backward overwrites), g = sigmoid(z)
-                    gate.forward(&mut self.dz, x, n, self.in_geom, ws)?;
-                    sigmoid_forward(&mut a.g, &self.dz)?;
+                    B::weight_forward(gate, &mut self.dz, x, n, self.in_geom, ws)?;
+                    B::sigmoid_forward(&mut a.g, &self.dz)?;
                 }
-                let inputs = MixInputs {
+                let inputs = MixSource {
                     h,
                     f,
                     g: &a.g,
                     mask: &a.mask,
                 };
-                mix_forward(&mut a.sum, mix, inputs)?;
+                B::mix_forward(&mut a.sum, mix, inputs)?;
             }
         }
         // after the addition (a fused ReLU is done)
         let first_post = usize::from(plan.add_relu);
         for i in first_post..plan.post.len() {
             let (done, rest) = a.post.split_at_mut(i);
-            let inp = if i == 0 {
-                a.sum.as_slice()
-            } else {
-                done[i - 1].as_slice()
-            };
+            let inp = if i == 0 { &a.sum } else { &done[i - 1] };
             let layers = Layers {
                 convs: &mut self.convs,
                 bns: &mut self.bns,
                 ws,
             };
-            step_forward(
-                plan.post[i],
-                &mut rest[0],
-                inp,
-                n,
-                self.out_geom,
-                train,
-                layers,
-            )?;
+            let ng = (n, self.out_geom);
+            step_forward(plan.post[i], &mut rest[0], inp, ng, train, layers)?;
         }
         Ok(())
     }
@@ -463,11 +420,11 @@ impl<T: Scalar> Unit<T> {
     /// net (sized for the largest): swapped in here, swapped back at the end.
     pub fn backward(
         &mut self,
-        dx: &mut [T],
-        dy: &[T],
-        x: &[T],
-        ws: &mut ConvWorkspace<T>,
-        grads: &mut UnitGrads<T>,
+        dx: &mut B::Buf<T>,
+        dy: &B::Buf<T>,
+        x: &B::Buf<T>,
+        ws: &mut B::Workspace<T>,
+        grads: &mut UnitGrads<T, B>,
         flow: Option<&mut UnitFlow>,
     ) -> Result<()> {
         std::mem::swap(&mut self.grad, grads);
@@ -484,35 +441,35 @@ impl<T: Scalar> Unit<T> {
         let out = self.out_geom.len(n);
         let d = &mut self.grad;
         if d.dacts.len() < nsteps {
-            d.dacts.resize_with(nsteps, Vec::new);
+            d.dacts.resize_with(nsteps, Default::default);
         }
         // the last one is dF, which a plain addition aliases to dsum: no buffer
         let add = self.mix == Mix::Add;
         for (s, (da, g)) in d.dacts.iter_mut().zip(&self.plan.geoms).enumerate() {
             let len = if add && s + 1 == nsteps { 0 } else { g.len(n) };
-            da.resize(len, T::zero());
+            B::resize(da, len);
         }
         // dsum only when post steps follow the addition (else dsum is dy);
         // dpost[i] holds the gradient of post step i's output for i < last
         // (the last one's is dy)
-        d.dsum.resize(if np > 0 { out } else { 0 }, T::zero());
+        B::resize(&mut d.dsum, if np > 0 { out } else { 0 });
         if d.dpost.len() < np {
-            d.dpost.resize_with(np, Vec::new);
+            d.dpost.resize_with(np, Default::default);
         }
         for (i, dp) in d.dpost.iter_mut().enumerate().take(np) {
-            dp.resize(if i + 1 < np { out } else { 0 }, T::zero());
+            B::resize(dp, if i + 1 < np { out } else { 0 });
         }
         let probe_len = if probe { self.in_geom.len(n) } else { 0 };
-        d.dx_short.resize(probe_len, T::zero());
-        d.dx_branch.resize(probe_len, T::zero());
+        B::resize(&mut d.dx_short, probe_len);
+        B::resize(&mut d.dx_branch, probe_len);
     }
 
     fn backward_inner(
         &mut self,
-        dx: &mut [T],
-        dy: &[T],
-        x: &[T],
-        ws: &mut ConvWorkspace<T>,
+        dx: &mut B::Buf<T>,
+        dy: &B::Buf<T>,
+        x: &B::Buf<T>,
+        ws: &mut B::Workspace<T>,
         flow: Option<&mut UnitFlow>,
     ) -> Result<()> {
         let (plan, a, d) = (&self.plan, &self.act, &mut self.grad);
@@ -529,10 +486,10 @@ impl<T: Scalar> Unit<T> {
             (&none, &none, &none)
         };
         if probe {
-            par_zero(&mut d.dx_branch);
+            B::zero(&mut d.dx_branch);
         }
         if let Some(p) = plan.shared {
-            par_zero(&mut d.dacts[p]);
+            B::zero(&mut d.dacts[p]);
         }
         // dacts[s] is dL/d(output of branch step s); the last one is dF
         let (dacts, dacts_top) = d.dacts[..nsteps].split_at_mut(nsteps - 1);
@@ -540,17 +497,17 @@ impl<T: Scalar> Unit<T> {
         if plan.add_relu {
             // the forward was out = max(0, sum), so now dsum = dy [out > 0]
             let with_dx = (sg == ShortcutGrad::WithReluMask).then_some(&mut *dx);
-            add_relu_backward(&mut d.dsum, with_dx, dy, &a.post[0])?;
+            B::add_relu_backward(&mut d.dsum, with_dx, dy, &a.post[0])?;
         } else if !plan.post.is_empty() {
-            par_zero(&mut d.dsum);
+            B::zero(&mut d.dsum);
             for dp in d.dpost[..plan.post.len()].iter_mut() {
-                par_zero(dp);
+                B::zero(dp);
             }
             for i in (0..plan.post.len()).rev() {
                 let (lo, hi) = d.dpost.split_at_mut(i);
-                let dout: &[T] = if i + 1 == plan.post.len() { dy } else { &hi[0] };
-                let dinp: &mut [T] = if i == 0 { &mut d.dsum } else { &mut lo[i - 1] };
-                let inp: &[T] = if i == 0 { &a.sum } else { &a.post[i - 1] };
+                let dout = if i + 1 == plan.post.len() { dy } else { &hi[0] };
+                let dinp = if i == 0 { &mut d.dsum } else { &mut lo[i - 1] };
+                let inp = if i == 0 { &a.sum } else { &a.post[i - 1] };
                 let layers = Layers {
                     convs: &mut self.convs,
                     bns: &mut self.bns,
@@ -564,27 +521,27 @@ impl<T: Scalar> Unit<T> {
                 step_backward(plan.post[i], Accum::Add, dinp, dout, saved, n, layers)?;
             }
         }
-        let dsum: &[T] = if plan.post.is_empty() { dy } else { &d.dsum };
+        let dsum: &B::Buf<T> = if plan.post.is_empty() { dy } else { &d.dsum };
         // the addition splits the gradient into the shortcut's dh and the
         // branch's dF (overwritten: their only writer); a plain addition
         // passes dsum to both: dh = dF = dsum, no copy
-        let (dh, df): (&[T], &[T]) = if self.mix == Mix::Add {
+        let (dh, df): (&B::Buf<T>, &B::Buf<T>) = if self.mix == Mix::Add {
             (dsum, dsum)
         } else {
             let identity_h = matches!(self.path, ShortcutPath::Identity)
                 && !matches!(self.mix, Mix::Dropout { .. });
-            let inputs = MixInputs {
+            let inputs = MixSource {
                 h: if identity_h { x } else { &a.h },
                 f: &a.branch[nsteps - 1],
                 g: &a.g,
                 mask: &a.mask,
             };
-            let grads = MixGrads {
+            let grads = MixTarget {
                 dh: &mut self.dh,
                 df: &mut dacts_top[0],
                 dz: &mut self.dz,
             };
-            mix_backward(grads, dsum, self.mix, inputs)?;
+            B::mix_backward(grads, dsum, self.mix, inputs)?;
             (&self.dh, &dacts_top[0])
         };
         let branch = StepsBackward {
@@ -601,25 +558,26 @@ impl<T: Scalar> Unit<T> {
         // the shortcut term of dL/dx, h'(x)^T dh (the identity: dh, the
         // gradient highway): written first, the branch term added to it;
         // or, where the plan joins it to a pass of the branch, handed on
-        let short_target: &mut [T] = if probe { &mut d.dx_short } else { dx };
+        let short_target: &mut B::Buf<T> = if probe { &mut d.dx_short } else { dx };
         let mut res = None;
         match (sg, &mut self.path) {
             (ShortcutGrad::WithReluMask, _) => {} // dx = dsum, written with it above
             (ShortcutGrad::InFirstBnRelu | ShortcutGrad::InFirstConv, _) => res = Some(dh),
-            (ShortcutGrad::Own, ShortcutPath::Identity) => par_copy(short_target, dh),
-            (ShortcutGrad::Own, ShortcutPath::None) => par_zero(short_target),
+            (ShortcutGrad::Own, ShortcutPath::Identity) => B::copy(short_target, dh)?,
+            (ShortcutGrad::Own, ShortcutPath::None) => B::zero(short_target),
             (ShortcutGrad::Own, ShortcutPath::OptionA(s)) => {
-                par_zero(short_target);
-                shortcut_a_backward(short_target, dh, s)?;
+                B::zero(short_target);
+                B::shortcut_a_backward(short_target, dh, s)?;
             }
             (ShortcutGrad::Own, ShortcutPath::Projection { layer, reads_pre }) => {
                 match (*reads_pre, plan.pre_idx) {
                     (true, Some(p)) => {
                         // the projection read the pre-activation: its gradient enters
                         // the branch at step p and is carried back through steps p..0
-                        par_zero(short_target);
-                        let (inp, gin) = (&a.branch[p], plan.geoms[p]);
-                        layer.backward(Some(&mut dacts[p]), dh, inp, n, gin, ws)?;
+                        B::zero(short_target);
+                        let (inp, ng) = (&a.branch[p], (n, plan.geoms[p]));
+                        let dp = Some(&mut dacts[p]);
+                        B::weight_backward(layer, Accum::Add, dp, dh, inp, ng, ws)?;
                         if probe {
                             // keep the shortcut term apart: carry it down now, then clear
                             let (below, at_p) = dacts.split_at_mut(p);
@@ -630,25 +588,20 @@ impl<T: Scalar> Unit<T> {
                                 ws,
                             };
                             let sums = &mut d.sums;
-                            let into = (&at_p[0][..], below, &mut d.dx_short[..]);
+                            let into = (&at_p[0], below, &mut d.dx_short);
                             backward_steps(&prefix, &mut layers, into, None, None, sums)?;
-                            par_zero(&mut dacts[p]);
+                            B::zero(&mut dacts[p]);
                         }
                     }
-                    _ => layer.backward_to(
-                        Accum::Set,
-                        Some(short_target),
-                        dh,
-                        x,
-                        n,
-                        self.in_geom,
-                        ws,
-                    )?,
+                    _ => {
+                        let (dx, ng) = (Some(short_target), (n, self.in_geom));
+                        B::weight_backward(layer, Accum::Set, dx, dh, x, ng, ws)?
+                    }
                 }
             }
         }
         // the branch term: dx += J_F^T dF, step by step in exact reverse order
-        let branch_target: &mut [T] = if probe { &mut d.dx_branch } else { dx };
+        let branch_target: &mut B::Buf<T> = if probe { &mut d.dx_branch } else { dx };
         let mut layers = Layers {
             convs: &mut self.convs,
             bns: &mut self.bns,
@@ -658,10 +611,11 @@ impl<T: Scalar> Unit<T> {
         backward_steps(&branch, &mut layers, into, plan.shared, res, &mut d.sums)?;
         // ... and the gate's own path, which counts with the branch
         if let Some(gate) = self.gate.as_mut() {
-            gate.backward(Some(branch_target), &self.dz, x, n, self.in_geom, ws)?;
+            let (dx, ng) = (Some(branch_target), (n, self.in_geom));
+            B::weight_backward(gate, Accum::Add, dx, &self.dz, x, ng, ws)?;
         }
         if let Some(fl) = flow {
-            let t = add_terms(dx, &d.dx_short, &d.dx_branch)?;
+            let t = B::add_terms(dx, &d.dx_short, &d.dx_branch)?;
             *fl = UnitFlow {
                 grad_norm: t.total,
                 shortcut_norm: t.first,
@@ -673,8 +627,9 @@ impl<T: Scalar> Unit<T> {
     }
 }
 
-fn resize<T: Scalar>(v: &mut Vec<T>, len: usize) {
-    if v.len() != len {
-        *v = vec![T::zero(); len];
+/// `v` as a buffer of `len` (zeros when its length changes).
+fn resize<B: Backend, T: Scalar>(v: &mut B::Buf<T>, len: usize) {
+    if B::len(v) != len {
+        *v = B::zeros(len);
     }
 }

@@ -14,7 +14,8 @@
 //! channel) sums a conv takes of the tensor it writes, the first pass of
 //! the BN statistics (or reduction) that reads that tensor.
 
-use super::{Mix, ShortcutPath, Step, Unit};
+use super::{resize, Mix, ShortcutPath, Step, Unit};
+use crate::backend::Backend;
 use crate::model::layers::Geom;
 use crate::scalar::Scalar;
 
@@ -128,17 +129,17 @@ fn fuse_bn_relu(steps: &[Step], pre_idx: Option<usize>) -> (Vec<Step>, Option<us
 
 impl Plan {
     /// The fast plan of `u` at batch size `n`.
-    pub fn new<T: Scalar>(u: &Unit<T>, n: usize) -> Plan {
+    pub fn new<T: Scalar, B: Backend>(u: &Unit<T, B>, n: usize) -> Plan {
         Plan::make(u, n, true)
     }
 
     /// Every fusion off: `Bn, Relu` run as two steps, every intermediate
     /// stored, every term of `dL/dx` written by its own pass.
-    pub fn reference<T: Scalar>(u: &Unit<T>, n: usize) -> Plan {
+    pub fn reference<T: Scalar, B: Backend>(u: &Unit<T, B>, n: usize) -> Plan {
         Plan::make(u, n, false)
     }
 
-    fn make<T: Scalar>(u: &Unit<T>, n: usize, fused: bool) -> Plan {
+    fn make<T: Scalar, B: Backend>(u: &Unit<T, B>, n: usize, fused: bool) -> Plan {
         let (steps, pre_idx) = if fused {
             fuse_bn_relu(&u.steps, u.pre_idx)
         } else {
@@ -163,11 +164,11 @@ impl Plan {
         // step s is a conv that reads a BN-ReLU input / a BN output
         // gradient at no cost of its own
         let conv_reads_act = |s: usize| match steps[s] {
-            Step::Conv(j) => fused && u.convs[j].fuses_input_act(n, gin(s)),
+            Step::Conv(j) => fused && B::conv_fuses_input_act(&u.convs[j], n, gin(s)),
             _ => false,
         };
         let conv_reads_grad = |s: usize| match steps[s] {
-            Step::Conv(j) => fused && u.convs[j].fuses_grad_out(n, gin(s)),
+            Step::Conv(j) => fused && B::conv_fuses_grad_out(&u.convs[j], n, gin(s)),
             _ => false,
         };
         let identity = matches!(u.path, ShortcutPath::Identity);
@@ -260,7 +261,7 @@ impl Plan {
     }
 }
 
-impl<T: Scalar> Unit<T> {
+impl<T: Scalar, B: Backend> Unit<T, B> {
     /// Plans for batch size `n` (the fast plan, or the reference plan after
     /// `use_reference_plan(true)`) and sizes the activation buffers.
     pub(super) fn ensure(&mut self, n: usize) {
@@ -279,31 +280,25 @@ impl<T: Scalar> Unit<T> {
         a.branch = (plan.geoms.iter().zip(&plan.unstored).enumerate())
             .map(|(s, (g, &v))| {
                 let unstored = v || (s == last && plan.add_in_conv);
-                vec![T::zero(); if unstored { 0 } else { g.len(n) }]
+                B::zeros(if unstored { 0 } else { g.len(n) })
             })
             .collect();
         let needs_h = !matches!(self.path, ShortcutPath::Identity | ShortcutPath::None)
             || matches!(self.mix, Mix::Dropout { .. });
-        resize(&mut a.h, if needs_h { out } else { 0 });
+        resize::<B, T>(&mut a.h, if needs_h { out } else { 0 });
         let drop = matches!(self.mix, Mix::Dropout { .. });
-        resize(&mut a.hd, if drop { out } else { 0 });
-        resize(&mut a.mask, if drop { out } else { 0 });
+        resize::<B, T>(&mut a.hd, if drop { out } else { 0 });
+        resize::<B, T>(&mut a.mask, if drop { out } else { 0 });
         let gated = self.gate.is_some();
-        resize(&mut a.g, if gated { out } else { 0 });
-        resize(&mut a.sum, if plan.add_relu { 0 } else { out });
-        a.post = plan.post.iter().map(|_| vec![T::zero(); out]).collect();
+        resize::<B, T>(&mut a.g, if gated { out } else { 0 });
+        resize::<B, T>(&mut a.sum, if plan.add_relu { 0 } else { out });
+        a.post = plan.post.iter().map(|_| B::zeros(out)).collect();
         // with a plain addition dh = dF = dsum: no buffer of its own
         let no_dh = matches!(self.path, ShortcutPath::None) || self.mix == Mix::Add;
-        resize(&mut self.dh, if no_dh { 0 } else { out });
-        resize(&mut self.dz, if gated { out } else { 0 });
+        resize::<B, T>(&mut self.dh, if no_dh { 0 } else { out });
+        resize::<B, T>(&mut self.dz, if gated { out } else { 0 });
         if let ShortcutPath::OptionA(s) = &mut self.path {
             s.n = n;
         }
-    }
-}
-
-fn resize<T: Scalar>(v: &mut Vec<T>, len: usize) {
-    if v.len() != len {
-        *v = vec![T::zero(); len];
     }
 }

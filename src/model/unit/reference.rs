@@ -18,7 +18,6 @@
 //!
 //! [`Plan`]: super::plan::Plan
 
-use super::steps::Saved;
 use super::{Mix, ShortcutPath, Step, Unit, UnitFlow};
 use crate::error::Result;
 use crate::model::layers::Geom;
@@ -397,4 +396,12 @@ impl<T: Scalar> Reference<T> {
             },
         })
     }
+}
+
+/// What a step's backward reads of its forward: its input (of geometry
+/// `gin`) and its output.
+struct Saved<'a, T> {
+    inp: &'a [T],
+    out: &'a [T],
+    gin: Geom,
 }

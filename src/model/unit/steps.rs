@@ -4,69 +4,74 @@
 //! compute as they read (the plan's `unstored` and `unstored_grad`).
 
 use super::Step;
+use crate::backend::{Backend, BnBackwardPass, ConvBackwardPass, ConvGradSource, ConvSource};
 use crate::error::Result;
 use crate::model::layers::{BnLayer, Geom, WeightLayer};
-use crate::ops::activation::{relu_backward, relu_forward};
-use crate::ops::conv2d::{ConvBackward, ConvGradOut, ConvInput, ConvWorkspace};
-use crate::ops::par::par_zero;
 use crate::ops::Accum;
 use crate::scalar::Scalar;
 
 /// The layers a step runs on, and the conv workspace.
-pub(super) struct Layers<'a, T> {
-    pub convs: &'a mut [WeightLayer<T>],
-    pub bns: &'a mut [BnLayer<T>],
-    pub ws: &'a mut ConvWorkspace<T>,
+pub(super) struct Layers<'a, T: Scalar, B: Backend> {
+    pub convs: &'a mut [WeightLayer<T, B>],
+    pub bns: &'a mut [BnLayer<T, B>],
+    pub ws: &'a mut B::Workspace<T>,
 }
 
 /// Run one step forward: `out = step(inp)`.
-pub(super) fn step_forward<T: Scalar>(
+pub(super) fn step_forward<T: Scalar, B: Backend>(
     step: Step,
-    out: &mut [T],
-    inp: &[T],
-    n: usize,
-    gin: Geom,
+    out: &mut B::Buf<T>,
+    inp: &B::Buf<T>,
+    (n, gin): (usize, Geom),
     train: bool,
-    l: Layers<T>,
+    l: Layers<T, B>,
 ) -> Result<()> {
     match step {
-        Step::Conv(i) => l.convs[i].forward(out, inp, n, gin, l.ws),
-        Step::Bn(i) => l.bns[i].forward(out, inp, n, gin, train),
-        Step::Relu => relu_forward(out, inp),
-        Step::BnRelu(i) => l.bns[i].forward_relu(out, inp, n, gin, train),
+        Step::Conv(i) => B::weight_forward(&l.convs[i], out, inp, n, gin, l.ws),
+        Step::Bn(i) => B::bn_forward(&mut l.bns[i], out, inp, (n, gin), train, false),
+        Step::Relu => B::relu_forward(out, inp),
+        Step::BnRelu(i) => B::bn_forward(&mut l.bns[i], out, inp, (n, gin), train, true),
     }
 }
 
 /// What a step's backward reads of its forward: its input (of geometry
 /// `gin`) and its output.
-pub(super) struct Saved<'a, T> {
-    pub inp: &'a [T],
-    pub out: &'a [T],
+pub(super) struct Saved<'a, T: Scalar, B: Backend> {
+    pub inp: &'a B::Buf<T>,
+    pub out: &'a B::Buf<T>,
     pub gin: Geom,
 }
 
 /// Run one step backward: `dinp += step'(inp)^T dout` (`=` with
 /// [`Accum::Set`]).
-pub(super) fn step_backward<T: Scalar>(
+pub(super) fn step_backward<T: Scalar, B: Backend>(
     step: Step,
     accum: Accum,
-    dinp: &mut [T],
-    dout: &[T],
-    saved: Saved<T>,
+    dinp: &mut B::Buf<T>,
+    dout: &B::Buf<T>,
+    saved: Saved<T, B>,
     n: usize,
-    l: Layers<T>,
+    l: Layers<T, B>,
 ) -> Result<()> {
     let Saved { inp, out, gin } = saved;
     match step {
-        Step::Conv(i) => l.convs[i].backward_to(accum, Some(dinp), dout, inp, n, gin, l.ws),
-        Step::Bn(i) => l.bns[i].backward_to(accum, dinp, dout, inp, n, gin),
-        Step::Relu => {
-            if accum == Accum::Set {
-                par_zero(dinp);
-            }
-            relu_backward(dinp, dout, out)
+        Step::Conv(i) => {
+            let conv = &mut l.convs[i];
+            B::weight_backward(conv, accum, Some(dinp), dout, inp, (n, gin), l.ws)
         }
-        Step::BnRelu(i) => l.bns[i].backward_relu_to(accum, dinp, dout, inp, n, gin),
+        Step::Relu => B::relu_backward(accum, dinp, dout, out),
+        Step::Bn(i) | Step::BnRelu(i) => {
+            let pass = BnBackwardPass {
+                relu: matches!(step, Step::BnRelu(_)),
+                accum,
+                res: None,
+                dinp,
+                dout,
+                inp,
+                planes: None,
+            };
+            B::bn_backward(&mut l.bns[i], pass, n, gin)
+        }
     }
 }
 
@@ -82,7 +87,7 @@ pub(super) fn bn_of(step: Step) -> (usize, bool) {
 /// What a backward through branch steps reads: the steps, the plan's
 /// flags for them (all false after an evaluation forward), the forward's
 /// activations and geometries, and the unit's input.
-pub(super) struct StepsBackward<'a, T> {
+pub(super) struct StepsBackward<'a, T: Scalar, B: Backend> {
     pub steps: &'a [Step],
     /// outputs the forward left unstored
     pub unstored: &'a [bool],
@@ -90,16 +95,16 @@ pub(super) struct StepsBackward<'a, T> {
     pub unstored_grad: &'a [bool],
     /// convs that sum the reduction planes of the BN-ReLU before them
     pub sums_in_conv: &'a [bool],
-    pub acts: &'a [Vec<T>],
+    pub acts: &'a [B::Buf<T>],
     pub geoms: &'a [Geom],
     pub in_geom: Geom,
-    pub x: &'a [T],
+    pub x: &'a B::Buf<T>,
     pub n: usize,
 }
 
-impl<'a, T> StepsBackward<'a, T> {
+impl<'a, T: Scalar, B: Backend> StepsBackward<'a, T, B> {
     /// The first `len` steps.
-    pub fn prefix(&self, len: usize) -> StepsBackward<'a, T> {
+    pub fn prefix(&self, len: usize) -> StepsBackward<'a, T, B> {
         StepsBackward {
             steps: &self.steps[..len],
             unstored: &self.unstored[..len],
@@ -110,6 +115,14 @@ impl<'a, T> StepsBackward<'a, T> {
     }
 }
 
+/// The gradients a backward through steps reads and writes: the top
+/// step's output gradient, every other step's, and `dx`.
+pub(super) type Through<'a, T, B> = (
+    &'a <B as Backend>::Buf<T>,
+    &'a mut [<B as Backend>::Buf<T>],
+    &'a mut <B as Backend>::Buf<T>,
+);
+
 /// Backward through `b.steps` (a prefix of the branch) from `dtop`, the
 /// gradient of the last step's output, down to `dx += ...`. `dacts[s]`
 /// receives the gradient of step `s`'s output (`s < steps.len() - 1`),
@@ -117,13 +130,13 @@ impl<'a, T> StepsBackward<'a, T> {
 /// projection's share and is added to. With `res`, `dx` is overwritten
 /// with `res + ...` instead of added to: by the first step's own pass (a
 /// BN-ReLU's backward, or a conv's input-gradient store).
-pub(super) fn backward_steps<T: Scalar>(
-    b: &StepsBackward<T>,
-    l: &mut Layers<T>,
-    (dtop, dacts, dx): (&[T], &mut [Vec<T>], &mut [T]),
+pub(super) fn backward_steps<T: Scalar, B: Backend>(
+    b: &StepsBackward<T, B>,
+    l: &mut Layers<T, B>,
+    (dtop, dacts, dx): Through<T, B>,
     shared: Option<usize>,
-    res: Option<&[T]>,
-    sums: &mut Vec<(f64, f64)>,
+    res: Option<&B::Buf<T>>,
+    sums: &mut B::Buf<(f64, f64)>,
 ) -> Result<()> {
     let (steps, n, x) = (b.steps, b.n, b.x);
     let last = steps.len() - 1;
@@ -132,11 +145,19 @@ pub(super) fn backward_steps<T: Scalar>(
     let mut sums_for: Option<usize> = None;
     for s in (0..steps.len()).rev() {
         let (lo, hi) = dacts.split_at_mut(s);
-        let dout: &[T] = if s == last { dtop } else { &hi[0] };
+        let dout: &B::Buf<T> = if s == last { dtop } else { &hi[0] };
         if let (0, Some(r), Step::BnRelu(i)) = (s, res, steps[0]) {
             // the first BN-ReLU writes dx = res + ...
-            let planes = (sums_for == Some(0)).then_some(sums.as_slice());
-            l.bns[i].backward_relu_plus(dx, r, dout, x, n, b.in_geom, planes)?;
+            let pass = BnBackwardPass {
+                relu: true,
+                accum: Accum::Set,
+                res: Some(r),
+                dinp: dx,
+                dout,
+                inp: x,
+                planes: (sums_for == Some(0)).then_some(&*sums),
+            };
+            B::bn_backward(&mut l.bns[i], pass, n, b.in_geom)?;
             continue;
         }
         // the first conv writes dx = res + ...
@@ -144,7 +165,7 @@ pub(super) fn backward_steps<T: Scalar>(
             (0, Step::Conv(_)) => res,
             _ => None,
         };
-        let (dinp, inp, gin, accum): (&mut [T], &[T], Geom, Accum) = if s == 0 {
+        let (dinp, inp, gin, accum): (&mut B::Buf<T>, &B::Buf<T>, Geom, Accum) = if s == 0 {
             (&mut *dx, x, b.in_geom, Accum::Add)
         } else if shared == Some(s - 1) {
             (&mut lo[s - 1], &b.acts[s - 1], b.geoms[s - 1], Accum::Add)
@@ -155,8 +176,8 @@ pub(super) fn backward_steps<T: Scalar>(
             // a BN whose input gradient the conv before it computes as it
             // reads it (below): only the reduction here
             let (i, relu) = bn_of(steps[s]);
-            let planes = (sums_for == Some(s)).then_some(sums.as_slice());
-            l.bns[i].backward_coefs(dout, inp, n, gin, relu, planes)?;
+            let planes = (sums_for == Some(s)).then_some(&*sums);
+            B::bn_backward_coefs(&mut l.bns[i], dout, inp, (n, gin), relu, planes)?;
             continue;
         }
         let vin = s > 0 && b.unstored[s - 1];
@@ -166,17 +187,19 @@ pub(super) fn backward_steps<T: Scalar>(
             // normalised it, so now its weight gradient does the same
             let inp = if vin {
                 let x_bn = if s == 1 { x } else { &b.acts[s - 2] };
-                l.bns[bn_of(steps[s - 1]).0].relu_input(x_bn)
+                let bn = &l.bns[bn_of(steps[s - 1]).0];
+                ConvSource::BnRelu { x: x_bn, bn }
             } else {
-                ConvInput::Plain(inp)
+                ConvSource::Plain(inp)
             };
             // ... and the BN after it hands over its reduction, not dL/d(out)
             let dout = if vout {
-                let dy: &[T] = if s + 1 == last { dtop } else { &hi[1] };
+                let dy: &B::Buf<T> = if s + 1 == last { dtop } else { &hi[1] };
                 let (i, relu) = bn_of(steps[s + 1]);
-                l.bns[i].grad_out(dy, &b.acts[s], relu)
+                let (x, bn) = (&b.acts[s], &l.bns[i]);
+                ConvGradSource::Bn { dy, x, bn, relu }
             } else {
-                ConvGradOut::Plain(dout)
+                ConvGradSource::Plain(dout)
             };
             let accum = if conv_res.is_some() {
                 Accum::Set
@@ -186,14 +209,13 @@ pub(super) fn backward_steps<T: Scalar>(
             // the BN-ReLU before it takes its reduction from sums this conv
             // computes while it writes dinp (= that BN-ReLU's dL/d(out))
             let planes = if b.sums_in_conv[s] {
-                sums.clear();
-                sums.resize(n * gin.c, (0.0, 0.0));
+                zeroed::<B, _>(sums, n * gin.c);
                 sums_for = Some(s - 1);
-                Some(sums.as_mut_slice())
+                Some(&mut *sums)
             } else {
                 None
             };
-            let pass = ConvBackward {
+            let pass = ConvBackwardPass {
                 accum,
                 res: conv_res,
                 dinp: Some(dinp),
@@ -201,7 +223,7 @@ pub(super) fn backward_steps<T: Scalar>(
                 inp,
                 planes,
             };
-            l.convs[j].backward_from(pass, n, gin, l.ws)?;
+            B::conv_backward(&mut l.convs[j], pass, n, gin, l.ws)?;
             continue;
         }
         let layers = Layers {
@@ -217,4 +239,10 @@ pub(super) fn backward_steps<T: Scalar>(
         step_backward(steps[s], accum, dinp, dout, saved, n, layers)?;
     }
     Ok(())
+}
+
+/// `v` as `len` zeros (the storage kept when it fits).
+pub(super) fn zeroed<B: Backend, X: crate::backend::Elem>(v: &mut B::Buf<X>, len: usize) {
+    B::resize(v, 0);
+    B::resize(v, len);
 }
