@@ -12,7 +12,8 @@ use criterion::{Criterion, Throughput};
 use resgrad::gradcheck::Rand;
 use resgrad::ops::activation::{relu_backward, relu_forward};
 use resgrad::ops::batchnorm::{
-    batchnorm_backward, batchnorm_forward_train, BnShape, BN_EPS, BN_MOMENTUM,
+    batchnorm_backward, batchnorm_forward_train, BnAffine, BnBatchStats, BnParamGrads, BnRunning,
+    BnSaved, BnShape, BN_EPS, BN_MOMENTUM,
 };
 use resgrad::ops::conv2d::{
     conv2d_backward_input, conv2d_backward_weight, conv2d_forward, Conv2dShape, ConvWorkspace,
@@ -186,20 +187,21 @@ fn pointwise_benches(c: &mut Criterion, rows: &mut Vec<Row>) {
         "forward-train",
         Throughput::Bytes(bytes(2) as u64),
         || {
-            batchnorm_forward_train(
-                &mut out,
-                &mut mean,
-                &mut rstd,
-                black_box(&inp),
-                &gamma,
-                &beta,
-                &mut rmean,
-                &mut rvar,
-                BN_MOMENTUM,
-                BN_EPS,
-                s,
-            )
-            .unwrap()
+            let stats = BnBatchStats {
+                mean: &mut mean,
+                rstd: &mut rstd,
+            };
+            let p = BnAffine {
+                gamma: &gamma,
+                beta: &beta,
+            };
+            let running = BnRunning {
+                mean: &mut rmean,
+                var: &mut rvar,
+                momentum: BN_MOMENTUM,
+                eps: BN_EPS,
+            };
+            batchnorm_forward_train(&mut out, stats, black_box(&inp), p, running, s).unwrap()
         },
     );
     push("batchnorm2d forward-train", bytes(2), t);
@@ -209,18 +211,18 @@ fn pointwise_benches(c: &mut Criterion, rows: &mut Vec<Row>) {
         "backward",
         Throughput::Bytes(bytes(4) as u64),
         || {
-            batchnorm_backward(
-                &mut dinp,
-                &mut dgamma,
-                &mut dbeta,
-                black_box(&dout),
-                &inp,
-                &mean,
-                &rstd,
-                &gamma,
-                s,
-            )
-            .unwrap()
+            let grads = BnParamGrads {
+                dgamma: &mut dgamma,
+                dbeta: &mut dbeta,
+            };
+            let x = BnSaved {
+                inp: &inp,
+                mean: &mean,
+                rstd: &rstd,
+                gamma: &gamma,
+                beta: &beta,
+            };
+            batchnorm_backward(&mut dinp, grads, black_box(&dout), x, s).unwrap()
         },
     );
     push("batchnorm2d backward", bytes(4), t);

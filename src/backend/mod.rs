@@ -77,32 +77,34 @@ pub enum ConvGradSource<'a, B: Backend, T: Scalar> {
 }
 
 /// One convolution forward pass (a conv without bias):
-/// `out = (res +) conv(inp)`, with the per-plane sums of `out` (N, cout)
-/// for the BN that reads it when `planes` is given.
+/// `out = (res +) conv(inp)`, with the stat sums of `out` (N, cout: each
+/// plane's sum, the first pass of the statistics of the BN that reads it)
+/// when `stat_sums` is given.
 pub struct ConvForwardPass<'a, B: Backend, T: Scalar> {
     pub out: &'a mut B::Buf<T>,
     pub res: Option<&'a B::Buf<T>>,
     pub inp: ConvSource<'a, B, T>,
-    pub planes: Option<&'a mut B::Buf<f64>>,
+    pub stat_sums: Option<&'a mut B::Buf<f64>>,
 }
 
 /// One convolution backward pass: the weight gradient (accumulated) and
 /// `dinp` written as `accum` says (`= res + ...` with a residual), with the
-/// reduction sums (N, cin) of the BN-ReLU whose output gradient `dinp` is
-/// when `planes` is given.
+/// grad sums (N, cin: each plane's `(sum dy, sum dy (x - mean))`, the
+/// reduction of the BN-ReLU whose output gradient `dinp` is) when
+/// `grad_sums` is given.
 pub struct ConvBackwardPass<'a, B: Backend, T: Scalar> {
     pub accum: Accum,
     pub res: Option<&'a B::Buf<T>>,
     pub dinp: Option<&'a mut B::Buf<T>>,
     pub dout: ConvGradSource<'a, B, T>,
     pub inp: ConvSource<'a, B, T>,
-    pub planes: Option<&'a mut B::Buf<(f64, f64)>>,
+    pub grad_sums: Option<&'a mut B::Buf<(f64, f64)>>,
 }
 
 /// The training backward of a BN (BN-ReLU when `relu`, its mask
 /// recomputed from `inp`): the parameter gradients accumulated, `dinp`
 /// written as `accum` says; with `res` (BN-ReLU only), `dinp = res + ...`
-/// (`accum` is then ignored); `planes`: the reduction's per-plane sums,
+/// (`accum` is then ignored); `grad_sums`: the reduction's per-plane sums,
 /// when a convolution took them already.
 pub struct BnBackwardPass<'a, B: Backend, T: Scalar> {
     pub relu: bool,
@@ -111,7 +113,7 @@ pub struct BnBackwardPass<'a, B: Backend, T: Scalar> {
     pub dinp: &'a mut B::Buf<T>,
     pub dout: &'a B::Buf<T>,
     pub inp: &'a B::Buf<T>,
-    pub planes: Option<&'a B::Buf<(f64, f64)>>,
+    pub grad_sums: Option<&'a B::Buf<(f64, f64)>>,
 }
 
 /// What the mix reads (`ops::mix::MixInputs`).
@@ -151,6 +153,8 @@ pub trait Backend: Clone + Copy + Debug + Default + Send + Sync + 'static {
     fn to_host<T: Elem>(x: &Self::Buf<T>, out: &mut [T]) -> Result<()>;
     /// `x = 0`.
     fn zero<T: Scalar>(x: &mut Self::Buf<T>);
+    /// `x = a * x`.
+    fn scale<T: Scalar>(x: &mut Self::Buf<T>, a: T);
     /// `dst = src` (equal lengths).
     fn copy<T: Scalar>(dst: &mut Self::Buf<T>, src: &Self::Buf<T>) -> Result<()>;
 
@@ -211,14 +215,14 @@ pub trait Backend: Clone + Copy + Debug + Default + Send + Sync + 'static {
         relu: bool,
     ) -> Result<()>;
     /// The statistics of a training BN-ReLU whose output is never stored
-    /// (read through [`ConvSource::BnRelu`]); `planes` (N, C): the per-plane
-    /// sums of `inp`, when the convolution that wrote it took them.
+    /// (read through [`ConvSource::BnRelu`]); `stat_sums` (N, C): the
+    /// per-plane sums of `inp`, when the convolution that wrote it took them.
     fn bn_stats_train<T: Scalar>(
         bn: &mut BnLayer<T, Self>,
         inp: &Self::Buf<T>,
         n: usize,
         g: Geom,
-        planes: Option<&Self::Buf<f64>>,
+        stat_sums: Option<&Self::Buf<f64>>,
     ) -> Result<()>;
     /// Training BN fused with a residual addition and the ReLU after it:
     /// `out = max(0, h + BN(inp))`.
@@ -228,7 +232,7 @@ pub trait Backend: Clone + Copy + Debug + Default + Send + Sync + 'static {
         h: &Self::Buf<T>,
         inp: &Self::Buf<T>,
         ng: (usize, Geom),
-        planes: Option<&Self::Buf<f64>>,
+        stat_sums: Option<&Self::Buf<f64>>,
     ) -> Result<()>;
     /// The training backward of a BN or BN-ReLU ([`BnBackwardPass`]).
     fn bn_backward<T: Scalar>(
@@ -246,7 +250,7 @@ pub trait Backend: Clone + Copy + Debug + Default + Send + Sync + 'static {
         inp: &Self::Buf<T>,
         ng: (usize, Geom),
         relu: bool,
-        planes: Option<&Self::Buf<(f64, f64)>>,
+        grad_sums: Option<&Self::Buf<(f64, f64)>>,
     ) -> Result<()>;
 
     // ---- pointwise and the mix

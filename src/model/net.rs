@@ -10,6 +10,7 @@
 use super::layers::{BnLayer, Buffer, Geom, Param, WeightLayer};
 use super::spec::{Arch, Block, Spec};
 use super::unit::{Unit, UnitFlow, UnitGrads};
+use crate::backend::{Backend, Cpu};
 use crate::error::{check_len, Error, Result};
 use crate::ops::activation::{relu_backward, relu_forward};
 use crate::ops::conv2d::ConvWorkspace;
@@ -86,8 +87,8 @@ fn alloc<T: Scalar>(v: &mut Vec<T>, len: usize) {
     }
 }
 
-fn zero<T: Scalar>(v: &mut [T]) {
-    crate::ops::par::par_zero(v);
+fn zero<T: Scalar>(v: &mut Vec<T>) {
+    Cpu::zero(v);
 }
 
 impl<T: Scalar> Net<T> {
@@ -273,7 +274,7 @@ impl<T: Scalar> Net<T> {
         } else if self.stem_relu {
             relu_forward(&mut self.x0, &self.stem_out)?;
         } else {
-            self.x0.copy_from_slice(&self.stem_out);
+            Cpu::copy(&mut self.x0, &self.stem_out)?;
         }
         // the residual units, in order
         for i in 0..self.units.len() {
@@ -286,7 +287,7 @@ impl<T: Scalar> Net<T> {
             rest[0].forward(x, n, train, ws, &mut self.rng)?;
         }
         // top: final BN-ReLU (pre-activation nets), pool, fc
-        let cur: &[T] = match self.units.last() {
+        let cur: &Vec<T> = match self.units.last() {
             Some(u) => u.output(),
             None => &self.x0,
         };
@@ -296,7 +297,7 @@ impl<T: Scalar> Net<T> {
         } else if self.final_relu {
             relu_forward(&mut self.final_out, cur)?;
         } else {
-            self.final_out.copy_from_slice(cur);
+            Cpu::copy(&mut self.final_out, cur)?;
         }
         if self.pool {
             avgpool_forward(
@@ -307,7 +308,7 @@ impl<T: Scalar> Net<T> {
                 self.top_geom.hw(),
             )?;
         } else {
-            self.pooled.copy_from_slice(&self.final_out);
+            Cpu::copy(&mut self.pooled, &self.final_out)?;
         }
         let top = Geom {
             c: self.top_geom.c,
@@ -397,7 +398,7 @@ impl<T: Scalar> Net<T> {
                 self.top_geom.hw(),
             )?;
         } else {
-            self.dfinal_out.copy_from_slice(&self.dpooled);
+            Cpu::copy(&mut self.dfinal_out, &self.dpooled)?;
         }
         // final BN-ReLU, into dx_U
         let nu = self.units.len();
@@ -414,7 +415,7 @@ impl<T: Scalar> Net<T> {
                 zero(dtop);
                 relu_backward(dtop, &self.dfinal_out, &self.final_out)?;
             } else {
-                dtop.copy_from_slice(&self.dfinal_out);
+                Cpu::copy(dtop, &self.dfinal_out)?;
             }
         }
         if let Some(h) = on_group.as_deref_mut() {
@@ -445,7 +446,7 @@ impl<T: Scalar> Net<T> {
             zero(&mut self.dstem_out);
             relu_backward(&mut self.dstem_out, dx0, &self.x0)?;
         } else {
-            self.dstem_out.copy_from_slice(dx0);
+            Cpu::copy(&mut self.dstem_out, dx0)?;
         }
         // nobody needs dL/d(input): only the stem's weight gradient
         let input_len = self.in_geom.len(n);

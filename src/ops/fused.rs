@@ -17,7 +17,10 @@
 //! bitwise (the same operations in the same order).
 
 use crate::error::{check_len, Result};
-use crate::ops::batchnorm::{backward_act, forward_train_act, BnShape};
+use crate::ops::batchnorm::{
+    backward_act, forward_train_act, BnAffine, BnBatchStats, BnParamGrads, BnRunning, BnSaved,
+    BnShape,
+};
 use crate::ops::Accum;
 use crate::scalar::Scalar;
 
@@ -26,159 +29,86 @@ const OP: &str = "batchnorm_relu";
 /// `out = max(0, batchnorm_train(inp))`; saves `mean` and `rstd` and
 /// updates the running statistics exactly as
 /// [`crate::ops::batchnorm::batchnorm_forward_train`].
-#[allow(clippy::too_many_arguments)]
 pub fn bn_relu_forward_train<T: Scalar>(
-    out: &mut [T],          // (N, C, HW)  the ReLU's output
-    mean: &mut [T],         // (C)
-    rstd: &mut [T],         // (C)
-    inp: &[T],              // (N, C, HW)
-    gamma: &[T],            // (C)
-    beta: &[T],             // (C)
-    running_mean: &mut [T], // (C)
-    running_var: &mut [T],  // (C)
-    momentum: f64,
-    eps: f64,
+    out: &mut [T], // (N, C, HW)  the ReLU's output
+    stats: BnBatchStats<T>,
+    inp: &[T], // (N, C, HW)
+    p: BnAffine<T>,
+    running: BnRunning<T>,
     s: BnShape,
 ) -> Result<()> {
-    forward_train_act::<T, true>(
-        out,
-        mean,
-        rstd,
-        inp,
-        gamma,
-        beta,
-        running_mean,
-        running_var,
-        momentum,
-        eps,
-        s,
-    )
+    forward_train_act::<T, true>(out, stats, inp, p, running, s)
 }
 
 /// Backward of [`bn_relu_forward_train`]: `dinp`, `dgamma`, `dbeta`
-/// accumulate (`+=`). The ReLU mask is recomputed from `inp` with the saved
-/// `mean`, `rstd` and the forward's `gamma`, `beta` (bitwise the forward's
-/// mask), so the ReLU output is not needed.
-#[allow(clippy::too_many_arguments)]
+/// accumulate (`+=`). The ReLU mask is recomputed from `x.inp` with the
+/// saved `mean`, `rstd` and the forward's `gamma`, `beta` (bitwise the
+/// forward's mask), so the ReLU output is not needed.
 pub fn bn_relu_backward<T: Scalar>(
-    dinp: &mut [T],   // (N, C, HW)
-    dgamma: &mut [T], // (C)
-    dbeta: &mut [T],  // (C)
-    dout: &[T],       // (N, C, HW)  dL/d(ReLU output)
-    inp: &[T],        // (N, C, HW)  BN's input
-    mean: &[T],       // (C)
-    rstd: &[T],       // (C)
-    gamma: &[T],      // (C)
-    beta: &[T],       // (C)
+    dinp: &mut [T], // (N, C, HW)
+    g: BnParamGrads<T>,
+    dout: &[T], // (N, C, HW)  dL/d(ReLU output)
+    x: BnSaved<T>,
     s: BnShape,
 ) -> Result<()> {
-    bn_relu_backward_to(
-        Accum::Add,
-        dinp,
-        dgamma,
-        dbeta,
-        dout,
-        inp,
-        mean,
-        rstd,
-        gamma,
-        beta,
-        s,
-    )
+    bn_relu_backward_to(Accum::Add, dinp, g, dout, x, s)
 }
 
 /// [`bn_relu_backward`] with `dinp` written as `accum` says
 /// ([`Accum::Set`] overwrites it); `dgamma`, `dbeta` accumulate.
-#[allow(clippy::too_many_arguments)]
 pub fn bn_relu_backward_to<T: Scalar>(
     accum: Accum,
-    dinp: &mut [T],   // (N, C, HW)
-    dgamma: &mut [T], // (C)
-    dbeta: &mut [T],  // (C)
-    dout: &[T],       // (N, C, HW)  dL/d(ReLU output)
-    inp: &[T],        // (N, C, HW)  BN's input
-    mean: &[T],       // (C)
-    rstd: &[T],       // (C)
-    gamma: &[T],      // (C)
-    beta: &[T],       // (C)
+    dinp: &mut [T], // (N, C, HW)
+    g: BnParamGrads<T>,
+    dout: &[T], // (N, C, HW)  dL/d(ReLU output)
+    x: BnSaved<T>,
     s: BnShape,
 ) -> Result<()> {
-    let set = accum == Accum::Set;
-    backward_checked(
-        set,
-        dinp,
-        &[],
-        dgamma,
-        dbeta,
-        dout,
-        inp,
-        mean,
-        rstd,
-        gamma,
-        beta,
-        None,
-        s,
-    )
+    backward_checked(accum == Accum::Set, (dinp, &[]), g, dout, x, None, s)
 }
 
 /// [`bn_relu_backward`] writing `dinp = res + (its gradient)`: the input
 /// gradient of a pre-activation unit, whose shortcut term `res` (= dL/dy
 /// through the identity) joins in the same pass instead of being copied
 /// into `dinp` first. Bitwise the copy followed by [`bn_relu_backward`].
-/// With `planes` (N, C), the per-plane sums of the reduction are taken
+/// With `grad_sums` (N, C), the per-plane sums of the reduction are taken
 /// from there (`batchnorm::bn_relu_plane_sums`, or a convolution that
 /// computed them while it wrote `dout`) instead of read off `dout`.
-#[allow(clippy::too_many_arguments)]
 pub fn bn_relu_backward_plus<T: Scalar>(
-    dinp: &mut [T],   // (N, C, HW)
-    res: &[T],        // (N, C, HW)
-    dgamma: &mut [T], // (C)
-    dbeta: &mut [T],  // (C)
-    dout: &[T],       // (N, C, HW)  dL/d(ReLU output)
-    inp: &[T],        // (N, C, HW)  BN's input
-    mean: &[T],       // (C)
-    rstd: &[T],       // (C)
-    gamma: &[T],      // (C)
-    beta: &[T],       // (C)
-    planes: Option<&[(f64, f64)]>,
+    (dinp, res): (&mut [T], &[T]), // (N, C, HW) each
+    g: BnParamGrads<T>,
+    dout: &[T], // (N, C, HW)  dL/d(ReLU output)
+    x: BnSaved<T>,
+    grad_sums: Option<&[(f64, f64)]>,
     s: BnShape,
 ) -> Result<()> {
     check_len(OP, "residual", res, &[s.n * s.c * s.hw])?;
-    if let Some(p) = planes {
-        check_len(OP, "plane sums", p, &[s.n, s.c])?;
+    if let Some(p) = grad_sums {
+        check_len(OP, "grad sums", p, &[s.n, s.c])?;
     }
-    backward_checked(
-        true, dinp, res, dgamma, dbeta, dout, inp, mean, rstd, gamma, beta, planes, s,
-    )
+    backward_checked(true, (dinp, res), g, dout, x, grad_sums, s)
 }
 
-#[allow(clippy::too_many_arguments)]
 fn backward_checked<T: Scalar>(
     set: bool,
-    dinp: &mut [T],
-    res: &[T],
-    dgamma: &mut [T],
-    dbeta: &mut [T],
+    (dinp, res): (&mut [T], &[T]),
+    g: BnParamGrads<T>,
     dout: &[T],
-    inp: &[T],
-    mean: &[T],
-    rstd: &[T],
-    gamma: &[T],
-    beta: &[T],
-    planes: Option<&[(f64, f64)]>,
+    x: BnSaved<T>,
+    grad_sums: Option<&[(f64, f64)]>,
     s: BnShape,
 ) -> Result<()> {
     let len = s.n * s.c * s.hw;
-    for (what, b) in [("dinp", &*dinp), ("dout", dout), ("input", inp)] {
+    for (what, b) in [("dinp", &*dinp), ("dout", dout), ("input", x.inp)] {
         check_len(OP, what, b, &[len])?;
     }
     for (what, b) in [
-        ("dgamma", &*dgamma),
-        ("dbeta", &*dbeta),
-        ("mean", mean),
-        ("rstd", rstd),
-        ("gamma", gamma),
-        ("beta", beta),
+        ("dgamma", &*g.dgamma),
+        ("dbeta", &*g.dbeta),
+        ("mean", x.mean),
+        ("rstd", x.rstd),
+        ("gamma", x.gamma),
+        ("beta", x.beta),
     ] {
         check_len(OP, what, b, &[s.c])?;
     }
@@ -190,21 +120,7 @@ fn backward_checked<T: Scalar>(
     } else {
         backward_act::<T, true, false>
     };
-    f(
-        dinp,
-        res,
-        dgamma,
-        dbeta,
-        dout,
-        inp,
-        mean,
-        rstd,
-        gamma,
-        beta,
-        planes,
-        s,
-        s.parallel(),
-    );
+    f((dinp, res), g, dout, x, grad_sums, s, s.parallel());
     Ok(())
 }
 
@@ -213,6 +129,7 @@ mod tests {
     use super::*;
     use crate::gradcheck::Rand;
     use crate::ops::activation::{relu_backward, relu_forward};
+    use crate::ops::batchnorm::test_args::{aff, grads, run, saved, stats};
     use crate::ops::batchnorm::{batchnorm_backward, batchnorm_forward_train};
 
     fn check<T: Scalar>(n: usize, c: usize, hw: usize, seed: u64) {
@@ -230,7 +147,12 @@ mod tests {
         let (mut rm1, mut rv1) = (vec![T::zero(); c], vec![T::one(); c]);
         let mut bn = vec![T::zero(); len];
         batchnorm_forward_train(
-            &mut bn, &mut m1, &mut r1, &x, &gamma, &beta, &mut rm1, &mut rv1, 0.1, 1e-5, s,
+            &mut bn,
+            stats(&mut m1, &mut r1),
+            &x,
+            aff(&gamma, &beta),
+            run(&mut rm1, &mut rv1, 0.1, 1e-5),
+            s,
         )
         .unwrap();
         let mut y1 = vec![T::zero(); len];
@@ -239,26 +161,47 @@ mod tests {
         relu_backward(&mut dbn, &dout, &y1).unwrap();
         let mut dx1 = dinp0.clone();
         let (mut dg1, mut db1) = (vec![T::one(); c], vec![T::one(); c]);
-        batchnorm_backward(&mut dx1, &mut dg1, &mut db1, &dbn, &x, &m1, &r1, &gamma, s).unwrap();
+        batchnorm_backward(
+            &mut dx1,
+            grads(&mut dg1, &mut db1),
+            &dbn,
+            saved(&x, &m1, &r1, &gamma, &[]),
+            s,
+        )
+        .unwrap();
         // fused
         let (mut m2, mut r2) = (vec![T::zero(); c], vec![T::zero(); c]);
         let (mut rm2, mut rv2) = (vec![T::zero(); c], vec![T::one(); c]);
         let mut y2 = vec![T::zero(); len];
         bn_relu_forward_train(
-            &mut y2, &mut m2, &mut r2, &x, &gamma, &beta, &mut rm2, &mut rv2, 0.1, 1e-5, s,
+            &mut y2,
+            stats(&mut m2, &mut r2),
+            &x,
+            aff(&gamma, &beta),
+            run(&mut rm2, &mut rv2, 0.1, 1e-5),
+            s,
         )
         .unwrap();
         let mut dx2 = dinp0.clone();
         let (mut dg2, mut db2) = (vec![T::one(); c], vec![T::one(); c]);
         bn_relu_backward(
-            &mut dx2, &mut dg2, &mut db2, &dout, &x, &m2, &r2, &gamma, &beta, s,
+            &mut dx2,
+            grads(&mut dg2, &mut db2),
+            &dout,
+            saved(&x, &m2, &r2, &gamma, &beta),
+            s,
         )
         .unwrap();
         // the residual form: dinp = res + gradient over whatever dinp held
         let mut dx3 = vec![T::of(f64::NAN); len];
         let (mut dg3, mut db3) = (vec![T::one(); c], vec![T::one(); c]);
         bn_relu_backward_plus(
-            &mut dx3, &dinp0, &mut dg3, &mut db3, &dout, &x, &m2, &r2, &gamma, &beta, None, s,
+            (&mut dx3, &dinp0),
+            grads(&mut dg3, &mut db3),
+            &dout,
+            saved(&x, &m2, &r2, &gamma, &beta),
+            None,
+            s,
         )
         .unwrap();
         assert_eq!((&dx3, &dg3, &db3), (&dx2, &dg2, &db2));
@@ -270,16 +213,10 @@ mod tests {
         let mut dx4 = vec![T::of(f64::NAN); len];
         let (mut dg4, mut db4) = (vec![T::one(); c], vec![T::one(); c]);
         bn_relu_backward_plus(
-            &mut dx4,
-            &dinp0,
-            &mut dg4,
-            &mut db4,
+            (&mut dx4, &dinp0),
+            grads(&mut dg4, &mut db4),
             &dout,
-            &x,
-            &m2,
-            &r2,
-            &gamma,
-            &beta,
+            saved(&x, &m2, &r2, &gamma, &beta),
             Some(&planes),
             s,
         )
@@ -317,8 +254,11 @@ mod tests {
         let mut d = vec![0.0f64; 7];
         let (mut dg, mut db) = (vec![0.0; 2], vec![0.0; 2]);
         let e = bn_relu_backward(
-            &mut d, &mut dg, &mut db, &[0.0; 8], &[0.0; 8], &[0.0; 2], &[1.0; 2], &[1.0; 2],
-            &[0.0; 2], s,
+            &mut d,
+            grads(&mut dg, &mut db),
+            &[0.0; 8],
+            saved(&[0.0; 8], &[0.0; 2], &[1.0; 2], &[1.0; 2], &[0.0; 2]),
+            s,
         );
         assert!(e.unwrap_err().to_string().contains(OP));
     }

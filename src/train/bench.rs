@@ -11,6 +11,7 @@
 //! forward (forward, input gradient, weight gradient: the three GEMMs of
 //! every layer), 2 FLOPs per multiply-add.
 
+use crate::backend::Cpu;
 use crate::error::{Error, Result};
 use crate::model::unit::ShortcutPath;
 use crate::model::{Geom, Net, Spec, WeightLayer};
@@ -120,7 +121,7 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-/// Run the benchmark (f32, on the current rayon pool).
+/// Run the benchmark (f32, on the current thread pool).
 pub fn run_bench(cfg: &BenchConfig) -> Result<BenchResult> {
     if cfg.batch < 2 {
         return Err(Error::Config(
@@ -169,7 +170,7 @@ pub fn run_bench(cfg: &BenchConfig) -> Result<BenchResult> {
     let macs = forward_macs(&net) as f64 * cfg.batch as f64;
     Ok(BenchResult {
         model: cfg.spec.label(),
-        threads: rayon::current_num_threads(),
+        threads: Cpu::threads(),
         batch: cfg.batch,
         steps: cfg.steps,
         warmup: cfg.warmup,

@@ -9,8 +9,9 @@
 //! p -= lr * step
 //! ```
 
+use crate::backend::{Backend, Cpu};
 use crate::model::{Param, ParamKind};
-use crate::ops::sgd::{sgd_update, SgdStep};
+use crate::ops::sgd::SgdStep;
 use crate::scalar::Scalar;
 use serde::{Deserialize, Serialize};
 
@@ -70,7 +71,7 @@ impl<T: Scalar> Sgd<T> {
                 weight_decay: if exempt { 0.0 } else { self.cfg.weight_decay },
                 nesterov: self.cfg.nesterov,
             };
-            sgd_update(&mut p.value, v, &p.grad, h).expect("velocities sized above");
+            Cpu::sgd_update(&mut p.value, v, &p.grad, h).expect("velocities sized above");
         }
     }
 }

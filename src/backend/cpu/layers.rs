@@ -8,7 +8,8 @@ use crate::model::layers::{BnLayer, Geom, WeightLayer};
 use crate::ops::activation::relu_inplace;
 use crate::ops::batchnorm::{
     batchnorm_backward_coefs, batchnorm_backward_to, batchnorm_forward_eval, forward_train_act,
-    normalise_add_act, train_stats, BN_EPS, BN_MOMENTUM,
+    normalise_add_act, train_stats, BnAffine, BnBatchStats, BnParamGrads, BnRunning, BnSaved,
+    BN_EPS, BN_MOMENTUM,
 };
 use crate::ops::conv2d::{
     conv2d_backward_from, conv2d_backward_to, conv2d_forward, conv2d_forward_from,
@@ -118,7 +119,7 @@ impl<T: Scalar> WeightLayer<T> {
                 dout: ConvGradOut::Plain(d),
                 inp: ConvInput::Plain(x),
                 planes: None,
-            } => self.backward_to(accum, dinp, d, x, n, g, ws),
+            } => self.backward_to(accum, dinp, d, x, (n, g), ws),
             pass => {
                 self.check_plain_conv()?;
                 let cs = self.conv_shape(n, g);
@@ -147,19 +148,17 @@ impl<T: Scalar> WeightLayer<T> {
         g: Geom,
         ws: &mut ConvWorkspace<T>,
     ) -> Result<()> {
-        self.backward_to(Accum::Add, dinp, dout, inp, n, g, ws)
+        self.backward_to(Accum::Add, dinp, dout, inp, (n, g), ws)
     }
 
     /// [`WeightLayer::backward`] with `dinp` written as `accum` says.
-    #[allow(clippy::too_many_arguments)]
     pub fn backward_to(
         &mut self,
         accum: Accum,
         dinp: Option<&mut [T]>,
         dout: &[T],
         inp: &[T],
-        n: usize,
-        g: Geom,
+        (n, g): (usize, Geom),
         ws: &mut ConvWorkspace<T>,
     ) -> Result<()> {
         match self.conv {
@@ -206,6 +205,42 @@ impl<T: Scalar> WeightLayer<T> {
 }
 
 impl<T: Scalar> BnLayer<T> {
+    /// What a training forward writes: the saved batch statistics, the
+    /// parameters it reads, the running statistics it updates.
+    fn forward_parts(&mut self) -> (BnBatchStats<'_, T>, BnAffine<'_, T>, BnRunning<'_, T>) {
+        let stats = BnBatchStats {
+            mean: &mut self.mean,
+            rstd: &mut self.rstd,
+        };
+        let p = BnAffine {
+            gamma: &self.gamma.value,
+            beta: &self.beta.value,
+        };
+        let running = BnRunning {
+            mean: &mut self.running_mean.value,
+            var: &mut self.running_var.value,
+            momentum: BN_MOMENTUM,
+            eps: BN_EPS,
+        };
+        (stats, p, running)
+    }
+
+    /// What a training backward on input `inp` adds to and reads.
+    fn backward_parts<'a>(&'a mut self, inp: &'a [T]) -> (BnParamGrads<'a, T>, BnSaved<'a, T>) {
+        let g = BnParamGrads {
+            dgamma: &mut self.gamma.grad,
+            dbeta: &mut self.beta.grad,
+        };
+        let x = BnSaved {
+            inp,
+            mean: &self.mean,
+            rstd: &self.rstd,
+            gamma: &self.gamma.value,
+            beta: &self.beta.value,
+        };
+        (g, x)
+    }
+
     /// Training-mode forward with the batch statistics, `max(0, ·)` applied
     /// as the output is written when `RELU` (`ops::fused`).
     fn forward_train<const RELU: bool>(
@@ -217,19 +252,8 @@ impl<T: Scalar> BnLayer<T> {
     ) -> Result<()> {
         self.num_batches_tracked += 1;
         let s = self.shape(n, g);
-        forward_train_act::<T, RELU>(
-            out,
-            &mut self.mean,
-            &mut self.rstd,
-            inp,
-            &self.gamma.value,
-            &self.beta.value,
-            &mut self.running_mean.value,
-            &mut self.running_var.value,
-            BN_MOMENTUM,
-            BN_EPS,
-            s,
-        )
+        let (stats, p, running) = self.forward_parts();
+        forward_train_act::<T, RELU>(out, stats, inp, p, running, s)
     }
 
     /// The statistics half of a training-mode BN-ReLU: saves the batch
@@ -247,19 +271,8 @@ impl<T: Scalar> BnLayer<T> {
     ) -> Result<()> {
         self.num_batches_tracked += 1;
         let s = self.shape(n, g);
-        self.k = train_stats(
-            &mut self.mean,
-            &mut self.rstd,
-            inp,
-            &self.gamma.value,
-            &self.beta.value,
-            &mut self.running_mean.value,
-            &mut self.running_var.value,
-            BN_MOMENTUM,
-            BN_EPS,
-            planes,
-            s,
-        )?;
+        let (stats, p, running) = self.forward_parts();
+        self.k = train_stats(stats, inp, p, running, planes, s)?;
         Ok(())
     }
 
@@ -288,18 +301,9 @@ impl<T: Scalar> BnLayer<T> {
         planes: Option<&[(f64, f64)]>,
     ) -> Result<()> {
         let s = self.shape(n, g);
-        self.coef = batchnorm_backward_coefs(
-            &mut self.gamma.grad,
-            &mut self.beta.grad,
-            dout,
-            inp,
-            &self.mean,
-            &self.rstd,
-            &self.gamma.value,
-            relu.then_some(self.beta.value.as_slice()),
-            planes,
-            s,
-        )?;
+        let (grads, x) = self.backward_parts(inp);
+        let coef = batchnorm_backward_coefs(grads, dout, x, relu, planes, s)?;
+        self.coef = coef;
         Ok(())
     }
 
@@ -346,11 +350,14 @@ impl<T: Scalar> BnLayer<T> {
         if train {
             return self.forward_train::<false>(out, inp, n, g);
         }
+        let p = BnAffine {
+            gamma: &self.gamma.value,
+            beta: &self.beta.value,
+        };
         batchnorm_forward_eval(
             out,
             inp,
-            &self.gamma.value,
-            &self.beta.value,
+            p,
             &self.running_mean.value,
             &self.running_var.value,
             BN_EPS,
@@ -380,18 +387,8 @@ impl<T: Scalar> BnLayer<T> {
         g: Geom,
     ) -> Result<()> {
         let s = self.shape(n, g);
-        batchnorm_backward_to(
-            accum,
-            dinp,
-            &mut self.gamma.grad,
-            &mut self.beta.grad,
-            dout,
-            inp,
-            &self.mean,
-            &self.rstd,
-            &self.gamma.value,
-            s,
-        )
+        let (grads, x) = self.backward_parts(inp);
+        batchnorm_backward_to(accum, dinp, grads, dout, x, s)
     }
 
     /// BN followed by ReLU, fused (`ops::fused`): `out = max(0, BN(inp))`.
@@ -435,19 +432,8 @@ impl<T: Scalar> BnLayer<T> {
         g: Geom,
     ) -> Result<()> {
         let s = self.shape(n, g);
-        bn_relu_backward_to(
-            accum,
-            dinp,
-            &mut self.gamma.grad,
-            &mut self.beta.grad,
-            dout,
-            inp,
-            &self.mean,
-            &self.rstd,
-            &self.gamma.value,
-            &self.beta.value,
-            s,
-        )
+        let (grads, x) = self.backward_parts(inp);
+        bn_relu_backward_to(accum, dinp, grads, dout, x, s)
     }
 
     /// [`BnLayer::backward_relu`] writing `dinp = res + ...`
@@ -463,19 +449,7 @@ impl<T: Scalar> BnLayer<T> {
         planes: Option<&[(f64, f64)]>,
     ) -> Result<()> {
         let s = self.shape(n, g);
-        bn_relu_backward_plus(
-            dinp,
-            res,
-            &mut self.gamma.grad,
-            &mut self.beta.grad,
-            dout,
-            inp,
-            &self.mean,
-            &self.rstd,
-            &self.gamma.value,
-            &self.beta.value,
-            planes,
-            s,
-        )
+        let (grads, x) = self.backward_parts(inp);
+        bn_relu_backward_plus((dinp, res), grads, dout, x, planes, s)
     }
 }

@@ -18,6 +18,7 @@ use crate::model::layers::{BnLayer, Geom, WeightLayer};
 use crate::ops::activation::{relu_backward, relu_forward, sigmoid_forward};
 use crate::ops::conv2d::{ConvBackward, ConvForward, ConvGradOut, ConvInput, ConvWorkspace};
 use crate::ops::dropout::dropout_forward;
+use crate::ops::elementwise::scale_in_place;
 use crate::ops::mix::{
     add_relu_backward, add_relu_forward, mix_backward, mix_forward, Mix, MixGrads, MixInputs,
 };
@@ -94,6 +95,9 @@ impl Backend for Cpu {
     fn zero<T: Scalar>(x: &mut Vec<T>) {
         par_zero(x);
     }
+    fn scale<T: Scalar>(x: &mut Vec<T>, a: T) {
+        scale_in_place(x, a);
+    }
     #[inline]
     fn copy<T: Scalar>(dst: &mut Vec<T>, src: &Vec<T>) -> Result<()> {
         check_len("copy", "source", src, &[dst.len()])?;
@@ -119,10 +123,10 @@ impl Backend for Cpu {
         dinp: Option<&mut Vec<T>>,
         dout: &Vec<T>,
         inp: &Vec<T>,
-        (n, g): (usize, Geom),
+        ng: (usize, Geom),
         ws: &mut ConvWorkspace<T>,
     ) -> Result<()> {
-        l.backward_to(accum, dinp.map(|d| d.as_mut_slice()), dout, inp, n, g, ws)
+        l.backward_to(accum, dinp.map(|d| d.as_mut_slice()), dout, inp, ng, ws)
     }
     #[inline]
     fn conv_forward<T: Scalar>(
@@ -136,7 +140,7 @@ impl Backend for Cpu {
             out: pass.out,
             res: pass.res.map(|r| r.as_slice()),
             inp: conv_input(pass.inp),
-            planes: pass.planes.map(|p| p.as_mut_slice()),
+            planes: pass.stat_sums.map(|p| p.as_mut_slice()),
         };
         l.forward_from(pass, n, g, ws)
     }
@@ -154,7 +158,7 @@ impl Backend for Cpu {
             dinp: pass.dinp.map(|d| d.as_mut_slice()),
             dout: conv_grad_out(pass.dout),
             inp: conv_input(pass.inp),
-            planes: pass.planes.map(|p| p.as_mut_slice()),
+            planes: pass.grad_sums.map(|p| p.as_mut_slice()),
         };
         l.backward_from(pass, n, g, ws)
     }
@@ -186,9 +190,9 @@ impl Backend for Cpu {
         inp: &Vec<T>,
         n: usize,
         g: Geom,
-        planes: Option<&Vec<f64>>,
+        stat_sums: Option<&Vec<f64>>,
     ) -> Result<()> {
-        bn.forward_stats_train(inp, n, g, planes.map(|p| p.as_slice()))
+        bn.forward_stats_train(inp, n, g, stat_sums.map(|p| p.as_slice()))
     }
     #[inline]
     fn bn_add_relu_train<T: Scalar>(
@@ -197,9 +201,9 @@ impl Backend for Cpu {
         h: &Vec<T>,
         inp: &Vec<T>,
         (n, g): (usize, Geom),
-        planes: Option<&Vec<f64>>,
+        stat_sums: Option<&Vec<f64>>,
     ) -> Result<()> {
-        bn.forward_add_relu_train(out, h, inp, n, g, planes.map(|p| p.as_slice()))
+        bn.forward_add_relu_train(out, h, inp, n, g, stat_sums.map(|p| p.as_slice()))
     }
     #[inline]
     fn bn_backward<T: Scalar>(
@@ -215,11 +219,11 @@ impl Backend for Cpu {
             dinp,
             dout,
             inp,
-            planes,
+            grad_sums,
         } = pass;
-        let planes = planes.map(|p| p.as_slice());
+        let grad_sums = grad_sums.map(|p| p.as_slice());
         match (relu, res) {
-            (true, Some(r)) => bn.backward_relu_plus(dinp, r, dout, inp, (n, g), planes),
+            (true, Some(r)) => bn.backward_relu_plus(dinp, r, dout, inp, (n, g), grad_sums),
             (true, None) => bn.backward_relu_to(accum, dinp, dout, inp, n, g),
             (false, None) => bn.backward_to(accum, dinp, dout, inp, n, g),
             (false, Some(_)) => Err(crate::error::Error::InvalidParam {
@@ -235,9 +239,9 @@ impl Backend for Cpu {
         inp: &Vec<T>,
         (n, g): (usize, Geom),
         relu: bool,
-        planes: Option<&Vec<(f64, f64)>>,
+        grad_sums: Option<&Vec<(f64, f64)>>,
     ) -> Result<()> {
-        bn.backward_coefs(dout, inp, n, g, relu, planes.map(|p| p.as_slice()))
+        bn.backward_coefs(dout, inp, n, g, relu, grad_sums.map(|p| p.as_slice()))
     }
 
     #[inline]

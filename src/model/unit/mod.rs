@@ -97,7 +97,7 @@ pub struct UnitFlow {
 }
 
 /// The gradient scratch of a unit's backward (branch steps, post steps,
-/// the probe's two terms, plane sums): alive only during one unit's
+/// the probe's two terms, grad sums): alive only during one unit's
 /// backward, so a network keeps one set for all its units.
 #[derive(Clone, Default)]
 pub struct UnitGrads<T: Scalar, B: Backend = Cpu> {
@@ -110,9 +110,9 @@ pub struct UnitGrads<T: Scalar, B: Backend = Cpu> {
     /// the probe's shortcut and branch terms of dL/dx
     dx_short: B::Buf<T>,
     dx_branch: B::Buf<T>,
-    /// per-plane sums of a BN-ReLU backward's reduction, taken by the conv
+    /// grad sums: per-plane sums of a BN-ReLU backward's reduction, taken by the conv
     /// that writes that BN-ReLU's output gradient (N, C)
-    sums: B::Buf<(f64, f64)>,
+    grad_sums: B::Buf<(f64, f64)>,
 }
 
 /// The activations of a unit's last forward, sized by its plan.
@@ -131,9 +131,9 @@ struct Acts<T: Scalar, B: Backend> {
     sum: B::Buf<T>,
     /// output of each post step
     post: Vec<B::Buf<T>>,
-    /// per-plane sums of a BN's input, taken by the conv that writes it
+    /// stat sums: per-plane sums of a BN's input, taken by the conv that writes it
     /// (N, C): the first pass of the BN's training statistics
-    planes: B::Buf<f64>,
+    stat_sums: B::Buf<f64>,
     /// the last forward was a training one (the plan's unstored tensors
     /// were left unstored)
     trained: bool,
@@ -198,16 +198,13 @@ impl<T: Scalar> Unit<T> {
             match *step {
                 Step::Relu => continue,
                 Step::Bn(j) | Step::BnRelu(j) => {
-                    let bn = &mut self.bns[j];
-                    bn.gamma
-                        .value
-                        .iter_mut()
-                        .chain(bn.beta.value.iter_mut())
-                        .for_each(|v| *v *= f);
+                    for p in self.bns[j].params_mut() {
+                        Cpu::scale(&mut p.value, f);
+                    }
                 }
                 Step::Conv(i) => {
                     for p in self.convs[i].params_mut() {
-                        p.value.iter_mut().for_each(|v| *v *= f);
+                        Cpu::scale(&mut p.value, f);
                     }
                 }
             }
@@ -269,9 +266,9 @@ impl<T: Scalar, B: Backend> Unit<T, B> {
         let bn_in_add = train && plan.bn_in_add;
         let nbranch = plan.steps.len() - usize::from(bn_in_add);
         a.trained = train;
-        // the step whose BN statistics' first pass (per-plane sums) the conv
+        // the step whose BN statistics' first pass (its stat sums) the conv
         // before it took while writing its input
-        let mut planes_for: Option<usize> = None;
+        let mut stat_sums_for: Option<usize> = None;
         // the branch F(x), step by step
         for s in 0..nbranch {
             let (done, rest) = a.branch.split_at_mut(s);
@@ -284,8 +281,8 @@ impl<T: Scalar, B: Backend> Unit<T, B> {
                 match (train, plan.steps[s]) {
                     // a BN-ReLU read by the next conv: statistics only
                     (true, Step::BnRelu(i)) => {
-                        let planes = (planes_for == Some(s)).then_some(&a.planes);
-                        B::bn_stats_train(&mut self.bns[i], inp, n, gin, planes)?;
+                        let stat_sums = (stat_sums_for == Some(s)).then_some(&a.stat_sums);
+                        B::bn_stats_train(&mut self.bns[i], inp, n, gin, stat_sums)?;
                         continue;
                     }
                     // evaluation stores it as usual
@@ -296,9 +293,9 @@ impl<T: Scalar, B: Backend> Unit<T, B> {
             let vin = train && s > 0 && plan.unstored[s - 1];
             // ... writes sum = x + F ...
             let into_sum = plan.add_in_conv && s + 1 == nbranch;
-            // ... or sums its output's planes for the BN after it
-            let planes_next = train && plan.planes_in_conv[s];
-            if let (true, Step::Conv(j)) = (vin || into_sum || planes_next, plan.steps[s]) {
+            // ... or takes its output's stat sums for the BN after it
+            let stat_sums_next = train && plan.stat_sums_in_conv[s];
+            if let (true, Step::Conv(j)) = (vin || into_sum || stat_sums_next, plan.steps[s]) {
                 let inp = if vin {
                     let x_bn = if s == 1 { x } else { &done[s - 2] };
                     let bn = &self.bns[bn_of(plan.steps[s - 1]).0];
@@ -311,10 +308,10 @@ impl<T: Scalar, B: Backend> Unit<T, B> {
                 } else {
                     (&mut rest[0], None)
                 };
-                let planes = if planes_next {
-                    zeroed::<B, _>(&mut a.planes, n * plan.geoms[s].c);
-                    planes_for = Some(s + 1);
-                    Some(&mut a.planes)
+                let stat_sums = if stat_sums_next {
+                    zeroed::<B, _>(&mut a.stat_sums, n * plan.geoms[s].c);
+                    stat_sums_for = Some(s + 1);
+                    Some(&mut a.stat_sums)
                 } else {
                     None
                 };
@@ -322,7 +319,7 @@ impl<T: Scalar, B: Backend> Unit<T, B> {
                     out,
                     res,
                     inp,
-                    planes,
+                    stat_sums,
                 };
                 B::conv_forward(&self.convs[j], pass, n, gin, ws)?;
                 continue;
@@ -362,9 +359,9 @@ impl<T: Scalar, B: Backend> Unit<T, B> {
                 } else {
                     (&a.branch[s - 1], plan.geoms[s - 1])
                 };
-                let planes = (planes_for == Some(s)).then_some(&a.planes);
+                let stat_sums = (stat_sums_for == Some(s)).then_some(&a.stat_sums);
                 let (bn, out) = (&mut self.bns[i], &mut a.post[0]);
-                B::bn_add_relu_train(bn, out, h, x_bn, (n, g_bn), planes)?;
+                B::bn_add_relu_train(bn, out, h, x_bn, (n, g_bn), stat_sums)?;
             }
             // ... and the ReLU after it, in the same pass: out = max(0, h + F)
             Mix::Add if plan.add_relu => {
@@ -479,9 +476,10 @@ impl<T: Scalar, B: Backend> Unit<T, B> {
         let sg = plan.shortcut_grad[usize::from(probe)];
         // the unstored tensors of a training forward (none after evaluation)
         let none = vec![false; if a.trained { 0 } else { nsteps }];
-        let (unstored, unstored_grad, sums_in_conv): (&[bool], &[bool], &[bool]) = if a.trained {
-            let sums = &plan.sums_in_conv[usize::from(probe)];
-            (&plan.unstored, &plan.unstored_grad, sums)
+        let (unstored, unstored_grad, grad_sums_in_conv): (&[bool], &[bool], &[bool]) = if a.trained
+        {
+            let grad_sums = &plan.grad_sums_in_conv[usize::from(probe)];
+            (&plan.unstored, &plan.unstored_grad, grad_sums)
         } else {
             (&none, &none, &none)
         };
@@ -548,7 +546,7 @@ impl<T: Scalar, B: Backend> Unit<T, B> {
             steps: &plan.steps,
             unstored,
             unstored_grad,
-            sums_in_conv,
+            grad_sums_in_conv,
             acts: &a.branch,
             geoms: &plan.geoms,
             in_geom: self.in_geom,
@@ -587,9 +585,9 @@ impl<T: Scalar, B: Backend> Unit<T, B> {
                                 bns: &mut self.bns,
                                 ws,
                             };
-                            let sums = &mut d.sums;
+                            let grad_sums = &mut d.grad_sums;
                             let into = (&at_p[0], below, &mut d.dx_short);
-                            backward_steps(&prefix, &mut layers, into, None, None, sums)?;
+                            backward_steps(&prefix, &mut layers, into, None, None, grad_sums)?;
                             B::zero(&mut dacts[p]);
                         }
                     }
@@ -608,7 +606,14 @@ impl<T: Scalar, B: Backend> Unit<T, B> {
             ws,
         };
         let into = (df, dacts, &mut *branch_target);
-        backward_steps(&branch, &mut layers, into, plan.shared, res, &mut d.sums)?;
+        backward_steps(
+            &branch,
+            &mut layers,
+            into,
+            plan.shared,
+            res,
+            &mut d.grad_sums,
+        )?;
         // ... and the gate's own path, which counts with the branch
         if let Some(gate) = self.gate.as_mut() {
             let (dx, ng) = (Some(branch_target), (n, self.in_geom));

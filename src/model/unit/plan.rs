@@ -56,9 +56,9 @@ pub struct Plan {
     /// branch steps whose output is unstored: a BN-ReLU whose one reader,
     /// the next conv, normalises as it reads (`BnLayer::relu_input`)
     pub unstored: Vec<bool>,
-    /// branch steps that are a conv summing its output's planes for the
-    /// statistics of the BN after it
-    pub planes_in_conv: Vec<bool>,
+    /// branch steps that are a conv taking its output's stat sums (each
+    /// plane's sum) for the statistics of the BN after it
+    pub stat_sums_in_conv: Vec<bool>,
     /// the original unit's last BN applied inside the add + ReLU pass
     /// (`out = max(0, h + BN(x))`; neither `F` nor the sum stored)
     pub bn_in_add: bool,
@@ -78,10 +78,10 @@ pub struct Plan {
     pub shared: Option<usize>,
     /// where the shortcut term goes, `[probe off, probe on]`
     pub shortcut_grad: [ShortcutGrad; 2],
-    /// branch steps that are a conv summing, as it writes the BN-ReLU
-    /// before it its output gradient, the planes of that BN-ReLU's
-    /// reduction; `[probe off, probe on]`
-    pub sums_in_conv: [Vec<bool>; 2],
+    /// branch steps that are a conv taking, as it writes the BN-ReLU
+    /// before it its output gradient, that BN-ReLU's grad sums (each
+    /// plane's reduction sums); `[probe off, probe on]`
+    pub grad_sums_in_conv: [Vec<bool>; 2],
 }
 
 impl Default for Plan {
@@ -93,14 +93,14 @@ impl Default for Plan {
             pre_idx: None,
             post: vec![],
             unstored: vec![],
-            planes_in_conv: vec![],
+            stat_sums_in_conv: vec![],
             bn_in_add: false,
             add_relu: false,
             add_in_conv: false,
             unstored_grad: vec![],
             shared: None,
             shortcut_grad: [ShortcutGrad::Own; 2],
-            sums_in_conv: [vec![], vec![]],
+            grad_sums_in_conv: [vec![], vec![]],
         }
     }
 }
@@ -193,7 +193,7 @@ impl Plan {
                     && conv_reads_act(s + 1)
             })
             .collect();
-        let planes_in_conv = (0..len)
+        let stat_sums_in_conv = (0..len)
             .map(|s| {
                 let bn_next = s < last && (unstored[s + 1] || (bn_in_add && s + 1 == last));
                 bn_next && conv_reads_act(s)
@@ -222,7 +222,7 @@ impl Plan {
                 ShortcutGrad::Own
             }
         });
-        let sums_in_conv = shortcut_grad.map(|sg| {
+        let grad_sums_in_conv = shortcut_grad.map(|sg| {
             (0..len)
                 .map(|s| {
                     // the conv overwrites the unstored BN-ReLU's gradient
@@ -242,14 +242,14 @@ impl Plan {
             pre_idx,
             post,
             unstored,
-            planes_in_conv,
+            stat_sums_in_conv,
             bn_in_add,
             add_relu,
             add_in_conv,
             unstored_grad,
             shared,
             shortcut_grad,
-            sums_in_conv,
+            grad_sums_in_conv,
         }
     }
 

@@ -23,11 +23,12 @@ use crate::error::Result;
 use crate::model::layers::Geom;
 use crate::ops::activation::{relu_backward, relu_forward, sigmoid_backward, sigmoid_forward};
 use crate::ops::batchnorm::{
-    batchnorm_backward, batchnorm_forward_eval, batchnorm_forward_train, BnShape, BN_EPS,
-    BN_MOMENTUM,
+    batchnorm_backward, batchnorm_forward_eval, batchnorm_forward_train, BnAffine, BnBatchStats,
+    BnParamGrads, BnRunning, BnSaved, BnShape, BN_EPS, BN_MOMENTUM,
 };
 use crate::ops::conv2d::ConvWorkspace;
 use crate::ops::dropout::dropout_forward;
+use crate::ops::elementwise::add_forward;
 use crate::ops::shortcut_a::{shortcut_a_backward, shortcut_a_forward, ShortcutAShape};
 use crate::scalar::Scalar;
 use crate::tensor::{dot, norm};
@@ -110,26 +111,24 @@ impl<T: Scalar> Reference<T> {
                     c: bn.c,
                     hw: gin.hw(),
                 };
+                let p = BnAffine {
+                    gamma: &bn.gamma.value,
+                    beta: &bn.beta.value,
+                };
                 if !train {
                     let (rm, rv) = (&bn.running_mean.value, &bn.running_var.value);
-                    let (gm, bt) = (&bn.gamma.value, &bn.beta.value);
-                    return batchnorm_forward_eval(out, inp, gm, bt, rm, rv, BN_EPS, s);
+                    return batchnorm_forward_eval(out, inp, p, rm, rv, BN_EPS, s);
                 }
                 bn.num_batches_tracked += 1;
                 let (mean, rstd) = &mut self.saved[i];
-                batchnorm_forward_train(
-                    out,
-                    mean,
-                    rstd,
-                    inp,
-                    &bn.gamma.value,
-                    &bn.beta.value,
-                    &mut bn.running_mean.value,
-                    &mut bn.running_var.value,
-                    BN_MOMENTUM,
-                    BN_EPS,
-                    s,
-                )
+                let running = BnRunning {
+                    mean: &mut bn.running_mean.value,
+                    var: &mut bn.running_var.value,
+                    momentum: BN_MOMENTUM,
+                    eps: BN_EPS,
+                };
+                let stats = BnBatchStats { mean, rstd };
+                batchnorm_forward_train(out, stats, inp, p, running, s)
             }
             Step::BnRelu(_) => unreachable!("the reference unit runs no fused step"),
         }
@@ -156,18 +155,18 @@ impl<T: Scalar> Reference<T> {
                     hw: gin.hw(),
                 };
                 let (mean, rstd) = &self.saved[i];
-                let (dgamma, dbeta) = (&mut bn.gamma.grad, &mut bn.beta.grad);
-                batchnorm_backward(
-                    dinp,
-                    dgamma,
-                    dbeta,
-                    dout,
+                let grads = BnParamGrads {
+                    dgamma: &mut bn.gamma.grad,
+                    dbeta: &mut bn.beta.grad,
+                };
+                let x = BnSaved {
                     inp,
                     mean,
                     rstd,
-                    &bn.gamma.value,
-                    s,
-                )
+                    gamma: &bn.gamma.value,
+                    beta: &[],
+                };
+                batchnorm_backward(dinp, grads, dout, x, s)
             }
             Step::BnRelu(_) => unreachable!("the reference unit runs no fused step"),
         }
@@ -381,9 +380,7 @@ impl<T: Scalar> Reference<T> {
             gate.backward(Some(&mut dx_branch), &dz, x, self.n, u.in_geom, ws)?;
         }
         // dL/dx: the two terms added
-        for ((d, &a), &b) in dx.iter_mut().zip(&dx_short).zip(&dx_branch) {
-            *d = a + b;
-        }
+        add_forward(dx, &dx_short, &dx_branch)?;
         let (ns, nb) = (norm(&dx_short), norm(&dx_branch));
         Ok(UnitFlow {
             grad_norm: norm(dx),

@@ -68,7 +68,7 @@ pub(super) fn step_backward<T: Scalar, B: Backend>(
                 dinp,
                 dout,
                 inp,
-                planes: None,
+                grad_sums: None,
             };
             B::bn_backward(&mut l.bns[i], pass, n, gin)
         }
@@ -93,8 +93,8 @@ pub(super) struct StepsBackward<'a, T: Scalar, B: Backend> {
     pub unstored: &'a [bool],
     /// input gradients the conv before computes as it reads them
     pub unstored_grad: &'a [bool],
-    /// convs that sum the reduction planes of the BN-ReLU before them
-    pub sums_in_conv: &'a [bool],
+    /// convs that take the grad sums of the BN-ReLU before them
+    pub grad_sums_in_conv: &'a [bool],
     pub acts: &'a [B::Buf<T>],
     pub geoms: &'a [Geom],
     pub in_geom: Geom,
@@ -109,7 +109,7 @@ impl<'a, T: Scalar, B: Backend> StepsBackward<'a, T, B> {
             steps: &self.steps[..len],
             unstored: &self.unstored[..len],
             unstored_grad: &self.unstored_grad[..len],
-            sums_in_conv: &self.sums_in_conv[..len],
+            grad_sums_in_conv: &self.grad_sums_in_conv[..len],
             ..*self
         }
     }
@@ -136,13 +136,13 @@ pub(super) fn backward_steps<T: Scalar, B: Backend>(
     (dtop, dacts, dx): Through<T, B>,
     shared: Option<usize>,
     res: Option<&B::Buf<T>>,
-    sums: &mut B::Buf<(f64, f64)>,
+    grad_sums: &mut B::Buf<(f64, f64)>,
 ) -> Result<()> {
     let (steps, n, x) = (b.steps, b.n, b.x);
     let last = steps.len() - 1;
-    // the step whose BN-ReLU reduction sums (per plane) a conv computed
+    // the step whose BN-ReLU grad sums (per plane) a conv computed
     // while it wrote that BN-ReLU's output gradient
-    let mut sums_for: Option<usize> = None;
+    let mut grad_sums_for: Option<usize> = None;
     for s in (0..steps.len()).rev() {
         let (lo, hi) = dacts.split_at_mut(s);
         let dout: &B::Buf<T> = if s == last { dtop } else { &hi[0] };
@@ -155,7 +155,7 @@ pub(super) fn backward_steps<T: Scalar, B: Backend>(
                 dinp: dx,
                 dout,
                 inp: x,
-                planes: (sums_for == Some(0)).then_some(&*sums),
+                grad_sums: (grad_sums_for == Some(0)).then_some(&*grad_sums),
             };
             B::bn_backward(&mut l.bns[i], pass, n, b.in_geom)?;
             continue;
@@ -176,8 +176,8 @@ pub(super) fn backward_steps<T: Scalar, B: Backend>(
             // a BN whose input gradient the conv before it computes as it
             // reads it (below): only the reduction here
             let (i, relu) = bn_of(steps[s]);
-            let planes = (sums_for == Some(s)).then_some(&*sums);
-            B::bn_backward_coefs(&mut l.bns[i], dout, inp, (n, gin), relu, planes)?;
+            let grad_sums = (grad_sums_for == Some(s)).then_some(&*grad_sums);
+            B::bn_backward_coefs(&mut l.bns[i], dout, inp, (n, gin), relu, grad_sums)?;
             continue;
         }
         let vin = s > 0 && b.unstored[s - 1];
@@ -206,12 +206,12 @@ pub(super) fn backward_steps<T: Scalar, B: Backend>(
             } else {
                 accum
             };
-            // the BN-ReLU before it takes its reduction from sums this conv
+            // the BN-ReLU before it takes its reduction from grad sums this conv
             // computes while it writes dinp (= that BN-ReLU's dL/d(out))
-            let planes = if b.sums_in_conv[s] {
-                zeroed::<B, _>(sums, n * gin.c);
-                sums_for = Some(s - 1);
-                Some(&mut *sums)
+            let grad_sums = if b.grad_sums_in_conv[s] {
+                zeroed::<B, _>(grad_sums, n * gin.c);
+                grad_sums_for = Some(s - 1);
+                Some(&mut *grad_sums)
             } else {
                 None
             };
@@ -221,7 +221,7 @@ pub(super) fn backward_steps<T: Scalar, B: Backend>(
                 dinp: Some(dinp),
                 dout,
                 inp,
-                planes,
+                grad_sums,
             };
             B::conv_backward(&mut l.convs[j], pass, n, gin, l.ws)?;
             continue;

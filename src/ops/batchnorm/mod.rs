@@ -147,6 +147,95 @@ impl BnShape {
     }
 }
 
+/// A BN's affine parameters (C each).
+#[derive(Clone, Copy, Debug)]
+pub struct BnAffine<'a, T> {
+    pub gamma: &'a [T],
+    pub beta: &'a [T],
+}
+
+/// The running statistics (C each) that a training forward updates with
+/// `momentum` (`running = (1 - m) running + m batch`, the unbiased
+/// variance into `var`), and the normalisation's `eps`.
+#[derive(Debug)]
+pub struct BnRunning<'a, T> {
+    pub mean: &'a mut [T],
+    pub var: &'a mut [T],
+    pub momentum: f64,
+    pub eps: f64,
+}
+
+/// The batch statistics a training forward saves for its backward (C
+/// each): `mean` and `rstd = 1 / sqrt(var + eps)`.
+#[derive(Debug)]
+pub struct BnBatchStats<'a, T> {
+    pub mean: &'a mut [T],
+    pub rstd: &'a mut [T],
+}
+
+/// What a training BN's backward reads of its forward: the input `inp`
+/// (N, C, HW), the saved batch statistics and the parameters (C each;
+/// `beta` is read only with a ReLU after the BN and may be empty without).
+#[derive(Clone, Copy, Debug)]
+pub struct BnSaved<'a, T> {
+    pub inp: &'a [T],
+    pub mean: &'a [T],
+    pub rstd: &'a [T],
+    pub gamma: &'a [T],
+    pub beta: &'a [T],
+}
+
+/// The parameter gradients a BN backward adds to (`+=`, C each).
+#[derive(Debug)]
+pub struct BnParamGrads<'a, T> {
+    pub dgamma: &'a mut [T],
+    pub dbeta: &'a mut [T],
+}
+
+/// The argument structs built from positional parts, for the tests.
+#[cfg(test)]
+pub(crate) mod test_args {
+    use super::{BnAffine, BnBatchStats, BnParamGrads, BnRunning, BnSaved};
+
+    pub fn stats<'a, T>(mean: &'a mut [T], rstd: &'a mut [T]) -> BnBatchStats<'a, T> {
+        BnBatchStats { mean, rstd }
+    }
+    pub fn aff<'a, T>(gamma: &'a [T], beta: &'a [T]) -> BnAffine<'a, T> {
+        BnAffine { gamma, beta }
+    }
+    pub fn run<'a, T>(
+        mean: &'a mut [T],
+        var: &'a mut [T],
+        momentum: f64,
+        eps: f64,
+    ) -> BnRunning<'a, T> {
+        BnRunning {
+            mean,
+            var,
+            momentum,
+            eps,
+        }
+    }
+    pub fn grads<'a, T>(dgamma: &'a mut [T], dbeta: &'a mut [T]) -> BnParamGrads<'a, T> {
+        BnParamGrads { dgamma, dbeta }
+    }
+    pub fn saved<'a, T>(
+        inp: &'a [T],
+        mean: &'a [T],
+        rstd: &'a [T],
+        gamma: &'a [T],
+        beta: &'a [T],
+    ) -> BnSaved<'a, T> {
+        BnSaved {
+            inp,
+            mean,
+            rstd,
+            gamma,
+            beta,
+        }
+    }
+}
+
 fn check_eps(eps: f64) -> Result<()> {
     if !(eps.is_finite() && eps >= 0.0) {
         return Err(Error::InvalidParam {
@@ -162,20 +251,20 @@ fn check_eps(eps: f64) -> Result<()> {
 /// cache). Each plane is summed in the element type ([`block_sum`]), the
 /// planes in f64.
 ///
-/// With `planes`, the first pass's per-plane sums (`planes[n * C + c]`, as
+/// With `stat_sums`, the first pass's per-plane sums (`stat_sums[n * C + c]`, as
 /// [`bn_plane_sums`] computes them) are taken from there: a convolution
 /// that just wrote `inp` sums each image's planes while they are in cache.
 fn batch_stats<T: Scalar>(
     inp: &[T],
     s: BnShape,
     parallel: bool,
-    planes: Option<&[f64]>,
+    stat_sums: Option<&[f64]>,
 ) -> Vec<(f64, f64)> {
     let m = s.m() as f64;
     per_channel(s.c, parallel, |c| {
         let mut sum = 0.0f64;
         for n in 0..s.n {
-            sum += match planes {
+            sum += match stat_sums {
                 Some(p) => p[n * s.c + c],
                 None => block_sum(block(inp, s, n, c), |v| v),
             };
@@ -205,13 +294,13 @@ fn batch_stats_across<T: Scalar>(
     inp: &[T],
     s: BnShape,
     parallel: bool,
-    planes: Option<&[f64]>,
+    stat_sums: Option<&[f64]>,
     sum: &ShardSum,
 ) -> (Vec<(f64, f64)>, usize) {
     let mut tot: Vec<f64> = per_channel(s.c, parallel, |c| {
         let mut t = 0.0f64;
         for n in 0..s.n {
-            t += match planes {
+            t += match stat_sums {
                 Some(p) => p[n * s.c + c],
                 None => block_sum(block(inp, s, n, c), |v| v),
             };
@@ -287,65 +376,34 @@ pub(crate) fn normalise_act<T: Scalar, const RELU: bool>(
 /// `running = (1 - m) running + m batch`, the unbiased variance into
 /// `running_var`). `out` is overwritten. Errors with `InvalidParam` when
 /// `N * HW == 1` (no variance to estimate) or `momentum` is not in [0, 1].
-#[allow(clippy::too_many_arguments)]
 pub fn batchnorm_forward_train<T: Scalar>(
-    out: &mut [T],          // (N, C, HW)
-    mean: &mut [T],         // (C)   saved batch mean
-    rstd: &mut [T],         // (C)   saved 1 / sqrt(var + eps)
-    inp: &[T],              // (N, C, HW)
-    gamma: &[T],            // (C)
-    beta: &[T],             // (C)
-    running_mean: &mut [T], // (C)
-    running_var: &mut [T],  // (C)
-    momentum: f64,
-    eps: f64,
+    out: &mut [T], // (N, C, HW)
+    stats: BnBatchStats<T>,
+    inp: &[T], // (N, C, HW)
+    p: BnAffine<T>,
+    running: BnRunning<T>,
     s: BnShape,
 ) -> Result<()> {
-    forward_train_act::<T, false>(
-        out,
-        mean,
-        rstd,
-        inp,
-        gamma,
-        beta,
-        running_mean,
-        running_var,
-        momentum,
-        eps,
-        s,
-    )
+    forward_train_act::<T, false>(out, stats, inp, p, running, s)
 }
 
 /// [`batchnorm_forward_train`], with `out = max(0, y)` when `RELU`.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn forward_train_act<T: Scalar, const RELU: bool>(
-    out: &mut [T],          // (N, C, HW)
-    mean: &mut [T],         // (C)   saved batch mean
-    rstd: &mut [T],         // (C)   saved 1 / sqrt(var + eps)
-    inp: &[T],              // (N, C, HW)
-    gamma: &[T],            // (C)
-    beta: &[T],             // (C)
-    running_mean: &mut [T], // (C)
-    running_var: &mut [T],  // (C)
-    momentum: f64,
-    eps: f64,
+    out: &mut [T], // (N, C, HW)
+    stats: BnBatchStats<T>,
+    inp: &[T], // (N, C, HW)
+    p: BnAffine<T>,
+    running: BnRunning<T>,
     s: BnShape,
 ) -> Result<()> {
     check_len(OP, "output", out, &[s.n, s.c, s.hw])?;
-    let k = train_stats(
-        mean,
+    let BnBatchStats { mean, rstd } = stats;
+    let stats = BnBatchStats {
+        mean: &mut *mean,
         rstd,
-        inp,
-        gamma,
-        beta,
-        running_mean,
-        running_var,
-        momentum,
-        eps,
-        None,
-        s,
-    )?;
-    normalise_act::<T, RELU>(out, inp, mean, &k, beta, s, s.parallel());
+    };
+    let k = train_stats(stats, inp, p, running, None, s)?;
+    normalise_act::<T, RELU>(out, inp, mean, &k, p.beta, s, s.parallel());
     Ok(())
 }
 
@@ -354,20 +412,21 @@ pub(crate) fn forward_train_act<T: Scalar, const RELU: bool>(
 /// per-channel scale `k = gamma * rstd` of `y = (x - mean) * k + beta`, for
 /// a caller that applies the normalisation inside its own pass
 /// ([`normalise_add_act`]).
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn train_stats<T: Scalar>(
-    mean: &mut [T],         // (C)   saved batch mean
-    rstd: &mut [T],         // (C)   saved 1 / sqrt(var + eps)
-    inp: &[T],              // (N, C, HW)
-    gamma: &[T],            // (C)
-    beta: &[T],             // (C)
-    running_mean: &mut [T], // (C)
-    running_var: &mut [T],  // (C)
-    momentum: f64,
-    eps: f64,
-    planes: Option<&[f64]>, // (N, C): bn_plane_sums of inp, when known
+    stats: BnBatchStats<T>,
+    inp: &[T], // (N, C, HW)
+    p: BnAffine<T>,
+    running: BnRunning<T>,
+    stat_sums: Option<&[f64]>, // (N, C): bn_plane_sums of inp, when known
     s: BnShape,
 ) -> Result<Vec<T>> {
+    let (BnBatchStats { mean, rstd }, BnAffine { gamma, beta }) = (stats, p);
+    let BnRunning {
+        mean: running_mean,
+        var: running_var,
+        momentum,
+        eps,
+    } = running;
     s.validate()?;
     check_len(OP, "input", inp, &[s.n, s.c, s.hw])?;
     check_len(OP, "mean", mean, &[s.c])?;
@@ -393,12 +452,12 @@ pub(crate) fn train_stats<T: Scalar>(
             ),
         });
     }
-    if let Some(p) = planes {
-        check_len(OP, "plane sums", p, &[s.n, s.c])?;
+    if let Some(p) = stat_sums {
+        check_len(OP, "stat sums", p, &[s.n, s.c])?;
     }
     let (stats, m) = match shard_sum() {
-        Some(sum) => batch_stats_across(inp, s, s.parallel(), planes, &sum),
-        None => (batch_stats(inp, s, s.parallel(), planes), m),
+        Some(sum) => batch_stats_across(inp, s, s.parallel(), stat_sums, &sum),
+        None => (batch_stats(inp, s, s.parallel(), stat_sums), m),
     };
     let unbias = m as f64 / (m - 1) as f64;
     let mut k = vec![T::zero(); s.c];
@@ -447,17 +506,16 @@ pub(crate) fn normalise_add_act<T: Scalar, const RELU: bool>(
 
 /// Eval mode: normalise with the running statistics (which stay as they are);
 /// `out` is overwritten.
-#[allow(clippy::too_many_arguments)]
 pub fn batchnorm_forward_eval<T: Scalar>(
-    out: &mut [T],      // (N, C, HW)
-    inp: &[T],          // (N, C, HW)
-    gamma: &[T],        // (C)
-    beta: &[T],         // (C)
+    out: &mut [T], // (N, C, HW)
+    inp: &[T],     // (N, C, HW)
+    p: BnAffine<T>,
     running_mean: &[T], // (C)
     running_var: &[T],  // (C)
     eps: f64,
     s: BnShape,
 ) -> Result<()> {
+    let BnAffine { gamma, beta } = p;
     s.validate()?;
     check_len(OP, "output", out, &[s.n, s.c, s.hw])?;
     check_len(OP, "input", inp, &[s.n, s.c, s.hw])?;
@@ -480,83 +538,45 @@ pub fn batchnorm_forward_eval<T: Scalar>(
 /// `dx += gamma*rstd/M * (M*dy - sum(dy) - xhat*sum(dy*xhat))`,
 /// `dgamma += sum(dy*xhat)`, `dbeta += sum(dy)`; all three accumulate (`+=`).
 /// `mean` and `rstd` are the ones the forward saved.
-#[allow(clippy::too_many_arguments)]
 pub fn batchnorm_backward<T: Scalar>(
-    dinp: &mut [T],   // (N, C, HW)
-    dgamma: &mut [T], // (C)
-    dbeta: &mut [T],  // (C)
-    dout: &[T],       // (N, C, HW)
-    inp: &[T],        // (N, C, HW)
-    mean: &[T],       // (C)
-    rstd: &[T],       // (C)
-    gamma: &[T],      // (C)
+    dinp: &mut [T], // (N, C, HW)
+    g: BnParamGrads<T>,
+    dout: &[T], // (N, C, HW)
+    x: BnSaved<T>,
     s: BnShape,
 ) -> Result<()> {
-    batchnorm_backward_to(
-        Accum::Add,
-        dinp,
-        dgamma,
-        dbeta,
-        dout,
-        inp,
-        mean,
-        rstd,
-        gamma,
-        s,
-    )
+    batchnorm_backward_to(Accum::Add, dinp, g, dout, x, s)
 }
 
 /// [`batchnorm_backward`] with `dinp` written as `accum` says
 /// ([`Accum::Set`] overwrites it); `dgamma`, `dbeta` accumulate.
-#[allow(clippy::too_many_arguments)]
 pub fn batchnorm_backward_to<T: Scalar>(
     accum: Accum,
-    dinp: &mut [T],   // (N, C, HW)
-    dgamma: &mut [T], // (C)
-    dbeta: &mut [T],  // (C)
-    dout: &[T],       // (N, C, HW)
-    inp: &[T],        // (N, C, HW)
-    mean: &[T],       // (C)
-    rstd: &[T],       // (C)
-    gamma: &[T],      // (C)
+    dinp: &mut [T], // (N, C, HW)
+    g: BnParamGrads<T>,
+    dout: &[T], // (N, C, HW)
+    x: BnSaved<T>,
     s: BnShape,
 ) -> Result<()> {
     s.validate()?;
     check_len(OP, "dinp", dinp, &[s.n, s.c, s.hw])?;
-    check_len(OP, "dgamma", dgamma, &[s.c])?;
-    check_len(OP, "dbeta", dbeta, &[s.c])?;
+    check_len(OP, "dgamma", g.dgamma, &[s.c])?;
+    check_len(OP, "dbeta", g.dbeta, &[s.c])?;
     check_len(OP, "dout", dout, &[s.n, s.c, s.hw])?;
-    check_len(OP, "input", inp, &[s.n, s.c, s.hw])?;
-    check_len(OP, "mean", mean, &[s.c])?;
-    check_len(OP, "rstd", rstd, &[s.c])?;
-    check_len(OP, "gamma", gamma, &[s.c])?;
-    batchnorm_backward_unchecked(
-        accum,
-        dinp,
-        dgamma,
-        dbeta,
-        dout,
-        inp,
-        mean,
-        rstd,
-        gamma,
-        s,
-        s.parallel(),
-    );
+    check_len(OP, "input", x.inp, &[s.n, s.c, s.hw])?;
+    check_len(OP, "mean", x.mean, &[s.c])?;
+    check_len(OP, "rstd", x.rstd, &[s.c])?;
+    check_len(OP, "gamma", x.gamma, &[s.c])?;
+    batchnorm_backward_unchecked(accum, dinp, g, dout, x, s, s.parallel());
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 fn batchnorm_backward_unchecked<T: Scalar>(
     accum: Accum,
     dinp: &mut [T],
-    dgamma: &mut [T],
-    dbeta: &mut [T],
+    g: BnParamGrads<T>,
     dout: &[T],
-    inp: &[T],
-    mean: &[T],
-    rstd: &[T],
-    gamma: &[T],
+    x: BnSaved<T>,
     s: BnShape,
     par: bool,
 ) {
@@ -564,21 +584,7 @@ fn batchnorm_backward_unchecked<T: Scalar>(
         Accum::Add => backward_act::<T, false, false>,
         Accum::Set => backward_act::<T, false, true>,
     };
-    f(
-        dinp,
-        &[],
-        dgamma,
-        dbeta,
-        dout,
-        inp,
-        mean,
-        rstd,
-        gamma,
-        &[],
-        None,
-        s,
-        par,
-    )
+    f((dinp, &[]), g, dout, x, None, s, par)
 }
 
 /// The training-mode backward; with `RELU`, of BN followed by ReLU: the
@@ -589,45 +595,38 @@ fn batchnorm_backward_unchecked<T: Scalar>(
 /// `dinp` is added to, or overwritten when `SET` ([`crate::ops::Accum::Set`]);
 /// with `SET` and a non-empty `res`, `dinp = res + ...` (a residual unit's
 /// shortcut gradient, written in the same pass instead of copied first).
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn backward_act<T: Scalar, const RELU: bool, const SET: bool>(
-    dinp: &mut [T],
-    res: &[T],
-    dgamma: &mut [T],
-    dbeta: &mut [T],
+    (dinp, res): (&mut [T], &[T]),
+    g: BnParamGrads<T>,
     dout: &[T],
-    inp: &[T],
-    mean: &[T],
-    rstd: &[T],
-    gamma: &[T],
-    beta: &[T],
-    planes: Option<&[(f64, f64)]>,
+    x: BnSaved<T>,
+    grad_sums: Option<&[(f64, f64)]>,
     s: BnShape,
     par: bool,
 ) {
-    let coef = backward_coefs::<T, RELU>(
-        dgamma, dbeta, dout, inp, mean, rstd, gamma, beta, planes, s, par,
-    );
-    dx_pass::<T, RELU, SET>(dinp, res, dout, inp, mean, beta, &coef, s, par);
+    let coef = backward_coefs::<T, RELU>(g, dout, x, grad_sums, s, par);
+    dx_pass::<T, RELU, SET>((dinp, res), dout, x, &coef, s, par);
 }
 
 /// The reduction half of [`backward_act`]: adds `dgamma`, `dbeta` and
 /// returns, per channel, `(k, a, b)` of `dx = k * (dy - a - (x - mu) * b)`.
-/// With `planes`, the per-plane sums are taken from there.
-#[allow(clippy::too_many_arguments)]
+/// With `grad_sums`, the per-plane sums are taken from there.
 fn backward_coefs<T: Scalar, const RELU: bool>(
-    dgamma: &mut [T],
-    dbeta: &mut [T],
+    g: BnParamGrads<T>,
     dout: &[T],
-    inp: &[T],
-    mean: &[T],
-    rstd: &[T],
-    gamma: &[T],
-    beta: &[T],
-    planes: Option<&[(f64, f64)]>,
+    x: BnSaved<T>,
+    grad_sums: Option<&[(f64, f64)]>,
     s: BnShape,
     par: bool,
 ) -> Vec<(T, T, T)> {
+    let BnParamGrads { dgamma, dbeta } = g;
+    let BnSaved {
+        inp,
+        mean,
+        rstd,
+        gamma,
+        beta,
+    } = x;
     // k = gamma * rstd, exactly as the forward's normalise_act computed it
     let k: Vec<T> = gamma.iter().zip(rstd).map(|(&g, &r)| g * r).collect();
     let m = s.m() as f64;
@@ -639,7 +638,7 @@ fn backward_coefs<T: Scalar, const RELU: bool>(
         let (mut sdy, mut sdyx) = (0.0f64, 0.0f64);
         for n in 0..s.n {
             // sum dy and sum dy * (x - mu); the rstd factor once at the end
-            let (a, b) = match planes {
+            let (a, b) = match grad_sums {
                 Some(p) => p[n * s.c + c],
                 None => {
                     plane_sums::<T, RELU>(block(dout, s, n, c), block(inp, s, n, c), mt, kc, bc)
@@ -676,18 +675,17 @@ fn backward_coefs<T: Scalar, const RELU: bool>(
 
 /// The elementwise half of [`backward_act`]: `dinp (+)= k * (dy - a - (x -
 /// mu) * b)` (`dinp = res + ...` with a non-empty `res` when `SET`).
-#[allow(clippy::too_many_arguments)]
 fn dx_pass<T: Scalar, const RELU: bool, const SET: bool>(
-    dinp: &mut [T],
-    res: &[T],
+    (dinp, res): (&mut [T], &[T]),
     dout: &[T],
-    inp: &[T],
-    mean: &[T],
-    beta: &[T],
+    x: BnSaved<T>,
     coef: &[(T, T, T)],
     s: BnShape,
     par: bool,
 ) {
+    let BnSaved {
+        inp, mean, beta, ..
+    } = x;
     let b_of = |c: usize| if RELU { beta[c] } else { T::zero() };
     per_block(
         dinp,
@@ -715,58 +713,38 @@ fn dx_pass<T: Scalar, const RELU: bool, const SET: bool>(
     );
 }
 
-/// The reduction half of the training-mode backward of BN (`beta` given:
+/// The reduction half of the training-mode backward of BN (with `relu`:
 /// of BN followed by ReLU, the mask recomputed from `inp`): adds `dgamma`
 /// and `dbeta`, and returns per channel `(k, a, b)` such that
 /// `dinp = k * (dy - a - (inp - mean) * b)` (see [`batchnorm_backward_dx`];
 /// `dy` is `dout` masked by the ReLU). The two halves are bitwise
 /// [`batchnorm_backward_to`] (`fused::bn_relu_backward_to`) with
 /// [`Accum::Set`].
-#[allow(clippy::too_many_arguments)]
 pub fn batchnorm_backward_coefs<T: Scalar>(
-    dgamma: &mut [T],              // (C)
-    dbeta: &mut [T],               // (C)
-    dout: &[T],                    // (N, C, HW)
-    inp: &[T],                     // (N, C, HW)
-    mean: &[T],                    // (C)
-    rstd: &[T],                    // (C)
-    gamma: &[T],                   // (C)
-    beta: Option<&[T]>,            // (C), with the ReLU
-    planes: Option<&[(f64, f64)]>, // (N, C), from bn_relu_plane_sums (with the ReLU)
+    g: BnParamGrads<T>,
+    dout: &[T], // (N, C, HW)
+    x: BnSaved<T>,
+    relu: bool,
+    grad_sums: Option<&[(f64, f64)]>, // (N, C), from bn_relu_plane_sums (with the ReLU)
     s: BnShape,
 ) -> Result<Vec<(T, T, T)>> {
     s.validate()?;
-    check_len(OP, "dgamma", dgamma, &[s.c])?;
-    check_len(OP, "dbeta", dbeta, &[s.c])?;
+    check_len(OP, "dgamma", g.dgamma, &[s.c])?;
+    check_len(OP, "dbeta", g.dbeta, &[s.c])?;
     check_len(OP, "dout", dout, &[s.n, s.c, s.hw])?;
-    check_len(OP, "input", inp, &[s.n, s.c, s.hw])?;
-    check_len(OP, "mean", mean, &[s.c])?;
-    check_len(OP, "rstd", rstd, &[s.c])?;
-    check_len(OP, "gamma", gamma, &[s.c])?;
+    check_len(OP, "input", x.inp, &[s.n, s.c, s.hw])?;
+    check_len(OP, "mean", x.mean, &[s.c])?;
+    check_len(OP, "rstd", x.rstd, &[s.c])?;
+    check_len(OP, "gamma", x.gamma, &[s.c])?;
     let par = s.parallel();
-    if let Some(p) = planes {
-        check_len(OP, "plane sums", p, &[s.n, s.c])?;
+    if let Some(p) = grad_sums {
+        check_len(OP, "grad sums", p, &[s.n, s.c])?;
     }
-    Ok(match beta {
-        Some(beta) => {
-            check_len(OP, "beta", beta, &[s.c])?;
-            backward_coefs::<T, true>(
-                dgamma, dbeta, dout, inp, mean, rstd, gamma, beta, planes, s, par,
-            )
-        }
-        None => backward_coefs::<T, false>(
-            dgamma,
-            dbeta,
-            dout,
-            inp,
-            mean,
-            rstd,
-            gamma,
-            &[],
-            planes,
-            s,
-            par,
-        ),
+    Ok(if relu {
+        check_len(OP, "beta", x.beta, &[s.c])?;
+        backward_coefs::<T, true>(g, dout, x, grad_sums, s, par)
+    } else {
+        backward_coefs::<T, false>(g, dout, x, grad_sums, s, par)
     })
 }
 
@@ -791,9 +769,25 @@ pub fn batchnorm_backward_dx<T: Scalar>(
     match beta {
         Some(beta) => {
             check_len(OP, "beta", beta, &[s.c])?;
-            dx_pass::<T, true, true>(dinp, &[], dout, inp, mean, beta, coef, s, par)
+            let x = BnSaved {
+                inp,
+                mean,
+                rstd: &[],
+                gamma: &[],
+                beta,
+            };
+            dx_pass::<T, true, true>((dinp, &[]), dout, x, coef, s, par)
         }
-        None => dx_pass::<T, false, true>(dinp, &[], dout, inp, mean, &[], coef, s, par),
+        None => {
+            let x = BnSaved {
+                inp,
+                mean,
+                rstd: &[],
+                gamma: &[],
+                beta: &[],
+            };
+            dx_pass::<T, false, true>((dinp, &[]), dout, x, coef, s, par)
+        }
     }
     Ok(())
 }

@@ -148,9 +148,9 @@ pub(super) fn block_sum<T: Scalar>(x: &[T], f: impl Fn(T) -> T) -> f64 {
     )
 }
 
-/// `sums[p] = sum of plane p` for the planes of `hw` values of `x` (one
-/// image's, say): the first pass of the batch statistics, plane by plane,
-/// bitwise as `batch_stats` computes it.
+/// The stat sums of `x`: `sums[p] = sum of plane p` for the planes of `hw`
+/// values of `x` (one image's, say): the first pass of the batch
+/// statistics, plane by plane, bitwise as `batch_stats` computes it.
 pub fn bn_plane_sums<T: Scalar>(sums: &mut [f64], x: &[T], hw: usize) {
     assert!(
         hw > 0 && x.len() == sums.len() * hw,
@@ -190,22 +190,22 @@ pub(super) fn plane_sums<T: Scalar, const RELU: bool>(
     })
 }
 
-/// The per-plane sums of the BN-ReLU backward's reduction, `planes[n * C +
-/// c] = (sum dy, sum dy * (x - mean))` over plane `(n, c)` with `dy` =
+/// The grad sums of a BN-ReLU backward (the per-plane sums of its
+/// reduction), `grad_sums[n * C + c] = (sum dy, sum dy * (x - mean))` over plane `(n, c)` with `dy` =
 /// `dout` masked where `(x - mean) * k + beta <= 0`: what
 /// [`batchnorm_backward_coefs`] and `fused::bn_relu_backward_plus` accept
 /// precomputed.
 pub fn bn_relu_plane_sums<T: Scalar>(
-    planes: &mut [(f64, f64)], // (N, C)
-    dout: &[T],                // (N, C, HW)
-    inp: &[T],                 // (N, C, HW)
-    mean: &[T],                // (C)
-    k: &[T],                   // (C)
-    beta: &[T],                // (C)
+    grad_sums: &mut [(f64, f64)], // (N, C)
+    dout: &[T],                   // (N, C, HW)
+    inp: &[T],                    // (N, C, HW)
+    mean: &[T],                   // (C)
+    k: &[T],                      // (C)
+    beta: &[T],                   // (C)
     s: BnShape,
 ) -> Result<()> {
     s.validate()?;
-    check_len(OP, "plane sums", planes, &[s.n, s.c])?;
+    check_len(OP, "grad sums", grad_sums, &[s.n, s.c])?;
     check_len(OP, "dout", dout, &[s.n, s.c, s.hw])?;
     check_len(OP, "input", inp, &[s.n, s.c, s.hw])?;
     for (what, v) in [("mean", mean), ("scale", k), ("beta", beta)] {
@@ -221,7 +221,7 @@ pub fn bn_relu_plane_sums<T: Scalar>(
     });
     for (c, col) in per_c.iter().enumerate() {
         for (n, &v) in col.iter().enumerate() {
-            planes[n * s.c + c] = v;
+            grad_sums[n * s.c + c] = v;
         }
     }
     Ok(())

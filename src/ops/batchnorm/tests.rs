@@ -1,3 +1,4 @@
+use super::test_args::{aff, grads, run, saved, stats};
 use super::*;
 use crate::gradcheck::{check_layer, Rand};
 
@@ -15,15 +16,10 @@ fn train<T: Scalar>(
     let (mut rm, mut rv) = (vec![T::zero(); s.c], vec![T::one(); s.c]);
     batchnorm_forward_train(
         &mut out,
-        &mut mean,
-        &mut rstd,
+        stats(&mut mean, &mut rstd),
         inp,
-        gamma,
-        beta,
-        &mut rm,
-        &mut rv,
-        BN_MOMENTUM,
-        eps,
+        aff(gamma, beta),
+        run(&mut rm, &mut rv, BN_MOMENTUM, eps),
         s,
     )
     .unwrap();
@@ -62,13 +58,9 @@ fn hand_computed_case() {
     let (mut dx, mut dg, mut db) = ([0.0f64; 2], [0.0], [0.0]);
     batchnorm_backward(
         &mut dx,
-        &mut dg,
-        &mut db,
+        grads(&mut dg, &mut db),
         &[1.0, 0.0],
-        &[1.0, 3.0],
-        &mean,
-        &rstd,
-        &[1.0],
+        saved(&[1.0, 3.0], &mean, &rstd, &[1.0], &[]),
         s,
     )
     .unwrap();
@@ -93,7 +85,12 @@ fn running_stats_match_hand_computed_values() {
     let (mut mean, mut rstd) = ([0.0; 2], [0.0; 2]);
     let (mut rm, mut rv) = ([0.5, 0.0], [1.0, 2.0]);
     batchnorm_forward_train(
-        &mut out, &mut mean, &mut rstd, &x, &g, &b, &mut rm, &mut rv, 0.1, BN_EPS, s,
+        &mut out,
+        stats(&mut mean, &mut rstd),
+        &x,
+        aff(&g, &b),
+        run(&mut rm, &mut rv, 0.1, BN_EPS),
+        s,
     )
     .unwrap();
     assert_eq!(mean, [3.0, 0.0]);
@@ -111,15 +108,10 @@ fn running_stats_match_hand_computed_values() {
     let (mut rm32, mut rv32) = ([0.5f32, 0.0], [1.0f32, 2.0]);
     batchnorm_forward_train(
         &mut out32,
-        &mut mean32,
-        &mut rstd32,
+        stats(&mut mean32, &mut rstd32),
         &x32,
-        &[1.0f32; 2],
-        &[0.0f32; 2],
-        &mut rm32,
-        &mut rv32,
-        0.1,
-        BN_EPS,
+        aff(&[1.0f32; 2], &[0.0f32; 2]),
+        run(&mut rm32, &mut rv32, 0.1, BN_EPS),
         s,
     )
     .unwrap();
@@ -132,7 +124,12 @@ fn running_stats_match_hand_computed_values() {
     // momentum 1 replaces the running stats; momentum 0 keeps them
     let (mut rm, mut rv) = ([0.5, 0.0], [1.0, 2.0]);
     batchnorm_forward_train(
-        &mut out, &mut mean, &mut rstd, &x, &g, &b, &mut rm, &mut rv, 1.0, BN_EPS, s,
+        &mut out,
+        stats(&mut mean, &mut rstd),
+        &x,
+        aff(&g, &b),
+        run(&mut rm, &mut rv, 1.0, BN_EPS),
+        s,
     )
     .unwrap();
     assert!(
@@ -142,7 +139,12 @@ fn running_stats_match_hand_computed_values() {
     );
     let (mut rm, mut rv) = ([0.5, 0.0], [1.0, 2.0]);
     batchnorm_forward_train(
-        &mut out, &mut mean, &mut rstd, &x, &g, &b, &mut rm, &mut rv, 0.0, BN_EPS, s,
+        &mut out,
+        stats(&mut mean, &mut rstd),
+        &x,
+        aff(&g, &b),
+        run(&mut rm, &mut rv, 0.0, BN_EPS),
+        s,
     )
     .unwrap();
     assert!(rm == [0.5, 0.0] && rv == [1.0, 2.0]);
@@ -157,8 +159,7 @@ fn eval_mode_uses_running_stats() {
     batchnorm_forward_eval(
         &mut out,
         &[1.0, 5.0],
-        &[2.0],
-        &[-1.0],
+        aff(&[2.0], &[-1.0]),
         &[1.0],
         &[3.0],
         1.0,
@@ -171,7 +172,16 @@ fn eval_mode_uses_running_stats() {
     let x = [0.0, 1.0, 2.0, 10.0, 20.0, 30.0];
     let (rm, rv) = ([1.0, 20.0], [0.25, 100.0]);
     let mut out = [0.0f64; 6];
-    batchnorm_forward_eval(&mut out, &x, &[1.0, 1.0], &[0.0, 0.0], &rm, &rv, BN_EPS, s).unwrap();
+    batchnorm_forward_eval(
+        &mut out,
+        &x,
+        aff(&[1.0, 1.0], &[0.0, 0.0]),
+        &rm,
+        &rv,
+        BN_EPS,
+        s,
+    )
+    .unwrap();
     for (i, &o) in out.iter().enumerate() {
         let c = i / 3;
         let want = (x[i] - rm[c]) / (rv[c] + BN_EPS).sqrt();
@@ -187,7 +197,7 @@ fn eval_mode_uses_running_stats() {
     let (out_t, mean, rstd, ..) = train(&x, &g, &b, BN_EPS, s);
     let var: Vec<f64> = rstd.iter().map(|r| 1.0 / (r * r) - BN_EPS).collect();
     let mut out_e = vec![0.0; s.len()];
-    batchnorm_forward_eval(&mut out_e, &x, &g, &b, &mean, &var, BN_EPS, s).unwrap();
+    batchnorm_forward_eval(&mut out_e, &x, aff(&g, &b), &mean, &var, BN_EPS, s).unwrap();
     for (a, e) in out_t.iter().zip(&out_e) {
         assert!((a - e).abs() < 1e-12);
     }
@@ -225,7 +235,11 @@ fn gradcheck_train() {
                 let (gx, rest) = g.split_at_mut(1);
                 let (gg, gb) = rest.split_at_mut(1);
                 batchnorm_backward(
-                    &mut gx[0], &mut gg[0], &mut gb[0], dout, &p[0], &mean, &rstd, &p[1], s,
+                    &mut gx[0],
+                    grads(&mut gg[0], &mut gb[0]),
+                    dout,
+                    saved(&p[0], &mean, &rstd, &p[1], &[]),
+                    s,
                 )
                 .unwrap()
             },
@@ -246,7 +260,9 @@ fn gradcheck_eval() {
         let err = check_layer(
             &mut params,
             s.len(),
-            |p, out| batchnorm_forward_eval(out, &p[0], &p[1], &p[2], &rm, &rv, BN_EPS, s).unwrap(),
+            |p, out| {
+                batchnorm_forward_eval(out, &p[0], aff(&p[1], &p[2]), &rm, &rv, BN_EPS, s).unwrap()
+            },
             |p, dout, g| {
                 let (gx, rest) = g.split_at_mut(1);
                 let (gg, gb) = rest.split_at_mut(1);
@@ -296,13 +312,9 @@ fn parallel_path_is_bitwise_the_serial_one() {
         batchnorm_backward_unchecked(
             Accum::Add,
             &mut dx[k],
-            &mut dg[k],
-            &mut db[k],
+            grads(&mut dg[k], &mut db[k]),
             &dy,
-            &x,
-            &mean,
-            &rstd,
-            &g,
+            saved(&x, &mean, &rstd, &g, &[]),
             s,
             par,
         );
@@ -372,8 +384,12 @@ fn one_value_per_channel_is_refused_in_training() {
     let mut out = [0.0f64; 3];
     let (mut mean, mut rstd, mut rm, mut rv) = ([0.0; 3], [0.0; 3], [0.0; 3], [1.0; 3]);
     let e = batchnorm_forward_train(
-        &mut out, &mut mean, &mut rstd, &[1.0; 3], &[1.0; 3], &[0.0; 3], &mut rm, &mut rv, 0.1,
-        BN_EPS, s,
+        &mut out,
+        stats(&mut mean, &mut rstd),
+        &[1.0; 3],
+        aff(&[1.0; 3], &[0.0; 3]),
+        run(&mut rm, &mut rv, 0.1, BN_EPS),
+        s,
     )
     .unwrap_err();
     assert!(
@@ -390,7 +406,13 @@ fn one_value_per_channel_is_refused_in_training() {
     assert!(rm == [0.0; 3] && rv == [1.0; 3]);
     // eval mode is fine with one value
     batchnorm_forward_eval(
-        &mut out, &[1.0; 3], &[1.0; 3], &[0.0; 3], &rm, &rv, BN_EPS, s,
+        &mut out,
+        &[1.0; 3],
+        aff(&[1.0; 3], &[0.0; 3]),
+        &rm,
+        &rv,
+        BN_EPS,
+        s,
     )
     .unwrap();
     // bad momentum / eps
@@ -404,8 +426,12 @@ fn one_value_per_channel_is_refused_in_training() {
         (0.1, f64::NAN),
     ] {
         let e = batchnorm_forward_train(
-            &mut out, &mut mean, &mut rstd, &[1.0; 6], &[1.0; 3], &[0.0; 3], &mut rm, &mut rv, m,
-            eps, s,
+            &mut out,
+            stats(&mut mean, &mut rstd),
+            &[1.0; 6],
+            aff(&[1.0; 3], &[0.0; 3]),
+            run(&mut rm, &mut rv, m, eps),
+            s,
         )
         .unwrap_err();
         assert!(
@@ -434,7 +460,12 @@ fn shape_errors_name_the_layer() {
     };
     check(
         batchnorm_forward_train(
-            &mut o, &mut m, &mut r, &short, &c, &c, &mut rm, &mut rv, 0.1, BN_EPS, s,
+            &mut o,
+            stats(&mut m, &mut r),
+            &short,
+            aff(&c, &c),
+            run(&mut rm, &mut rv, 0.1, BN_EPS),
+            s,
         )
         .unwrap_err(),
         "input",
@@ -442,15 +473,10 @@ fn shape_errors_name_the_layer() {
     check(
         batchnorm_forward_train(
             &mut o,
-            &mut m,
-            &mut r,
+            stats(&mut m, &mut r),
             &big,
-            &c[..2],
-            &c,
-            &mut rm,
-            &mut rv,
-            0.1,
-            BN_EPS,
+            aff(&c[..2], &c),
+            run(&mut rm, &mut rv, 0.1, BN_EPS),
             s,
         )
         .unwrap_err(),
@@ -459,39 +485,55 @@ fn shape_errors_name_the_layer() {
     check(
         batchnorm_forward_train(
             &mut o,
-            &mut m,
-            &mut r,
+            stats(&mut m, &mut r),
             &big,
-            &c,
-            &c,
-            &mut rm[..2],
-            &mut rv,
-            0.1,
-            BN_EPS,
+            aff(&c, &c),
+            run(&mut rm[..2], &mut rv, 0.1, BN_EPS),
             s,
         )
         .unwrap_err(),
         "running_mean",
     );
     check(
-        batchnorm_forward_eval(&mut o, &big, &c, &c, &c, &c[..1], BN_EPS, s).unwrap_err(),
+        batchnorm_forward_eval(&mut o, &big, aff(&c, &c), &c, &c[..1], BN_EPS, s).unwrap_err(),
         "running_var",
     );
     check(
-        batchnorm_forward_eval(&mut o[..3], &big, &c, &c, &c, &c, BN_EPS, s).unwrap_err(),
+        batchnorm_forward_eval(&mut o[..3], &big, aff(&c, &c), &c, &c, BN_EPS, s).unwrap_err(),
         "output",
     );
     let (mut dx, mut dg, mut db) = (big.clone(), c.clone(), c.clone());
     check(
-        batchnorm_backward(&mut dx, &mut dg, &mut db, &short, &big, &c, &c, &c, s).unwrap_err(),
+        batchnorm_backward(
+            &mut dx,
+            grads(&mut dg, &mut db),
+            &short,
+            saved(&big, &c, &c, &c, &[]),
+            s,
+        )
+        .unwrap_err(),
         "dout",
     );
     check(
-        batchnorm_backward(&mut dx, &mut dg[..1], &mut db, &big, &big, &c, &c, &c, s).unwrap_err(),
+        batchnorm_backward(
+            &mut dx,
+            grads(&mut dg[..1], &mut db),
+            &big,
+            saved(&big, &c, &c, &c, &[]),
+            s,
+        )
+        .unwrap_err(),
         "dgamma",
     );
     check(
-        batchnorm_backward(&mut dx, &mut dg, &mut db, &big, &big, &c, &c[..2], &c, s).unwrap_err(),
+        batchnorm_backward(
+            &mut dx,
+            grads(&mut dg, &mut db),
+            &big,
+            saved(&big, &c, &c[..2], &c, &[]),
+            s,
+        )
+        .unwrap_err(),
         "rstd",
     );
     check(
@@ -529,7 +571,7 @@ fn shape_errors_name_the_layer() {
     // zero sizes are InvalidParam, not a panic
     let z = BnShape { n: 0, c: 3, hw: 4 };
     check(
-        batchnorm_forward_eval(&mut o, &big, &c, &c, &c, &c, BN_EPS, z).unwrap_err(),
+        batchnorm_forward_eval(&mut o, &big, aff(&c, &c), &c, &c, BN_EPS, z).unwrap_err(),
         "batch size",
     );
 }
@@ -588,24 +630,19 @@ fn across_shards_is_the_whole_batch() {
             forward_train_act::<f64, false>
         };
         f(
-            &mut out, &mut mean, &mut rstd, x, &g, &b, &mut rm, &mut rv, 0.1, BN_EPS, s,
+            &mut out,
+            stats(&mut mean, &mut rstd),
+            x,
+            aff(&g, &b),
+            run(&mut rm, &mut rv, 0.1, BN_EPS),
+            s,
         )
         .unwrap();
         let mut dx = vec![0.0; s.len()];
         let (mut dg, mut db) = (vec![0.0; s.c], vec![0.0; s.c]);
-        let coef = batchnorm_backward_coefs(
-            &mut dg,
-            &mut db,
-            dout,
-            x,
-            &mean,
-            &rstd,
-            &g,
-            relu.then_some(b.as_slice()),
-            None,
-            s,
-        )
-        .unwrap();
+        let x_saved = saved(x, &mean, &rstd, &g, &b);
+        let coef = batchnorm_backward_coefs(grads(&mut dg, &mut db), dout, x_saved, relu, None, s)
+            .unwrap();
         let beta = relu.then_some(b.as_slice());
         batchnorm_backward_dx(&mut dx, dout, x, &mean, beta, &coef, s).unwrap();
         // and the one-pass backward agrees with the split one
@@ -617,16 +654,10 @@ fn across_shards_is_the_whole_batch() {
             backward_act::<f64, false, true>
         };
         back(
-            &mut dx1,
-            &[],
-            &mut dg1,
-            &mut db1,
+            (&mut dx1, &[]),
+            grads(&mut dg1, &mut db1),
             dout,
-            x,
-            &mean,
-            &rstd,
-            &g,
-            &b,
+            saved(x, &mean, &rstd, &g, &b),
             None,
             s,
             false,

@@ -34,6 +34,13 @@ pub fn scale_forward<T: Scalar>(
     Ok(())
 }
 
+/// `x = a * x`, in place (a branch's output scaled at initialisation).
+pub fn scale_in_place<T: Scalar>(x: &mut [T], a: T) {
+    for v in x.iter_mut() {
+        *v = a * *v;
+    }
+}
+
 /// `dinp += a * dout`.
 pub fn scale_backward<T: Scalar>(
     dinp: &mut [T], // (len)
