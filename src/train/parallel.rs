@@ -11,12 +11,14 @@
 
 use super::config::TrainConfig;
 use super::run::{count_correct, divergence, divergence_in};
+use crate::backend::{Backend, Cpu};
 use crate::data::Batch;
 use crate::dist::{checksum, Comm, GradPack};
 use crate::error::{Error, Result};
 use crate::model::{Net, Param};
 use crate::ops::awake::on_warm_pool;
 use crate::ops::batchnorm::{across_shards, ShardSum};
+use crate::ops::elementwise::scale_forward;
 use crate::probe::{flow_rows, FlowRow};
 use crate::tensor::norm;
 use std::sync::Arc;
@@ -201,7 +203,7 @@ impl Parallel {
         let p = (r * pieces) as f64;
         let scale = (1.0 / p) as f32;
         for (g, params) in net.param_groups_mut().into_iter().enumerate() {
-            unpack(&self.pack.sum[g], params, scale);
+            unpack(&self.pack.sum[g], params, scale)?;
         }
         // a piece's dL/dx is P times the global loss's on its images
         let p2 = p * p;
@@ -322,25 +324,25 @@ fn local_pieces(
     Ok(())
 }
 
-/// A group's gradients, end to end.
+/// A group's gradients, end to end, copied to the host.
 fn pack(buf: &mut [f32], params: &mut [&mut Param<f32>]) {
     let mut at = 0;
     for p in params.iter() {
-        buf[at..at + p.grad.len()].copy_from_slice(&p.grad);
-        at += p.grad.len();
+        let len = Cpu::len(&p.grad);
+        Cpu::to_host(&p.grad, &mut buf[at..at + len]).expect("the pack is sized by its group");
+        at += len;
     }
 }
 
-/// `grad = sum * scale` for a group's parameters.
-fn unpack(sum: &[f32], params: Vec<&mut Param<f32>>, scale: f32) {
+/// `grad = scale * sum` for a group's parameters.
+fn unpack(sum: &[f32], params: Vec<&mut Param<f32>>, scale: f32) -> Result<()> {
     let mut at = 0;
     for p in params {
         let len = p.grad.len();
-        for (g, &s) in p.grad.iter_mut().zip(&sum[at..at + len]) {
-            *g = s * scale;
-        }
+        scale_forward(&mut p.grad, &sum[at..at + len], scale)?;
         at += len;
     }
+    Ok(())
 }
 
 /// The probe's rows from squared norms summed over the pieces of the batch

@@ -75,8 +75,8 @@ impl<T: Scalar> WeightLayer<T> {
 
     /// [`WeightLayer::forward`] of a convolution without bias, as one
     /// [`ConvForward`] pass: from any [`ConvInput`]; with a residual,
-    /// `out = res + conv(inp)`; with `planes` (N, cout), also the per-plane
-    /// sums of `out` for the BN that reads it (`ops::conv2d::conv2d_forward_from`).
+    /// `out = res + conv(inp)`; with `planes` (N, cout), also the stat sums
+    /// of `out` for the BN that reads it (`ops::conv2d::conv2d_forward_from`).
     pub fn forward_from(
         &self,
         pass: ConvForward<T>,
@@ -102,7 +102,7 @@ impl<T: Scalar> WeightLayer<T> {
     /// [`WeightLayer::backward_to`] of a [`WeightLayer::forward_from`], as
     /// one [`ConvBackward`] pass: from any [`ConvGradOut`]; with a residual,
     /// `dinp = res + ...` (`accum` must be [`Accum::Set`]); with `planes`,
-    /// the plane sums of the BN-ReLU backward over `dinp`
+    /// the grad sums of the BN-ReLU backward over `dinp`
     /// (`ops::conv2d::conv2d_backward_from`).
     pub fn backward_from(
         &mut self,
@@ -260,19 +260,19 @@ impl<T: Scalar> BnLayer<T> {
     /// statistics and updates the running ones, writes no output. The
     /// output is then read through [`BnLayer::relu_input`] by the next
     /// convolution, which normalises as it reads.
-    /// `planes` (N, C): the per-plane sums of `inp`, when the conv that
+    /// `stat_sums` (N, C): the per-plane sums of `inp`, when the conv that
     /// wrote it computed them (`ops::batchnorm::bn_plane_sums`).
     pub fn forward_stats_train(
         &mut self,
         inp: &[T],
         n: usize,
         g: Geom,
-        planes: Option<&[f64]>,
+        stat_sums: Option<&[f64]>,
     ) -> Result<()> {
         self.num_batches_tracked += 1;
         let s = self.shape(n, g);
         let (stats, p, running) = self.forward_parts();
-        self.k = train_stats(stats, inp, p, running, planes, s)?;
+        self.k = train_stats(stats, inp, p, running, stat_sums, s)?;
         Ok(())
     }
 
@@ -298,11 +298,11 @@ impl<T: Scalar> BnLayer<T> {
         n: usize,
         g: Geom,
         relu: bool,
-        planes: Option<&[(f64, f64)]>,
+        grad_sums: Option<&[(f64, f64)]>,
     ) -> Result<()> {
         let s = self.shape(n, g);
         let (grads, x) = self.backward_parts(inp);
-        let coef = batchnorm_backward_coefs(grads, dout, x, relu, planes, s)?;
+        let coef = batchnorm_backward_coefs(grads, dout, x, relu, grad_sums, s)?;
         self.coef = coef;
         Ok(())
     }
@@ -329,12 +329,12 @@ impl<T: Scalar> BnLayer<T> {
         inp: &[T],
         n: usize,
         g: Geom,
-        planes: Option<&[f64]>,
+        stat_sums: Option<&[f64]>,
     ) -> Result<()> {
         let s = self.shape(n, g);
         check_len("batchnorm_add_relu", "output", out, &[s.n, s.c, s.hw])?;
         check_len("batchnorm_add_relu", "shortcut", h, &[s.n, s.c, s.hw])?;
-        self.forward_stats_train(inp, n, g, planes)?;
+        self.forward_stats_train(inp, n, g, stat_sums)?;
         normalise_add_act::<T, true>(out, h, inp, &self.mean, &self.k, &self.beta.value, s);
         Ok(())
     }
@@ -365,18 +365,8 @@ impl<T: Scalar> BnLayer<T> {
         )
     }
 
-    pub fn backward(
-        &mut self,
-        dinp: &mut [T],
-        dout: &[T],
-        inp: &[T],
-        n: usize,
-        g: Geom,
-    ) -> Result<()> {
-        self.backward_to(Accum::Add, dinp, dout, inp, n, g)
-    }
-
-    /// [`BnLayer::backward`] with `dinp` written as `accum` says.
+    /// The training backward: the parameter gradients added to, `dinp`
+    /// written as `accum` says.
     pub fn backward_to(
         &mut self,
         accum: Accum,
@@ -408,20 +398,9 @@ impl<T: Scalar> BnLayer<T> {
         Ok(())
     }
 
-    /// Backward of [`BnLayer::forward_relu`] (training mode); the ReLU mask
-    /// is recomputed from `inp` (see `ops::fused`).
-    pub fn backward_relu(
-        &mut self,
-        dinp: &mut [T],
-        dout: &[T],
-        inp: &[T],
-        n: usize,
-        g: Geom,
-    ) -> Result<()> {
-        self.backward_relu_to(Accum::Add, dinp, dout, inp, n, g)
-    }
-
-    /// [`BnLayer::backward_relu`] with `dinp` written as `accum` says.
+    /// Backward of [`BnLayer::forward_relu`] (training mode), `dinp` written
+    /// as `accum` says; the ReLU mask is recomputed from `inp` (see
+    /// `ops::fused`).
     pub fn backward_relu_to(
         &mut self,
         accum: Accum,
@@ -436,9 +415,9 @@ impl<T: Scalar> BnLayer<T> {
         bn_relu_backward_to(accum, dinp, grads, dout, x, s)
     }
 
-    /// [`BnLayer::backward_relu`] writing `dinp = res + ...`
-    /// (`ops::fused::bn_relu_backward_plus`; `planes`: the reduction's
-    /// per-plane sums, when computed already).
+    /// [`BnLayer::backward_relu_to`] writing `dinp = res + ...`
+    /// (`ops::fused::bn_relu_backward_plus`; `grad_sums`: the reduction's
+    /// per-plane sums, when a conv took them already).
     pub fn backward_relu_plus(
         &mut self,
         dinp: &mut [T],
@@ -446,10 +425,10 @@ impl<T: Scalar> BnLayer<T> {
         dout: &[T],
         inp: &[T],
         (n, g): (usize, Geom),
-        planes: Option<&[(f64, f64)]>,
+        grad_sums: Option<&[(f64, f64)]>,
     ) -> Result<()> {
         let s = self.shape(n, g);
         let (grads, x) = self.backward_parts(inp);
-        bn_relu_backward_plus((dinp, res), grads, dout, x, planes, s)
+        bn_relu_backward_plus((dinp, res), grads, dout, x, grad_sums, s)
     }
 }

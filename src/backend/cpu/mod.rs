@@ -330,3 +330,40 @@ impl Backend for Cpu {
         sgd_update(w, v, g, h)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_moves_to_and_from_the_host() {
+        let b = Cpu::from_host(&[1.0f32, -2.0, 3.0]);
+        let mut host = [0.0f32; 3];
+        Cpu::to_host(&b, &mut host).unwrap();
+        assert_eq!(host, [1.0, -2.0, 3.0]);
+        // a host buffer of the wrong length is an error, not a panic
+        let e = Cpu::to_host(&b, &mut [0.0f32; 2]).unwrap_err();
+        assert!(e.to_string().contains("to_host"), "{e}");
+        // resize keeps the prefix and fills zeros; zeros() is all zero
+        let mut r = b.clone();
+        Cpu::resize(&mut r, 5);
+        assert_eq!(r, [1.0, -2.0, 3.0, 0.0, 0.0]);
+        Cpu::resize(&mut r, 2);
+        assert_eq!((Cpu::len(&r), r.as_slice()), (2, &[1.0, -2.0][..]));
+        assert_eq!(Cpu::zeros::<(f64, f64)>(2), [(0.0, 0.0); 2]);
+    }
+
+    #[test]
+    fn copy_zero_and_scale() {
+        let src = Cpu::from_host(&[1.0f64, 2.0, 3.0]);
+        let mut dst = Cpu::zeros(3);
+        Cpu::copy(&mut dst, &src).unwrap();
+        assert_eq!(dst, src);
+        Cpu::scale(&mut dst, -2.0);
+        assert_eq!(dst, [-2.0, -4.0, -6.0]);
+        Cpu::zero(&mut dst);
+        assert_eq!(dst, [0.0; 3]);
+        let e = Cpu::copy(&mut Cpu::zeros(2), &src).unwrap_err();
+        assert!(e.to_string().contains("copy"), "{e}");
+    }
+}

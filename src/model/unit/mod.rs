@@ -32,7 +32,10 @@
 //! with `steps.rs`), which reads every fusion and storage decision from the
 //! unit's [`Plan`] (`plan.rs`), and the reference unit ([`Reference`],
 //! `reference.rs`: plain ops, every intermediate stored), the oracle the
-//! fast one is tested against (`tests.rs`).
+//! fast one is tested against (`tests.rs`). The fast unit runs on any
+//! [`Backend`] (`crate::backend`): its tensors are the backend's buffers
+//! and every pass is a call of the backend's; the reference unit runs on
+//! the CPU.
 
 use super::layers::{BnLayer, Geom, Param, WeightLayer};
 use super::spec::UnitKind;

@@ -184,6 +184,10 @@ mod tests {
         let mut o = [0.0f64; 2];
         scale_forward(&mut o, &[1.0, -2.0], 3.0).unwrap();
         assert_eq!(o, [3.0, -6.0]);
+        // in place, the same bits as scale_forward
+        let mut x = [1.0f64, -2.0];
+        scale_in_place(&mut x, 3.0);
+        assert_eq!(x, o);
         let mut d = [1.0; 2];
         scale_backward(&mut d, &[1.0, 2.0], 3.0).unwrap();
         assert_eq!(d, [4.0, 7.0]);
