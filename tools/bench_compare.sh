@@ -8,7 +8,8 @@
 #      WARMUP (2), STEPS (5) timed steps per cell, THREADS (2), BATCH (128),
 #      MODES ("f32 f32-cl bf16 bf16-cl": PyTorch's), PYTHON
 #      (/work/venv-torch/bin/python), RESGRAD (the release binary; built if
-#      unset), RESGRAD_REFERENCE_DIR (where torch_resnet.py is).
+#      unset), RESGRAD_REFERENCE_DIR (where torch_resnet.py is), PEAK and
+#      PEAK_BF16 (GFLOP/s: instead of `resgrad peak`'s).
 # PyTorch's modes (tools/bench_torch.py): f32 NCHW, f32 channels-last, bf16
 # autocast NCHW, bf16 autocast channels-last. resgrad runs in f32 and, when
 # its `bench` takes `--precision`, in bf16 too. Every round runs each model in
@@ -52,6 +53,17 @@ trap 'rm -rf "$WORK"' EXIT
 # the measured peaks on the same threads (best of 20 short rounds: the first
 # few of a process run slow on this VM)
 "$RESGRAD" --threads "$THREADS" peak --rounds 20 --json >"$WORK/peak.json"
+"$PYTHON" - "$WORK/peak.json" "${PEAK:-}" "${PEAK_BF16:-}" <<'PY'
+import json, sys
+path, f32, bf16 = sys.argv[1:]
+peak = json.load(open(path))
+if f32:
+    peak["gflops"] = float(f32)
+if bf16:
+    peak = {k: v for k, v in peak.items() if "bf16" not in k}
+    peak["bf16_gflops"] = float(bf16)
+json.dump(peak, open(path, "w"))
+PY
 CPU=$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | sed 's/.*: //')
 TORCH=$("$PYTHON" -c 'import torch; print(torch.__version__)')
 echo "# $(date -u +%FT%TZ) ${CPU:-unknown CPU}, $(uptime | sed 's/.*load/load/'), threads $THREADS, batch $BATCH, $WARMUP warm-up + $STEPS timed steps per cell, medians of $ROUNDS rounds, PyTorch $TORCH"
