@@ -242,12 +242,20 @@ pub fn train_run_on(
             retain_rows(&flow_path, FLOW_CSV_HEADER, |it| it < iter)?;
         }
     } else if lead {
-        let (summary, marker) = (
+        let (summary, marker, timings) = (
             dir.join(crate::verdict::SUMMARY_JSON),
             dir.join(crate::verdict::DIVERGED_JSON),
+            dir.join(TIMINGS_JSON),
         );
         // (steps.csv: StepLog::open below starts it afresh)
-        for p in [&metrics_path, &flow_path, &ckpt_path, &summary, &marker] {
+        for p in [
+            &metrics_path,
+            &flow_path,
+            &ckpt_path,
+            &summary,
+            &marker,
+            &timings,
+        ] {
             if p.exists() {
                 std::fs::remove_file(p).map_err(|e| Error::io(p, e))?;
             }
@@ -421,12 +429,16 @@ pub fn train_run_on(
     }
     progress.finish();
     tm.wall_s = start.elapsed().as_secs_f64();
-    if lead {
-        let json = serde_json::to_string_pretty(&tm).map_err(|e| Error::Config(e.to_string()))?;
-        write_atomic(&dir.join(TIMINGS_JSON), json.as_bytes())?;
-    }
-    if !quiet && tm.steps > 0 {
-        crate::outln!("{}: {}", cfg.name, tm.summary())?;
+    // (a resumed run that had already finished keeps its timings)
+    if tm.steps > 0 {
+        if lead {
+            let json =
+                serde_json::to_string_pretty(&tm).map_err(|e| Error::Config(e.to_string()))?;
+            write_atomic(&dir.join(TIMINGS_JSON), json.as_bytes())?;
+        }
+        if !quiet {
+            crate::outln!("{}: {}", cfg.name, tm.summary())?;
+        }
     }
     if comm.size() > 1 {
         // how much of the gradient allreduce the backward hid
