@@ -99,13 +99,16 @@ import csv, json, sys
 work, p, mode = sys.argv[1:]
 wall = lambda f: (lambda a, b: float(b) - float(a))(*open(f).read().split())
 rows = list(csv.DictReader(open("%s/resgrad-%s/metrics.csv" % (work, p))))
-tm = json.load(open("%s/resgrad-%s/timings.json" % (work, p)))
+try:
+    tm = json.load(open("%s/resgrad-%s/timings.json" % (work, p)))
+    steps = tm["images"] / (tm["passes_s"] + tm["divergence_check_s"] + tm["probe_s"] + tm["update_s"])
+except FileNotFoundError:  # a build before timings.json: metrics.csv's last window
+    steps = float(rows[-1]["images_per_s"])
 t = json.load(open("%s/torch-%s.json" % (work, p)))
 rw, tw = wall("%s/resgrad-%s.wall" % (work, p)), wall("%s/torch-%s.wall" % (work, p))
 print("| %s | %.1f (%.1f) | %.1f (%.1f) | %s | %.2fx | %.2f%% | %.2f%% | %.0f | %.0f |" % (
     p, rw, float(rows[-1]["wall_s"]), tw, t["loop_s"], mode, tw / rw,
     100 * float(rows[-1]["test_acc"]), 100 * t["test_acc"],
-    tm["images"] / (tm["passes_s"] + tm["divergence_check_s"] + tm["probe_s"] + tm["update_s"]),
-    t["step_images_per_s"]))
+    steps, t["step_images_per_s"]))
 PY
 done
