@@ -202,3 +202,75 @@ fn a_resumed_run_appends_a_file_that_restarts_after_the_checkpoint() {
     let steps_logged: Vec<i64> = s["train/loss"].iter().map(|p| p.0).collect();
     assert_eq!(steps_logged, (1..=12).collect::<Vec<_>>());
 }
+
+/// `timings.json`: every step and image counted once, each part a share of
+/// the loop's wall time, the parts together no more than it; the summary
+/// line printed without `--quiet`; a fresh run replaces it, a resumed
+/// finished run keeps it.
+#[test]
+fn timings_account_for_the_loop() {
+    let t = TempDir::new("timings");
+    let a = t.join("a");
+    let args: Vec<&str> = MLP.iter().copied().filter(|&x| x != "--quiet").collect();
+    let o = run_ok(
+        &[&args[..], &["--eval-every", "5", "--flow-every", "4"]].concat(),
+        &a,
+    );
+    let read = || -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(a.join("timings.json")).unwrap()).unwrap()
+    };
+    let tm = read();
+    assert_eq!(tm["steps"], 12);
+    assert_eq!(tm["images"], 12 * 32);
+    let wall = tm["wall_s"].as_f64().unwrap();
+    let parts = [
+        "batch_wait_s",
+        "passes_s",
+        "divergence_check_s",
+        "probe_s",
+        "update_s",
+        "logging_s",
+        "evaluation_s",
+        "checkpoint_s",
+    ];
+    let mut sum = 0.0;
+    for p in parts {
+        let v = tm[p]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{p} missing: {tm}"));
+        assert!(v >= 0.0 && v <= wall, "{p} = {v}, wall {wall}");
+        sum += v;
+    }
+    assert!(sum <= wall * (1.0 + 1e-9), "parts {sum} > wall {wall}");
+    for p in ["passes_s", "evaluation_s", "checkpoint_s", "update_s"] {
+        assert!(tm[p].as_f64().unwrap() > 0.0, "{p}: {tm}");
+    }
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("12 steps in ") && out.contains(" passes ") && out.contains(" evaluation "),
+        "{out}"
+    );
+    // resuming the finished run runs no step: the timings stay
+    let before = std::fs::read_to_string(a.join("timings.json")).unwrap();
+    let o = resgrad_resume(&a);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        std::fs::read_to_string(a.join("timings.json")).unwrap(),
+        before
+    );
+    // a fresh run over it (--overwrite, 3 steps) replaces them
+    let three: Vec<&str> = args
+        .iter()
+        .map(|&x| if x == "12" { "3" } else { x })
+        .collect();
+    run_ok(&[&three[..], &["--overwrite"]].concat(), &a);
+    assert_eq!(read()["steps"], 3);
+}
+
+fn resgrad_resume(dir: &std::path::Path) -> std::process::Output {
+    common::bin()
+        .args(["train", "--quiet", "--resume"])
+        .arg(dir)
+        .output()
+        .unwrap()
+}

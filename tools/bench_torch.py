@@ -2,9 +2,17 @@
 """Training throughput of the PyTorch reference models, the counterpart of
 `resgrad bench`: full training steps (zero grads, forward, cross-entropy,
 backward, SGD momentum 0.9 / weight decay 1e-4) on random CIFAR-shaped
-batches, fp32 on the CPU, a fixed thread count; warm-up steps, then every
-step timed on its own and the median reported; peak RSS of the process
+batches on the CPU, a fixed thread count; warm-up steps, then every step
+timed on its own and the median reported; peak RSS of the process so far
 (resource.getrusage ru_maxrss).
+
+Modes (--modes, comma separated, run one after another in this process,
+each on a fresh net; one JSON line each with --json):
+  f32         float32, NCHW (PyTorch's default)
+  f32-cl      float32, channels-last (model and input in torch.channels_last)
+  bf16        torch.autocast("cpu", dtype=torch.bfloat16) around the forward
+              and the loss (the backward follows it), NCHW
+  bf16-cl     the same, channels-last
 
 The model comes from the reference `torch_resnet.py`, looked up in
 $RESGRAD_REFERENCE_DIR, then <repo>/../shared/reference, then
@@ -12,6 +20,7 @@ $RESGRAD_REFERENCE_DIR, then <repo>/../shared/reference, then
 
     python tools/bench_torch.py --depth 20 --unit original --threads 2 --json
     python tools/bench_torch.py --spec SPEC.json --batch 128 --steps 10
+    python tools/bench_torch.py --depth 20 --modes f32,f32-cl,bf16,bf16-cl --json
 """
 import argparse
 import json
@@ -46,8 +55,14 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--image", type=int, default=32)
+    ap.add_argument("--modes", default="f32",
+                    help="comma separated: f32, f32-cl, bf16, bf16-cl (default f32)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
+    modes = a.modes.split(",")
+    for m in modes:
+        if m not in MODES:
+            sys.exit("bench_torch: unknown mode %r (one of %s)" % (m, ", ".join(MODES)))
     if a.spec:
         with open(a.spec) as f:
             spec = json.load(f)
@@ -62,16 +77,34 @@ def main():
     sys.path.insert(0, str(find_reference()))
     from torch_resnet import Net
 
+    for mode in modes:
+        r = measure(torch, Net, spec, a, mode)
+        if a.json:
+            print(json.dumps(r), flush=True)
+        else:
+            print("{model} [{mode}]: batch {batch}, {threads} threads: {images_per_s:.1f} "
+                  "images/s (step median {step_ms_median:.1f} ms, min {step_ms_min:.1f} ms), "
+                  "peak RSS {peak_rss_mib:.0f} MiB".format(**r), flush=True)
+
+
+MODES = ("f32", "f32-cl", "bf16", "bf16-cl")
+
+
+def measure(torch, Net, spec, a, mode):
     torch.manual_seed(0)
-    net = Net(spec).float().train()
+    fmt = torch.channels_last if mode.endswith("-cl") else torch.contiguous_format
+    net = Net(spec).float().train().to(memory_format=fmt)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     x = torch.randn(a.batch, int(spec.get("in_channels", 3)), a.image, a.image)
+    x = x.to(memory_format=fmt)
     y = torch.randint(0, int(spec.get("classes", 10)), (a.batch,))
     loss_fn = torch.nn.CrossEntropyLoss()
+    bf16 = mode.startswith("bf16")
 
     def step():
         opt.zero_grad(set_to_none=False)
-        loss = loss_fn(net(x), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_fn(net(x), y)
         loss.backward()
         opt.step()
         return loss
@@ -85,10 +118,10 @@ def main():
         times.append(time.perf_counter() - t0)
     med = statistics.median(times)
     rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    label = "resnet-{} {} identity B".format(spec.get("depth"), spec["unit"])
-    r = {
-        "model": label,
+    return {
+        "model": "resnet-{} {} identity B".format(spec.get("depth"), spec["unit"]),
         "framework": "pytorch " + torch.__version__,
+        "mode": mode,
         "threads": torch.get_num_threads(),
         "batch": a.batch,
         "steps": a.steps,
@@ -99,12 +132,6 @@ def main():
         "step_ms_max": 1e3 * max(times),
         "peak_rss_mib": rss_kib / 1024.0,
     }
-    if a.json:
-        print(json.dumps(r))
-    else:
-        print("{model}: batch {batch}, {threads} threads: {images_per_s:.1f} images/s "
-              "(step median {step_ms_median:.1f} ms, min {step_ms_min:.1f} ms), "
-              "peak RSS {peak_rss_mib:.0f} MiB".format(**r))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ pub mod run;
 pub mod schedule;
 pub mod settings;
 pub mod steplog;
+pub mod timings;
 
 pub use config::{DataSource, TrainConfig};
 pub use run::{train_run, train_run_on, RunOutcome};

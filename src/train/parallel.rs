@@ -49,6 +49,11 @@ pub struct StepOut {
     pub diverged: Option<String>,
     /// the probe's rows, with global norms (when `probe`)
     pub flow: Vec<FlowRow>,
+    /// seconds in the forward and backward passes (with the gradient sums
+    /// over the ranks), the divergence check and the probe's rows
+    pub passes_s: f64,
+    pub check_s: f64,
+    pub probe_s: f64,
 }
 
 impl Parallel {
@@ -145,18 +150,28 @@ impl Parallel {
         if self.is_plain() {
             // on a pool worker, the other workers kept awake between the
             // step's passes (ops::awake)
-            let loss = on_warm_pool(|| {
+            // (the divergence check's norms too, split over the pool)
+            let t0 = Instant::now();
+            let (loss, diverged, t1) = on_warm_pool(|| -> Result<_> {
                 net.zero_grad();
-                net.forward_backward(&b.images, &b.labels, probe)
+                let loss = net.forward_backward(&b.images, &b.labels, probe)?;
+                let t1 = Instant::now();
+                Ok((loss, divergence(net, loss, max_grad_norm), t1))
             })?;
+            let t2 = Instant::now();
+            let flow = if probe { flow_rows(net, iter) } else { vec![] };
             return Ok(StepOut {
                 loss_sum: loss * b.n as f64,
                 correct: count_correct(net.logits(), &b.labels, net.classes()),
                 seen: b.n,
-                diverged: divergence(net, loss, max_grad_norm),
-                flow: if probe { flow_rows(net, iter) } else { vec![] },
+                diverged,
+                flow,
+                passes_s: (t1 - t0).as_secs_f64(),
+                check_s: (t2 - t1).as_secs_f64(),
+                probe_s: t2.elapsed().as_secs_f64(),
             });
         }
+        let t0 = Instant::now();
         let (rank, r) = (self.comm.rank(), self.comm.size());
         let shard = b.n / r;
         if shard * r != b.n {
@@ -209,6 +224,10 @@ impl Parallel {
         let p2 = p * p;
         let norms: Vec<f64> = sums[2..3 + nu].iter().map(|s| (s / p2).sqrt()).collect();
         let loss = sums[0] / b.n as f64;
+        // (the norms were summed with the passes)
+        let t1 = Instant::now();
+        let diverged = divergence_in(&norms, loss, max_grad_norm);
+        let t2 = Instant::now();
         let flow = if probe {
             global_flow_rows(net, iter, &norms, &sums[3 + nu..], p2)
         } else {
@@ -218,8 +237,11 @@ impl Parallel {
             loss_sum: sums[0],
             correct: sums[1] as usize,
             seen: b.n,
-            diverged: divergence_in(&norms, loss, max_grad_norm),
+            diverged,
             flow,
+            passes_s: (t1 - t0).as_secs_f64(),
+            check_s: (t2 - t1).as_secs_f64(),
+            probe_s: t2.elapsed().as_secs_f64(),
         })
     }
 

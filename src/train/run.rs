@@ -14,13 +14,14 @@ use super::optim::Sgd;
 use super::parallel::Parallel;
 use super::progress::Progress;
 use super::steplog::StepLog;
+use super::timings::{LoopTimings, TIMINGS_JSON};
 use crate::data::{Batch, Dataset, Loader};
 use crate::dist::{Comm, Single};
 use crate::error::{Error, Result};
 use crate::io::write_atomic;
 use crate::model::Net;
 use crate::probe::{rows_to_csv, FlowRow, FLOW_CSV_HEADER};
-use crate::tensor::norm;
+use crate::tensor::{norm, sum_sq_par};
 use serde::Serialize;
 use std::path::Path;
 use std::sync::Arc;
@@ -82,7 +83,32 @@ pub fn count_correct(logits: &[f32], labels: &[usize], classes: usize) -> usize 
 /// every norm is finite and below `max_norm`.
 pub fn divergence(net: &Net<f32>, loss: f64, max_norm: f64) -> Option<String> {
     let u = net.num_units();
-    let norms: Vec<f64> = (0..=u).map(|i| norm(net.dx(i))).collect();
+    let dx: Vec<&[f32]> = (0..=u).map(|i| net.dx(i)).collect();
+    divergence_of(&dx, loss, max_norm)
+}
+
+/// A screen's norm must stay this far below the limit, relative, to pass:
+/// far more than the `2 (n - 1) * 2^-53` by which [`sum_sq_par`] and
+/// [`norm`] may differ for any buffer of fewer than 10^9 values.
+pub const SCREEN_MARGIN: f64 = 1e-6;
+
+/// [`divergence_in`] of the norms of `dx` (the gradients at the unit
+/// boundaries), the same answer for a fraction of the time: every step is
+/// first screened with [`sum_sq_par`] (vectorised, on the pool); only a step
+/// whose screen finds a non-finite value, a norm within [`SCREEN_MARGIN`] of
+/// `max_norm` or above, or a non-finite loss takes [`norm`]'s exact,
+/// sequential norms to find the culprit and word the message.
+pub fn divergence_of(dx: &[&[f32]], loss: f64, max_norm: f64) -> Option<String> {
+    let limit = max_norm * (1.0 - SCREEN_MARGIN);
+    let clear = loss.is_finite()
+        && dx.iter().all(|d| {
+            let s = sum_sq_par(d);
+            s.is_finite() && s.sqrt() <= limit
+        });
+    if clear {
+        return None;
+    }
+    let norms: Vec<f64> = dx.iter().map(|d| norm(d)).collect();
     divergence_in(&norms, loss, max_norm)
 }
 
@@ -129,19 +155,24 @@ pub fn evaluate_on(
     comm: &dyn Comm,
 ) -> Result<(f64, f64)> {
     let (rank, size) = (comm.rank(), comm.size());
-    let mut it = data.eval_batches(batch);
-    let mut b = Batch::default();
     let (mut loss, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
-    let mut i = 0usize;
-    while it.next_into(&mut b) {
-        if i % size == rank {
-            crate::ops::awake::on_warm_pool(|| net.forward(&b.images, false))?;
-            loss += net.loss(&b.labels)? * b.n as f64;
-            correct += count_correct(net.logits(), &b.labels, net.classes());
-            seen += b.n;
+    // the whole evaluation on a pool worker, the others kept awake from one
+    // batch to the next (ops::awake)
+    crate::ops::awake::on_warm_pool(|| -> Result<()> {
+        let mut it = data.eval_batches(batch);
+        let mut b = Batch::default();
+        let mut i = 0usize;
+        while it.next_into(&mut b) {
+            if i % size == rank {
+                net.forward(&b.images, false)?;
+                loss += net.loss(&b.labels)? * b.n as f64;
+                correct += count_correct(net.logits(), &b.labels, net.classes());
+                seen += b.n;
+            }
+            i += 1;
         }
-        i += 1;
-    }
+        Ok(())
+    })?;
     let mut v = [loss, correct as f64, seen as f64];
     comm.sum_f64(&mut v);
     if v[2] == 0.0 {
@@ -211,12 +242,20 @@ pub fn train_run_on(
             retain_rows(&flow_path, FLOW_CSV_HEADER, |it| it < iter)?;
         }
     } else if lead {
-        let (summary, marker) = (
+        let (summary, marker, timings) = (
             dir.join(crate::verdict::SUMMARY_JSON),
             dir.join(crate::verdict::DIVERGED_JSON),
+            dir.join(TIMINGS_JSON),
         );
         // (steps.csv: StepLog::open below starts it afresh)
-        for p in [&metrics_path, &flow_path, &ckpt_path, &summary, &marker] {
+        for p in [
+            &metrics_path,
+            &flow_path,
+            &ckpt_path,
+            &summary,
+            &marker,
+            &timings,
+        ] {
             if p.exists() {
                 std::fs::remove_file(p).map_err(|e| Error::io(p, e))?;
             }
@@ -280,16 +319,22 @@ pub fn train_run_on(
     };
     let (mut flow_first, mut flow_last): (Vec<FlowRow>, Vec<FlowRow>) = (vec![], vec![]);
     let mut diverged = None;
+    let mut tm = LoopTimings::default();
     'outer: while iter < cfg.iters {
         let epoch = iter / bpe;
+        let mut tw = Instant::now();
         let mut batches = loader.epoch_from(epoch, (iter % bpe) as usize);
         while let Some(b) = batches.next() {
-            let t0 = Instant::now();
+            let t0 = LoopTimings::lap(&mut tm.batch_wait_s, tw);
             let lr = cfg.schedule.lr_at(iter);
             let probe = cfg.flow_every > 0 && (iter % cfg.flow_every == 0 || iter + 1 == cfg.iters);
             // forward and backward (of this rank's shard, the gradients
             // summed over the ranks: train::parallel)
             let out = par.step(&mut net, &b, probe, iter, cfg.max_grad_norm)?;
+            tm.passes_s += out.passes_s;
+            tm.divergence_check_s += out.check_s;
+            tm.probe_s += out.probe_s;
+            let tp = Instant::now();
             if let Some(msg) = out.diverged {
                 diverged = Some(msg);
                 if probe {
@@ -310,10 +355,14 @@ pub fn train_run_on(
                 }
                 flow_last = rows;
             }
+            let tu = LoopTimings::lap(&mut tm.probe_s, tp);
             window.0 += out.loss_sum;
             window.1 += out.correct;
             window.2 += out.seen;
             crate::ops::awake::on_warm_pool(|| opt.step(&mut net.params_mut(), lr));
+            let tl = LoopTimings::lap(&mut tm.update_s, tu);
+            tm.steps += 1;
+            tm.images += b.n as u64;
             let dt = t0.elapsed().as_secs_f64();
             window.3 += dt;
             iter += 1;
@@ -336,12 +385,15 @@ pub fn train_run_on(
                 probed,
             )?;
             batches.recycle(b);
+            tw = LoopTimings::lap(&mut tm.logging_s, tl);
             let eval_now = iter % eval_every == 0 || iter == cfg.iters;
             if eval_now || iter % WEIGHT_CHECK_EVERY == 0 {
                 par.settle(&mut net, iter)?;
+                tw = LoopTimings::lap(&mut tm.checkpoint_s, tw);
             }
             if eval_now {
                 let (test_loss, test_acc) = evaluate_on(&mut net, &data.eval, cfg.batch, &*comm)?;
+                let tc = LoopTimings::lap(&mut tm.evaluation_s, tw);
                 let wall_s = wall_before + start.elapsed().as_secs_f64();
                 last = MetricsRow {
                     iter,
@@ -368,6 +420,7 @@ pub fn train_run_on(
                     100.0 * test_acc
                 ))?;
                 window = (0.0, 0, 0, 0.0);
+                tw = LoopTimings::lap(&mut tm.checkpoint_s, tc);
             }
             if iter >= cfg.iters {
                 break 'outer;
@@ -375,6 +428,18 @@ pub fn train_run_on(
         }
     }
     progress.finish();
+    tm.wall_s = start.elapsed().as_secs_f64();
+    // (a resumed run that had already finished keeps its timings)
+    if tm.steps > 0 {
+        if lead {
+            let json =
+                serde_json::to_string_pretty(&tm).map_err(|e| Error::Config(e.to_string()))?;
+            write_atomic(&dir.join(TIMINGS_JSON), json.as_bytes())?;
+        }
+        if !quiet {
+            crate::outln!("{}: {}", cfg.name, tm.summary())?;
+        }
+    }
     if comm.size() > 1 {
         // how much of the gradient allreduce the backward hid
         let alone = par.allreduce_alone_s(5)?;
@@ -428,4 +493,49 @@ pub fn train_run_on(
         iter,
         verdict,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The screened check answers exactly what the exact norms do: healthy
+    /// buffers, a NaN, an infinity, a norm just above and just below the
+    /// limit (inside the screen's margin), a non-finite loss.
+    #[test]
+    fn screened_divergence_matches_the_exact_check() {
+        let n = 3 * crate::tensor::SUM_SQ_CHUNK + 3;
+        let base: Vec<Vec<f32>> = (0..4)
+            .map(|k| (0..n).map(|i| ((i * 31 + k) % 17) as f32 * 1e-3).collect())
+            .collect();
+        let exact = |bufs: &[Vec<f32>], loss: f64, max: f64| {
+            let norms: Vec<f64> = bufs.iter().map(|b| norm(b)).collect();
+            divergence_in(&norms, loss, max)
+        };
+        let check = |bufs: &[Vec<f32>], loss: f64, max: f64| {
+            let refs: Vec<&[f32]> = bufs.iter().map(|b| b.as_slice()).collect();
+            let got = divergence_of(&refs, loss, max);
+            assert_eq!(got, exact(bufs, loss, max));
+            got
+        };
+        assert_eq!(check(&base, 2.3, 1e8), None);
+        assert!(check(&base, f64::NAN, 1e8).is_some());
+        let mut nan = base.clone();
+        nan[1][n - 1] = f32::NAN;
+        assert!(check(&nan, 2.3, 1e8)
+            .unwrap()
+            .contains("non-finite at unit 1"));
+        let mut inf = base.clone();
+        inf[3][5] = f32::INFINITY;
+        assert!(check(&inf, 2.3, 1e8)
+            .unwrap()
+            .contains("the last unit's output"));
+        // the limit right at a buffer's norm: the screen defers to the exact sum
+        let at = norm(&base[2]);
+        assert!(check(&base, 2.3, at * (1.0 - 1e-12))
+            .unwrap()
+            .contains("unit 2"));
+        assert_eq!(check(&base, 2.3, at), None);
+        assert_eq!(check(&base, 2.3, at * (1.0 + 1e-9)), None);
+    }
 }
