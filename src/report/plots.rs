@@ -55,7 +55,7 @@ const PALETTE: [RGBColor; 20] = [
     RGBColor(158, 218, 229),
 ];
 const GRID: RGBColor = RGBColor(225, 225, 225);
-const INK: RGBColor = RGBColor(40, 40, 40);
+pub(super) const INK: RGBColor = RGBColor(40, 40, 40);
 
 /// The colour of run `i`, as CSS (for the HTML table).
 pub fn run_color_css(i: usize) -> String {
@@ -110,7 +110,7 @@ pub struct Figure {
     pub png: Vec<u8>,
 }
 
-fn register_fonts() {
+pub(super) fn register_fonts() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // Both fonts are valid TrueType files; a failure would only show up
@@ -142,7 +142,11 @@ pub fn render(spec: FigureSpec, path_hint: &Path) -> Result<Figure> {
     Ok(Figure { spec, svg, png })
 }
 
-fn encode_png(rgb: &[u8], w: u32, h: u32) -> std::result::Result<Vec<u8>, png::EncodingError> {
+pub(super) fn encode_png(
+    rgb: &[u8],
+    w: u32,
+    h: u32,
+) -> std::result::Result<Vec<u8>, png::EncodingError> {
     let mut out = Vec::new();
     {
         let mut enc = png::Encoder::new(&mut out, w, h);
