@@ -12,6 +12,9 @@ use resgrad::io::safetensors::SafeTensors;
 use resgrad::model::{Net, Spec};
 use resgrad::Tensor;
 
+mod common;
+use common::npz::{npy, rgb_members, write_npz};
+
 // ------------------------------------------------------------ helpers --
 
 struct TempDir(PathBuf);
@@ -128,6 +131,139 @@ fn train_on(data: &str, out: &Path) -> Output {
         "--out",
         out.to_str().unwrap(),
     ])
+}
+
+// ---------------------------------------------------------------- npz --
+
+#[test]
+fn npz_malformed() {
+    let t = TempDir::new("npz");
+    let file = t.join("data.npz");
+    let data = format!("npz:{}", file.display());
+    let run = t.join("run");
+    let good = rgb_members(8);
+    write_npz(&file, &good, false);
+    expect_ok("valid npz", &train_on(&data, &run));
+    write_npz(&file, &good, true);
+    expect_ok("valid npz (deflated)", &train_on(&data, &run));
+    let f = file.to_str().unwrap().to_string();
+    // `members`: the valid set with `key` replaced (None: left out)
+    let with = |key: &str, m: Option<Vec<u8>>| -> Vec<(&'static str, Vec<u8>)> {
+        good.iter()
+            .filter_map(|(k, v)| {
+                if *k == key {
+                    m.clone().map(|m| (*k, m))
+                } else {
+                    Some((*k, v.clone()))
+                }
+            })
+            .collect()
+    };
+    let case = |name: &str, members: Vec<(&str, Vec<u8>)>, needles: &[&str]| {
+        write_npz(&file, &members, false);
+        let mut n = vec![f.as_str()];
+        n.extend(needles);
+        expect_bad(name, &train_on(&data, &run), &n);
+    };
+    case(
+        "npz missing key",
+        with("y_test", None),
+        &["no array \"y_test\"", "it has x_test, x_train, y_train"],
+    );
+    case(
+        "npz images of the wrong dtype",
+        with(
+            "x_train",
+            Some(npy("<i8", &[8, 6, 6, 3], &[0; 8 * 108 * 8])),
+        ),
+        &["x_train has dtype int64; expected uint8, float32 or float64"],
+    );
+    case(
+        "npz float labels",
+        with("y_train", Some(npy("<f4", &[8], &[0; 32]))),
+        &["y_train has dtype float32; expected integer class indices"],
+    );
+    let mut big = vec![0u8; 16];
+    big[2..4].copy_from_slice(&300u16.to_le_bytes());
+    case(
+        "npz label out of range",
+        with("y_train", Some(npy("<u2", &[8], &big))),
+        &["y_train[1] = 300 is not a class index in 0..=255"],
+    );
+    case(
+        "npz negative label",
+        with("y_test", Some(npy("|i1", &[4], &[0, 1, 255, 0]))),
+        &["y_test[2] = -1 is not a class index"],
+    );
+    case(
+        "npz labels and images disagree",
+        with("y_train", Some(npy("|u1", &[7], &[0; 7]))),
+        &["y_train has shape [7]; expected (8,) or (8, 1)"],
+    );
+    case(
+        "npz test images of another size",
+        with("x_test", Some(npy("|u1", &[4, 5, 5, 3], &[0; 4 * 75]))),
+        &["x_train images are 3x6x6 (CxHxW), x_test 3x5x5"],
+    );
+    case(
+        "npz images of no image shape",
+        with("x_train", Some(npy("|u1", &[8, 108], &[0; 8 * 108]))),
+        &["x_train has shape [8, 108]; expected N,H,W, N,H,W,C or N,C,H,W"],
+    );
+    case(
+        "npz array shorter than its header",
+        with("x_train", Some(npy("|u1", &[8, 6, 6, 3], &[0; 100]))),
+        &["x_train: shape [8, 6, 6, 3] of uint8 needs 864 bytes, the array has 100"],
+    );
+    let mut nan = vec![0f32; 8 * 108];
+    nan[5] = f32::NAN;
+    let nan: Vec<u8> = nan.iter().flat_map(|x| x.to_le_bytes()).collect();
+    case(
+        "npz NaN pixel",
+        with("x_train", Some(npy("<f4", &[8, 6, 6, 3], &nan))),
+        &["x_train has a non-finite value at flat index 5"],
+    );
+    let mut fortran = npy("|u1", &[8, 6, 6, 3], &[0; 864]);
+    let at = fortran.windows(5).position(|w| w == b"False").unwrap();
+    fortran[at..at + 5].copy_from_slice(b"True ");
+    case(
+        "npz Fortran order",
+        with("x_train", Some(fortran)),
+        &["x_train is in Fortran order"],
+    );
+    case(
+        "npz member not a .npy",
+        with("x_test", Some(b"hello".to_vec())),
+        &["x_test: not a .npy array"],
+    );
+    // the archive itself
+    write_npz(&file, &good, true);
+    let bytes = std::fs::read(&file).unwrap();
+    write(&file, &bytes[..bytes.len() / 2]);
+    expect_bad(
+        "npz truncated archive",
+        &train_on(&data, &run),
+        &[&f, "not a readable .npz (zip) archive"],
+    );
+    write_npz(&file, &good, true);
+    let mut bytes = std::fs::read(&file).unwrap();
+    for b in &mut bytes[200..260] {
+        *b ^= 0x5a;
+    }
+    write(&file, &bytes);
+    expect_bad(
+        "npz damaged member",
+        &train_on(&data, &run),
+        &[&f, "npz: y_train: "],
+    );
+    write(&file, b"x_train,y_train\n1,2\n");
+    expect_bad(
+        "npz not a zip archive",
+        &train_on(&data, &run),
+        &[&f, "not a readable .npz (zip) archive"],
+    );
+    std::fs::remove_file(&file).unwrap();
+    expect_bad("npz missing file", &train_on(&data, &run), &[&f]);
 }
 
 // -------------------------------------------------------------- CIFAR --

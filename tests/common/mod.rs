@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use resgrad::io::safetensors::SafeTensors;
 
+pub mod npz;
+
 pub struct TempDir(pub PathBuf);
 
 impl TempDir {
