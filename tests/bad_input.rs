@@ -14,6 +14,7 @@ use resgrad::Tensor;
 
 mod common;
 use common::npz::{npy, rgb_members, write_npz};
+use common::train_tiny as train_on;
 
 // ------------------------------------------------------------ helpers --
 
@@ -106,31 +107,6 @@ fn gz(bytes: &[u8]) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     e.write_all(bytes).unwrap();
     e.finish().unwrap()
-}
-
-/// `resgrad train` on `data` with a tiny mlp; the run goes to `out`.
-fn train_on(data: &str, out: &Path) -> Output {
-    resgrad(&[
-        "train",
-        "--data",
-        data,
-        "--arch",
-        "mlp",
-        "--units",
-        "1",
-        "--hidden",
-        "8",
-        "--iters",
-        "1",
-        "--batch",
-        "4",
-        "--flow-every",
-        "0",
-        "--quiet",
-        "--overwrite",
-        "--out",
-        out.to_str().unwrap(),
-    ])
 }
 
 // ---------------------------------------------------------------- npz --

@@ -16,6 +16,8 @@ use resgrad::io::safetensors::SafeTensors;
 use resgrad::model::{Net, Spec};
 use resgrad::Tensor;
 
+mod common;
+
 // ------------------------------------------------------------ helpers --
 
 struct TempDir(PathBuf);
@@ -188,28 +190,7 @@ fn mnist_dir(d: &Path) {
 }
 
 fn train_on_mnist(d: &Path, out: &Path) -> Output {
-    let data = format!("mnist:{}", d.display());
-    resgrad(&[
-        "train",
-        "--data",
-        &data,
-        "--arch",
-        "mlp",
-        "--units",
-        "1",
-        "--hidden",
-        "8",
-        "--iters",
-        "1",
-        "--batch",
-        "4",
-        "--flow-every",
-        "0",
-        "--quiet",
-        "--overwrite",
-        "--out",
-        out.to_str().unwrap(),
-    ])
+    common::train_tiny(&format!("mnist:{}", d.display()), out)
 }
 
 fn mkfifo(p: &Path) {

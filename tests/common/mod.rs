@@ -40,6 +40,37 @@ pub fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_resgrad"))
 }
 
+/// `resgrad train` on `data` (a `--data` value) with a tiny MLP (1 unit of
+/// width 8, 1 iteration of batch 4, no probe), into `out` (overwritten):
+/// the bad-input and misuse tests' probe of a data reader.
+pub fn train_tiny(data: &str, out: &Path) -> Output {
+    bin()
+        .args([
+            "train",
+            "--data",
+            data,
+            "--arch",
+            "mlp",
+            "--units",
+            "1",
+            "--hidden",
+            "8",
+            "--iters",
+            "1",
+            "--batch",
+            "4",
+            "--flow-every",
+            "0",
+            "--quiet",
+            "--overwrite",
+            "--out",
+        ])
+        .arg(out)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run resgrad")
+}
+
 pub fn run_ok(args: &[&str], out: &Path) -> Output {
     let o = bin()
         .args(args)
