@@ -3,7 +3,7 @@
 //! seed=2`), else by its name, else by its directory.
 //!
 //! A config is flattened to its leaves (`sgd.momentum`, `schedule.base_lr`,
-//! `spec.depth`); a `{"kind": ...}` object's kind is named after the object
+//! `spec.depth`), the spec's first, the others in key order; a `{"kind": ...}` object's kind is named after the object
 //! (`decay=step`), and the spec's shortcut is one setting, written as the
 //! spec line writes it (`shortcut=scale(0.5)`). A setting is named by the
 //! shortest tail of its path that no other differing setting shares
@@ -28,7 +28,9 @@ pub fn run_labels(runs: &[Run]) -> Vec<String> {
     }
     let configs: Vec<Vec<(Vec<String>, String)>> =
         runs.iter().map(|r| settings(&r.config)).collect();
-    let differing = differing_paths(&configs);
+    // the model's settings first, then the rest (in key order)
+    let mut differing = differing_paths(&configs);
+    differing.sort_by_key(|p| p[0] != "spec");
     if (1..=MAX_SETTINGS).contains(&differing.len()) {
         let names = short_names(&differing);
         let labels: Vec<String> = configs
@@ -76,7 +78,7 @@ fn distinct(labels: &[String]) -> bool {
     v.len() == labels.len() && labels.iter().all(|l| !l.is_empty())
 }
 
-/// The settings of a config: (path, value as text), in the config's order.
+/// The settings of a config: (path, value as text), in key order.
 pub fn settings(config: &Value) -> Vec<(Vec<String>, String)> {
     let mut out = Vec::new();
     if let Some(obj) = config.as_object() {

@@ -326,7 +326,7 @@ fn legend_labels_name_the_settings_that_differ() {
     let (a, b) = (cfg("0.1", 2), cfg("0.05", 2));
     let runs = runs_with_configs(&tmp.path().join("one"), &[("a", &a), ("b", &b)]);
     assert_eq!(labels::run_labels(&runs), ["base_lr=0.1", "base_lr=0.05"]);
-    // two settings: both, in the config's order; `norm` is not a setting
+    // two settings: both, in key order; `norm` is not a setting
     let (c, d) = (cfg("0.1", 2), cfg("0.05", 3));
     let runs = runs_with_configs(&tmp.path().join("two"), &[("c", &c), ("d", &d)]);
     assert_eq!(
@@ -358,7 +358,8 @@ fn legend_labels_name_the_settings_that_differ() {
     let named = a.replace(r#""name": "resnet""#, r#""name": "other""#);
     let runs = runs_with_configs(&tmp.path().join("names"), &[("p", &a), ("q", &named)]);
     assert_eq!(labels::run_labels(&runs), ["resnet", "other"]);
-    // a kind is named after its object, the shortcut after the spec line; a
+    // the spec's settings first; a kind is named after its object, the
+    // shortcut after the spec line; a
     // setting only one run has is "none" in the others; equal tails are
     // told apart by their parents
     let f = r#"{"spec": {"shortcut": {"kind": "scale", "shortcut": 0.5, "branch": 1.0}},
@@ -369,8 +370,8 @@ fn legend_labels_name_the_settings_that_differ() {
     assert_eq!(
         labels::run_labels(&runs),
         [
-            "bn.momentum=0.1 decay=step sgd.momentum=0.9 shortcut=scale(branch=1.0,shortcut=0.5)",
-            "bn.momentum=0.2 decay=constant sgd.momentum=0.8 shortcut=identity",
+            "shortcut=scale(branch=1.0,shortcut=0.5) bn.momentum=0.1 decay=step sgd.momentum=0.9",
+            "shortcut=identity bn.momentum=0.2 decay=constant sgd.momentum=0.8",
         ]
     );
     let h = r#"{"seed": 1}"#;
