@@ -6,7 +6,6 @@
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use resgrad::io::safetensors::SafeTensors;
 use resgrad::model::{Net, Spec};
@@ -15,36 +14,9 @@ use resgrad::Tensor;
 mod common;
 use common::npz::{npy, rgb_members, write_npz};
 use common::train_tiny as train_on;
+use common::TempDir;
 
 // ------------------------------------------------------------ helpers --
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "resgrad-bad-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-    fn join(&self, p: &str) -> PathBuf {
-        self.0.join(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn resgrad<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_resgrad"))
@@ -113,7 +85,7 @@ fn gz(bytes: &[u8]) -> Vec<u8> {
 
 #[test]
 fn npz_malformed() {
-    let t = TempDir::new("npz");
+    let t = TempDir::new("bad-npz");
     let file = t.join("data.npz");
     let data = format!("npz:{}", file.display());
     let run = t.join("run");
@@ -279,7 +251,7 @@ fn cifar100_dir(d: &Path) {
 
 #[test]
 fn cifar10_malformed() {
-    let t = TempDir::new("c10");
+    let t = TempDir::new("bad-c10");
     let data_dir = t.join("data");
     std::fs::create_dir(&data_dir).unwrap();
     let data = format!("cifar10:{}", data_dir.display());
@@ -376,7 +348,7 @@ fn cifar10_malformed() {
 
 #[test]
 fn cifar100_malformed() {
-    let t = TempDir::new("c100");
+    let t = TempDir::new("bad-c100");
     let d = t.join("data");
     std::fs::create_dir(&d).unwrap();
     let data = format!("cifar100:{}", d.display());
@@ -439,7 +411,7 @@ fn mnist_dir(d: &Path) {
 
 #[test]
 fn mnist_malformed() {
-    let t = TempDir::new("mnist");
+    let t = TempDir::new("bad-mnist");
     let d = t.join("data");
     std::fs::create_dir(&d).unwrap();
     let data = format!("mnist:{}", d.display());
@@ -598,7 +570,7 @@ fn mnist_malformed() {
 fn csv_malformed() {
     use resgrad::data::read_mnist_csv;
     use resgrad::Error;
-    let t = TempDir::new("csv");
+    let t = TempDir::new("bad-csv");
     let row = |label: &str| {
         let px: Vec<String> = (0..784).map(|j| (j % 256).to_string()).collect();
         format!("{},{label}\n", px.join(","))
@@ -684,7 +656,7 @@ type OsArg = std::ffi::OsString;
 
 #[test]
 fn specs_malformed() {
-    let t = TempDir::new("spec");
+    let t = TempDir::new("bad-spec");
     let id = r#""unit":"full_preact","shortcut":{"kind":"identity"}"#;
     let cases: Vec<(&str, String, Vec<&str>)> = vec![
         ("empty file", String::new(), vec!["spec.json", "EOF while parsing"]),
@@ -1229,7 +1201,7 @@ fn unwritable_outputs() {
     assert!(SafeTensors::read(&real).unwrap().contains("logits"));
 
     // train: run directory not creatable
-    let t = TempDir::new("train-out");
+    let t = TempDir::new("bad-train-out");
     for (case, out, needle) in [
         (
             "train --out under /proc",
@@ -1282,7 +1254,7 @@ fn unwritable_outputs() {
 /// error names it, and no temporary file is left behind.
 #[test]
 fn full_disk() {
-    let t = TempDir::new("full");
+    let t = TempDir::new("bad-full");
     let mnt = t.join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let script = format!(
@@ -1332,7 +1304,7 @@ fn full_disk() {
 
 #[test]
 fn resume_and_config_malformed() {
-    let t = TempDir::new("resume");
+    let t = TempDir::new("bad-resume");
     let run = t.join("run");
     let o = resgrad(&[
         OsArg::from("train"),
@@ -1430,7 +1402,7 @@ fn resume_and_config_malformed() {
 
 #[test]
 fn cli_values_malformed() {
-    let t = TempDir::new("cli");
+    let t = TempDir::new("bad-cli");
     let out = t.join("run");
     let train = |extra: &[&str]| {
         let mut a: Vec<OsArg> = [

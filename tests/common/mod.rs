@@ -25,8 +25,15 @@ impl TempDir {
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
     }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
     pub fn join(&self, p: &str) -> PathBuf {
         self.0.join(p)
+    }
+    /// `join(p)` as a string, for command lines.
+    pub fn s(&self, p: &str) -> String {
+        self.join(p).display().to_string()
     }
 }
 
