@@ -6,41 +6,17 @@
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use resgrad::io::safetensors::SafeTensors;
 use resgrad::model::{Net, Spec};
 use resgrad::Tensor;
 
+mod common;
+use common::npz::{npy, rgb_members, write_npz};
+use common::train_tiny as train_on;
+use common::TempDir;
+
 // ------------------------------------------------------------ helpers --
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "resgrad-bad-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-    fn join(&self, p: &str) -> PathBuf {
-        self.0.join(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn resgrad<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_resgrad"))
@@ -105,29 +81,137 @@ fn gz(bytes: &[u8]) -> Vec<u8> {
     e.finish().unwrap()
 }
 
-/// `resgrad train` on `data` with a tiny mlp; the run goes to `out`.
-fn train_on(data: &str, out: &Path) -> Output {
-    resgrad(&[
-        "train",
-        "--data",
-        data,
-        "--arch",
-        "mlp",
-        "--units",
-        "1",
-        "--hidden",
-        "8",
-        "--iters",
-        "1",
-        "--batch",
-        "4",
-        "--flow-every",
-        "0",
-        "--quiet",
-        "--overwrite",
-        "--out",
-        out.to_str().unwrap(),
-    ])
+// ---------------------------------------------------------------- npz --
+
+#[test]
+fn npz_malformed() {
+    let t = TempDir::new("bad-npz");
+    let file = t.join("data.npz");
+    let data = format!("npz:{}", file.display());
+    let run = t.join("run");
+    let good = rgb_members(8);
+    write_npz(&file, &good, false);
+    expect_ok("valid npz", &train_on(&data, &run));
+    write_npz(&file, &good, true);
+    expect_ok("valid npz (deflated)", &train_on(&data, &run));
+    let f = file.to_str().unwrap().to_string();
+    // `members`: the valid set with `key` replaced (None: left out)
+    let with = |key: &str, m: Option<Vec<u8>>| -> Vec<(&'static str, Vec<u8>)> {
+        good.iter()
+            .filter_map(|(k, v)| {
+                if *k == key {
+                    m.clone().map(|m| (*k, m))
+                } else {
+                    Some((*k, v.clone()))
+                }
+            })
+            .collect()
+    };
+    let case = |name: &str, members: Vec<(&str, Vec<u8>)>, needles: &[&str]| {
+        write_npz(&file, &members, false);
+        let mut n = vec![f.as_str()];
+        n.extend(needles);
+        expect_bad(name, &train_on(&data, &run), &n);
+    };
+    case(
+        "npz missing key",
+        with("y_test", None),
+        &["no array \"y_test\"", "it has x_test, x_train, y_train"],
+    );
+    case(
+        "npz images of the wrong dtype",
+        with(
+            "x_train",
+            Some(npy("<i8", &[8, 6, 6, 3], &[0; 8 * 108 * 8])),
+        ),
+        &["x_train has dtype int64; expected uint8, float32 or float64"],
+    );
+    case(
+        "npz float labels",
+        with("y_train", Some(npy("<f4", &[8], &[0; 32]))),
+        &["y_train has dtype float32; expected integer class indices"],
+    );
+    let mut big = vec![0u8; 16];
+    big[2..4].copy_from_slice(&300u16.to_le_bytes());
+    case(
+        "npz label out of range",
+        with("y_train", Some(npy("<u2", &[8], &big))),
+        &["y_train[1] = 300 is not a class index in 0..=255"],
+    );
+    case(
+        "npz negative label",
+        with("y_test", Some(npy("|i1", &[4], &[0, 1, 255, 0]))),
+        &["y_test[2] = -1 is not a class index"],
+    );
+    case(
+        "npz labels and images disagree",
+        with("y_train", Some(npy("|u1", &[7], &[0; 7]))),
+        &["y_train has shape [7]; expected (8,) or (8, 1)"],
+    );
+    case(
+        "npz test images of another size",
+        with("x_test", Some(npy("|u1", &[4, 5, 5, 3], &[0; 4 * 75]))),
+        &["x_train images are 3x6x6 (CxHxW), x_test 3x5x5"],
+    );
+    case(
+        "npz images of no image shape",
+        with("x_train", Some(npy("|u1", &[8, 108], &[0; 8 * 108]))),
+        &["x_train has shape [8, 108]; expected N,H,W, N,H,W,C or N,C,H,W"],
+    );
+    case(
+        "npz array shorter than its header",
+        with("x_train", Some(npy("|u1", &[8, 6, 6, 3], &[0; 100]))),
+        &["x_train: shape [8, 6, 6, 3] of uint8 needs 864 bytes, the array has 100"],
+    );
+    let mut nan = vec![0f32; 8 * 108];
+    nan[5] = f32::NAN;
+    let nan: Vec<u8> = nan.iter().flat_map(|x| x.to_le_bytes()).collect();
+    case(
+        "npz NaN pixel",
+        with("x_train", Some(npy("<f4", &[8, 6, 6, 3], &nan))),
+        &["x_train has a non-finite value at flat index 5"],
+    );
+    let mut fortran = npy("|u1", &[8, 6, 6, 3], &[0; 864]);
+    let at = fortran.windows(5).position(|w| w == b"False").unwrap();
+    fortran[at..at + 5].copy_from_slice(b"True ");
+    case(
+        "npz Fortran order",
+        with("x_train", Some(fortran)),
+        &["x_train is in Fortran order"],
+    );
+    case(
+        "npz member not a .npy",
+        with("x_test", Some(b"hello".to_vec())),
+        &["x_test: not a .npy array"],
+    );
+    // the archive itself
+    write_npz(&file, &good, true);
+    let bytes = std::fs::read(&file).unwrap();
+    write(&file, &bytes[..bytes.len() / 2]);
+    expect_bad(
+        "npz truncated archive",
+        &train_on(&data, &run),
+        &[&f, "not a readable .npz (zip) archive"],
+    );
+    write_npz(&file, &good, true);
+    let mut bytes = std::fs::read(&file).unwrap();
+    for b in &mut bytes[200..260] {
+        *b ^= 0x5a;
+    }
+    write(&file, &bytes);
+    expect_bad(
+        "npz damaged member",
+        &train_on(&data, &run),
+        &[&f, "npz: y_train: "],
+    );
+    write(&file, b"x_train,y_train\n1,2\n");
+    expect_bad(
+        "npz not a zip archive",
+        &train_on(&data, &run),
+        &[&f, "not a readable .npz (zip) archive"],
+    );
+    std::fs::remove_file(&file).unwrap();
+    expect_bad("npz missing file", &train_on(&data, &run), &[&f]);
 }
 
 // -------------------------------------------------------------- CIFAR --
@@ -167,7 +251,7 @@ fn cifar100_dir(d: &Path) {
 
 #[test]
 fn cifar10_malformed() {
-    let t = TempDir::new("c10");
+    let t = TempDir::new("bad-c10");
     let data_dir = t.join("data");
     std::fs::create_dir(&data_dir).unwrap();
     let data = format!("cifar10:{}", data_dir.display());
@@ -264,7 +348,7 @@ fn cifar10_malformed() {
 
 #[test]
 fn cifar100_malformed() {
-    let t = TempDir::new("c100");
+    let t = TempDir::new("bad-c100");
     let d = t.join("data");
     std::fs::create_dir(&d).unwrap();
     let data = format!("cifar100:{}", d.display());
@@ -327,7 +411,7 @@ fn mnist_dir(d: &Path) {
 
 #[test]
 fn mnist_malformed() {
-    let t = TempDir::new("mnist");
+    let t = TempDir::new("bad-mnist");
     let d = t.join("data");
     std::fs::create_dir(&d).unwrap();
     let data = format!("mnist:{}", d.display());
@@ -486,7 +570,7 @@ fn mnist_malformed() {
 fn csv_malformed() {
     use resgrad::data::read_mnist_csv;
     use resgrad::Error;
-    let t = TempDir::new("csv");
+    let t = TempDir::new("bad-csv");
     let row = |label: &str| {
         let px: Vec<String> = (0..784).map(|j| (j % 256).to_string()).collect();
         format!("{},{label}\n", px.join(","))
@@ -572,7 +656,7 @@ type OsArg = std::ffi::OsString;
 
 #[test]
 fn specs_malformed() {
-    let t = TempDir::new("spec");
+    let t = TempDir::new("bad-spec");
     let id = r#""unit":"full_preact","shortcut":{"kind":"identity"}"#;
     let cases: Vec<(&str, String, Vec<&str>)> = vec![
         ("empty file", String::new(), vec!["spec.json", "EOF while parsing"]),
@@ -1117,7 +1201,7 @@ fn unwritable_outputs() {
     assert!(SafeTensors::read(&real).unwrap().contains("logits"));
 
     // train: run directory not creatable
-    let t = TempDir::new("train-out");
+    let t = TempDir::new("bad-train-out");
     for (case, out, needle) in [
         (
             "train --out under /proc",
@@ -1170,7 +1254,7 @@ fn unwritable_outputs() {
 /// error names it, and no temporary file is left behind.
 #[test]
 fn full_disk() {
-    let t = TempDir::new("full");
+    let t = TempDir::new("bad-full");
     let mnt = t.join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let script = format!(
@@ -1220,7 +1304,7 @@ fn full_disk() {
 
 #[test]
 fn resume_and_config_malformed() {
-    let t = TempDir::new("resume");
+    let t = TempDir::new("bad-resume");
     let run = t.join("run");
     let o = resgrad(&[
         OsArg::from("train"),
@@ -1318,7 +1402,7 @@ fn resume_and_config_malformed() {
 
 #[test]
 fn cli_values_malformed() {
-    let t = TempDir::new("cli");
+    let t = TempDir::new("bad-cli");
     let out = t.join("run");
     let train = |extra: &[&str]| {
         let mut a: Vec<OsArg> = [

@@ -1,7 +1,8 @@
 //! `resgrad eval` and `resgrad predict` end to end on a small residual MLP
 //! trained on the built-in digits: eval reproduces the run's own final
 //! test accuracy (from the run directory, and from its weights and spec),
-//! its confusion matrix adds up, a PNG of a test digit is classified
+//! its confusion matrix adds up (and is the one the run's final evaluation
+//! wrote, which `report` draws), a PNG of a test digit is classified
 //! exactly as the same record by index, and bad input is exit 2.
 
 mod common;
@@ -102,6 +103,29 @@ fn eval_and_predict_a_trained_run() {
         assert_eq!(pc["n"], 100, "{pc}");
         assert_eq!(pc["correct"].as_u64().unwrap(), conf[c][c]);
     }
+
+    // the run's final evaluation left the same matrix in confusion.json,
+    // and the report draws it (confusion_1.png, the heat map's size)
+    let own: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("confusion.json")).unwrap())
+            .unwrap();
+    assert_eq!(own["confusion"], j["confusion"]);
+    assert_eq!(own["n"], 1000);
+    assert_eq!(own["data"], "mnist5k/test");
+    let report = tmp.join("report");
+    ok(&["report", r, "--out", report.to_str().unwrap()]);
+    let png = std::fs::read(report.join("confusion_1.png")).unwrap();
+    let info = png::Decoder::new(std::io::Cursor::new(png))
+        .read_info()
+        .unwrap()
+        .info()
+        .clone();
+    assert_eq!(
+        (info.width, info.height),
+        (resgrad::report::CONF_W, resgrad::report::CONF_H)
+    );
+    let html = std::fs::read_to_string(report.join("index.html")).unwrap();
+    assert!(html.contains("Confusion matrices"));
 
     // weights + spec: normalised with mnist5k's training split, as the run was
     let cfg: Value =

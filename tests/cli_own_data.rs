@@ -1,4 +1,5 @@
-//! `resgrad train --data folder:DIR` and `--data safetensors:FILE` on tiny
+//! `resgrad train --data folder:DIR`, `--data safetensors:FILE` and
+//! `--data npz:FILE` on tiny
 //! generated data sets: training runs end to end, the geometry comes from
 //! the data, a spec that does not fit the data is exit 2 naming both.
 
@@ -198,4 +199,100 @@ fn trains_on_arrays_in_a_safetensors_file() {
         cfg.contains("\"in_features\": 36") && cfg.contains("\"classes\": 3"),
         "{cfg}"
     );
+}
+
+#[test]
+fn reads_npz_in_each_layout_and_dtype_alike() {
+    use common::npz::{f32_bytes, npy, rgb_members, write_npz};
+    let t = TempDir::new("own-npz-layouts");
+    let m = rgb_members(8);
+    // as np.savez writes it (stored) and as np.savez_compressed does
+    let stored = t.join("stored.npz");
+    write_npz(&stored, &m, false);
+    let deflated = t.join("deflated.npz");
+    write_npz(&deflated, &m, true);
+    let want = resgrad::data::read_npz(&stored).unwrap();
+    assert_eq!(want.train.n, 8);
+    assert_eq!((want.train.c, want.train.h, want.train.w), (3, 6, 6));
+    assert_eq!(want.train.classes, 2);
+    // planar: image 0's red plane is its every third byte
+    let Some((_, x)) = m.iter().find(|(k, _)| *k == "x_train") else {
+        panic!()
+    };
+    let raw = &x[x.len() - 8 * 108..];
+    let red: Vec<f32> = raw[..108].iter().step_by(3).map(|&b| b as f32).collect();
+    assert_eq!(&want.train.images[..36], &red[..]);
+    let got = resgrad::data::read_npz(&deflated).unwrap();
+    assert_eq!(got.train.images, want.train.images);
+    assert_eq!(got.test.labels, want.test.labels);
+    // N,C,H,W float32 (PyTorch's layout) and int64 labels: the same data set
+    let nchw = |n: usize, split: &resgrad::data::Dataset| {
+        npy("<f4", &[n, 3, 6, 6], &f32_bytes(&split.images))
+    };
+    let labels64 = |split: &resgrad::data::Dataset| -> Vec<u8> {
+        split
+            .labels
+            .iter()
+            .flat_map(|&l| (l as i64).to_le_bytes())
+            .collect()
+    };
+    let torch = t.join("torch.npz");
+    write_npz(
+        &torch,
+        &[
+            ("x_train", nchw(8, &want.train)),
+            ("y_train", npy("<i8", &[8, 1], &labels64(&want.train))),
+            ("x_test", nchw(4, &want.test)),
+            ("y_test", npy("<i8", &[4], &labels64(&want.test))),
+        ],
+        false,
+    );
+    let got = resgrad::data::read_npz(&torch).unwrap();
+    assert_eq!(got.train.images, want.train.images);
+    assert_eq!(got.train.labels, want.train.labels);
+    assert_eq!(got.test.images, want.test.images);
+}
+
+#[test]
+fn trains_on_an_npz_and_stores_its_normalisation() {
+    let t = TempDir::new("own-npz");
+    let m = common::npz::rgb_members(16);
+    let file = t.join("data.npz");
+    common::npz::write_npz(&file, &m, true);
+    let out = t.join("run");
+    run_ok(
+        &[
+            "train",
+            "--arch",
+            "mlp",
+            "--hidden",
+            "8",
+            "--units",
+            "1",
+            "--data",
+            &format!("npz:{}", file.display()),
+            "--iters",
+            "4",
+            "--batch",
+            "8",
+            "--quiet",
+        ],
+        &out,
+    );
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["data"], format!("npz:{}", file.display()));
+    assert_eq!(cfg["spec"]["in_features"], 108);
+    assert_eq!(cfg["spec"]["classes"], 2);
+    // the normalisation: per channel, of the training split's raw pixels
+    let train = resgrad::data::read_npz(&file).unwrap().train;
+    for c in 0..3 {
+        let v: Vec<f64> = (0..16)
+            .flat_map(|i| train.image(i)[c * 36..(c + 1) * 36].to_vec())
+            .map(|x| x as f64)
+            .collect();
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        let got = cfg["norm"]["mean"][c].as_f64().unwrap();
+        assert!((got - mean).abs() < 1e-3, "channel {c}: {got} vs {mean}");
+    }
 }

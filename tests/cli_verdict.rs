@@ -220,3 +220,48 @@ fn report_marks_the_stage_boundaries_of_a_conv_net() {
     let svg = std::fs::read_to_string(rep.join("training.svg")).unwrap();
     assert!(!svg.contains("stride 2"));
 }
+
+#[test]
+fn an_overflowed_batchnorm_statistic_is_a_divergence() {
+    // the demo's BN net with 1x1-conv shortcuts: its forward signal grows
+    // until a BatchNorm running variance overflows (iteration 14) while the
+    // loss and the gradients stay finite; the run stops there, and its
+    // weights are never written with the non-finite buffer
+    let tmp = TempDir::new("verdict-bn-stats");
+    let dir = tmp.join("run");
+    let o = bin()
+        .args([
+            "train",
+            "--arch",
+            "mlp",
+            "--units",
+            "30",
+            "--hidden",
+            "64",
+            "--shortcut",
+            "conv1x1",
+            "--lr",
+            "0.05",
+            "--iters",
+            "40",
+            "--flow-every",
+            "31",
+            "--quiet",
+        ])
+        .arg("--out")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    let m = json(&dir.join("diverged.json"));
+    let msg = m["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with("the BatchNorm running statistic units.")
+            && msg.contains(".running_var[")
+            && msg.ends_with("became inf (the forward pass overflowed)"),
+        "{m}"
+    );
+    assert!(m["iter"].as_u64().unwrap() < 40, "{m}");
+    assert!(!dir.join("weights.safetensors").exists());
+    assert_eq!(json(&dir.join("summary.json"))["verdict"], "diverged");
+}

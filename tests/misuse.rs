@@ -7,44 +7,18 @@
 //! The cases are listed in TESTING.md ("Misuse").
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use resgrad::io::safetensors::SafeTensors;
 use resgrad::model::{Net, Spec};
 use resgrad::Tensor;
 
+mod common;
+use common::TempDir;
+
 // ------------------------------------------------------------ helpers --
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "resgrad-misuse-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    fn join(&self, p: &str) -> PathBuf {
-        self.0.join(p)
-    }
-    fn s(&self, p: &str) -> String {
-        self.join(p).display().to_string()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn cmd(args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_resgrad"));
@@ -188,28 +162,7 @@ fn mnist_dir(d: &Path) {
 }
 
 fn train_on_mnist(d: &Path, out: &Path) -> Output {
-    let data = format!("mnist:{}", d.display());
-    resgrad(&[
-        "train",
-        "--data",
-        &data,
-        "--arch",
-        "mlp",
-        "--units",
-        "1",
-        "--hidden",
-        "8",
-        "--iters",
-        "1",
-        "--batch",
-        "4",
-        "--flow-every",
-        "0",
-        "--quiet",
-        "--overwrite",
-        "--out",
-        out.to_str().unwrap(),
-    ])
+    common::train_tiny(&format!("mnist:{}", d.display()), out)
 }
 
 fn mkfifo(p: &Path) {
@@ -262,7 +215,7 @@ fn dev_full() -> Stdio {
 
 #[test]
 fn closed_pipes_and_full_disks_on_stdout_and_stderr() {
-    let t = TempDir::new("out");
+    let t = TempDir::new("misuse-out");
     let run = t.s("run");
     expect_ok("a run to report", &tiny_run(&run, &[]));
     let rep = t.s("rep");
@@ -330,7 +283,7 @@ fn closed_pipes_and_full_disks_on_stdout_and_stderr() {
 
 #[test]
 fn sizes_beyond_memory_are_refused_before_allocating() {
-    let t = TempDir::new("size");
+    let t = TempDir::new("misuse-size");
     let spec = |name: &str, text: &str| {
         let p = t.join(name);
         std::fs::write(&p, text).unwrap();
@@ -430,7 +383,7 @@ fn sizes_beyond_memory_are_refused_before_allocating() {
 
 #[test]
 fn grids_are_counted_not_materialised() {
-    let t = TempDir::new("grid");
+    let t = TempDir::new("misuse-grid");
     let g = t.join("big.toml");
     let list = vec!["0.1"; 1000].join(",");
     std::fs::write(
@@ -489,7 +442,7 @@ fn grids_are_counted_not_materialised() {
 
 #[test]
 fn gzip_bombs_fifos_and_multi_member_gzip() {
-    let t = TempDir::new("gz");
+    let t = TempDir::new("misuse-gz");
     let d = t.join("data");
     let run = t.join("run");
     mnist_dir(&d);
@@ -579,7 +532,7 @@ fn gzip_bombs_fifos_and_multi_member_gzip() {
 
 #[test]
 fn one_owner_per_run_directory_and_no_silent_overwrite() {
-    let t = TempDir::new("dir");
+    let t = TempDir::new("misuse-dir");
     let run = t.s("run");
     expect_ok("first run", &tiny_run(&run, &[]));
     expect_bad(
@@ -678,7 +631,7 @@ fn one_owner_per_run_directory_and_no_silent_overwrite() {
 
 #[test]
 fn names_cannot_escape_the_output_directory() {
-    let t = TempDir::new("names");
+    let t = TempDir::new("misuse-names");
     let base = "[base]\nspec = { arch = \"mlp\", hidden = 8, units = 1, unit = \"original\", shortcut = { kind = \"identity\" } }\niters = 1\n";
     for (case, name, needle) in [
         ("grid name with ..", "../escape", "path separator"),
@@ -740,7 +693,7 @@ fn children_of(pid: u32) -> Vec<u32> {
 
 #[test]
 fn a_stopped_sweep_stops_its_runs() {
-    let t = TempDir::new("sweep-sig");
+    let t = TempDir::new("misuse-sweep-sig");
     let g = t.join("g.toml");
     std::fs::write(
         &g,
@@ -795,7 +748,7 @@ fn a_stopped_sweep_stops_its_runs() {
 
 #[test]
 fn resume_checks_the_checkpoint_against_the_run() {
-    let t = TempDir::new("resume");
+    let t = TempDir::new("misuse-resume");
     let run = t.s("run");
     let dir = t.join("run");
     expect_ok("a run", &tiny_run(&run, &[]));
@@ -924,7 +877,7 @@ fn resume_checks_the_checkpoint_against_the_run() {
 
 #[test]
 fn grads_weights_must_match_the_spec_exactly() {
-    let t = TempDir::new("grads");
+    let t = TempDir::new("misuse-grads");
     let spec_text = r#"{"arch":"mlp","in_features":4,"hidden":3,"units":1,"classes":3,"unit":"full_preact","shortcut":{"kind":"identity"}}"#;
     let spec = Spec::from_json(spec_text).unwrap();
     let deeper = Spec::from_json(&spec_text.replace("\"units\":1", "\"units\":2")).unwrap();
@@ -960,7 +913,7 @@ fn grads_weights_must_match_the_spec_exactly() {
 
 #[test]
 fn flags_are_checked_the_same_way_everywhere() {
-    let t = TempDir::new("flags");
+    let t = TempDir::new("misuse-flags");
     let spec = t.join("s.json");
     std::fs::write(&spec, MLP).unwrap();
     let s = spec.to_str().unwrap();

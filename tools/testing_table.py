@@ -12,6 +12,7 @@ import sys
 SECTIONS = [
     ("CIFAR-10 / CIFAR-100 readers", "resgrad train --data cifar10:D (cifar100:D) --arch mlp --units 1 --hidden 8 --iters 1 --batch 4", "cifar"),
     ("MNIST (IDX) reader", "resgrad train --data mnist:D --arch mlp --units 1 --hidden 8 --iters 1 --batch 4", "mnist"),
+    ("NumPy .npz arrays", "resgrad train --data npz:F --arch mlp --units 1 --hidden 8 --iters 1 --batch 4", "npz"),
     ("Model specs", "resgrad grads --spec S.json --weights W --input W --out O (and train --spec)", "spec"),
     ("Safetensors weights and inputs", "resgrad grads --spec S --weights W --input X --out O (mlp 4-3x1-3)", "st"),
     ("Outputs: unwritable, not a file, full disk", "as given", "out"),
@@ -26,6 +27,8 @@ def section(case):
         return "cifar"
     if c.startswith("mnist"):
         return "mnist"
+    if c.startswith("npz"):
+        return "npz"
     if "disk" in c or "--out" in c or "--json" in c:
         return "out"
     if c.startswith(("resume", "train --config")):

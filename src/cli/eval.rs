@@ -84,8 +84,7 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
     r.weights = eval::describe(&source, &t.weights);
     resgrad::io::console::out(format_args!("{}", r.to_text()))?;
     if let Some(p) = &a.json {
-        let text = serde_json::to_string_pretty(&r).map_err(|e| Error::Config(e.to_string()))?;
-        resgrad::io::write_atomic(p, text.as_bytes())?;
+        resgrad::io::write_atomic(p, &r.to_json()?)?;
         resgrad::outln!("wrote {}", p.display())?;
     }
     Ok(())

@@ -117,7 +117,7 @@ pub struct TrainArgs {
     /// a saved config.json to repeat (other flags are ignored)
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// mnist5k (built in) | cifar10:DIR | cifar100:DIR | mnist:DIR | folder:DIR (train/<class>/*.png, test/<class>/*.png) | safetensors:FILE (images, labels, test_images, test_labels)
+    /// mnist5k (built in) | cifar10:DIR | cifar100:DIR | mnist:DIR | folder:DIR (train/<class>/*.png, test/<class>/*.png) | safetensors:FILE (images, labels, test_images, test_labels) | npz:FILE (x_train, y_train, x_test, y_test, as keras.datasets)
     #[arg(long, default_value = "mnist5k")]
     pub data: String,
     /// run directory (config.json, metrics.csv, flow.csv, checkpoint)

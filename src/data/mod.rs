@@ -39,12 +39,14 @@
 mod augment;
 mod download;
 mod loader;
+mod npz;
 mod own;
 mod readers;
 
 pub use augment::{hflip_into, pad_crop_into, Augment};
 pub use download::{download, download_files, remote_files, DataKind, RemoteFile};
 pub use loader::{Batch, EpochIter, EvalIter, Loader};
+pub use npz::{npz_geometry, read_npy_header, read_npz, NpyHeader, NPZ_KEYS};
 pub use own::{
     arrays_geometry, folder_classes, folder_geometry, read_arrays, read_image_folder, Geometry,
 };

@@ -27,8 +27,8 @@
 //! 0..=255) or `F32` (taken as they are); labels are `N` class indices,
 //! dtype `I64` or `U8`. The class count is the largest label plus one. From
 //! NumPy: `safetensors.numpy.save_file({"images": x.transpose(0, 3, 1, 2),
-//! ...}, "data.safetensors")` for `N,H,W,C` arrays. (`.npz` is not read:
-//! convert with the line above.)
+//! ...}, "data.safetensors")` for `N,H,W,C` arrays (or save them with
+//! `np.savez` and give `npz:FILE`: `super::npz`).
 //!
 //! Both readers return raw values, as the CIFAR/MNIST readers do; the
 //! run normalises per channel with statistics of the training split.

@@ -18,10 +18,11 @@ mod png_image;
 
 pub use png_image::read_png;
 
-use crate::data::{Batch, Dataset, Norm};
+use crate::data::{Dataset, Norm};
 use crate::error::{Error, Result};
 use crate::io::safetensors::SafeTensors;
 use crate::model::{Arch, Net, Spec};
+use crate::train::run::Evaluation;
 use crate::train::{DataSource, TrainConfig};
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -259,57 +260,50 @@ pub struct EvalReport {
     pub confusion: Vec<Vec<usize>>,
 }
 
+/// The run directory's file of its final evaluation: an [`EvalReport`]
+/// as JSON (`resgrad eval --json` writes the same form). `report` draws
+/// its confusion matrix.
+pub const CONFUSION_JSON: &str = "confusion.json";
+
 /// Evaluate `net` on `ds` in eval mode, `batch` images at a time.
 pub fn evaluate(net: &mut Net<f32>, ds: &Dataset, batch: usize) -> Result<EvalReport> {
-    let k = net.classes();
-    let mut confusion = vec![vec![0usize; k]; k];
-    let mut it = ds.eval_batches(batch.max(1));
-    let mut b = Batch::default();
-    let (mut loss, mut seen) = (0.0f64, 0usize);
-    while it.next_into(&mut b) {
-        crate::ops::awake::on_warm_pool(|| net.forward(&b.images, false))?;
-        loss += net.loss(&b.labels)? * b.n as f64;
-        for (row, &y) in net.logits().chunks_exact(k).zip(&b.labels) {
-            let pred = row
-                .iter()
-                .enumerate()
-                .fold(
-                    (0, f32::NEG_INFINITY),
-                    |m, (i, &v)| if v > m.1 { (i, v) } else { m },
-                )
-                .0;
-            confusion[y][pred] += 1;
+    let e = crate::train::run::evaluate(net, ds, batch)?;
+    Ok(EvalReport::new(String::new(), &ds.name, &e))
+}
+
+impl EvalReport {
+    /// The report of an evaluation of `weights` on the set `data`.
+    pub fn new(weights: String, data: &str, e: &Evaluation) -> EvalReport {
+        let per_class = e
+            .confusion
+            .iter()
+            .enumerate()
+            .map(|(c, row)| {
+                let n: usize = row.iter().sum();
+                let correct = row[c];
+                ClassStats {
+                    class: c,
+                    n,
+                    correct,
+                    accuracy: (n > 0).then(|| correct as f64 / n as f64),
+                }
+            })
+            .collect();
+        EvalReport {
+            weights,
+            data: data.to_string(),
+            n: e.n,
+            loss: e.loss,
+            accuracy: e.accuracy,
+            per_class,
+            confusion: e.confusion.clone(),
         }
-        seen += b.n;
     }
-    if seen == 0 {
-        return Err(Error::Config(format!(
-            "the evaluation set {} is empty",
-            ds.name
-        )));
+
+    /// The report as pretty-printed JSON.
+    pub fn to_json(&self) -> Result<Vec<u8>> {
+        serde_json::to_vec_pretty(self).map_err(|e| Error::Config(e.to_string()))
     }
-    let per_class: Vec<ClassStats> = (0..k)
-        .map(|c| {
-            let n: usize = confusion[c].iter().sum();
-            let correct = confusion[c][c];
-            ClassStats {
-                class: c,
-                n,
-                correct,
-                accuracy: (n > 0).then(|| correct as f64 / n as f64),
-            }
-        })
-        .collect();
-    let correct: usize = per_class.iter().map(|c| c.correct).sum();
-    Ok(EvalReport {
-        weights: String::new(),
-        data: ds.name.clone(),
-        n: seen,
-        loss: loss / seen as f64,
-        accuracy: correct as f64 / seen as f64,
-        per_class,
-        confusion,
-    })
 }
 
 /// The ten CIFAR-10 class names, in label order.

@@ -41,6 +41,7 @@ pre { background: #f6f8fa; border: 1px solid #e2e4e8; border-radius: 6px; paddin
   overflow-x: auto; font: 13px/1.45 ui-monospace, "DejaVu Sans Mono", monospace; }
 code { font: 13px ui-monospace, "DejaVu Sans Mono", monospace; }
 .note { color: #777; font-size: 13px; }
+.heat-maps { display: grid; grid-template-columns: repeat(auto-fill, minmax(460px, 1fr)); gap: 16px; }
 "#;
 
 /// Escape text for HTML element content and attribute values.
@@ -95,8 +96,16 @@ fn inline_svg(svg: &str) -> &str {
     }
 }
 
+/// A run's confusion-matrix heat map (`<stem>.png`, `<stem>.svg`).
+pub struct HeatMap {
+    /// index of the run
+    pub run: usize,
+    pub stem: String,
+    pub svg: String,
+}
+
 /// The whole page.
-pub fn index_html(runs: &[Run], figures: &[Figure]) -> String {
+pub fn index_html(runs: &[Run], figures: &[Figure], heat_maps: &[HeatMap]) -> String {
     let mut h = String::new();
     h.push_str("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
     h.push_str("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n");
@@ -197,6 +206,27 @@ pub fn index_html(runs: &[Run], figures: &[Figure]) -> String {
             svg = inline_svg(&f.svg),
             caption = esc(&f.spec.caption),
         );
+    }
+
+    if !heat_maps.is_empty() {
+        h.push_str(
+            "<section class=\"card\" id=\"confusion\">\n<h2 style=\"margin-top:0\">Confusion matrices</h2>\n\
+             <p class=\"note\">The final evaluation of each run (its <code>confusion.json</code>): \
+             rows are the true classes, columns the predicted ones; a cell's colour is the share of \
+             its row, its number the count of images.</p>\n<div class=\"heat-maps\">\n",
+        );
+        for m in heat_maps {
+            let _ = writeln!(
+                h,
+                "<figure>\n{svg}\n<figcaption><span class=\"swatch\" style=\"background:{color}\"></span>{label}. \
+                 Files: <code>{stem}.png</code>, <code>{stem}.svg</code>.</figcaption>\n</figure>",
+                svg = inline_svg(&m.svg),
+                color = run_color_css(m.run),
+                label = esc(&runs[m.run].label),
+                stem = m.stem,
+            );
+        }
+        h.push_str("</div>\n</section>\n");
     }
 
     h.push_str("<section class=\"card\">\n<h2 style=\"margin-top:0\">Run configurations</h2>\n");

@@ -6,14 +6,18 @@
 //! RUN_DIR/metrics.csv    iter,epoch,lr,train_loss,train_acc,test_loss,test_acc,images_per_s,wall_s
 //! RUN_DIR/flow.csv       iter,unit,grad_norm,shortcut_norm,branch_norm,cosine,direct_factor
 //! RUN_DIR/summary.json   optional {verdict, ratio_init, ratio_end, test_acc}
+//! RUN_DIR/confusion.json optional {data, n, confusion} (the final evaluation)
 //! ```
 //!
 //! [`report`] writes to `REPORT_DIR`: `grad_norm`, `shortcut_branch` and
-//! `training` as `.png` and `.svg`, and a self-contained `index.html` that
-//! inlines the SVGs. Every file is written atomically.
+//! `training` as `.png` and `.svg`, `confusion_<i>` (`.png`, `.svg`) for the
+//! i-th run (from 1) where it has a `confusion.json`, and a self-contained
+//! `index.html` that inlines the SVGs. Every file is written atomically.
 
+mod confusion;
 mod figures;
 mod html;
+mod labels;
 mod parse;
 mod plots;
 #[doc(hidden)]
@@ -24,6 +28,7 @@ mod tests;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
+pub use confusion::{Confusion, CONF_H, CONF_W};
 pub use parse::{
     load_run, parse_flow, parse_metrics, spec_label, FlowProbe, MetricRow, Run, RunSummaryFile,
 };
@@ -63,8 +68,7 @@ pub fn report(runs: &[PathBuf], out: &Path) -> Result<ReportSummary> {
         .iter()
         .map(|d| load_run(d))
         .collect::<Result<Vec<Run>>>()?;
-    let mut labels: Vec<String> = loaded.iter().map(|r| r.label.clone()).collect();
-    shorten_labels(&mut labels);
+    let labels = labels::run_labels(&loaded);
     for (r, l) in loaded.iter_mut().zip(labels) {
         r.label = l;
     }
@@ -82,8 +86,24 @@ pub fn report(runs: &[PathBuf], out: &Path) -> Result<ReportSummary> {
         files.push(svg_path);
         figures.push(fig);
     }
+    // each run's confusion matrix, where its final evaluation left one
+    let mut heat_maps = Vec::new();
+    for (i, run) in loaded.iter().enumerate() {
+        let Some(c) = &run.confusion else { continue };
+        let stem = format!("confusion_{}", i + 1);
+        let png_path = out.join(format!("{stem}.png"));
+        let (svg, png) = confusion::render(&run.label, c, &png_path)?;
+        write_atomic(&png_path, &png)?;
+        write_atomic(&out.join(format!("{stem}.svg")), svg.as_bytes())?;
+        files.push(png_path);
+        files.push(out.join(format!("{stem}.svg")));
+        heat_maps.push(html::HeatMap { run: i, stem, svg });
+    }
     let index = out.join("index.html");
-    write_atomic(&index, html::index_html(&loaded, &figures).as_bytes())?;
+    write_atomic(
+        &index,
+        html::index_html(&loaded, &figures, &heat_maps).as_bytes(),
+    )?;
     files.push(index.clone());
 
     let rows = loaded

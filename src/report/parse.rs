@@ -85,6 +85,8 @@ pub struct Run {
     pub summary: Option<RunSummaryFile>,
     /// `diverged.json`: the marker a diverged run leaves
     pub diverged: Option<crate::verdict::Diverged>,
+    /// `confusion.json`: the final evaluation's confusion matrix
+    pub confusion: Option<super::confusion::Confusion>,
 }
 
 impl Run {
@@ -243,6 +245,9 @@ pub fn load_run(dir: &Path) -> Result<Run> {
         })
         .transpose()?;
     let diverged = crate::verdict::read_diverged(dir)?;
+    let confusion = read_optional(&dir.join(crate::eval::CONFUSION_JSON))?
+        .map(|(p, t)| super::confusion::Confusion::parse(&p, &t))
+        .transpose()?;
     Ok(Run {
         dir: dir.to_path_buf(),
         label,
@@ -252,6 +257,7 @@ pub fn load_run(dir: &Path) -> Result<Run> {
         flow,
         summary,
         diverged,
+        confusion,
     })
 }
 
@@ -318,7 +324,7 @@ pub fn spec_label(spec: &Value) -> String {
     }
 }
 
-fn shortcut_label(s: &Value) -> String {
+pub(super) fn shortcut_label(s: &Value) -> String {
     let Some(obj) = s.as_object() else {
         return match s {
             Value::String(s) => s.clone(),

@@ -55,7 +55,7 @@ const PALETTE: [RGBColor; 20] = [
     RGBColor(158, 218, 229),
 ];
 const GRID: RGBColor = RGBColor(225, 225, 225);
-const INK: RGBColor = RGBColor(40, 40, 40);
+pub(super) const INK: RGBColor = RGBColor(40, 40, 40);
 
 /// The colour of run `i`, as CSS (for the HTML table).
 pub fn run_color_css(i: usize) -> String {
@@ -110,7 +110,7 @@ pub struct Figure {
     pub png: Vec<u8>,
 }
 
-fn register_fonts() {
+pub(super) fn register_fonts() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // Both fonts are valid TrueType files; a failure would only show up
@@ -142,7 +142,11 @@ pub fn render(spec: FigureSpec, path_hint: &Path) -> Result<Figure> {
     Ok(Figure { spec, svg, png })
 }
 
-fn encode_png(rgb: &[u8], w: u32, h: u32) -> std::result::Result<Vec<u8>, png::EncodingError> {
+pub(super) fn encode_png(
+    rgb: &[u8],
+    w: u32,
+    h: u32,
+) -> std::result::Result<Vec<u8>, png::EncodingError> {
     let mut out = Vec::new();
     {
         let mut enc = png::Encoder::new(&mut out, w, h);
@@ -156,9 +160,23 @@ fn encode_png(rgb: &[u8], w: u32, h: u32) -> std::result::Result<Vec<u8>, png::E
 
 const LEGEND_ROW: u32 = 24;
 const LEGEND_ENTRY_W: u32 = 230;
+/// Width of a legend character, generously (DejaVu Sans at 16 px).
+const LEGEND_CHAR_W: u32 = 9;
+
+/// Width of one legend entry: the swatch and the longest label, at least
+/// [`LEGEND_ENTRY_W`], at most the figure's width.
+fn legend_entry_w(spec: &FigureSpec) -> u32 {
+    let longest = spec
+        .runs
+        .iter()
+        .map(|l| l.chars().count())
+        .max()
+        .unwrap_or(0) as u32;
+    (48 + LEGEND_CHAR_W * longest).clamp(LEGEND_ENTRY_W, FIG_W - 40)
+}
 
 fn legend_rows(spec: &FigureSpec) -> u32 {
-    let per_row = (FIG_W - 40) / LEGEND_ENTRY_W;
+    let per_row = (FIG_W - 40) / legend_entry_w(spec);
     let run_rows = (spec.runs.len() as u32).div_ceil(per_row);
     run_rows + u32::from(!spec.styles.is_empty())
 }
@@ -209,17 +227,19 @@ fn draw_legend<DB: DrawingBackend>(
     spec: &FigureSpec,
 ) -> DrawResult<DB> {
     let font = (FONT, 16).into_font().color(&INK);
-    let per_row = ((FIG_W - 40) / LEGEND_ENTRY_W) as usize;
+    let entry_w = legend_entry_w(spec);
+    let per_row = ((FIG_W - 40) / entry_w) as usize;
+    let max_chars = ((entry_w - 48) / LEGEND_CHAR_W) as usize;
     let text_pos = Pos::new(HPos::Left, VPos::Center);
     for (i, label) in spec.runs.iter().enumerate() {
-        let x = 20 + (i % per_row) as i32 * LEGEND_ENTRY_W as i32;
+        let x = 20 + (i % per_row) as i32 * entry_w as i32;
         let y = 12 + (i / per_row) as i32 * LEGEND_ROW as i32;
         let color = PALETTE[i % PALETTE.len()];
         area.draw(&Rectangle::new(
             [(x, y - 6), (x + 28, y + 6)],
             color.filled(),
         ))?;
-        let text = truncate(label, 26);
+        let text = truncate(label, max_chars);
         area.draw(&Text::new(text, (x + 36, y), font.clone().pos(text_pos)))?;
     }
     if !spec.styles.is_empty() {

@@ -102,7 +102,9 @@ fn summary_rows_and_ratios() {
         panic!("3 runs")
     };
 
-    assert_eq!(id.label, "identity");
+    // the runs differ in their shortcut alone (crate::report::labels)
+    assert_eq!(id.label, "shortcut=identity");
+    assert_eq!(half.label, "shortcut=scale(0.5)");
     // judged from flow.csv (crate::verdict): the shortcut term is the larger
     assert_eq!(id.verdict.as_deref(), Some("healthy, shortcut term"));
     assert_eq!(
@@ -124,7 +126,7 @@ fn summary_rows_and_ratios() {
     let want = 0.5f64.powi(synthetic::UNITS as i32);
     assert!((r / want - 1.0).abs() < 0.2, "scale ratio {r} vs {want}");
 
-    assert_eq!(div.label, "conv_diverged");
+    assert_eq!(div.label, "shortcut=conv1x1");
     assert_eq!(div.verdict.as_deref(), Some("diverged (inferred)"));
     assert!(div.ratio_init.unwrap() > 100.0);
     assert!(div.ratio_end.unwrap().is_nan());
@@ -295,4 +297,175 @@ fn legend_labels_drop_what_every_run_shares() {
     let mut l = vec!["x/same".to_string(), "x/same".to_string()];
     super::shorten_labels(&mut l);
     assert_eq!(l, ["x/same", "x/same"]);
+}
+
+/// Run directories `root/<dir>` with the given config.json texts.
+fn runs_with_configs(root: &Path, configs: &[(&str, &str)]) -> Vec<Run> {
+    configs
+        .iter()
+        .map(|(dir, cfg)| {
+            let d = root.join(dir);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("config.json"), cfg).unwrap();
+            load_run(&d).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn legend_labels_name_the_settings_that_differ() {
+    let tmp = TempDir::new("labels");
+    let cfg = |lr: &str, seed: u32| {
+        format!(
+            r#"{{"name": "resnet", "spec": {{"depth": 20, "unit": "original", "shortcut": {{"kind": "identity"}}}},
+                "sgd": {{"momentum": 0.9}}, "schedule": {{"base_lr": {lr}, "decay": {{"kind": "constant"}}}},
+                "seed": {seed}, "norm": {{"mean": [{seed}]}}}}"#
+        )
+    };
+    // one setting differs (the runs' names are the same)
+    let (a, b) = (cfg("0.1", 2), cfg("0.05", 2));
+    let runs = runs_with_configs(&tmp.path().join("one"), &[("a", &a), ("b", &b)]);
+    assert_eq!(labels::run_labels(&runs), ["base_lr=0.1", "base_lr=0.05"]);
+    // two settings: both, in key order; `norm` is not a setting
+    let (c, d) = (cfg("0.1", 2), cfg("0.05", 3));
+    let runs = runs_with_configs(&tmp.path().join("two"), &[("c", &c), ("d", &d)]);
+    assert_eq!(
+        labels::run_labels(&runs),
+        ["base_lr=0.1 seed=2", "base_lr=0.05 seed=3"]
+    );
+    // three runs, some sharing a value: every run shows every differing setting
+    let e = cfg("0.05", 2);
+    let runs = runs_with_configs(
+        &tmp.path().join("three"),
+        &[("c", &c), ("d", &d), ("e", &e)],
+    );
+    assert_eq!(
+        labels::run_labels(&runs),
+        [
+            "base_lr=0.1 seed=2",
+            "base_lr=0.05 seed=3",
+            "base_lr=0.05 seed=2"
+        ]
+    );
+    // identical configs: the directory names
+    let runs = runs_with_configs(&tmp.path().join("same"), &[("run_x", &a), ("run_y", &a)]);
+    assert_eq!(labels::run_labels(&runs), ["run_x", "run_y"]);
+    // identical configs in directories of the same name: the paths' differing parts
+    let root = tmp.path().join("dirs");
+    let runs = runs_with_configs(&root, &[("g1/run", &a), ("g2/run", &a)]);
+    assert_eq!(labels::run_labels(&runs), ["g1/run", "g2/run"]);
+    // identical configs but for their names: the names
+    let named = a.replace(r#""name": "resnet""#, r#""name": "other""#);
+    let runs = runs_with_configs(&tmp.path().join("names"), &[("p", &a), ("q", &named)]);
+    assert_eq!(labels::run_labels(&runs), ["resnet", "other"]);
+    // the spec's settings first; a kind is named after its object, the
+    // shortcut after the spec line; a
+    // setting only one run has is "none" in the others; equal tails are
+    // told apart by their parents
+    let f = r#"{"spec": {"shortcut": {"kind": "scale", "shortcut": 0.5, "branch": 1.0}},
+               "schedule": {"decay": {"kind": "step"}}, "sgd": {"momentum": 0.9}, "bn": {"momentum": 0.1}}"#;
+    let g = r#"{"spec": {"shortcut": {"kind": "identity"}}, "schedule": {"decay": {"kind": "constant"}},
+               "sgd": {"momentum": 0.8}, "bn": {"momentum": 0.2}}"#;
+    let runs = runs_with_configs(&tmp.path().join("kinds"), &[("f", f), ("g", g)]);
+    assert_eq!(
+        labels::run_labels(&runs),
+        [
+            "shortcut=scale(branch=1.0,shortcut=0.5) bn.momentum=0.1 decay=step sgd.momentum=0.9",
+            "shortcut=identity bn.momentum=0.2 decay=constant sgd.momentum=0.8",
+        ]
+    );
+    let h = r#"{"seed": 1}"#;
+    let i = r#"{"seed": 1, "init_from": "w.safetensors"}"#;
+    let runs = runs_with_configs(&tmp.path().join("none"), &[("h", h), ("i", i)]);
+    assert_eq!(
+        labels::run_labels(&runs),
+        ["init_from=none", "init_from=w.safetensors"]
+    );
+}
+
+#[test]
+fn too_many_differences_fall_back_to_the_names() {
+    let tmp = TempDir::new("labels-many");
+    let a = r#"{"name": "first", "a": 1, "b": 1, "c": 1, "d": 1, "e": 1}"#;
+    let b = r#"{"name": "second", "a": 2, "b": 2, "c": 2, "d": 2, "e": 2}"#;
+    let runs = runs_with_configs(tmp.path(), &[("x", a), ("y", b)]);
+    assert_eq!(labels::run_labels(&runs), ["first", "second"]);
+}
+
+/// A `confusion.json` as `resgrad train` writes it (extra fields included).
+fn confusion_json(confusion: &[Vec<usize>]) -> String {
+    let n: usize = confusion.iter().flatten().sum();
+    serde_json::json!({
+        "weights": "w", "data": "digits/test", "n": n, "loss": 0.5, "accuracy": 0.5,
+        "per_class": [], "confusion": confusion,
+    })
+    .to_string()
+}
+
+#[test]
+fn confusion_heat_maps_for_the_runs_that_have_one() {
+    let tmp = TempDir::new("confusion");
+    let runs = synthetic::write_example_runs(&tmp.path().join("runs")).unwrap();
+    let m: Vec<Vec<usize>> = (0..10)
+        .map(|t| {
+            (0..10)
+                .map(|p| if t == p { 90 } else { t % 3 + p % 2 })
+                .collect()
+        })
+        .collect();
+    std::fs::write(runs[1].join("confusion.json"), confusion_json(&m)).unwrap();
+    let out = tmp.path().join("report");
+    let s = report(&runs, &out).unwrap();
+    // the second run's, numbered after it; no file for the others
+    assert_eq!(s.files.len(), 9);
+    assert!(!out.join("confusion_1.png").exists());
+    let png = std::fs::read(out.join("confusion_2.png")).unwrap();
+    let dec = png::Decoder::new(std::io::Cursor::new(&png));
+    let mut reader = dec.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert_eq!((info.width, info.height), (CONF_W, CONF_H));
+    // a real picture: white, the full colour of the diagonal, shades between
+    let px = &buf[..info.buffer_size()];
+    let mut colours: Vec<&[u8]> = px.chunks_exact(3).collect();
+    colours.sort();
+    colours.dedup();
+    assert!(colours.len() > 50, "{} colours", colours.len());
+    assert!(px.chunks_exact(3).any(|c| c == [31, 119, 180]));
+    let svg = std::fs::read_to_string(out.join("confusion_2.svg")).unwrap();
+    assert!(
+        svg.contains("<svg") && svg.contains("\n90\n</text>"),
+        "the counts are written"
+    );
+    let html = std::fs::read_to_string(&s.index).unwrap();
+    assert!(html.contains("Confusion matrices") && html.contains("confusion_2.png"));
+    assert_eq!(html.matches("<svg").count(), 4);
+}
+
+#[test]
+fn a_malformed_confusion_json_names_the_file() {
+    let tmp = TempDir::new("confusion-bad");
+    let runs = synthetic::write_example_runs(tmp.path()).unwrap();
+    let p = runs[0].join("confusion.json");
+    for (text, want) in [
+        (
+            confusion_json(&[vec![1, 2], vec![3]]),
+            "not square: row 1 has 1 entries",
+        ),
+        (
+            confusion_json(&[vec![1, 2], vec![3, 4]]).replace("\"n\":10", "\"n\":11"),
+            "counts 10 images, \"n\" says 11",
+        ),
+        (confusion_json(&[]), "the confusion matrix is empty"),
+        ("{\"data\": 1}".to_string(), "not an evaluation report"),
+    ] {
+        std::fs::write(&p, &text).unwrap();
+        let e = report(&runs, &tmp.path().join("out"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("confusion.json") && e.contains(want),
+            "{text}: {e}"
+        );
+    }
 }

@@ -23,6 +23,8 @@ pub enum DataSource {
     Folder(PathBuf),
     /// a safetensors file with `images`, `labels`, `test_images`, `test_labels`
     Arrays(PathBuf),
+    /// NumPy arrays in an `.npz`: `x_train`, `y_train`, `x_test`, `y_test`
+    Npz(PathBuf),
 }
 
 impl TryFrom<String> for DataSource {
@@ -47,20 +49,21 @@ impl std::fmt::Display for DataSource {
             DataSource::Mnist(p) => write!(f, "mnist:{}", p.display()),
             DataSource::Folder(p) => write!(f, "folder:{}", p.display()),
             DataSource::Arrays(p) => write!(f, "safetensors:{}", p.display()),
+            DataSource::Npz(p) => write!(f, "npz:{}", p.display()),
         }
     }
 }
 
 impl DataSource {
-    /// `mnist5k`, `cifar10:DIR`, `cifar100:DIR`, `mnist:DIR`, `folder:DIR`
-    /// or `safetensors:FILE`.
+    /// `mnist5k`, `cifar10:DIR`, `cifar100:DIR`, `mnist:DIR`, `folder:DIR`,
+    /// `safetensors:FILE` or `npz:FILE`.
     pub fn parse(s: &str) -> Result<Self> {
         if s == "mnist5k" {
             return Ok(DataSource::Mnist5k);
         }
         let (kind, dir) = s.split_once(':').ok_or_else(|| {
             Error::Config(format!(
-                "data source {s:?}: expected mnist5k, cifar10:DIR, cifar100:DIR, mnist:DIR, folder:DIR or safetensors:FILE"
+                "data source {s:?}: expected mnist5k, cifar10:DIR, cifar100:DIR, mnist:DIR, folder:DIR, safetensors:FILE or npz:FILE"
             ))
         })?;
         if dir.is_empty() {
@@ -75,11 +78,9 @@ impl DataSource {
             "mnist" => Ok(DataSource::Mnist(p)),
             "folder" => Ok(DataSource::Folder(p)),
             "safetensors" => Ok(DataSource::Arrays(p)),
-            "npz" => Err(Error::Config(format!(
-                "data source {s:?}: .npz is not read; save the arrays as safetensors (images, labels, test_images, test_labels: see the README) and give safetensors:FILE"
-            ))),
+            "npz" => Ok(DataSource::Npz(p)),
             _ => Err(Error::Config(format!(
-                "unknown data set {kind:?} (cifar10, cifar100, mnist, mnist5k, folder, safetensors)"
+                "unknown data set {kind:?} (cifar10, cifar100, mnist, mnist5k, folder, safetensors, npz)"
             ))),
         }
     }
@@ -93,6 +94,7 @@ impl DataSource {
             DataSource::Mnist(p) => data::read_mnist(p),
             DataSource::Folder(p) => data::read_image_folder(p),
             DataSource::Arrays(p) => data::read_arrays(p),
+            DataSource::Npz(p) => data::read_npz(p),
         }
     }
 

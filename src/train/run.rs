@@ -56,9 +56,32 @@ impl RunOutcome {
     }
 }
 
-/// Evaluate in eval mode (BN running statistics, no dropout); returns (loss, accuracy).
-pub fn evaluate(net: &mut Net<f32>, data: &Dataset, batch: usize) -> Result<(f64, f64)> {
+/// One evaluation in eval mode (BN running statistics, no dropout).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Evaluation {
+    /// mean cross-entropy
+    pub loss: f64,
+    pub accuracy: f64,
+    /// images evaluated
+    pub n: usize,
+    /// `confusion[true][predicted]`: image counts (`classes x classes`)
+    pub confusion: Vec<Vec<usize>>,
+}
+
+/// Evaluate in eval mode (BN running statistics, no dropout).
+pub fn evaluate(net: &mut Net<f32>, data: &Dataset, batch: usize) -> Result<Evaluation> {
     evaluate_on(net, data, batch, &Single)
+}
+
+/// The index of a row's largest value (the first of equals).
+pub fn arg_max(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+        )
+        .0
 }
 
 /// Number of rows whose arg-max equals the label.
@@ -66,16 +89,7 @@ pub fn count_correct(logits: &[f32], labels: &[usize], classes: usize) -> usize 
     logits
         .chunks_exact(classes)
         .zip(labels)
-        .filter(|(row, &y)| {
-            let best = row
-                .iter()
-                .enumerate()
-                .fold(
-                    (0, f32::NEG_INFINITY),
-                    |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-                );
-            best.0 == y
-        })
+        .filter(|(row, &y)| arg_max(row) == y)
         .count()
 }
 
@@ -146,39 +160,81 @@ pub fn divergence_in(norms: &[f64], loss: f64, max_norm: f64) -> Option<String> 
     None
 }
 
+/// The first BatchNorm running statistic that is no longer finite, as a
+/// divergence message: the forward pass overflowed (a batch variance of
+/// `inf`), which can leave the loss and every gradient finite while the
+/// weights are unusable in eval mode. Checked after every step; with more
+/// than one rank (each keeps its own statistics) every rank answers the
+/// same, so all of them stop together.
+pub fn nonfinite_statistics(net: &mut Net<f32>, comm: &dyn Comm) -> Option<String> {
+    let found = net.bn_layers_mut().into_iter().find_map(|bn| {
+        bn.buffers().find_map(|b| {
+            let i = b.value.iter().position(|v| !v.is_finite())?;
+            Some(format!(
+                "the BatchNorm running statistic {}[{i}] became {} (the forward pass overflowed)",
+                b.name, b.value[i]
+            ))
+        })
+    });
+    if comm.size() > 1 {
+        let mut any = [f64::from(u8::from(found.is_some()))];
+        comm.sum_f64(&mut any);
+        if any[0] > 0.0 && found.is_none() {
+            return Some("a BatchNorm running statistic became non-finite on another rank".into());
+        }
+    }
+    found
+}
+
 /// [`evaluate`] split over the ranks: rank r takes evaluation batches r,
-/// r + R, ...; the sums are added over the ranks.
+/// r + R, ...; the sums (and the confusion counts) are added over the ranks.
 pub fn evaluate_on(
     net: &mut Net<f32>,
     data: &Dataset,
     batch: usize,
     comm: &dyn Comm,
-) -> Result<(f64, f64)> {
+) -> Result<Evaluation> {
     let (rank, size) = (comm.rank(), comm.size());
-    let (mut loss, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+    let k = net.classes();
+    // [loss sum, images, confusion counts row-major]
+    let mut v = vec![0.0f64; 2 + k * k];
     // the whole evaluation on a pool worker, the others kept awake from one
     // batch to the next (ops::awake)
     crate::ops::awake::on_warm_pool(|| -> Result<()> {
-        let mut it = data.eval_batches(batch);
+        let mut it = data.eval_batches(batch.max(1));
         let mut b = Batch::default();
         let mut i = 0usize;
         while it.next_into(&mut b) {
             if i % size == rank {
                 net.forward(&b.images, false)?;
-                loss += net.loss(&b.labels)? * b.n as f64;
-                correct += count_correct(net.logits(), &b.labels, net.classes());
-                seen += b.n;
+                v[0] += net.loss(&b.labels)? * b.n as f64;
+                v[1] += b.n as f64;
+                for (row, &y) in net.logits().chunks_exact(k).zip(&b.labels) {
+                    v[2 + y * k + arg_max(row)] += 1.0;
+                }
             }
             i += 1;
         }
         Ok(())
     })?;
-    let mut v = [loss, correct as f64, seen as f64];
     comm.sum_f64(&mut v);
-    if v[2] == 0.0 {
-        return Err(Error::Config("the evaluation set is empty".into()));
+    if v[1] == 0.0 {
+        return Err(Error::Config(format!(
+            "the evaluation set {} is empty",
+            data.name
+        )));
     }
-    Ok((v[0] / v[2], v[1] / v[2]))
+    let confusion: Vec<Vec<usize>> = v[2..]
+        .chunks_exact(k)
+        .map(|r| r.iter().map(|&c| c as usize).collect())
+        .collect();
+    let correct: usize = (0..k).map(|c| confusion[c][c]).sum();
+    Ok(Evaluation {
+        loss: v[0] / v[1],
+        accuracy: correct as f64 / v[1],
+        n: v[1] as usize,
+        confusion,
+    })
 }
 
 /// The weights are compared across the ranks every this many iterations
@@ -242,10 +298,11 @@ pub fn train_run_on(
             retain_rows(&flow_path, FLOW_CSV_HEADER, |it| it < iter)?;
         }
     } else if lead {
-        let (summary, marker, timings) = (
+        let (summary, marker, timings, confusion) = (
             dir.join(crate::verdict::SUMMARY_JSON),
             dir.join(crate::verdict::DIVERGED_JSON),
             dir.join(TIMINGS_JSON),
+            dir.join(crate::eval::CONFUSION_JSON),
         );
         // (steps.csv: StepLog::open below starts it afresh)
         for p in [
@@ -255,6 +312,7 @@ pub fn train_run_on(
             &summary,
             &marker,
             &timings,
+            &confusion,
         ] {
             if p.exists() {
                 std::fs::remove_file(p).map_err(|e| Error::io(p, e))?;
@@ -332,10 +390,15 @@ pub fn train_run_on(
             // summed over the ranks: train::parallel)
             let out = par.step(&mut net, &b, probe, iter, cfg.max_grad_norm)?;
             tm.passes_s += out.passes_s;
-            tm.divergence_check_s += out.check_s;
             tm.probe_s += out.probe_s;
+            let ts = Instant::now();
+            let diverged_now = match out.diverged {
+                Some(msg) => Some(msg),
+                None => nonfinite_statistics(&mut net, &*comm),
+            };
+            tm.divergence_check_s += out.check_s + ts.elapsed().as_secs_f64();
             let tp = Instant::now();
-            if let Some(msg) = out.diverged {
+            if let Some(msg) = diverged_now {
                 diverged = Some(msg);
                 if probe {
                     flow_last = out.flow;
@@ -392,7 +455,8 @@ pub fn train_run_on(
                 tw = LoopTimings::lap(&mut tm.checkpoint_s, tw);
             }
             if eval_now {
-                let (test_loss, test_acc) = evaluate_on(&mut net, &data.eval, cfg.batch, &*comm)?;
+                let e = evaluate_on(&mut net, &data.eval, cfg.batch, &*comm)?;
+                let (test_loss, test_acc) = (e.loss, e.accuracy);
                 let tc = LoopTimings::lap(&mut tm.evaluation_s, tw);
                 let wall_s = wall_before + start.elapsed().as_secs_f64();
                 last = MetricsRow {
@@ -410,6 +474,12 @@ pub fn train_run_on(
                     append_lines(&metrics_path, METRICS_HEADER, &last.csv_line())?;
                     steplog.evaluation(&last)?;
                     checkpoint::save(&ckpt_path, &stored, &mut net, &opt, iter, wall_s)?;
+                    if iter == cfg.iters {
+                        // the final evaluation's confusion matrix (the report draws it)
+                        let what = format!("{} at iteration {iter}", cfg.name);
+                        let r = crate::eval::EvalReport::new(what, &data.eval.name, &e);
+                        write_atomic(&dir.join(crate::eval::CONFUSION_JSON), &r.to_json()?)?;
+                    }
                 }
                 progress.println(&format!(
                     "{}: iter {iter} epoch {:.2}: train loss {:.4} acc {:.2}%, test loss {test_loss:.4} acc {:.2}%, {ips:.0} img/s",
@@ -498,6 +568,7 @@ pub fn train_run_on(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Spec;
 
     /// The screened check answers exactly what the exact norms do: healthy
     /// buffers, a NaN, an infinity, a norm just above and just below the
@@ -537,5 +608,25 @@ mod tests {
             .contains("unit 2"));
         assert_eq!(check(&base, 2.3, at), None);
         assert_eq!(check(&base, 2.3, at * (1.0 + 1e-9)), None);
+    }
+
+    #[test]
+    fn nonfinite_running_statistics_are_a_divergence() {
+        let spec = Spec::from_json(
+            r#"{"arch":"mlp","in_features":4,"hidden":8,"units":2,"classes":3,"unit":"original","shortcut":{"kind":"identity"}}"#,
+        )
+        .unwrap();
+        let mut net: Net<f32> = Net::new(&spec, 1, 0).unwrap();
+        assert_eq!(nonfinite_statistics(&mut net, &Single), None);
+        let mut bns = net.bn_layers_mut();
+        assert!(bns.len() >= 2);
+        bns[1].running_var.value[3] = f32::INFINITY;
+        let name = bns[1].running_var.name.clone();
+        let msg = nonfinite_statistics(&mut net, &Single).expect("diverged");
+        assert!(msg.contains(&format!("{name}[3] became inf")), "{msg}");
+        net.bn_layers_mut()[1].running_var.value[3] = 1.0;
+        net.bn_layers_mut()[0].running_mean.value[0] = f32::NAN;
+        let msg = nonfinite_statistics(&mut net, &Single).expect("diverged");
+        assert!(msg.contains("running_mean[0] became NaN"), "{msg}");
     }
 }

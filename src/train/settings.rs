@@ -219,6 +219,7 @@ pub fn geometry(data: &DataSource) -> Result<(usize, usize, usize)> {
         DataSource::Cifar100(_) => (3, 3072, 100),
         DataSource::Folder(p) => own(crate::data::folder_geometry(p)?),
         DataSource::Arrays(p) => own(crate::data::arrays_geometry(p)?),
+        DataSource::Npz(p) => own(crate::data::npz_geometry(p)?),
     })
 }
 
@@ -229,5 +230,6 @@ fn train_images(data: &DataSource) -> Result<usize> {
         DataSource::Mnist(_) => 60_000,
         DataSource::Folder(p) => crate::data::folder_geometry(p)?.train_n,
         DataSource::Arrays(p) => crate::data::arrays_geometry(p)?.train_n,
+        DataSource::Npz(p) => crate::data::npz_geometry(p)?.train_n,
     })
 }

@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use resgrad::io::safetensors::SafeTensors;
 
+pub mod npz;
+
 pub struct TempDir(pub PathBuf);
 
 impl TempDir {
@@ -23,8 +25,15 @@ impl TempDir {
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
     }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
     pub fn join(&self, p: &str) -> PathBuf {
         self.0.join(p)
+    }
+    /// `join(p)` as a string, for command lines.
+    pub fn s(&self, p: &str) -> String {
+        self.join(p).display().to_string()
     }
 }
 
@@ -36,6 +45,37 @@ impl Drop for TempDir {
 
 pub fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_resgrad"))
+}
+
+/// `resgrad train` on `data` (a `--data` value) with a tiny MLP (1 unit of
+/// width 8, 1 iteration of batch 4, no probe), into `out` (overwritten):
+/// the bad-input and misuse tests' probe of a data reader.
+pub fn train_tiny(data: &str, out: &Path) -> Output {
+    bin()
+        .args([
+            "train",
+            "--data",
+            data,
+            "--arch",
+            "mlp",
+            "--units",
+            "1",
+            "--hidden",
+            "8",
+            "--iters",
+            "1",
+            "--batch",
+            "4",
+            "--flow-every",
+            "0",
+            "--quiet",
+            "--overwrite",
+            "--out",
+        ])
+        .arg(out)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run resgrad")
 }
 
 pub fn run_ok(args: &[&str], out: &Path) -> Output {
