@@ -79,7 +79,10 @@ fn rounding_matches_vcvtne2ps2bf16() {
 
 /// Shapes that cross every blocking edge: ragged MR / NR tiles, odd K,
 /// K > KC, M > MC, N > NC.
-const SHAPES: [(usize, usize, usize); 8] = [
+const SHAPES: [(usize, usize, usize); 11] = [
+    (144, 16, 1024),
+    (7, 9, 33),
+    (576, 64, 64),
     (1, 1, 1),
     (8, 32, 2),
     (7, 33, 5),

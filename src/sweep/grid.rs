@@ -59,6 +59,7 @@ pub const SETTING_KEYS: &[&str] = &[
     "schedule_scale",
     "init_from",
     "log_every",
+    "precision",
 ];
 
 const TOP_KEYS: &str = "name, description, fail_above, [base], [grid]";
