@@ -142,7 +142,10 @@ unsafe fn interleave_rows(dst: &mut [u32], lo: &[f32], hi: &[f32]) {
         let (l, h) = (lo.as_ptr(), hi.as_ptr());
         let lb = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(l.add(16)), _mm512_loadu_ps(l));
         let hb = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(h.add(16)), _mm512_loadu_ps(h));
-        let (lb, hb): (__m512i, __m512i) = (std::mem::transmute(lb), std::mem::transmute(hb));
+        let (lb, hb) = (
+            std::mem::transmute::<__m512bh, __m512i>(lb),
+            std::mem::transmute::<__m512bh, __m512i>(hb),
+        );
         // 16-bit lanes: lo[j] from `lb` (index j), hi[j] from `hb` (32 + j)
         let mut idx = [0i16; 64];
         for (t, x) in idx.iter_mut().enumerate() {
@@ -203,11 +206,22 @@ unsafe fn pack_a(dst: &mut [u32], a: &Mat<f32>, rows: (usize, usize), k0: usize,
 /// As [`pairs_of_run`]; `nr` is 16 or 32.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn pack_b(dst: &mut [u32], b: &Mat<f32>, k0: usize, kc: usize, cols: (usize, usize), nr: usize) {
+unsafe fn pack_b(
+    dst: &mut [u32],
+    b: &Mat<f32>,
+    k0: usize,
+    kc: usize,
+    cols: (usize, usize),
+    nr: usize,
+) {
     let kc2 = kc.div_ceil(2);
     let (c0, nc) = cols;
     let mut tmp = [0u32; 32];
-    for (p, panel) in dst.chunks_exact_mut(kc2 * nr).take(nc.div_ceil(nr)).enumerate() {
+    for (p, panel) in dst
+        .chunks_exact_mut(kc2 * nr)
+        .take(nc.div_ceil(nr))
+        .enumerate()
+    {
         let j0 = c0 + p * nr;
         let w = nr.min(nc - p * nr);
         if b.cs == 1 {
@@ -244,7 +258,11 @@ unsafe fn pack_b(dst: &mut [u32], b: &Mat<f32>, k0: usize, kc: usize, cols: (usi
                 for j in 0..nr {
                     panel[q * nr + j] = if j < w {
                         let col = &b.data[(j0 + j) * b.cs..];
-                        let y = if 2 * q + 1 < kc { col[(k0 + 2 * q + 1) * b.rs] } else { 0.0 };
+                        let y = if 2 * q + 1 < kc {
+                            col[(k0 + 2 * q + 1) * b.rs]
+                        } else {
+                            0.0
+                        };
                         pair(col[(k0 + 2 * q) * b.rs], y)
                     } else {
                         0
@@ -279,12 +297,17 @@ unsafe fn kernel<const NV: usize>(kc2: usize, a: *const u32, b: *const u32, t: &
     let mut acc = [[_mm512_setzero_ps(); NV]; MR];
     for q in 0..kc2 {
         let bp = b.add(q * 16 * NV);
-        let mut bv: [__m512bh; NV] = [std::mem::transmute(_mm512_setzero_si512()); NV];
+        let mut bv: [__m512bh; NV] =
+            [std::mem::transmute::<__m512i, __m512bh>(_mm512_setzero_si512()); NV];
         for (v, x) in bv.iter_mut().enumerate() {
-            *x = std::mem::transmute(_mm512_loadu_si512(bp.add(16 * v) as *const __m512i));
+            *x = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
+                bp.add(16 * v) as *const __m512i
+            ));
         }
         for (i, acc) in acc.iter_mut().enumerate() {
-            let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(i * kc2 + q) as i32));
+            let av = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(
+                *a.add(i * kc2 + q) as i32,
+            ));
             for (x, &y) in acc.iter_mut().zip(&bv) {
                 *x = _mm512_dpbf16_ps(*x, av, y);
             }

@@ -170,8 +170,9 @@ pub enum Cmd {
     /// Training throughput: images/s of full training steps (forward,
     /// backward, SGD momentum) on random CIFAR-shaped batches, and peak memory.
     Bench(BenchArgs),
-    /// The machine's measured f32 FMA peak (GFLOP/s) on --threads threads:
-    /// the denominator of "share of peak" in the benchmarks.
+    /// The machine's measured f32 FMA peak and bf16 dot-product peak
+    /// (GFLOP/s) on --threads threads: the denominators of "share of peak"
+    /// in the benchmarks (each run against the peak of its precision).
     Peak {
         /// timed rounds, 1 to 1000 (the best is reported)
         #[arg(long, default_value_t = 5, value_parser = count_arg::<1000>)]
@@ -497,6 +498,14 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
                     r.gflops,
                     r.rounds_gflops.len()
                 )?;
+                match r.bf16_gflops {
+                    Some(b) => outln!(
+                        "bf16 dot-product peak (vdpbf16ps), {} threads: {b:.1} GFLOP/s (best of {} rounds)",
+                        r.threads,
+                        r.bf16_rounds_gflops.len()
+                    )?,
+                    None => outln!("bf16 dot-product peak: no AVX512-BF16 on this CPU")?,
+                }
             }
             Ok(())
         }

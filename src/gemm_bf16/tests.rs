@@ -64,7 +64,7 @@ fn rounding_matches_vcvtne2ps2bf16() {
                 _mm512_loadu_ps(x.as_ptr().add(16)),
                 _mm512_loadu_ps(x.as_ptr()),
             );
-            std::mem::transmute(v)
+            std::mem::transmute::<__m512bh, [u16; 32]>(v)
         }
         // SAFETY: AVX512-BF16 checked above; the chunk holds 32 values.
         let want = unsafe { hw(chunk) };
@@ -125,7 +125,11 @@ fn matches_f32_gemm_on_bf16_rounded_inputs() {
             );
             let mut worst = 0f64;
             for i in 0..m * n {
-                let d = if accumulate { init[i].abs() as f64 } else { 0.0 };
+                let d = if accumulate {
+                    init[i].abs() as f64
+                } else {
+                    0.0
+                };
                 let bound =
                     C * (k as f64 + 1.0) * U * (bound_sum[i] + d) + k as f64 * 2f64.powi(-125);
                 let err = (got[i] as f64 - want[i] as f64).abs();
@@ -228,7 +232,18 @@ fn matmul_in_f32_is_the_f32_gemm() {
     let a = values(m * k, 3);
     let b = values(k * n, 4);
     let (mut x, mut y) = (vec![0f32; m * n], vec![0f32; m * n]);
-    matmul(MatMut::rm(&mut x, m, n), Mat::rm(&a, m, k), Mat::rm(&b, k, n), false);
-    matmul_in(false, MatMut::rm(&mut y, m, n), Mat::rm(&a, m, k), Mat::rm(&b, k, n), false);
+    matmul(
+        MatMut::rm(&mut x, m, n),
+        Mat::rm(&a, m, k),
+        Mat::rm(&b, k, n),
+        false,
+    );
+    matmul_in(
+        false,
+        MatMut::rm(&mut y, m, n),
+        Mat::rm(&a, m, k),
+        Mat::rm(&b, k, n),
+        false,
+    );
     assert_eq!(x, y);
 }

@@ -337,7 +337,11 @@ pub(super) fn forward<T: Scalar>(
             for (i, out_img) in imgs.zip(out.chunks_exact_mut(d.oimg)) {
                 let col = columns(&mut sc.col, &inp[i * d.img..][..d.img], &d, s);
                 // (cout, cin*kh*kw) x (cin*kh*kw, oh*ow) -> (cout, oh*ow)
-                w.matmul(MatMut::rm(out_img, s.cout, d.p), Mat::rm(col, d.k, d.p), false);
+                w.matmul(
+                    MatMut::rm(out_img, s.cout, d.p),
+                    Mat::rm(col, d.k, d.p),
+                    false,
+                );
             }
         },
     );
