@@ -584,6 +584,7 @@ unit = ["original", "full_preact"]
                 "data" | "preset" | "schedule" | "warmup" | "init_from" => Value::from("x"),
                 "nesterov" | "no_decay_bn_bias" | "augment" | "schedule_scale" => Value::from(true),
                 "milestones" => Value::from(vec![1u64]),
+                "precision" => Value::from("bf16"),
                 _ => Value::from(1u64),
             };
             let mut m = Map::new();
