@@ -247,3 +247,51 @@ fn matmul_in_f32_is_the_f32_gemm() {
     );
     assert_eq!(x, y);
 }
+
+#[test]
+fn general_strides_match_row_major() {
+    if !supported() {
+        eprintln!("skipped: no AVX512-BF16");
+        return;
+    }
+    // every operand a view with both strides > 1 (the packing's plain loops)
+    let (m, n, k) = (11, 37, 19);
+    let a = values(m * k, 5);
+    let b = values(k * n, 6);
+    let mut want = vec![0f32; m * n];
+    matmul_bf16(
+        MatMut::rm(&mut want, m, n),
+        Mat::rm(&a, m, k),
+        Mat::rm(&b, k, n),
+        false,
+    );
+    let spread = |v: &[f32], rows: usize, cols: usize| {
+        let mut w = vec![f32::NAN; 2 * rows * 2 * cols];
+        for i in 0..rows {
+            for j in 0..cols {
+                w[2 * i * 2 * cols + 2 * j] = v[i * cols + j];
+            }
+        }
+        w
+    };
+    let (a2, b2) = (spread(&a, m, k), spread(&b, k, n));
+    fn view(d: &[f32], rows: usize, cols: usize) -> Mat<'_, f32> {
+        Mat {
+            data: d,
+            rows,
+            cols,
+            rs: 4 * cols,
+            cs: 2,
+        }
+    }
+    let mut got = vec![0f32; m * n];
+    matmul_bf16(
+        MatMut::rm(&mut got, m, n),
+        view(&a2, m, k),
+        view(&b2, k, n),
+        false,
+    );
+    for (x, y) in got.iter().zip(&want) {
+        assert_eq!(x.to_bits(), y.to_bits());
+    }
+}
