@@ -6,6 +6,7 @@
 use crate::error::{Error, Result};
 use crate::io::safetensors::SafeTensors;
 use crate::model::{Arch, Net, Shortcut, Spec};
+use crate::precision::Precision;
 use crate::scalar::Scalar;
 use crate::tensor::Tensor;
 
@@ -122,6 +123,17 @@ pub fn compute_grads<T: Scalar>(
     weights: &SafeTensors,
     batch: &SafeTensors,
 ) -> Result<SafeTensors> {
+    compute_grads_in::<T>(spec, weights, batch, Precision::F32)
+}
+
+/// [`compute_grads`] with the convolution and linear GEMMs in precision
+/// `p` (bf16 needs `T = f32` and AVX512-BF16: an error otherwise).
+pub fn compute_grads_in<T: Scalar>(
+    spec: &Spec,
+    weights: &SafeTensors,
+    batch: &SafeTensors,
+    p: Precision,
+) -> Result<SafeTensors> {
     let spec = spec_for_grads(spec);
     let (input, labels) = read_batch::<T>(batch)?;
     if let Some((i, &l)) = labels.iter().enumerate().find(|(_, &l)| l >= spec.classes) {
@@ -134,6 +146,7 @@ pub fn compute_grads<T: Scalar>(
         });
     }
     let mut net = net_for_input::<T>(&spec, &input)?;
+    net.set_precision(p)?;
     check_weight_names(&mut net, weights)?;
     net.load_state(weights)?;
     net.zero_grad();

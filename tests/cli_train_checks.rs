@@ -181,3 +181,38 @@ fn every_flag_in_help_has_a_description() {
         }
     }
 }
+
+/// `--precision` goes into config.json; resuming with another precision is
+/// refused (exit 2, naming the flag), never silently mixed.
+#[test]
+fn precision_is_recorded_and_a_resume_cannot_change_it() {
+    let tmp = TempDir::new("precision");
+    let dir = tmp.join("run");
+    let o = train(
+        &[
+            "--units",
+            "2",
+            "--hidden",
+            "8",
+            "--iters",
+            "2",
+            "--flow-every",
+            "0",
+            "--quiet",
+        ],
+        &dir,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["precision"], "f32");
+    let o = bin()
+        .arg("train")
+        .arg("--resume")
+        .arg(&dir)
+        .args(["--precision", "bf16"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--precision"), "{}", stderr(&o));
+}

@@ -10,6 +10,7 @@ use resgrad::data::{download, DataKind};
 use resgrad::error::Error;
 use resgrad::io::safetensors::SafeTensors;
 use resgrad::model::Spec;
+use resgrad::precision::Precision;
 use resgrad::probe::write_flow_csv;
 use resgrad::train::flow::{flow_study, FlowData};
 use resgrad::train::{train_run_on, DataSource, TrainConfig};
@@ -130,6 +131,10 @@ pub enum Cmd {
         /// also print the rows as JSON on stdout
         #[arg(long)]
         json: bool,
+        /// f32 | bf16: precision of the convolutions and linear layers (the
+        /// probe's norms stay f32)
+        #[arg(long, value_enum, default_value_t = Precision::F32)]
+        precision: Precision,
     },
     /// Build a report (PNG/SVG plots and a self-contained index.html) from
     /// training run directories.
@@ -155,14 +160,19 @@ pub enum Cmd {
         /// trainings at a time (1 to 1024)
         #[arg(long, default_value_t = 1, value_parser = count_arg::<1024>)]
         jobs: usize,
+        /// f32 | bf16: the precision of every run (overrides the grid's
+        /// `precision`; with --slurm, put `precision = "bf16"` in [base])
+        #[arg(long, value_enum, conflicts_with_all = ["slurm", "status", "task", "collect"])]
+        precision: Option<Precision>,
         #[command(flatten)]
         cluster: sweep_slurm::SlurmArgs,
     },
     /// Training throughput: images/s of full training steps (forward,
     /// backward, SGD momentum) on random CIFAR-shaped batches, and peak memory.
     Bench(BenchArgs),
-    /// The machine's measured f32 FMA peak (GFLOP/s) on --threads threads:
-    /// the denominator of "share of peak" in the benchmarks.
+    /// The machine's measured f32 FMA peak and bf16 dot-product peak
+    /// (GFLOP/s) on --threads threads: the denominators of "share of peak"
+    /// in the benchmarks (each run against the peak of its precision).
     Peak {
         /// timed rounds, 1 to 1000 (the best is reported)
         #[arg(long, default_value_t = 5, value_parser = count_arg::<1000>)]
@@ -203,6 +213,9 @@ pub struct BenchArgs {
     /// print one JSON object
     #[arg(long)]
     json: bool,
+    /// f32 | bf16: precision of the convolutions and linear layers
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    precision: Precision,
 }
 
 #[derive(Subcommand, Debug)]
@@ -407,7 +420,9 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             branch_init_scale,
             out,
             json,
+            precision,
         } => {
+            precision.check_supported()?;
             let spec = Spec::from_file(&spec)?;
             let (source, fd) = if data == "synthetic" {
                 (DataSource::Mnist5k, FlowData::Synthetic { image })
@@ -419,6 +434,7 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             cfg.schedule.base_lr = lr;
             cfg.seed = seed;
             cfg.branch_init_scale = branch_init_scale;
+            cfg.precision = precision;
             let rows = flow_study(&cfg, fd, steps)?;
             write_flow_csv(&out, &rows)?;
             if json {
@@ -445,8 +461,9 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             grid,
             out,
             jobs,
+            precision,
             cluster,
-        } => sweep_slurm::run(&grid, out.as_deref(), jobs, cli.threads, cluster),
+        } => sweep_slurm::run(&grid, out.as_deref(), jobs, cli.threads, precision, cluster),
         Cmd::Bench(a) => {
             use resgrad::train::bench::{cifar_spec, run_bench, BenchConfig};
             let spec = match (&a.spec, a.depth) {
@@ -456,13 +473,15 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
             };
             let mut cfg = BenchConfig::new(spec);
             (cfg.batch, cfg.steps, cfg.warmup) = (a.batch, a.steps, a.warmup as usize);
+            a.precision.check_supported()?;
+            cfg.precision = a.precision;
             let r = run_bench(&cfg)?;
             if a.json {
                 print_json(&r)?;
             } else {
                 outln!(
-                    "{}: batch {}, {} threads: {:.1} images/s (step median {:.1} ms, min {:.1} ms), {:.1} GFLOP/s, peak RSS {:.0} MiB",
-                    r.model, r.batch, r.threads, r.images_per_s, r.step_ms_median, r.step_ms_min, r.gflops, r.peak_rss_mib
+                    "{} ({}): batch {}, {} threads: {:.1} images/s (step median {:.1} ms, min {:.1} ms), {:.1} GFLOP/s, peak RSS {:.0} MiB",
+                    r.model, r.precision, r.batch, r.threads, r.images_per_s, r.step_ms_median, r.step_ms_min, r.gflops, r.peak_rss_mib
                 )?;
             }
             Ok(())
@@ -479,6 +498,14 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> Result<()> {
                     r.gflops,
                     r.rounds_gflops.len()
                 )?;
+                match r.bf16_gflops {
+                    Some(b) => outln!(
+                        "bf16 dot-product peak (vdpbf16ps), {} threads: {b:.1} GFLOP/s (best of {} rounds)",
+                        r.threads,
+                        r.bf16_rounds_gflops.len()
+                    )?,
+                    None => outln!("bf16 dot-product peak: no AVX512-BF16 on this CPU")?,
+                }
             }
             Ok(())
         }

@@ -83,6 +83,7 @@ pub fn run(
     out: Option<&Path>,
     jobs: usize,
     threads: Option<usize>,
+    precision: Option<resgrad::precision::Precision>,
     a: SlurmArgs,
 ) -> Result<()> {
     if a.status {
@@ -127,5 +128,5 @@ pub fn run(
         }
         return slurm::collect(&g, &out);
     }
-    sweep::main(grid, Some(&out), jobs, threads)
+    sweep::main(grid, Some(&out), jobs, threads, precision)
 }

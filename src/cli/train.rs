@@ -221,6 +221,11 @@ pub struct TrainArgs {
     /// computes what R ranks with per-rank BatchNorm compute)
     #[arg(long, value_name = "G")]
     pub bn_groups: Option<usize>,
+    /// f32 | bf16: precision of the convolutions and linear layers (bf16:
+    /// bf16 operands with f32 accumulation, as PyTorch's autocast; needs
+    /// AVX512-BF16; BatchNorm, loss, optimiser and weights stay f32)
+    #[arg(long, value_enum)]
+    pub precision: Option<resgrad::precision::Precision>,
     /// the flags given on the command line (set by the CLI from clap's
     /// matches): `--resume` refuses those that would change the run
     #[arg(skip)]
@@ -375,6 +380,7 @@ impl TrainArgs {
             schedule_scale: self.schedule_scale.then_some(true),
             init_from: self.init_from.clone(),
             log_every: Some(self.log_every),
+            precision: self.precision,
         };
         let mut cfg = settings.build(&spec.label(), spec, data)?;
         cfg.bn_groups = if self.sync_bn {

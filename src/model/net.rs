@@ -17,6 +17,7 @@ use crate::ops::conv2d::ConvWorkspace;
 use crate::ops::pool::{avgpool_backward, avgpool_forward};
 use crate::ops::softmax_ce::{softmax_ce_backward, softmax_ce_forward};
 use crate::ops::Accum;
+use crate::precision::Precision;
 use crate::scalar::Scalar;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -206,6 +207,25 @@ impl<T: Scalar> Net<T> {
             rng: ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_d20b),
             flow: vec![UnitFlow::default(); nu],
         })
+    }
+
+    /// Sets the precision of every convolution and linear GEMM (all share
+    /// the net's one workspace). Bf16 needs f32 tensors and a CPU with
+    /// AVX512-BF16; the error says which is missing.
+    pub fn set_precision(&mut self, p: Precision) -> Result<()> {
+        if p == Precision::Bf16 && std::any::TypeId::of::<T>() != std::any::TypeId::of::<f32>() {
+            return Err(Error::Config(format!(
+                "--precision bf16 needs an f32 model, this one is {}",
+                std::any::type_name::<T>()
+            )));
+        }
+        p.check_supported()?;
+        self.ws.set_precision(p);
+        Ok(())
+    }
+    /// The precision of the convolution and linear GEMMs.
+    pub fn precision(&self) -> Precision {
+        self.ws.precision()
     }
 
     /// Input geometry (C, H, W) of one sample.

@@ -59,6 +59,7 @@ pub const SETTING_KEYS: &[&str] = &[
     "schedule_scale",
     "init_from",
     "log_every",
+    "precision",
 ];
 
 const TOP_KEYS: &str = "name, description, fail_above, [base], [grid]";
@@ -583,6 +584,7 @@ unit = ["original", "full_preact"]
                 "data" | "preset" | "schedule" | "warmup" | "init_from" => Value::from("x"),
                 "nesterov" | "no_decay_bn_bias" | "augment" | "schedule_scale" => Value::from(true),
                 "milestones" => Value::from(vec![1u64]),
+                "precision" => Value::from("bf16"),
                 _ => Value::from(1u64),
             };
             let mut m = Map::new();

@@ -107,8 +107,15 @@ pub fn main(
     out: Option<&Path>,
     jobs: usize,
     threads: Option<usize>,
+    precision: Option<crate::precision::Precision>,
 ) -> Result<()> {
-    let grid = load_grid(grid_path)?;
+    let mut grid = load_grid(grid_path)?;
+    if let Some(p) = precision {
+        // every run's config.json says it (an axis named precision still wins)
+        p.check_supported()?;
+        grid.base_settings
+            .insert("precision".into(), serde_json::Value::from(p.name()));
+    }
     let out: PathBuf = out
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("runs").join(&grid.name));

@@ -15,6 +15,7 @@ use crate::backend::Cpu;
 use crate::error::{Error, Result};
 use crate::model::unit::ShortcutPath;
 use crate::model::{Geom, Net, Spec, WeightLayer};
+use crate::precision::Precision;
 use crate::train::optim::{Sgd, SgdConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -34,6 +35,8 @@ pub struct BenchConfig {
     /// image side (CIFAR: 32)
     pub image: usize,
     pub seed: u64,
+    /// the convolution and linear GEMMs' precision
+    pub precision: Precision,
 }
 
 impl BenchConfig {
@@ -45,6 +48,7 @@ impl BenchConfig {
             warmup: 2,
             image: 32,
             seed: 0,
+            precision: Precision::F32,
         }
     }
 }
@@ -53,6 +57,9 @@ impl BenchConfig {
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchResult {
     pub model: String,
+    /// "f32" | "bf16": the GEMMs' precision (compare `gflops` with the
+    /// `resgrad peak` figure of the same precision)
+    pub precision: Precision,
     pub threads: usize,
     pub batch: usize,
     pub steps: usize,
@@ -121,7 +128,7 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-/// Run the benchmark (f32, on the current thread pool).
+/// Run the benchmark (in `cfg.precision`, on the current thread pool).
 pub fn run_bench(cfg: &BenchConfig) -> Result<BenchResult> {
     if cfg.batch < 2 {
         return Err(Error::Config(
@@ -134,6 +141,7 @@ pub fn run_bench(cfg: &BenchConfig) -> Result<BenchResult> {
     cfg.spec.validate()?;
     crate::limits::check_model("bench", &cfg.spec, cfg.image, cfg.batch)?;
     let mut net: Net<f32> = Net::new(&cfg.spec, cfg.image, cfg.seed)?;
+    net.set_precision(cfg.precision)?;
     let g = net.input_geom();
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xbe4c);
     let input: Vec<f32> = (0..g.len(cfg.batch))
@@ -170,6 +178,7 @@ pub fn run_bench(cfg: &BenchConfig) -> Result<BenchResult> {
     let macs = forward_macs(&net) as f64 * cfg.batch as f64;
     Ok(BenchResult {
         model: cfg.spec.label(),
+        precision: cfg.precision,
         threads: Cpu::threads(),
         batch: cfg.batch,
         steps: cfg.steps,

@@ -7,6 +7,7 @@ use super::schedule::Schedule;
 use crate::data::{self, Augment, DataSplit, Norm};
 use crate::error::{Error, Result};
 use crate::model::{Arch, Spec};
+use crate::precision::Precision;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -162,6 +163,10 @@ pub struct TrainConfig {
     /// also write TensorBoard event files into this directory
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tensorboard: Option<PathBuf>,
+    /// the convolution and linear GEMMs' precision (`f32`, or `bf16`:
+    /// bf16 operands, f32 accumulation; see `crate::precision`)
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 fn is_zero(v: &usize) -> bool {
@@ -198,6 +203,7 @@ impl TrainConfig {
             log_every: 1,
             norm: None,
             tensorboard: None,
+            precision: Precision::F32,
         }
     }
 

@@ -68,6 +68,7 @@ pub fn flow_study(cfg: &TrainConfig, data: FlowData, steps: u64) -> Result<Vec<F
     }
     crate::limits::check_model("flow", &cfg.spec, image, cfg.batch)?;
     let mut net: Net<f32> = Net::new(&cfg.spec, image, cfg.seed)?;
+    net.set_precision(cfg.precision)?;
     if cfg.branch_init_scale != 1.0 {
         for u in net.units.iter_mut() {
             u.scale_branch_output(cfg.branch_init_scale);

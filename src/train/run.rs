@@ -274,6 +274,7 @@ pub fn train_run_on(
     let image = data.train.h;
     crate::limits::check_model("train", &cfg.spec, image, cfg.batch)?;
     let mut net: Net<f32> = Net::new(&cfg.spec, image, cfg.seed)?;
+    net.set_precision(cfg.precision)?;
     if cfg.branch_init_scale != 1.0 {
         for u in net.units.iter_mut() {
             u.scale_branch_output(cfg.branch_init_scale);

@@ -54,6 +54,8 @@ pub struct Settings {
     pub init_from: Option<std::path::PathBuf>,
     /// a steps.csv row every this many steps (default 1; 0: none)
     pub log_every: Option<u64>,
+    /// f32 | bf16: the convolution and linear GEMMs' precision (default f32)
+    pub precision: Option<crate::precision::Precision>,
 }
 
 impl Settings {
@@ -167,6 +169,10 @@ impl Settings {
         cfg.init_from.clone_from(&s.init_from);
         if let Some(n) = s.log_every {
             cfg.log_every = n;
+        }
+        if let Some(p) = s.precision {
+            p.check_supported()?;
+            cfg.precision = p;
         }
         // iterations: `iters`, or `epochs` times the batches per epoch (an
         // estimate from the data set's size: the loader checks the real one)

@@ -18,7 +18,7 @@ use crate::ops::conv2d::{
 };
 use crate::ops::elementwise::{bias_add_backward, bias_add_forward};
 use crate::ops::fused::{bn_relu_backward_plus, bn_relu_backward_to};
-use crate::ops::linear::{linear_backward, linear_forward, LinearShape};
+use crate::ops::linear::{linear_backward_in, linear_forward_in, LinearShape};
 use crate::ops::par::par_zero;
 use crate::ops::Accum;
 use crate::scalar::Scalar;
@@ -42,7 +42,8 @@ impl<T: Scalar> WeightLayer<T> {
                 }
                 Ok(())
             }
-            None => linear_forward(
+            None => linear_forward_in(
+                ws.precision(),
                 out,
                 inp,
                 &self.weight.value,
@@ -186,7 +187,8 @@ impl<T: Scalar> WeightLayer<T> {
                     }
                     &mut *d
                 });
-                linear_backward(
+                linear_backward_in(
+                    ws.precision(),
                     dinp,
                     &mut self.weight.grad,
                     self.bias.as_mut().map(|b| b.grad.as_mut_slice()),

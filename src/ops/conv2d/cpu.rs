@@ -12,7 +12,8 @@
 use std::ops::Range;
 
 use super::Conv2dShape;
-use crate::gemm::{matmul, Mat, MatMut};
+use crate::gemm::{Mat, MatMut};
+use crate::gemm_bf16::{matmul_in, Lhs};
 use crate::ops::simd::fast;
 use crate::scalar::Scalar;
 
@@ -311,15 +312,19 @@ fn columns<'a, T: Scalar>(col: &'a mut [T], img: &'a [T], d: &Dims, s: &Conv2dSh
     col
 }
 
-/// Forward: per image, `out_img = W · col(img)`.
+/// Forward: per image, `out_img = W · col(img)`. `bf16`: the GEMMs of
+/// this and the two backward passes are [`crate::gemm_bf16::matmul_bf16`].
 pub(super) fn forward<T: Scalar>(
     out: &mut [T],
     inp: &[T],
     weight: &[T],
     s: &Conv2dShape,
     scratch: &mut Vec<Scratch<T>>,
+    bf16: bool,
 ) {
     let d = Dims::of(s);
+    // (bf16: the weights packed once for every image)
+    let w = Lhs::new(bf16, Mat::rm(weight, s.cout, d.k));
     for_each_chunk(
         scratch,
         s.n,
@@ -332,9 +337,8 @@ pub(super) fn forward<T: Scalar>(
             for (i, out_img) in imgs.zip(out.chunks_exact_mut(d.oimg)) {
                 let col = columns(&mut sc.col, &inp[i * d.img..][..d.img], &d, s);
                 // (cout, cin*kh*kw) x (cin*kh*kw, oh*ow) -> (cout, oh*ow)
-                matmul(
+                w.matmul(
                     MatMut::rm(out_img, s.cout, d.p),
-                    Mat::rm(weight, s.cout, d.k),
                     Mat::rm(col, d.k, d.p),
                     false,
                 );
@@ -351,8 +355,11 @@ pub(super) fn backward_input<T: Scalar>(
     weight: &[T],
     s: &Conv2dShape,
     scratch: &mut Vec<Scratch<T>>,
+    bf16: bool,
 ) {
     let d = Dims::of(s);
+    // W^T is a free view of W (cout, K) read as (K, cout); bf16: packed once
+    let wt = Lhs::new(bf16, Mat::rm_t(weight, d.k, s.cout));
     for_each_chunk(
         scratch,
         s.n,
@@ -364,16 +371,14 @@ pub(super) fn backward_input<T: Scalar>(
             }
             for (i, dimg) in imgs.zip(dinp.chunks_exact_mut(d.img)) {
                 let g = Mat::rm(&dout[i * d.oimg..][..d.oimg], s.cout, d.p);
-                // W^T is a free view of W (cout, K) read as (K, cout)
-                let wt = Mat::rm_t(weight, d.k, s.cout);
                 if d.identity_cols {
                     // col2im is the identity: accumulate straight into dinp
                     // (cin, cout) x (cout, h*w) -> (cin, h*w)
-                    matmul(MatMut::rm(dimg, d.k, d.p), wt, g, true);
+                    wt.matmul(MatMut::rm(dimg, d.k, d.p), g, true);
                 } else {
                     let dcol = &mut sc.col[..d.k * d.p];
                     // (cin*kh*kw, cout) x (cout, oh*ow) -> (cin*kh*kw, oh*ow)
-                    matmul(MatMut::rm(dcol, d.k, d.p), wt, g, false);
+                    wt.matmul(MatMut::rm(dcol, d.k, d.p), g, false);
                     fast(
                         #[inline(always)]
                         || col2im_add(dimg, dcol, s),
@@ -392,6 +397,7 @@ pub(super) fn backward_weight<T: Scalar>(
     inp: &[T],
     s: &Conv2dShape,
     scratch: &mut Vec<Scratch<T>>,
+    bf16: bool,
 ) {
     let d = Dims::of(s);
     let used = for_each_chunk(
@@ -407,13 +413,28 @@ pub(super) fn backward_weight<T: Scalar>(
             let first = imgs.start;
             for i in imgs {
                 let col = columns(&mut sc.col, &inp[i * d.img..][..d.img], &d, s);
+                let (dwt, g) = (&mut sc.dwt[..d.k * s.cout], &dout[i * d.oimg..][..d.oimg]);
+                if bf16 {
+                    // dW^T += col · dout_img^T: (cin*kh*kw, oh*ow) x (oh*ow, cout),
+                    // row-major into dwt; the bf16 GEMM packs the large
+                    // operand (col) as its rows, one conversion per 32 values
+                    matmul_in(
+                        true,
+                        MatMut::rm(dwt, d.k, s.cout),
+                        Mat::rm(col, d.k, d.p),
+                        Mat::rm_t(g, d.p, s.cout),
+                        i != first,
+                    );
+                    continue;
+                }
                 // (cout, oh*ow) x (oh*ow, cin*kh*kw) -> (cout, cin*kh*kw), written
                 // through a transposed view into dwt (K, cout): the gemm crate
                 // picks its loop order from the output strides and this
                 // orientation measured 2-2.7x faster on the 3x3 shapes (BENCHMARKS.md).
-                matmul(
-                    MatMut::rm_t(&mut sc.dwt[..d.k * s.cout], s.cout, d.k),
-                    Mat::rm(&dout[i * d.oimg..][..d.oimg], s.cout, d.p),
+                matmul_in(
+                    false,
+                    MatMut::rm_t(dwt, s.cout, d.k),
+                    Mat::rm(g, s.cout, d.p),
                     Mat::rm_t(col, d.p, d.k),
                     i != first,
                 );

@@ -56,6 +56,7 @@ use crate::error::{check_len, check_nonzero, Error, Result};
 use crate::ops::batchnorm::{bn_plane_sums, bn_relu_plane_sums, BnShape};
 use crate::ops::par::{par_pieces, par_zero};
 use crate::ops::Accum;
+use crate::precision::Precision;
 use crate::scalar::Scalar;
 
 const OP: &str = "conv2d";
@@ -156,6 +157,24 @@ pub struct ConvWorkspace<T> {
     act: Vec<T>,
     /// a [`ConvGradOut::Bn`] gradient written out, for the im2col path
     grad: Vec<T>,
+    /// the GEMMs' precision; [`Precision::Bf16`] routes every pass to
+    /// im2col + [`crate::gemm_bf16`] (the direct kernels are f32 only)
+    precision: Precision,
+}
+
+impl<T> ConvWorkspace<T> {
+    /// The precision of every convolution run with this workspace (and of
+    /// the linear layers of a model that shares it). Callers check the CPU
+    /// (`Precision::check_supported`) and that `T` is `f32` for bf16.
+    pub fn set_precision(&mut self, p: Precision) {
+        self.precision = p;
+    }
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+    fn bf16(&self) -> bool {
+        self.precision == Precision::Bf16
+    }
 }
 
 impl<T> Default for ConvWorkspace<T> {
@@ -165,6 +184,7 @@ impl<T> Default for ConvWorkspace<T> {
             direct: direct::Workspace::default(),
             act: Vec::new(),
             grad: Vec::new(),
+            precision: Precision::F32,
         }
     }
 }
@@ -242,7 +262,7 @@ pub fn conv2d_forward_from<T: Scalar>(
     if let Some(p) = &planes {
         check_len(OP, "plane sums", p, &[s.n, s.cout])?;
     }
-    if direct::use_for_forward::<T>(s) {
+    if direct::use_for_forward::<T>(s) && !ws.bf16() {
         let r32 = res.map(|r| direct::as_f32(r));
         if let (Some(out), Some(inp), Some(weight), None | Some(Some(_))) = (
             direct::as_f32_mut(out),
@@ -254,8 +274,9 @@ pub fn conv2d_forward_from<T: Scalar>(
             return Ok(());
         }
     }
+    let bf16 = ws.bf16();
     let inp = inp.stored(&mut ws.act, s);
-    cpu::forward(out, inp, weight, s, &mut ws.chunks);
+    cpu::forward(out, inp, weight, s, &mut ws.chunks, bf16);
     if let Some(r) = res {
         par_pieces(out, |at, o| {
             for (y, &a) in o.iter_mut().zip(&r[at..]) {
@@ -474,8 +495,9 @@ fn backward_checked<T: Scalar>(
     ws: &mut ConvWorkspace<T>,
     planes: Option<&mut [(f64, f64)]>,
 ) {
-    let data = direct::use_for_input_grad::<T>(s);
-    let wgt = direct::use_for_weight::<T>(s);
+    let data = direct::use_for_input_grad::<T>(s) && !ws.bf16();
+    let wgt = direct::use_for_weight::<T>(s) && !ws.bf16();
+    let bf16 = ws.bf16();
     let (dinp_direct, dinp_rest) = if data { (dinp, None) } else { (None, dinp) };
     let (dw_direct, dw_rest) = if wgt {
         (dweight, None)
@@ -508,7 +530,7 @@ fn backward_checked<T: Scalar>(
             None if accum == Accum::Set => par_zero(dinp),
             None => {}
         }
-        cpu::backward_input(dinp, dout, weight, s, &mut ws.chunks);
+        cpu::backward_input(dinp, dout, weight, s, &mut ws.chunks, bf16);
         if let (Some(p), ConvInput::BnRelu { x, mean, k, beta }) = (planes, inp) {
             let bs = BnShape {
                 n: s.n,
@@ -520,7 +542,7 @@ fn backward_checked<T: Scalar>(
     }
     if let Some(dweight) = dw_rest {
         let inp = inp.stored(&mut ws.act, s);
-        cpu::backward_weight(dweight, dout, inp, s, &mut ws.chunks);
+        cpu::backward_weight(dweight, dout, inp, s, &mut ws.chunks, bf16);
     }
 }
 

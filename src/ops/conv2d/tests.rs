@@ -354,3 +354,57 @@ fn wrong_buffer_lengths_name_the_buffer() {
         .to_string();
     assert!(msg.contains("conv2d") && msg.contains("input"), "{msg}");
 }
+
+/// The bf16 passes (`ConvWorkspace` in `Precision::Bf16`) against the f32
+/// passes on operands already rounded to bf16: the products are then the
+/// same exact values and only the f32 summation order differs, so the
+/// outputs agree to `gemm_bf16`'s accumulation bound, `2.01 (K + 1) 2^-24`
+/// of `Σ|a||b|` per GEMM (col2im adds f32 values in the same order on both
+/// paths). Checked here norm-wise against `1e-5`, which that bound clears
+/// for every reduction length below (K <= 16 * 9 + 1); a missing or wrong
+/// rounding would err by ~1e-3.
+#[test]
+fn bf16_passes_match_f32_on_bf16_rounded_operands() {
+    use crate::gemm_bf16::{round_bf16, supported};
+    if !supported() {
+        eprintln!("skipped: no AVX512-BF16");
+        return;
+    }
+    let mut r = Rand::new(19);
+    let norm = |v: &[f32]| v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+    for s in [
+        shape(4, 16, 8, 8, 16, 3, 3, 1, 1), // the direct kernels' shape in f32
+        shape(3, 16, 8, 8, 32, 3, 3, 2, 1), // downsampling
+        shape(2, 16, 8, 8, 32, 1, 1, 2, 0), // projection shortcut
+        shape(2, 8, 5, 5, 16, 1, 1, 1, 0),  // 1x1: no im2col
+        shape(3, 3, 9, 7, 5, 3, 2, 1, 1),   // odd everything
+    ] {
+        let rounded = |v: Vec<f64>| {
+            v.into_iter()
+                .map(|x| round_bf16(x as f32))
+                .collect::<Vec<f32>>()
+        };
+        let inp = rounded(r.normal_vec(s.n * s.cin * s.h * s.w));
+        let w = rounded(r.normal_vec(s.cout * s.cin * s.kh * s.kw));
+        let dout = rounded(r.normal_vec(s.n * s.cout * s.oh() * s.ow()));
+        let run = |p: Precision| {
+            let mut ws = ConvWorkspace::<f32>::default();
+            ws.set_precision(p);
+            let mut out = vec![0f32; dout.len()];
+            conv2d_forward(&mut out, &inp, &w, &s, &mut ws).unwrap();
+            let (mut dinp, mut dw) = (vec![0f32; inp.len()], vec![0f32; w.len()]);
+            conv2d_backward(Some(&mut dinp), &mut dw, &dout, &inp, &w, &s, &mut ws).unwrap();
+            (out, dinp, dw)
+        };
+        let (a, b) = (run(Precision::F32), run(Precision::Bf16));
+        for (what, x, y) in [
+            ("out", &a.0, &b.0),
+            ("dinp", &a.1, &b.1),
+            ("dw", &a.2, &b.2),
+        ] {
+            let d: Vec<f32> = x.iter().zip(y.iter()).map(|(p, q)| p - q).collect();
+            let rel = norm(&d) / norm(x);
+            assert!(rel < 1e-5, "{s:?} {what}: relative error {rel:e}");
+        }
+    }
+}

@@ -15,7 +15,9 @@
 //! ```
 
 use crate::error::{check_len, check_nonzero, Result};
-use crate::gemm::{matmul, Mat, MatMut};
+use crate::gemm::{Mat, MatMut};
+use crate::gemm_bf16::matmul_in;
+use crate::precision::Precision;
 use crate::scalar::Scalar;
 
 const OP: &str = "linear";
@@ -47,6 +49,20 @@ pub fn linear_forward<T: Scalar>(
     bias: Option<&[T]>, // (fout)
     s: LinearShape,
 ) -> Result<()> {
+    linear_forward_in(Precision::F32, out, inp, weight, bias, s)
+}
+
+/// [`linear_forward`] with its GEMM in precision `p` (bf16: `T` must be
+/// `f32`, see `gemm_bf16::matmul_in`); the bias is added in `T`.
+pub fn linear_forward_in<T: Scalar>(
+    p: Precision,
+    out: &mut [T],      // (N, fout)
+    inp: &[T],          // (N, fin)
+    weight: &[T],       // (fout, fin)
+    bias: Option<&[T]>, // (fout)
+    s: LinearShape,
+) -> Result<()> {
+    let bf16 = p == Precision::Bf16;
     s.validate()?;
     check_len(OP, "output", out, &[s.n, s.fout])?;
     check_len(OP, "input", inp, &[s.n, s.fin])?;
@@ -58,7 +74,8 @@ pub fn linear_forward<T: Scalar>(
         }
     }
     // (N, fin) x (fin, fout) -> (N, fout); w^T is a free view of w (fout, fin)
-    matmul(
+    matmul_in(
+        bf16,
         MatMut::rm(out, s.n, s.fout),
         Mat::rm(inp, s.n, s.fin),
         Mat::rm_t(weight, s.fin, s.fout),
@@ -78,6 +95,23 @@ pub fn linear_backward<T: Scalar>(
     weight: &[T],            // (fout, fin)
     s: LinearShape,
 ) -> Result<()> {
+    linear_backward_in(Precision::F32, dinp, dweight, dbias, dout, inp, weight, s)
+}
+
+/// [`linear_backward`] with both GEMMs in precision `p`; the bias gradient
+/// sums in `T`.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_backward_in<T: Scalar>(
+    p: Precision,
+    dinp: Option<&mut [T]>,  // (N, fin)
+    dweight: &mut [T],       // (fout, fin)
+    dbias: Option<&mut [T]>, // (fout)
+    dout: &[T],              // (N, fout)
+    inp: &[T],               // (N, fin)
+    weight: &[T],            // (fout, fin)
+    s: LinearShape,
+) -> Result<()> {
+    let bf16 = p == Precision::Bf16;
     s.validate()?;
     check_len(OP, "dout", dout, &[s.n, s.fout])?;
     check_len(OP, "input", inp, &[s.n, s.fin])?;
@@ -87,7 +121,8 @@ pub fn linear_backward<T: Scalar>(
     if let Some(dinp) = dinp {
         check_len(OP, "dinp", dinp, &[s.n, s.fin])?;
         // (N, fout) x (fout, fin) -> (N, fin)
-        matmul(
+        matmul_in(
+            bf16,
             MatMut::rm(dinp, s.n, s.fin),
             Mat::rm(dout, s.n, s.fout),
             Mat::rm(weight, s.fout, s.fin),
@@ -95,7 +130,8 @@ pub fn linear_backward<T: Scalar>(
         );
     }
     // ... and dw += dout^T · inp: (fout, N) x (N, fin) -> (fout, fin)
-    matmul(
+    matmul_in(
+        bf16,
         MatMut::rm(dweight, s.fout, s.fin),
         Mat::rm_t(dout, s.fout, s.n),
         Mat::rm(inp, s.n, s.fin),

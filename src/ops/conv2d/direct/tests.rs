@@ -215,10 +215,10 @@ fn direct_matches_im2col_path() {
 
                 // plain im2col path, same data
                 let mut out_p = vec![f32::NAN; dout.len()];
-                cpu::forward(&mut out_p, &inp, &w, &s, &mut plain);
+                cpu::forward(&mut out_p, &inp, &w, &s, &mut plain, false);
                 let (mut dinp_p, mut dw_p) = (dinp0.clone(), dw0.clone());
-                cpu::backward_input(&mut dinp_p, &dout, &w, &s, &mut plain);
-                cpu::backward_weight(&mut dw_p, &dout, &inp, &s, &mut plain);
+                cpu::backward_input(&mut dinp_p, &dout, &w, &s, &mut plain, false);
+                cpu::backward_weight(&mut dw_p, &dout, &inp, &s, &mut plain, false);
                 for (name, a, b) in [
                     ("out", &out, &out_p),
                     ("dinp", &dinp, &dinp_p),
@@ -573,12 +573,12 @@ fn three_input_channels_forward_and_weight_grad() {
         let dout = f(r.normal_vec(s.n * s.cout * s.h * s.w));
         let (mut out, mut out_p) = (vec![f32::NAN; dout.len()], vec![f32::NAN; dout.len()]);
         conv2d_forward(&mut out, &inp, &w, &s, &mut ws).unwrap();
-        cpu::forward(&mut out_p, &inp, &w, &s, &mut plain);
+        cpu::forward(&mut out_p, &inp, &w, &s, &mut plain, false);
         let (mut dw, mut dw_p) = (vec![0f32; w.len()], vec![0f32; w.len()]);
         let (mut dx, mut dx_p) = (vec![0f32; inp.len()], vec![0f32; inp.len()]);
         conv2d_backward(Some(&mut dx), &mut dw, &dout, &inp, &w, &s, &mut ws).unwrap();
-        cpu::backward_weight(&mut dw_p, &dout, &inp, &s, &mut plain);
-        cpu::backward_input(&mut dx_p, &dout, &w, &s, &mut plain);
+        cpu::backward_weight(&mut dw_p, &dout, &inp, &s, &mut plain, false);
+        cpu::backward_input(&mut dx_p, &dout, &w, &s, &mut plain, false);
         for (name, a, b) in [
             ("out", &out, &out_p),
             ("dw", &dw, &dw_p),
@@ -628,10 +628,10 @@ fn values_beside_a_row_edge_stay_out_of_the_sums() {
             }
             let (out, dinp, dw) = direct_passes(&inp, &w, &dout, &s, &mut dws);
             let mut out_p = vec![0f32; dout.len()];
-            cpu::forward(&mut out_p, &inp, &w, &s, &mut plain);
+            cpu::forward(&mut out_p, &inp, &w, &s, &mut plain, false);
             let (mut dinp_p, mut dw_p) = (vec![0f32; inp.len()], vec![0f32; w.len()]);
-            cpu::backward_input(&mut dinp_p, &dout, &w, &s, &mut plain);
-            cpu::backward_weight(&mut dw_p, &dout, &inp, &s, &mut plain);
+            cpu::backward_input(&mut dinp_p, &dout, &w, &s, &mut plain, false);
+            cpu::backward_weight(&mut dw_p, &dout, &inp, &s, &mut plain, false);
             let case = format!("{s:?}, column {col}, in the input: {in_input}");
             if in_input {
                 assert_eq!(finite(&out), finite(&out_p), "forward {case}");
