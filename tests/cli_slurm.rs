@@ -460,7 +460,13 @@ fn slurm_array_with_a_requeue_equals_a_local_sweep() {
     // 4. collect (a plain rerun of a Slurm sweep collects, never trains here)
     let o = c.resgrad(&["sweep", "tiny.toml", "--out", "sl"], &work);
     let s = text(&o);
-    assert!(o.status.success(), "{s}");
+    assert!(
+        o.status.success(),
+        "{s}\n--- task 1's log:\n{}\n--- its failed.json:\n{}\n--- scontrol show job:\n{}",
+        std::fs::read_to_string(sl.join("slurm").join(format!("{job}_1.out"))).unwrap_or_default(),
+        std::fs::read_to_string(run1.join("failed.json")).unwrap_or_default(),
+        text(&c.cmd("scontrol", &["-o", "show", "job", &task1]))
+    );
     assert!(s.contains("3 points: 3 done"), "{s}");
     let local = work.join("local");
     assert_eq!(

@@ -742,6 +742,44 @@ fn a_stopped_sweep_stops_its_runs() {
     // the rerun resumes them, no orphan holds their directories
     let f = std::fs::read_to_string(t.join("out/seed=0/failed.json")).unwrap();
     assert!(f.contains("killed by signal"), "{f}");
+
+    // a sweep killed outright (SIGKILL: nothing forwarded) takes its runs
+    // with it too (the children's parent-death signal), so no orphan trains
+    // on holding a run directory's lock (a requeued Slurm task's next
+    // attempt would fail on it)
+    let mut c = cmd(&["sweep", g.to_str().unwrap(), "--out", &out, "--jobs", "2"]);
+    c.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut sweep = c.spawn().unwrap();
+    let t0 = Instant::now();
+    let children = loop {
+        let pids = children_of(sweep.id());
+        if pids.len() == 2 {
+            break pids;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "children never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    sweep.kill().unwrap();
+    sweep.wait().unwrap();
+    let t0 = Instant::now();
+    for p in children {
+        // the orphan is reparented and reaped by init once it exits
+        loop {
+            let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            if !String::from_utf8_lossy(&cmdline).contains(&out) {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "child {p} outlived the killed sweep"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    println!("CASE\tsweep killed by SIGKILL\t137\t(runs stopped too)");
 }
 
 // -------------------------------------------------- 4. resume integrity --

@@ -29,6 +29,32 @@ impl DirLock {
     /// Lock `dir` (which must exist) for this process; `what` says what
     /// the directory is in the error ("run directory", "sweep directory").
     pub fn acquire(dir: &Path, what: &str) -> Result<DirLock> {
+        Self::acquire_within(dir, what, std::time::Duration::ZERO)
+    }
+
+    /// As [`DirLock::acquire`], but a lock held by another process is
+    /// waited for, polled every 200 ms, for up to `patience` before the
+    /// error: a requeued Slurm task can start while the process of its
+    /// previous attempt is still exiting.
+    pub fn acquire_within(
+        dir: &Path,
+        what: &str,
+        patience: std::time::Duration,
+    ) -> Result<DirLock> {
+        let until = std::time::Instant::now() + patience;
+        loop {
+            match Self::try_acquire(dir, what) {
+                Err(Busy(_)) if std::time::Instant::now() < until => {
+                    std::thread::sleep(std::time::Duration::from_millis(200))
+                }
+                Err(Busy(e)) => return Err(e),
+                Err(Failed(e)) => return Err(e),
+                Ok(l) => return Ok(l),
+            }
+        }
+    }
+
+    fn try_acquire(dir: &Path, what: &str) -> std::result::Result<DirLock, NotLocked> {
         let path = dir.join(LOCK_FILE);
         let mut file = OpenOptions::new()
             .read(true)
@@ -36,7 +62,7 @@ impl DirLock {
             .create(true)
             .truncate(false)
             .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
+            .map_err(|e| Failed(Error::io(&path, e)))?;
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -48,17 +74,17 @@ impl DirLock {
                 } else {
                     format!("process {pid}")
                 };
-                return Err(Error::Config(format!(
+                return Err(Busy(Error::Config(format!(
                     "{what} {} is in use by {owner} (lock {}); wait for it to finish or stop it",
                     dir.display(),
                     path.display()
-                )));
+                ))));
             }
             // a file system without flock (some network mounts): the run
             // goes on unlocked rather than not at all
             Err(std::fs::TryLockError::Error(e))
                 if e.kind() == std::io::ErrorKind::Unsupported || e.raw_os_error() == Some(37) => {}
-            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+            Err(std::fs::TryLockError::Error(e)) => return Err(Failed(Error::io(&path, e))),
         }
         // ours now (a stale lock of a dead process is taken over): our pid
         let write = |f: &mut File| -> std::io::Result<()> {
@@ -67,10 +93,18 @@ impl DirLock {
             writeln!(f, "{}", std::process::id())?;
             f.sync_data()
         };
-        write(&mut file).map_err(|e| Error::io(&path, e))?;
+        write(&mut file).map_err(|e| Failed(Error::io(&path, e)))?;
         Ok(DirLock { _file: file, path })
     }
 }
+
+/// Why a lock was not taken: another process holds it, or the lock file
+/// could not be used.
+enum NotLocked {
+    Busy(Error),
+    Failed(Error),
+}
+use NotLocked::{Busy, Failed};
 
 #[cfg(test)]
 mod tests {
@@ -90,6 +124,32 @@ mod tests {
         );
         drop(a);
         let _b = DirLock::acquire(&d.0, "run directory").unwrap();
+    }
+
+    #[test]
+    fn a_held_lock_is_waited_for() {
+        let d = TempDir::new("lock-wait");
+        let a = DirLock::acquire(&d.0, "run directory").unwrap();
+        let dir = d.0.clone();
+        let t0 = std::time::Instant::now();
+        let waiter = std::thread::spawn(move || {
+            DirLock::acquire_within(&dir, "run directory", std::time::Duration::from_secs(30))
+        });
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        drop(a);
+        assert!(waiter.join().unwrap().is_ok());
+        let waited = t0.elapsed();
+        assert!(
+            waited >= std::time::Duration::from_millis(500),
+            "{waited:?}"
+        );
+        // without patience, or past it: the error names the owner
+        let _b = DirLock::acquire(&d.0, "run directory").unwrap();
+        let e =
+            DirLock::acquire_within(&d.0, "run directory", std::time::Duration::from_millis(300))
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("is in use by process"), "{e}");
     }
 
     #[test]

@@ -39,6 +39,33 @@ fn kill(pid: u32, sig: i32) {
     }
 }
 
+/// `prctl(PR_SET_PDEATHSIG, SIGTERM)` in the child, between fork and exec
+/// (the signal comes when the thread that spawned it ends, and the sweep
+/// waits for each child on the thread that started it); a parent already
+/// gone by then is caught by comparing `getppid()` with the pid before the
+/// fork.
+#[cfg(target_os = "linux")]
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the forked child before exec and calls
+    // only async-signal-safe functions (prctl, getppid, raise)
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                libc::raise(libc::SIGTERM);
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_: &mut Command) {}
+
 impl Children {
     /// Install the handler (for the life of the process: one sweep per
     /// process) and return the registry it forwards to.
@@ -94,8 +121,12 @@ impl Children {
 
     /// Run `cmd` to completion like `Command::output`, registered as a
     /// child while it runs (a stop that comes between the spawn and the
-    /// registration is forwarded right after it).
+    /// registration is forwarded right after it). On Linux the child gets
+    /// SIGTERM when this thread's process dies without forwarding one
+    /// (SIGKILL, a crash): an orphan would train on, holding the run
+    /// directory's lock against the next attempt (a requeued Slurm task).
     pub fn output(&self, cmd: &mut Command) -> std::io::Result<Output> {
+        die_with_parent(cmd);
         let child: Child = cmd.spawn()?;
         let pid = child.id();
         self.pids

@@ -37,6 +37,7 @@ use super::exec::{
 use super::grid::{Grid, PlannedRun};
 use super::{last_metrics, write_results, RunRecord, RunStatus, SweepOptions, FAILED};
 use crate::error::{Error, Result};
+use crate::io::lock::DirLock;
 use crate::io::write_atomic;
 use crate::train::checkpoint::CHECKPOINT;
 use crate::train::TrainConfig;
@@ -337,6 +338,17 @@ pub fn run_task(out: &Path, id: &str, threads: Option<usize>, launch: Option<&st
     let threads = threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
+    // a requeued or preempted task can start while the process of the
+    // attempt before it is still exiting (Slurm's SIGTERM, then SIGKILL
+    // after KillWait): wait for it to let the run directory go rather than
+    // fail on its lock, and read the markers it left only then
+    if dir.is_dir() {
+        drop(DirLock::acquire_within(
+            &dir,
+            "run directory",
+            PREVIOUS_ATTEMPT_PATIENCE,
+        )?);
+    }
     let resume = match prior_state(&dir)? {
         Prior::Done(r) | Prior::Diverged(r) => {
             crate::outln!("{id} ({whence}): already {}", describe(&r))?;
@@ -380,6 +392,10 @@ pub fn run_task(out: &Path, id: &str, threads: Option<usize>, launch: Option<&st
     }
     Ok(())
 }
+
+/// How long an array task waits for the previous attempt of its point to
+/// let the run directory go (Slurm's default KillWait is 30 s).
+const PREVIOUS_ATTEMPT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(90);
 
 /// The iteration a run's checkpoint was written at.
 fn checkpoint_iter(dir: &Path) -> Option<u64> {
