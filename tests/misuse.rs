@@ -691,6 +691,26 @@ fn children_of(pid: u32) -> Vec<u32> {
     v
 }
 
+/// `resgrad sweep GRID --out OUT --jobs 2` started, once both of its
+/// `resgrad train` children run: the sweep and their pids.
+fn sweep_with_two_runs(grid: &Path, out: &str) -> (std::process::Child, Vec<u32>) {
+    let mut c = cmd(&["sweep", grid.to_str().unwrap(), "--out", out, "--jobs", "2"]);
+    c.stdout(Stdio::null()).stderr(Stdio::null());
+    let sweep = c.spawn().unwrap();
+    let t0 = Instant::now();
+    loop {
+        let pids = children_of(sweep.id());
+        if pids.len() == 2 {
+            return (sweep, pids);
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "children never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn a_stopped_sweep_stops_its_runs() {
     let t = TempDir::new("misuse-sweep-sig");
@@ -702,22 +722,7 @@ fn a_stopped_sweep_stops_its_runs() {
     .unwrap();
     let out = t.s("out");
     for (name, sig, code) in [("TERM", libc::SIGTERM, 143), ("HUP", libc::SIGHUP, 129)] {
-        let mut c = cmd(&["sweep", g.to_str().unwrap(), "--out", &out, "--jobs", "2"]);
-        c.stdout(Stdio::null()).stderr(Stdio::piped());
-        let mut sweep = c.spawn().unwrap();
-        // wait for both children
-        let t0 = Instant::now();
-        let children = loop {
-            let pids = children_of(sweep.id());
-            if pids.len() == 2 {
-                break pids;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(60),
-                "children never started"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let (mut sweep, children) = sweep_with_two_runs(&g, &out);
         // SAFETY: kill(2) on our own child
         assert_eq!(unsafe { libc::kill(sweep.id() as libc::pid_t, sig) }, 0);
         let t0 = Instant::now();
@@ -747,21 +752,7 @@ fn a_stopped_sweep_stops_its_runs() {
     // with it too (the children's parent-death signal), so no orphan trains
     // on holding a run directory's lock (a requeued Slurm task's next
     // attempt would fail on it)
-    let mut c = cmd(&["sweep", g.to_str().unwrap(), "--out", &out, "--jobs", "2"]);
-    c.stdout(Stdio::null()).stderr(Stdio::null());
-    let mut sweep = c.spawn().unwrap();
-    let t0 = Instant::now();
-    let children = loop {
-        let pids = children_of(sweep.id());
-        if pids.len() == 2 {
-            break pids;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "children never started"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let (mut sweep, children) = sweep_with_two_runs(&g, &out);
     sweep.kill().unwrap();
     sweep.wait().unwrap();
     let t0 = Instant::now();
