@@ -18,12 +18,24 @@ use crate::ops::conv2d::{
 };
 use crate::ops::elementwise::{bias_add_backward, bias_add_forward};
 use crate::ops::fused::{bn_relu_backward_plus, bn_relu_backward_to};
-use crate::ops::linear::{linear_backward_in, linear_forward_in, LinearShape};
+use crate::ops::linear::{LinearOp, LinearShape};
 use crate::ops::par::par_zero;
 use crate::ops::Accum;
 use crate::scalar::Scalar;
 
 impl<T: Scalar> WeightLayer<T> {
+    /// The linear op of this (fully connected) layer on a batch of `n`, in
+    /// the precision of `ws`.
+    fn linear_op(&self, n: usize, ws: &ConvWorkspace<T>) -> LinearOp {
+        LinearShape {
+            n,
+            fin: self.cin,
+            fout: self.cout,
+        }
+        .op()
+        .with_precision(ws.precision())
+    }
+
     /// `out = W * inp (+ b)`.
     pub fn forward(
         &self,
@@ -42,17 +54,11 @@ impl<T: Scalar> WeightLayer<T> {
                 }
                 Ok(())
             }
-            None => linear_forward_in(
-                ws.precision(),
+            None => self.linear_op(n, ws).forward(
                 out,
                 inp,
                 &self.weight.value,
                 self.bias.as_ref().map(|b| b.value.as_slice()),
-                LinearShape {
-                    n,
-                    fin: self.cin,
-                    fout: self.cout,
-                },
             ),
         }
     }
@@ -187,19 +193,13 @@ impl<T: Scalar> WeightLayer<T> {
                     }
                     &mut *d
                 });
-                linear_backward_in(
-                    ws.precision(),
+                self.linear_op(n, ws).backward(
                     dinp,
                     &mut self.weight.grad,
                     self.bias.as_mut().map(|b| b.grad.as_mut_slice()),
                     dout,
                     inp,
                     &self.weight.value,
-                    LinearShape {
-                        n,
-                        fin: self.cin,
-                        fout: self.cout,
-                    },
                 )
             }
         }
