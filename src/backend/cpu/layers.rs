@@ -367,22 +367,6 @@ impl<T: Scalar> BnLayer<T> {
         )
     }
 
-    /// The training backward: the parameter gradients added to, `dinp`
-    /// written as `accum` says.
-    pub fn backward_to(
-        &mut self,
-        accum: Accum,
-        dinp: &mut [T],
-        dout: &[T],
-        inp: &[T],
-        n: usize,
-        g: Geom,
-    ) -> Result<()> {
-        let s = self.shape(n, g);
-        let (grads, x) = self.backward_parts(inp);
-        batchnorm_backward_to(accum, dinp, grads, dout, x, s)
-    }
-
     /// BN followed by ReLU, fused (`ops::fused`): `out = max(0, BN(inp))`.
     pub fn forward_relu(
         &mut self,
@@ -400,24 +384,29 @@ impl<T: Scalar> BnLayer<T> {
         Ok(())
     }
 
-    /// Backward of [`BnLayer::forward_relu`] (training mode), `dinp` written
-    /// as `accum` says; the ReLU mask is recomputed from `inp` (see
-    /// `ops::fused`).
-    pub fn backward_relu_to(
+    /// The training backward of [`BnLayer::forward`] or, when `relu`, of
+    /// [`BnLayer::forward_relu`]: the parameter gradients added to, `dinp`
+    /// written as `accum` says. With `relu` the ReLU mask is recomputed from
+    /// `inp` (see `ops::fused`).
+    pub fn backward_to(
         &mut self,
         accum: Accum,
         dinp: &mut [T],
         dout: &[T],
         inp: &[T],
-        n: usize,
-        g: Geom,
+        (n, g): (usize, Geom),
+        relu: bool,
     ) -> Result<()> {
         let s = self.shape(n, g);
         let (grads, x) = self.backward_parts(inp);
-        bn_relu_backward_to(accum, dinp, grads, dout, x, s)
+        if relu {
+            bn_relu_backward_to(accum, dinp, grads, dout, x, s)
+        } else {
+            batchnorm_backward_to(accum, dinp, grads, dout, x, s)
+        }
     }
 
-    /// [`BnLayer::backward_relu_to`] writing `dinp = res + ...`
+    /// [`BnLayer::backward_to`] of BN-ReLU writing `dinp = res + ...`
     /// (`ops::fused::bn_relu_backward_plus`; `grad_sums`: the reduction's
     /// per-plane sums, when a conv took them already).
     pub fn backward_relu_plus(
