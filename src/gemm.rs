@@ -262,20 +262,11 @@ pub(crate) mod tests {
     ) {
         let none: &[f32] = &[];
         let mut c = vec![3.0f32; 6];
-        gemm(
-            MatMut::rm(&mut c, 2, 3),
-            Mat::rm(none, 2, 0),
-            Mat::rm(none, 0, 3),
-            true,
-        );
-        assert_eq!(c, [3.0; 6], "{name}: k = 0, accumulate");
-        gemm(
-            MatMut::rm(&mut c, 2, 3),
-            Mat::rm(none, 2, 0),
-            Mat::rm(none, 0, 3),
-            false,
-        );
-        assert_eq!(c, [0.0; 6], "{name}: k = 0");
+        for (accumulate, want) in [(true, 3.0), (false, 0.0)] {
+            let (a, b) = (Mat::rm(none, 2, 0), Mat::rm(none, 0, 3));
+            gemm(MatMut::rm(&mut c, 2, 3), a, b, accumulate);
+            assert_eq!(c, [want; 6], "{name}: k = 0, accumulate = {accumulate}");
+        }
         gemm(
             MatMut::rm(&mut [], 0, 3),
             Mat::rm(none, 0, 4),
@@ -289,27 +280,23 @@ pub(crate) mod tests {
         check_degenerate("matmul", matmul::<f32>);
     }
 
+    /// `matmul` into a (2, 3) `dst` of `a` (2, 4) on the first `a_len`
+    /// values of a buffer and `b` (`b_rows`, 3).
+    fn matmul_2x3(a_len: usize, b_rows: usize) {
+        let (x, mut c) = ([0f32; 12], [0f32; 6]);
+        let (a, b) = (Mat::rm(&x[..a_len], 2, 4), Mat::rm(&x, b_rows, 3));
+        matmul(MatMut::rm(&mut c, 2, 3), a, b, false);
+    }
+
     #[test]
     #[should_panic(expected = "matmul: inconsistent dims")]
     fn inconsistent_dims_panic() {
-        let x = [0f32; 12];
-        matmul(
-            MatMut::rm(&mut [0f32; 6], 2, 3),
-            Mat::rm(&x, 2, 4),
-            Mat::rm(&x, 3, 3),
-            false,
-        );
+        matmul_2x3(12, 3);
     }
 
     #[test]
     #[should_panic(expected = "matmul: lhs view out of bounds")]
     fn short_view_panics() {
-        let x = [0f32; 12];
-        matmul(
-            MatMut::rm(&mut [0f32; 6], 2, 3),
-            Mat::rm(&x[..7], 2, 4),
-            Mat::rm(&x, 4, 3),
-            false,
-        );
+        matmul_2x3(7, 4);
     }
 }

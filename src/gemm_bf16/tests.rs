@@ -78,13 +78,21 @@ fn abs_products(m: usize, n: usize, k: usize, a: &[f32], b: &[f32]) -> Vec<f64> 
     s
 }
 
+/// Whether this CPU lacks AVX512-BF16 (said on stderr): the kernel's tests
+/// then pass without running.
+fn skipped() -> bool {
+    if !supported() {
+        eprintln!("skipped: no AVX512-BF16");
+    }
+    !supported()
+}
+
 const U: f64 = 1.0 / (1u64 << 24) as f64;
 const C: f64 = 2.01;
 
 #[test]
 fn rounding_matches_vcvtne2ps2bf16() {
-    if !supported() {
-        eprintln!("skipped: no AVX512-BF16");
+    if skipped() {
         return;
     }
     let mut xs = values(4096, 7);
@@ -144,8 +152,7 @@ const SHAPES: [(usize, usize, usize); 11] = [
 
 #[test]
 fn matches_f32_gemm_on_bf16_rounded_inputs() {
-    if !supported() {
-        eprintln!("skipped: no AVX512-BF16");
+    if skipped() {
         return;
     }
     for (seed, &(m, n, k)) in SHAPES.iter().enumerate() {
@@ -176,8 +183,7 @@ fn matches_f32_gemm_on_bf16_rounded_inputs() {
 
 #[test]
 fn matches_f32_gemm_within_the_bf16_rounding_bound() {
-    if !supported() {
-        eprintln!("skipped: no AVX512-BF16");
+    if skipped() {
         return;
     }
     let mut worst = 0f64;
@@ -202,8 +208,7 @@ fn matches_f32_gemm_within_the_bf16_rounding_bound() {
 
 #[test]
 fn strided_views_match_row_major() {
-    if !supported() {
-        eprintln!("skipped: no AVX512-BF16");
+    if skipped() {
         return;
     }
     // the conv passes' views: a^T (rs = 1), b^T (rs = 1), dst^T (rs = 1)
@@ -230,21 +235,14 @@ fn matmul_in_f32_is_the_f32_gemm() {
     let b = values(k * n, 4);
     let zeros = vec![0f32; m * n];
     let x = rm_product(matmul, (m, n, k), &a, &b, &zeros, false);
-    let y = rm_product(
-        |d, a, b, acc| matmul_in(false, d, a, b, acc),
-        (m, n, k),
-        &a,
-        &b,
-        &zeros,
-        false,
-    );
+    let in_f32: Gemm = |d, a, b, acc| matmul_in(false, d, a, b, acc);
+    let y = rm_product(in_f32, (m, n, k), &a, &b, &zeros, false);
     assert_same_bits("matmul_in(f32)", &y, &x);
 }
 
 #[test]
 fn general_strides_match_row_major() {
-    if !supported() {
-        eprintln!("skipped: no AVX512-BF16");
+    if skipped() {
         return;
     }
     // every operand a view with both strides > 1 (the packing's plain loops)
@@ -283,8 +281,7 @@ fn general_strides_match_row_major() {
 
 #[test]
 fn degenerate_products() {
-    if !supported() {
-        eprintln!("skipped: no AVX512-BF16");
+    if skipped() {
         return;
     }
     check_degenerate("matmul_bf16", matmul_bf16);

@@ -75,6 +75,22 @@ impl LinearOp {
         self.precision == Precision::Bf16
     }
 
+    /// The checks both passes start with, in this order: the sizes, the
+    /// named `(N, fout)` buffer (`out` or `dout`), `inp`, `weight`.
+    fn check<T: Scalar>(
+        &self,
+        y: (&'static str, &[T]),
+        inp: &[T],
+        weight: &[T],
+    ) -> Result<LinearShape> {
+        let s = self.shape;
+        s.validate()?;
+        check_len(OP, y.0, y.1, &[s.n, s.fout])?;
+        check_len(OP, "input", inp, &[s.n, s.fin])?;
+        check_len(OP, "weight", weight, &[s.fout, s.fin])?;
+        Ok(s)
+    }
+
     /// `out = inp · w^T + b` (out is overwritten).
     pub fn forward<T: Scalar>(
         &self,
@@ -83,11 +99,7 @@ impl LinearOp {
         weight: &[T],       // (fout, fin)
         bias: Option<&[T]>, // (fout)
     ) -> Result<()> {
-        let s = self.shape;
-        s.validate()?;
-        check_len(OP, "output", out, &[s.n, s.fout])?;
-        check_len(OP, "input", inp, &[s.n, s.fin])?;
-        check_len(OP, "weight", weight, &[s.fout, s.fin])?;
+        let s = self.check(("output", out), inp, weight)?;
         if let Some(b) = bias {
             check_len(OP, "bias", b, &[s.fout])?;
             for row in out.chunks_exact_mut(s.fout) {
@@ -116,11 +128,7 @@ impl LinearOp {
         inp: &[T],               // (N, fin)
         weight: &[T],            // (fout, fin)
     ) -> Result<()> {
-        let s = self.shape;
-        s.validate()?;
-        check_len(OP, "dout", dout, &[s.n, s.fout])?;
-        check_len(OP, "input", inp, &[s.n, s.fin])?;
-        check_len(OP, "weight", weight, &[s.fout, s.fin])?;
+        let s = self.check(("dout", dout), inp, weight)?;
         check_len(OP, "dweight", dweight, &[s.fout, s.fin])?;
         // in the forward pass this was out = inp · w^T, so now dinp += dout · w
         if let Some(dinp) = dinp {
