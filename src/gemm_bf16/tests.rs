@@ -206,6 +206,22 @@ fn matches_f32_gemm_within_the_bf16_rounding_bound() {
     assert!(worst > 1e-5, "no bf16 rounding visible: {worst:e}");
 }
 
+/// Asserts that `matmul_bf16` through other views of the operands gives
+/// the bits of the row-major call: `through(a, b)` takes `a` (m, k) and
+/// `b` (k, n) row-major (values of `seed`) and returns the row-major result.
+fn same_bits_as_row_major(
+    what: &str,
+    (m, n, k): (usize, usize, usize),
+    seed: u32,
+    through: impl Fn(&[f32], &[f32]) -> Vec<f32>,
+) {
+    let a = values(m * k, seed);
+    let b = values(k * n, seed + 1);
+    let want = rm_product(matmul_bf16, (m, n, k), &a, &b, &vec![0f32; m * n], false);
+    // same pairs, same order within each tile: the same bits
+    assert_same_bits(what, &through(&a, &b), &want);
+}
+
 #[test]
 fn strided_views_match_row_major() {
     if skipped() {
@@ -213,19 +229,17 @@ fn strided_views_match_row_major() {
     }
     // the conv passes' views: a^T (rs = 1), b^T (rs = 1), dst^T (rs = 1)
     let (m, n, k) = (21, 45, 67);
-    let a = values(m * k, 1);
-    let b = values(k * n, 2);
-    let want = rm_product(matmul_bf16, (m, n, k), &a, &b, &vec![0f32; m * n], false);
-    let (at, bt) = (transposed(&a, m, k), transposed(&b, k, n));
-    let mut got_t = vec![0f32; n * m];
-    matmul_bf16(
-        MatMut::rm_t(&mut got_t, m, n),
-        Mat::rm_t(&at, m, k),
-        Mat::rm_t(&bt, k, n),
-        false,
-    );
-    // same pairs, same order within each tile: the same bits
-    assert_same_bits("transposed views", &transposed(&got_t, n, m), &want);
+    same_bits_as_row_major("transposed views", (m, n, k), 1, |a, b| {
+        let (at, bt) = (transposed(a, m, k), transposed(b, k, n));
+        let mut got_t = vec![0f32; n * m];
+        matmul_bf16(
+            MatMut::rm_t(&mut got_t, m, n),
+            Mat::rm_t(&at, m, k),
+            Mat::rm_t(&bt, k, n),
+            false,
+        );
+        transposed(&got_t, n, m)
+    });
 }
 
 #[test]
@@ -247,9 +261,7 @@ fn general_strides_match_row_major() {
     }
     // every operand a view with both strides > 1 (the packing's plain loops)
     let (m, n, k) = (11, 37, 19);
-    let a = values(m * k, 5);
-    let b = values(k * n, 6);
-    let want = rm_product(matmul_bf16, (m, n, k), &a, &b, &vec![0f32; m * n], false);
+    // a row-major (rows, cols) buffer spread to every other row and column
     let spread = |v: &[f32], rows: usize, cols: usize| {
         let mut w = vec![f32::NAN; 2 * rows * 2 * cols];
         for i in 0..rows {
@@ -259,7 +271,6 @@ fn general_strides_match_row_major() {
         }
         w
     };
-    let (a2, b2) = (spread(&a, m, k), spread(&b, k, n));
     fn view(d: &[f32], rows: usize, cols: usize) -> Mat<'_, f32> {
         Mat {
             data: d,
@@ -269,14 +280,13 @@ fn general_strides_match_row_major() {
             cs: 2,
         }
     }
-    let mut got = vec![0f32; m * n];
-    matmul_bf16(
-        MatMut::rm(&mut got, m, n),
-        view(&a2, m, k),
-        view(&b2, k, n),
-        false,
-    );
-    assert_same_bits("strided views", &got, &want);
+    same_bits_as_row_major("strided views", (m, n, k), 5, |a, b| {
+        let (a2, b2) = (spread(a, m, k), spread(b, k, n));
+        let mut got = vec![0f32; m * n];
+        let (a, b) = (view(&a2, m, k), view(&b2, k, n));
+        matmul_bf16(MatMut::rm(&mut got, m, n), a, b, false);
+        got
+    });
 }
 
 #[test]
