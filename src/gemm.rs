@@ -79,20 +79,32 @@ impl<'a, T> MatMut<'a, T> {
     }
 }
 
-/// `dst = (accumulate ? dst : 0) + a * b`, single-threaded (callers
-/// parallelise over images themselves: splitting these small GEMMs inside the
-/// library measured slower on 2 cores).
+/// The part every GEMM of resgrad shares before it multiplies
+/// (`dst = (accumulate ? dst : 0) + a * b`, `dst` (m, n), `a` (m, k) of
+/// shape `a_dims`, `b` (k, n)): the shape checks, then the degenerate
+/// cases, then the bounds checks. Returns `None` when nothing is left to
+/// compute (`m == 0` or `n == 0`: nothing to write; `k == 0`: `dst` zeroed
+/// unless accumulating, as the empty sum is 0), else `Some((m, n, k))` with
+/// every view in bounds. `a_view` is the left operand's view when it is one
+/// (bounds-checked here); a packed one ([`crate::gemm_bf16::PackedA`]) was
+/// checked when it was packed. `name` starts the panic messages.
 ///
-/// Panics if the views are inconsistent: that is a bug in resgrad, never a
-/// consequence of user input (callers validate shapes first).
-pub fn matmul<T: Scalar>(dst: MatMut<'_, T>, a: Mat<'_, T>, b: Mat<'_, T>, accumulate: bool) {
-    let (m, n, k) = (dst.rows, dst.cols, a.cols);
+/// Panics if the views are inconsistent (a bug in resgrad, see [`matmul`]).
+pub(crate) fn prologue<T: Scalar>(
+    name: &str,
+    dst: &mut MatMut<'_, T>,
+    a_dims: (usize, usize),
+    a_view: Option<&Mat<'_, T>>,
+    b: &Mat<'_, T>,
+    accumulate: bool,
+) -> Option<(usize, usize, usize)> {
+    let (m, n, k) = (dst.rows, dst.cols, a_dims.1);
     assert!(
-        a.rows == m && b.rows == k && b.cols == n,
-        "matmul: inconsistent dims"
+        a_dims.0 == m && b.rows == k && b.cols == n,
+        "{name}: inconsistent dims"
     );
     if m == 0 || n == 0 {
-        return;
+        return None;
     }
     if k == 0 {
         if !accumulate {
@@ -102,18 +114,40 @@ pub fn matmul<T: Scalar>(dst: MatMut<'_, T>, a: Mat<'_, T>, b: Mat<'_, T>, accum
                 }
             }
         }
-        return;
+        return None;
     }
     let dmax = (m - 1) * dst.rs + (n - 1) * dst.cs;
-    assert!(dmax < dst.data.len(), "matmul: dst view out of bounds");
-    assert!(
-        a.max_index() < a.data.len(),
-        "matmul: lhs view out of bounds"
-    );
+    assert!(dmax < dst.data.len(), "{name}: dst view out of bounds");
+    if let Some(a) = a_view {
+        assert!(
+            a.max_index() < a.data.len(),
+            "{name}: lhs view out of bounds"
+        );
+    }
     assert!(
         b.max_index() < b.data.len(),
-        "matmul: rhs view out of bounds"
+        "{name}: rhs view out of bounds"
     );
+    Some((m, n, k))
+}
+
+/// `dst = (accumulate ? dst : 0) + a * b`, single-threaded (callers
+/// parallelise over images themselves: splitting these small GEMMs inside the
+/// library measured slower on 2 cores).
+///
+/// Panics if the views are inconsistent: that is a bug in resgrad, never a
+/// consequence of user input (callers validate shapes first).
+pub fn matmul<T: Scalar>(mut dst: MatMut<'_, T>, a: Mat<'_, T>, b: Mat<'_, T>, accumulate: bool) {
+    let Some((m, n, k)) = prologue(
+        "matmul",
+        &mut dst,
+        (a.rows, a.cols),
+        Some(&a),
+        &b,
+        accumulate,
+    ) else {
+        return;
+    };
     // SAFETY: all three views were bounds-checked above; `dst` is a unique
     // borrow, so it cannot alias `a` or `b`.
     unsafe {
@@ -142,8 +176,15 @@ pub fn matmul<T: Scalar>(dst: MatMut<'_, T>, a: Mat<'_, T>, b: Mat<'_, T>, accum
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// The row-major `(cols, rows)` transpose of a row-major `(rows, cols)` buffer.
+    pub(crate) fn transposed<T: Copy>(v: &[T], rows: usize, cols: usize) -> Vec<T> {
+        (0..cols * rows)
+            .map(|t| v[(t % rows) * cols + t / rows])
+            .collect()
+    }
 
     fn naive(m: usize, n: usize, k: usize, a: &[f64], b: &[f64]) -> Vec<f64> {
         let mut c = vec![0.0; m * n];
@@ -185,18 +226,7 @@ mod tests {
             assert!((x - 2.0 * y).abs() < 1e-12);
         }
         // transposed operands: at is (k, m) row-major, bt is (n, k) row-major
-        let mut at = vec![0.0; k * m];
-        for i in 0..m {
-            for p in 0..k {
-                at[p * m + i] = a[i * k + p];
-            }
-        }
-        let mut bt = vec![0.0; n * k];
-        for p in 0..k {
-            for j in 0..n {
-                bt[j * k + p] = b[p * n + j];
-            }
-        }
+        let (at, bt) = (transposed(&a, m, k), transposed(&b, k, n));
         let mut ct = vec![0.0; n * m];
         matmul(
             MatMut::rm_t(&mut ct, m, n),
@@ -222,5 +252,51 @@ mod tests {
         for (x, y) in cf.iter().zip(&want) {
             assert!((*x as f64 - y).abs() < 1e-5);
         }
+    }
+
+    /// `k = 0`: the empty sum, `dst` zeroed unless accumulating; `m = 0`:
+    /// nothing to write (not even a view to check).
+    pub(crate) fn check_degenerate(
+        name: &str,
+        gemm: fn(MatMut<'_, f32>, Mat<'_, f32>, Mat<'_, f32>, bool),
+    ) {
+        let none: &[f32] = &[];
+        let mut c = vec![3.0f32; 6];
+        for (accumulate, want) in [(true, 3.0), (false, 0.0)] {
+            let (a, b) = (Mat::rm(none, 2, 0), Mat::rm(none, 0, 3));
+            gemm(MatMut::rm(&mut c, 2, 3), a, b, accumulate);
+            assert_eq!(c, [want; 6], "{name}: k = 0, accumulate = {accumulate}");
+        }
+        gemm(
+            MatMut::rm(&mut [], 0, 3),
+            Mat::rm(none, 0, 4),
+            Mat::rm(none, 4, 3),
+            false,
+        );
+    }
+
+    #[test]
+    fn degenerate_products() {
+        check_degenerate("matmul", matmul::<f32>);
+    }
+
+    /// `matmul` into a (2, 3) `dst` of `a` (2, 4) on the first `a_len`
+    /// values of a buffer and `b` (`b_rows`, 3).
+    fn matmul_2x3(a_len: usize, b_rows: usize) {
+        let (x, mut c) = ([0f32; 12], [0f32; 6]);
+        let (a, b) = (Mat::rm(&x[..a_len], 2, 4), Mat::rm(&x, b_rows, 3));
+        matmul(MatMut::rm(&mut c, 2, 3), a, b, false);
+    }
+
+    #[test]
+    #[should_panic(expected = "matmul: inconsistent dims")]
+    fn inconsistent_dims_panic() {
+        matmul_2x3(12, 3);
+    }
+
+    #[test]
+    #[should_panic(expected = "matmul: lhs view out of bounds")]
+    fn short_view_panics() {
+        matmul_2x3(7, 4);
     }
 }

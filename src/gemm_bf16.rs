@@ -44,7 +44,7 @@
 //! |C_bf16 - C_f32(a, b)| <= (2^-7 + 2^-16 + c (K + 1) 2^-24) (Σ_t |a_it| |b_tj| + |dst_ij|) + K 2^-125
 //! ```
 
-use crate::gemm::{Mat, MatMut};
+use crate::gemm::{prologue, Mat, MatMut};
 use crate::scalar::Scalar;
 use std::any::TypeId;
 use std::cell::RefCell;
@@ -426,39 +426,16 @@ pub fn matmul_bf16_packed(dst: MatMut<'_, f32>, a: &PackedA, b: Mat<'_, f32>, ac
 }
 
 fn matmul_packed_with(
-    dst: MatMut<'_, f32>,
+    mut dst: MatMut<'_, f32>,
     a: &PackedA,
     b: Mat<'_, f32>,
     accumulate: bool,
     bp: &mut Vec<u32>,
 ) {
-    let (m, n, k) = (dst.rows, dst.cols, a.k);
-    assert!(
-        a.m == m && b.rows == k && b.cols == n,
-        "matmul_bf16: inconsistent dims"
-    );
-    if m == 0 || n == 0 {
+    let Some((m, n, k)) = prologue("matmul_bf16", &mut dst, (a.m, a.k), None, &b, accumulate)
+    else {
         return;
-    }
-    if k == 0 {
-        if !accumulate {
-            for i in 0..m {
-                for j in 0..n {
-                    dst.data[i * dst.rs + j * dst.cs] = 0.0;
-                }
-            }
-        }
-        return;
-    }
-    let last = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
-    assert!(
-        last(m, n, dst.rs, dst.cs) < dst.data.len(),
-        "matmul_bf16: dst view out of bounds"
-    );
-    assert!(
-        last(k, n, b.rs, b.cs) < b.data.len(),
-        "matmul_bf16: rhs view out of bounds"
-    );
+    };
     assert!(supported(), "matmul_bf16 needs AVX512-BF16");
     // a narrow product (the weight gradient's cout = 16 columns) takes
     // the one-zmm tile instead of wasting half of the two-zmm one

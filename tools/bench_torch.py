@@ -7,12 +7,8 @@ timed on its own and the median reported; peak RSS of the process so far
 (resource.getrusage ru_maxrss).
 
 Modes (--modes, comma separated, run one after another in this process,
-each on a fresh net; one JSON line each with --json):
-  f32         float32, NCHW (PyTorch's default)
-  f32-cl      float32, channels-last (model and input in torch.channels_last)
-  bf16        torch.autocast("cpu", dtype=torch.bfloat16) around the forward
-              and the loss (the backward follows it), NCHW
-  bf16-cl     the same, channels-last
+each on a fresh net; one JSON line each with --json): f32, f32-cl, bf16,
+bf16-cl, as tools/torch_modes.py (shared with e2e_torch.py) defines them.
 
 The model comes from the reference `torch_resnet.py`, looked up in
 $RESGRAD_REFERENCE_DIR, then <repo>/../shared/reference, then
@@ -24,24 +20,12 @@ $RESGRAD_REFERENCE_DIR, then <repo>/../shared/reference, then
 """
 import argparse
 import json
-import os
 import resource
 import statistics
 import sys
 import time
-from pathlib import Path
 
-
-def find_reference():
-    here = Path(__file__).resolve().parent.parent
-    cands = []
-    if os.environ.get("RESGRAD_REFERENCE_DIR"):
-        cands.append(Path(os.environ["RESGRAD_REFERENCE_DIR"]))
-    cands += [here.parent / "shared" / "reference", Path("/work/shared/reference")]
-    for c in cands:
-        if (c / "torch_resnet.py").is_file():
-            return c
-    sys.exit("bench_torch: torch_resnet.py not found in " + ", ".join(map(str, cands)))
+import torch_modes
 
 
 def main():
@@ -61,21 +45,19 @@ def main():
     a = ap.parse_args()
     modes = a.modes.split(",")
     for m in modes:
-        if m not in MODES:
-            sys.exit("bench_torch: unknown mode %r (one of %s)" % (m, ", ".join(MODES)))
+        if m not in torch_modes.MODES:
+            sys.exit("bench_torch: unknown mode %r (one of %s)" % (m, ", ".join(torch_modes.MODES)))
     if a.spec:
         with open(a.spec) as f:
             spec = json.load(f)
     elif a.depth:
-        spec = {"arch": "cifar", "depth": a.depth, "block": a.block, "unit": a.unit,
-                "shortcut": {"kind": "identity"}, "downsample": "B"}
+        spec = torch_modes.cifar_spec(a.depth, a.unit, a.block)
     else:
         sys.exit("bench_torch: give --spec or --depth")
 
     import torch
     torch.set_num_threads(a.threads)
-    sys.path.insert(0, str(find_reference()))
-    from torch_resnet import Net
+    Net = torch_modes.reference_net("bench_torch")
 
     for mode in modes:
         r = measure(torch, Net, spec, a, mode)
@@ -87,27 +69,16 @@ def main():
                   "peak RSS {peak_rss_mib:.0f} MiB".format(**r), flush=True)
 
 
-MODES = ("f32", "f32-cl", "bf16", "bf16-cl")
-
-
 def measure(torch, Net, spec, a, mode):
     torch.manual_seed(0)
-    fmt = torch.channels_last if mode.endswith("-cl") else torch.contiguous_format
-    net = Net(spec).float().train().to(memory_format=fmt)
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    mode = torch_modes.Mode(torch, mode)
+    tr = torch_modes.Trainer(torch, Net, spec, mode, 0.01)
     x = torch.randn(a.batch, int(spec.get("in_channels", 3)), a.image, a.image)
-    x = x.to(memory_format=fmt)
+    x = mode.input(x)
     y = torch.randint(0, int(spec.get("classes", 10)), (a.batch,))
-    loss_fn = torch.nn.CrossEntropyLoss()
-    bf16 = mode.startswith("bf16")
 
     def step():
-        opt.zero_grad(set_to_none=False)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = loss_fn(net(x), y)
-        loss.backward()
-        opt.step()
-        return loss
+        return tr.step(x, y)
 
     for _ in range(a.warmup):
         step()
@@ -119,9 +90,9 @@ def measure(torch, Net, spec, a, mode):
     med = statistics.median(times)
     rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     return {
-        "model": "resnet-{} {} identity B".format(spec.get("depth"), spec["unit"]),
+        "model": torch_modes.model_name(spec),
         "framework": "pytorch " + torch.__version__,
-        "mode": mode,
+        "mode": mode.name,
         "threads": torch.get_num_threads(),
         "batch": a.batch,
         "steps": a.steps,

@@ -14,7 +14,8 @@ for tools/e2e_compare.sh: the same recipe and the same data handling.
   - an evaluation of the test set (eval mode) after every epoch and at the
     end;
   - a mode: f32 or bf16 autocast (forward and loss), NCHW or channels-last
-    (f32, f32-cl, bf16, bf16-cl as in bench_torch.py).
+    (f32, f32-cl, bf16, bf16-cl: tools/torch_modes.py, shared with
+    bench_torch.py).
 
 Prints one JSON object: wall time of the loop (evaluations included), of
 the whole process so far, images/s of the training steps, final test
@@ -26,24 +27,13 @@ accuracy and loss.
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
+import torch_modes
+
 T_START = time.perf_counter()
-
-
-def find_reference():
-    here = Path(__file__).resolve().parent.parent
-    cands = []
-    if os.environ.get("RESGRAD_REFERENCE_DIR"):
-        cands.append(Path(os.environ["RESGRAD_REFERENCE_DIR"]))
-    cands += [here.parent / "shared" / "reference", Path("/work/shared/reference")]
-    for c in cands:
-        if (c / "torch_resnet.py").is_file():
-            return c
-    sys.exit("e2e_torch: torch_resnet.py not found in " + ", ".join(map(str, cands)))
 
 
 def read_cifar(np, files):
@@ -77,7 +67,7 @@ def main():
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--mode", default="f32-cl", choices=["f32", "f32-cl", "bf16", "bf16-cl"])
+    ap.add_argument("--mode", default="f32-cl", choices=torch_modes.MODES)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
 
@@ -85,8 +75,7 @@ def main():
     import torch
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
-    sys.path.insert(0, str(find_reference()))
-    from torch_resnet import Net
+    Net = torch_modes.reference_net("e2e_torch")
 
     d = Path(a.data)
     for f in ["data_batch_%d.bin" % i for i in range(1, 6)] + ["test_batch.bin"]:
@@ -99,13 +88,10 @@ def main():
     norm = lambda x: ((x - mean[None, :, None, None]) / std[None, :, None, None]).astype(np.float32)
     xtr, xte = norm(xtr), norm(xte)
 
-    spec = {"arch": "cifar", "depth": a.depth, "block": "basic", "unit": a.unit,
-            "shortcut": {"kind": "identity"}, "downsample": "B"}
-    fmt = torch.channels_last if a.mode.endswith("-cl") else torch.contiguous_format
-    bf16 = a.mode.startswith("bf16")
-    net = Net(spec).float().train().to(memory_format=fmt)
-    opt = torch.optim.SGD(net.parameters(), lr=a.lr, momentum=0.9, weight_decay=1e-4)
-    loss_fn = torch.nn.CrossEntropyLoss()
+    spec = torch_modes.cifar_spec(a.depth, a.unit)
+    mode = torch_modes.Mode(torch, a.mode)
+    tr = torch_modes.Trainer(torch, Net, spec, mode, a.lr)
+    net, opt, loss_fn = tr.net, tr.opt, tr.loss_fn
     bpe = len(xtr) // a.batch
     total = a.iters if a.iters else a.epochs * bpe
     rng = np.random.default_rng(a.seed)
@@ -113,9 +99,9 @@ def main():
     def evaluate():
         net.eval()
         loss, correct = 0.0, 0
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.no_grad(), mode.autocast():
             for i in range(0, len(xte), a.batch):
-                x = torch.from_numpy(xte[i:i + a.batch]).to(memory_format=fmt)
+                x = mode.input(torch.from_numpy(xte[i:i + a.batch]))
                 y = torch.from_numpy(yte[i:i + a.batch])
                 out = net(x).float()
                 loss += loss_fn(out, y).item() * len(y)
@@ -129,16 +115,12 @@ def main():
         perm = rng.permutation(len(xtr))
         for b in range(bpe):
             idx = perm[b * a.batch:(b + 1) * a.batch]
-            x = torch.from_numpy(augment(np, rng, xtr[idx], 4)).to(memory_format=fmt)
+            x = mode.input(torch.from_numpy(augment(np, rng, xtr[idx], 4)))
             y = torch.from_numpy(ytr[idx])
             ts = time.perf_counter()
             for g in opt.param_groups:
                 g["lr"] = 0.5 * a.lr * (1.0 + math.cos(math.pi * it / total))
-            opt.zero_grad(set_to_none=False)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss = loss_fn(net(x), y)
-            loss.backward()
-            opt.step()
+            tr.step(x, y)
             step_s += time.perf_counter() - ts
             it += 1
             if it % bpe == 0 or it == total:
@@ -149,7 +131,7 @@ def main():
     print(json.dumps({
         "framework": "pytorch " + torch.__version__,
         "mode": a.mode,
-        "model": "resnet-%d %s identity B" % (a.depth, a.unit),
+        "model": torch_modes.model_name(spec),
         "threads": torch.get_num_threads(),
         "iters": it,
         "epochs": it / bpe,

@@ -20,7 +20,7 @@
 use crate::error::Result;
 use crate::gradcheck::Rand;
 use crate::ops::activation::{relu_backward, relu_forward};
-use crate::ops::linear::{linear_backward, linear_forward, LinearShape};
+use crate::ops::linear::LinearShape;
 use crate::ops::softmax_ce::{softmax_ce_backward, softmax_ce_forward};
 use serde::{Deserialize, Serialize};
 
@@ -137,11 +137,13 @@ impl Unit<'_> {
             relu_forward(&mut r, x)?; // r = ReLU(x): pre-activation
         }
         let mut z = vec![0.0; len];
-        linear_forward(&mut z, &r, &self.la.weight, Some(&self.la.bias), s)?; // z = Wa r + ba
+        s.op()
+            .forward(&mut z, &r, &self.la.weight, Some(&self.la.bias))?; // z = Wa r + ba
         let mut h = vec![0.0; len];
         relu_forward(&mut h, &z)?; // h = ReLU(z)
         let mut a = vec![0.0; len];
-        linear_forward(&mut a, &h, &self.lb.weight, Some(&self.lb.bias), s)?; // a = F(x) = Wb h + bb
+        s.op()
+            .forward(&mut a, &h, &self.lb.weight, Some(&self.lb.bias))?; // a = F(x) = Wb h + bb
         let (out, gain) = match self.form {
             Form::PostAct => {
                 a.iter_mut().zip(x).for_each(|(a, &x)| *a += x); // a = F(x) + x
@@ -201,14 +203,13 @@ impl Unit<'_> {
             // dh = da Wb (row form of Wb^T da); dWb, dbb are scratch here
             let mut dh = vec![0.0; da.len()];
             let (mut dwb, mut dbb) = (vec![0.0; self.lb.weight.len()], vec![0.0; self.lb.rows]);
-            linear_backward(
+            s.op().backward(
                 Some(&mut dh),
                 &mut dwb,
                 Some(&mut dbb),
                 &da,
                 &acts.h,
                 &self.lb.weight,
-                s,
             )?;
             // h = ReLU(z), so dz = dh [z > 0]
             let mut dz = vec![0.0; da.len()];
@@ -217,26 +218,24 @@ impl Unit<'_> {
             let (mut dwa, mut dba) = (vec![0.0; self.la.weight.len()], vec![0.0; self.la.rows]);
             match self.form {
                 // r = x: accumulate straight into dx
-                Form::PostAct => linear_backward(
+                Form::PostAct => s.op().backward(
                     Some(dx),
                     &mut dwa,
                     Some(&mut dba),
                     &dz,
                     &acts.r,
                     &self.la.weight,
-                    s,
                 )?,
                 // r = ReLU(x): dx += dr [x > 0]
                 Form::PreAct { .. } => {
                     let mut dr = vec![0.0; da.len()];
-                    linear_backward(
+                    s.op().backward(
                         Some(&mut dr),
                         &mut dwa,
                         Some(&mut dba),
                         &dz,
                         &acts.r,
                         &self.la.weight,
-                        s,
                     )?;
                     relu_backward(dx, &dr, &acts.r)?;
                 }
@@ -301,13 +300,9 @@ impl Net<'_> {
         }
         let out = &self.p.layers[4];
         let mut logits = vec![0.0; self.n * self.p.classes];
-        linear_forward(
-            &mut logits,
-            &r5,
-            &out.weight,
-            Some(&out.bias),
-            self.head_shape(),
-        )?;
+        self.head_shape()
+            .op()
+            .forward(&mut logits, &r5, &out.weight, Some(&out.bias))?;
         let mut probs = vec![0.0; logits.len()];
         let loss = softmax_ce_forward(&mut probs, &logits, self.labels, self.n, self.p.classes)?;
         Ok((r5, logits, probs, loss))
@@ -359,14 +354,13 @@ impl Net<'_> {
         let out = &self.p.layers[4];
         let mut dr5 = vec![0.0; acts.r5.len()];
         let (mut dw, mut db) = (vec![0.0; out.weight.len()], vec![0.0; out.rows]);
-        linear_backward(
+        self.head_shape().op().backward(
             Some(&mut dr5),
             &mut dw,
             Some(&mut db),
             &dlogits,
             &acts.r5,
             &out.weight,
-            self.head_shape(),
         )?;
         match self.form {
             Form::PostAct => Ok(dr5), // r5 = x5

@@ -1,5 +1,54 @@
 use super::*;
 use crate::gemm::matmul;
+use crate::gemm::tests::{check_degenerate, transposed};
+
+/// A GEMM with the views of [`matmul`] on f32.
+type Gemm = fn(MatMut<'_, f32>, Mat<'_, f32>, Mat<'_, f32>, bool);
+
+/// `init (+)= a · b` by `gemm`, every buffer row-major: `a` (m, k), `b`
+/// (k, n), `init` and the result (m, n).
+fn rm_product(
+    gemm: Gemm,
+    (m, n, k): (usize, usize, usize),
+    a: &[f32],
+    b: &[f32],
+    init: &[f32],
+    accumulate: bool,
+) -> Vec<f32> {
+    let mut c = init.to_vec();
+    gemm(
+        MatMut::rm(&mut c, m, n),
+        Mat::rm(a, m, k),
+        Mat::rm(b, k, n),
+        accumulate,
+    );
+    c
+}
+
+/// Asserts `|got[i] - want[i]| <= bound(i)` for every `i`; the errors.
+fn assert_within(what: &str, got: &[f32], want: &[f32], bound: impl Fn(usize) -> f64) -> Vec<f64> {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    (0..got.len())
+        .map(|i| {
+            let (err, bound) = ((got[i] as f64 - want[i] as f64).abs(), bound(i));
+            assert!(
+                err <= bound,
+                "{what} [{i}]: {} vs {}, err {err:e} > {bound:e}",
+                got[i],
+                want[i]
+            );
+            err
+        })
+        .collect()
+}
+
+/// Asserts `got` and `want` hold the same bits.
+fn assert_same_bits(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (x, y)) in got.iter().zip(want).enumerate() {
+        assert_eq!(x.to_bits(), y.to_bits(), "{what} [{i}]: {x:e} vs {y:e}");
+    }
+}
 
 /// Deterministic values of mixed magnitude and sign (no RNG crate needed).
 fn values(len: usize, seed: u32) -> Vec<f32> {
@@ -29,13 +78,21 @@ fn abs_products(m: usize, n: usize, k: usize, a: &[f32], b: &[f32]) -> Vec<f64> 
     s
 }
 
+/// Whether this CPU lacks AVX512-BF16 (said on stderr): the kernel's tests
+/// then pass without running.
+fn skipped() -> bool {
+    if !supported() {
+        eprintln!("skipped: no AVX512-BF16");
+    }
+    !supported()
+}
+
 const U: f64 = 1.0 / (1u64 << 24) as f64;
 const C: f64 = 2.01;
 
 #[test]
 fn rounding_matches_vcvtne2ps2bf16() {
-    if !supported() {
-        eprintln!("skipped: no AVX512-BF16");
+    if skipped() {
         return;
     }
     let mut xs = values(4096, 7);
@@ -95,8 +152,7 @@ const SHAPES: [(usize, usize, usize); 11] = [
 
 #[test]
 fn matches_f32_gemm_on_bf16_rounded_inputs() {
-    if !supported() {
-        eprintln!("skipped: no AVX512-BF16");
+    if skipped() {
         return;
     }
     for (seed, &(m, n, k)) in SHAPES.iter().enumerate() {
@@ -109,47 +165,25 @@ fn matches_f32_gemm_on_bf16_rounded_inputs() {
         let bound_sum = abs_products(m, n, k, &ar, &br);
         for accumulate in [false, true] {
             let init = values(m * n, 200 + seed as u32);
-            let (mut want, mut got) = (init.clone(), init.clone());
-            matmul(
-                MatMut::rm(&mut want, m, n),
-                Mat::rm(&ar, m, k),
-                Mat::rm(&br, k, n),
-                accumulate,
-            );
+            let want = rm_product(matmul, (m, n, k), &ar, &br, &init, accumulate);
             // the unrounded operands: the kernel rounds them as it packs
-            matmul_bf16(
-                MatMut::rm(&mut got, m, n),
-                Mat::rm(&a, m, k),
-                Mat::rm(&b, k, n),
-                accumulate,
-            );
-            let mut worst = 0f64;
-            for i in 0..m * n {
+            let got = rm_product(matmul_bf16, (m, n, k), &a, &b, &init, accumulate);
+            let what = format!("({m},{n},{k}) acc={accumulate}");
+            assert_within(&what, &got, &want, |i| {
                 let d = if accumulate {
                     init[i].abs() as f64
                 } else {
                     0.0
                 };
-                let bound =
-                    C * (k as f64 + 1.0) * U * (bound_sum[i] + d) + k as f64 * 2f64.powi(-125);
-                let err = (got[i] as f64 - want[i] as f64).abs();
-                assert!(
-                    err <= bound,
-                    "({m},{n},{k}) acc={accumulate} [{i}]: {} vs {}, err {err:e} > {bound:e}",
-                    got[i],
-                    want[i]
-                );
-                worst = worst.max(err / bound.max(f64::MIN_POSITIVE));
-            }
-            assert!(worst <= 1.0);
+                C * (k as f64 + 1.0) * U * (bound_sum[i] + d) + k as f64 * 2f64.powi(-125)
+            });
         }
     }
 }
 
 #[test]
 fn matches_f32_gemm_within_the_bf16_rounding_bound() {
-    if !supported() {
-        eprintln!("skipped: no AVX512-BF16");
+    if skipped() {
         return;
     }
     let mut worst = 0f64;
@@ -157,73 +191,55 @@ fn matches_f32_gemm_within_the_bf16_rounding_bound() {
         let a = values(m * k, 300 + seed as u32);
         let b = values(k * n, 400 + seed as u32);
         let sum = abs_products(m, n, k, &a, &b);
-        let (mut want, mut got) = (vec![0f32; m * n], vec![0f32; m * n]);
-        matmul(
-            MatMut::rm(&mut want, m, n),
-            Mat::rm(&a, m, k),
-            Mat::rm(&b, k, n),
-            false,
-        );
-        matmul_bf16(
-            MatMut::rm(&mut got, m, n),
-            Mat::rm(&a, m, k),
-            Mat::rm(&b, k, n),
-            false,
-        );
+        let zeros = vec![0f32; m * n];
+        let want = rm_product(matmul, (m, n, k), &a, &b, &zeros, false);
+        let got = rm_product(matmul_bf16, (m, n, k), &a, &b, &zeros, false);
         let rel = 2f64.powi(-7) + 2f64.powi(-16) + C * (k as f64 + 1.0) * U;
-        for i in 0..m * n {
-            let bound = rel * sum[i] + k as f64 * 2f64.powi(-125);
-            let err = (got[i] as f64 - want[i] as f64).abs();
-            assert!(err <= bound, "({m},{n},{k}) [{i}]: err {err:e} > {bound:e}");
-            worst = worst.max(err / sum[i].max(f64::MIN_POSITIVE));
+        let errs = assert_within(&format!("({m},{n},{k})"), &got, &want, |i| {
+            rel * sum[i] + k as f64 * 2f64.powi(-125)
+        });
+        for (err, sum) in errs.iter().zip(&sum) {
+            worst = worst.max(err / sum.max(f64::MIN_POSITIVE));
         }
     }
     // the kernel really rounds: an f32 GEMM would be ~1e-7 relative here
     assert!(worst > 1e-5, "no bf16 rounding visible: {worst:e}");
 }
 
+/// Asserts that `matmul_bf16` through other views of the operands gives
+/// the bits of the row-major call: `through(a, b)` takes `a` (m, k) and
+/// `b` (k, n) row-major (values of `seed`) and returns the row-major result.
+fn same_bits_as_row_major(
+    what: &str,
+    (m, n, k): (usize, usize, usize),
+    seed: u32,
+    through: impl Fn(&[f32], &[f32]) -> Vec<f32>,
+) {
+    let a = values(m * k, seed);
+    let b = values(k * n, seed + 1);
+    let want = rm_product(matmul_bf16, (m, n, k), &a, &b, &vec![0f32; m * n], false);
+    // same pairs, same order within each tile: the same bits
+    assert_same_bits(what, &through(&a, &b), &want);
+}
+
 #[test]
 fn strided_views_match_row_major() {
-    if !supported() {
-        eprintln!("skipped: no AVX512-BF16");
+    if skipped() {
         return;
     }
     // the conv passes' views: a^T (rs = 1), b^T (rs = 1), dst^T (rs = 1)
     let (m, n, k) = (21, 45, 67);
-    let a = values(m * k, 1);
-    let b = values(k * n, 2);
-    let mut want = vec![0f32; m * n];
-    matmul_bf16(
-        MatMut::rm(&mut want, m, n),
-        Mat::rm(&a, m, k),
-        Mat::rm(&b, k, n),
-        false,
-    );
-    let mut at = vec![0f32; k * m];
-    for i in 0..m {
-        for t in 0..k {
-            at[t * m + i] = a[i * k + t];
-        }
-    }
-    let mut bt = vec![0f32; n * k];
-    for t in 0..k {
-        for j in 0..n {
-            bt[j * k + t] = b[t * n + j];
-        }
-    }
-    let mut got_t = vec![0f32; n * m];
-    matmul_bf16(
-        MatMut::rm_t(&mut got_t, m, n),
-        Mat::rm_t(&at, m, k),
-        Mat::rm_t(&bt, k, n),
-        false,
-    );
-    // same pairs, same order within each tile: the same bits
-    for i in 0..m {
-        for j in 0..n {
-            assert_eq!(got_t[j * m + i].to_bits(), want[i * n + j].to_bits());
-        }
-    }
+    same_bits_as_row_major("transposed views", (m, n, k), 1, |a, b| {
+        let (at, bt) = (transposed(a, m, k), transposed(b, k, n));
+        let mut got_t = vec![0f32; n * m];
+        matmul_bf16(
+            MatMut::rm_t(&mut got_t, m, n),
+            Mat::rm_t(&at, m, k),
+            Mat::rm_t(&bt, k, n),
+            false,
+        );
+        transposed(&got_t, n, m)
+    });
 }
 
 #[test]
@@ -231,40 +247,21 @@ fn matmul_in_f32_is_the_f32_gemm() {
     let (m, n, k) = (5, 6, 7);
     let a = values(m * k, 3);
     let b = values(k * n, 4);
-    let (mut x, mut y) = (vec![0f32; m * n], vec![0f32; m * n]);
-    matmul(
-        MatMut::rm(&mut x, m, n),
-        Mat::rm(&a, m, k),
-        Mat::rm(&b, k, n),
-        false,
-    );
-    matmul_in(
-        false,
-        MatMut::rm(&mut y, m, n),
-        Mat::rm(&a, m, k),
-        Mat::rm(&b, k, n),
-        false,
-    );
-    assert_eq!(x, y);
+    let zeros = vec![0f32; m * n];
+    let x = rm_product(matmul, (m, n, k), &a, &b, &zeros, false);
+    let in_f32: Gemm = |d, a, b, acc| matmul_in(false, d, a, b, acc);
+    let y = rm_product(in_f32, (m, n, k), &a, &b, &zeros, false);
+    assert_same_bits("matmul_in(f32)", &y, &x);
 }
 
 #[test]
 fn general_strides_match_row_major() {
-    if !supported() {
-        eprintln!("skipped: no AVX512-BF16");
+    if skipped() {
         return;
     }
     // every operand a view with both strides > 1 (the packing's plain loops)
     let (m, n, k) = (11, 37, 19);
-    let a = values(m * k, 5);
-    let b = values(k * n, 6);
-    let mut want = vec![0f32; m * n];
-    matmul_bf16(
-        MatMut::rm(&mut want, m, n),
-        Mat::rm(&a, m, k),
-        Mat::rm(&b, k, n),
-        false,
-    );
+    // a row-major (rows, cols) buffer spread to every other row and column
     let spread = |v: &[f32], rows: usize, cols: usize| {
         let mut w = vec![f32::NAN; 2 * rows * 2 * cols];
         for i in 0..rows {
@@ -274,7 +271,6 @@ fn general_strides_match_row_major() {
         }
         w
     };
-    let (a2, b2) = (spread(&a, m, k), spread(&b, k, n));
     fn view(d: &[f32], rows: usize, cols: usize) -> Mat<'_, f32> {
         Mat {
             data: d,
@@ -284,14 +280,22 @@ fn general_strides_match_row_major() {
             cs: 2,
         }
     }
-    let mut got = vec![0f32; m * n];
-    matmul_bf16(
-        MatMut::rm(&mut got, m, n),
-        view(&a2, m, k),
-        view(&b2, k, n),
-        false,
-    );
-    for (x, y) in got.iter().zip(&want) {
-        assert_eq!(x.to_bits(), y.to_bits());
+    same_bits_as_row_major("strided views", (m, n, k), 5, |a, b| {
+        let (a2, b2) = (spread(a, m, k), spread(b, k, n));
+        let mut got = vec![0f32; m * n];
+        let (a, b) = (view(&a2, m, k), view(&b2, k, n));
+        matmul_bf16(MatMut::rm(&mut got, m, n), a, b, false);
+        got
+    });
+}
+
+#[test]
+fn degenerate_products() {
+    if skipped() {
+        return;
     }
+    check_degenerate("matmul_bf16", matmul_bf16);
+    check_degenerate("matmul_bf16_packed", |d, a, b, acc| {
+        matmul_bf16_packed(d, &PackedA::new(a), b, acc)
+    });
 }

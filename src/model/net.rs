@@ -430,7 +430,14 @@ impl<T: Scalar> Net<T> {
             let dtop = &mut self.dxs[nu];
             if let Some(bn) = self.final_bn.as_mut() {
                 // dx_U's only writer: overwritten, no zeroing pass
-                bn.backward_relu_to(Accum::Set, dtop, &self.dfinal_out, x_top, n, self.top_geom)?;
+                bn.backward_to(
+                    Accum::Set,
+                    dtop,
+                    &self.dfinal_out,
+                    x_top,
+                    (n, self.top_geom),
+                    true,
+                )?;
             } else if self.final_relu {
                 zero(dtop);
                 relu_backward(dtop, &self.dfinal_out, &self.final_out)?;
@@ -461,7 +468,7 @@ impl<T: Scalar> Net<T> {
         let dx0 = &self.dxs[0];
         if let Some(bn) = self.stem_bn.as_mut() {
             let (d, inp) = (&mut self.dstem_out, &self.stem_out);
-            bn.backward_relu_to(Accum::Set, d, dx0, inp, n, self.body_geom)?;
+            bn.backward_to(Accum::Set, d, dx0, inp, (n, self.body_geom), true)?;
         } else if self.stem_relu {
             zero(&mut self.dstem_out);
             relu_backward(&mut self.dstem_out, dx0, &self.x0)?;

@@ -4,13 +4,16 @@
 //! ranks (each group's sum started as the backward finishes it) and
 //! scaled to the gradient of the global mean loss, and the logged sums
 //! (loss, correct answers, the gradient norms of the divergence check and
-//! of the flow probe) taken over the whole batch.
+//! of the flow probe, how many ranks found a non-finite BatchNorm running
+//! statistic) taken over the whole batch in one allreduce.
 //!
 //! With one process and one BatchNorm group this is the plain step,
 //! unchanged: `forward_backward` on the whole batch.
 
 use super::config::TrainConfig;
-use super::run::{count_correct, divergence, divergence_in};
+use super::run::{
+    count_correct, divergence, divergence_in, nonfinite_statistic, statistics_divergence,
+};
 use crate::backend::{Backend, Cpu};
 use crate::data::Batch;
 use crate::dist::{checksum, Comm, GradPack};
@@ -137,8 +140,10 @@ impl Parallel {
     }
 
     /// Forward and backward of one step (every parameter gradient is the
-    /// global mean loss's when it returns), the divergence check and the
-    /// probe over the whole batch. The update is the caller's.
+    /// global mean loss's when it returns), the divergence check (the
+    /// gradient norms and the loss, then the BatchNorm running statistics of
+    /// every rank: `run::nonfinite_statistic`) and the probe over the whole
+    /// batch. The update is the caller's.
     pub fn step(
         &mut self,
         net: &mut Net<f32>,
@@ -156,7 +161,9 @@ impl Parallel {
                 net.zero_grad();
                 let loss = net.forward_backward(&b.images, &b.labels, probe)?;
                 let t1 = Instant::now();
-                Ok((loss, divergence(net, loss, max_grad_norm), t1))
+                let diverged =
+                    divergence(net, loss, max_grad_norm).or_else(|| nonfinite_statistic(net));
+                Ok((loss, diverged, t1))
             })?;
             let t2 = Instant::now();
             let flow = if probe { flow_rows(net, iter) } else { vec![] };
@@ -188,8 +195,10 @@ impl Parallel {
         );
         let nu = net.num_units();
         // [loss sum, correct, ||dL/dx_i||^2 (i = 0..=U), per unit: grad^2,
-        //  shortcut^2, branch^2, shortcut . branch]
-        let mut sums = vec![0.0f64; 2 + (nu + 1) + if probe { 4 * nu } else { 0 }];
+        //  shortcut^2, branch^2, shortcut . branch (when probe), ranks whose
+        //  BatchNorm running statistics are no longer finite]
+        let flow_len = if probe { 4 * nu } else { 0 };
+        let mut sums = vec![0.0f64; 2 + (nu + 1) + flow_len + 1];
         let pieces = self.pieces;
         let comm = &*self.comm;
         let shard_sum: Option<ShardSum> = self.sync_bn.then(|| {
@@ -212,6 +221,12 @@ impl Parallel {
             self.recent.pop_front();
         }
         self.recent.push_back(self.pack.exposed_s);
+        // the running statistics are final (the first piece's): whether this
+        // rank's are still finite rides the logged sums' allreduce
+        let ts = Instant::now();
+        let bad_stats = nonfinite_statistic(net);
+        let stats_s = ts.elapsed().as_secs_f64();
+        sums[3 + nu + flow_len] = f64::from(u8::from(bad_stats.is_some()));
         self.comm.sum_f64(&mut sums);
         // each piece's gradients are those of its own mean loss: the sum over
         // the P = R * pieces pieces, divided by P, is the global mean loss's
@@ -226,10 +241,11 @@ impl Parallel {
         let loss = sums[0] / b.n as f64;
         // (the norms were summed with the passes)
         let t1 = Instant::now();
-        let diverged = divergence_in(&norms, loss, max_grad_norm);
+        let diverged = divergence_in(&norms, loss, max_grad_norm)
+            .or_else(|| statistics_divergence(bad_stats, sums[3 + nu + flow_len]));
         let t2 = Instant::now();
         let flow = if probe {
-            global_flow_rows(net, iter, &norms, &sums[3 + nu..], p2)
+            global_flow_rows(net, iter, &norms, &sums[3 + nu..3 + nu + flow_len], p2)
         } else {
             vec![]
         };
@@ -239,8 +255,8 @@ impl Parallel {
             seen: b.n,
             diverged,
             flow,
-            passes_s: (t1 - t0).as_secs_f64(),
-            check_s: (t2 - t1).as_secs_f64(),
+            passes_s: (t1 - t0).as_secs_f64() - stats_s,
+            check_s: (t2 - t1).as_secs_f64() + stats_s,
             probe_s: t2.elapsed().as_secs_f64(),
         })
     }
@@ -413,7 +429,7 @@ fn global_flow_rows(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dist::Single;
+    use crate::dist::{GroupReady, Single};
     use crate::gradcheck::Rand;
     use crate::model::Spec;
     use crate::train::DataSource;
@@ -523,6 +539,77 @@ mod tests {
                 }
             }
             assert_eq!(o.seen, 8);
+        }
+    }
+
+    /// Rank 0 of two whose other rank runs the same shard: every sum over
+    /// the ranks is twice this rank's value, except that the other rank's
+    /// running statistics are non-finite when `other_bad`. Counts the
+    /// allreduces of logged sums.
+    struct Twin {
+        other_bad: bool,
+        sums: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Comm for Twin {
+        fn rank(&self) -> usize {
+            0
+        }
+        fn size(&self) -> usize {
+            2
+        }
+        fn sum_f64(&self, v: &mut [f64]) {
+            self.sums.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            v.iter_mut().for_each(|x| *x *= 2.0);
+            if let Some(flag) = v.last_mut() {
+                *flag += f64::from(u8::from(self.other_bad));
+            }
+        }
+        fn broadcast_bytes(&self, _buf: &mut Vec<u8>) {}
+        fn broadcast_f32(&self, _v: &mut [f32]) {}
+        fn all_gather_u64(&self, v: u64) -> Vec<u64> {
+            vec![v, v]
+        }
+        fn sum_groups(
+            &self,
+            pack: &mut GradPack,
+            work: &mut dyn FnMut(&mut GroupReady<'_>) -> Result<()>,
+        ) -> Result<()> {
+            Single.sum_groups(pack, work)?;
+            pack.sum.iter_mut().flatten().for_each(|x| *x *= 2.0);
+            Ok(())
+        }
+    }
+
+    /// With two ranks (per-rank BN) a step takes one allreduce of its
+    /// logged sums, the BatchNorm check included; a non-finite running
+    /// statistic on either rank stops both, each naming what it knows.
+    #[test]
+    fn statistics_check_rides_the_step_allreduce() {
+        let b = batch(8, 3);
+        let spec = mlp(true);
+        let mut cfg = TrainConfig::new("t", spec.clone(), DataSource::Mnist5k);
+        cfg.batch = 8;
+        for (other_bad, own_bad) in [(false, false), (true, false), (false, true)] {
+            let twin = Arc::new(Twin {
+                other_bad,
+                sums: Default::default(),
+            });
+            let mut net: Net<f32> = Net::new(&spec, 1, 0).unwrap();
+            let mut par = Parallel::new(twin.clone(), &cfg, &mut net).unwrap();
+            assert!(!par.is_plain());
+            if own_bad {
+                // a forward keeps an infinite running variance infinite
+                net.bn_layers_mut()[0].running_var.value[1] = f32::INFINITY;
+            }
+            let o = par.step(&mut net, &b, true, 0, 1e8).unwrap();
+            let sums = twin.sums.load(std::sync::atomic::Ordering::Relaxed);
+            assert_eq!(sums, 1, "one allreduce of logged sums per step");
+            match (other_bad, own_bad) {
+                (false, false) => assert_eq!(o.diverged, None),
+                (true, false) => assert!(o.diverged.unwrap().contains("on another rank")),
+                _ => assert!(o.diverged.unwrap().contains("running_var[1] became inf")),
+            }
         }
     }
 }

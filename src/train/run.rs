@@ -160,14 +160,16 @@ pub fn divergence_in(norms: &[f64], loss: f64, max_norm: f64) -> Option<String> 
     None
 }
 
-/// The first BatchNorm running statistic that is no longer finite, as a
-/// divergence message: the forward pass overflowed (a batch variance of
-/// `inf`), which can leave the loss and every gradient finite while the
-/// weights are unusable in eval mode. Checked after every step; with more
-/// than one rank (each keeps its own statistics) every rank answers the
-/// same, so all of them stop together.
-pub fn nonfinite_statistics(net: &mut Net<f32>, comm: &dyn Comm) -> Option<String> {
-    let found = net.bn_layers_mut().into_iter().find_map(|bn| {
+/// The first BatchNorm running statistic of this rank that is no longer
+/// finite, as a divergence message: the forward pass overflowed (a batch
+/// variance of `inf`), which can leave the loss and every gradient finite
+/// while the weights are unusable in eval mode. Checked after every step
+/// (by `Parallel::step`); with more than one rank (each keeps its own
+/// statistics) whether any rank found one rides the step's allreduce of
+/// its logged sums, and [`statistics_divergence`] words the answer, the same
+/// on every rank, so all of them stop together.
+pub fn nonfinite_statistic(net: &mut Net<f32>) -> Option<String> {
+    net.bn_layers_mut().into_iter().find_map(|bn| {
         bn.buffers().find_map(|b| {
             let i = b.value.iter().position(|v| !v.is_finite())?;
             Some(format!(
@@ -175,15 +177,18 @@ pub fn nonfinite_statistics(net: &mut Net<f32>, comm: &dyn Comm) -> Option<Strin
                 b.name, b.value[i]
             ))
         })
-    });
-    if comm.size() > 1 {
-        let mut any = [f64::from(u8::from(found.is_some()))];
-        comm.sum_f64(&mut any);
-        if any[0] > 0.0 && found.is_none() {
-            return Some("a BatchNorm running statistic became non-finite on another rank".into());
-        }
+    })
+}
+
+/// The divergence of the running statistics over the ranks: this rank's
+/// [`nonfinite_statistic`] (`local`), else, when `ranks_found` (the number
+/// of ranks that found one, summed over the ranks) is positive, another
+/// rank's.
+pub fn statistics_divergence(local: Option<String>, ranks_found: f64) -> Option<String> {
+    if local.is_none() && ranks_found > 0.0 {
+        return Some("a BatchNorm running statistic became non-finite on another rank".into());
     }
-    found
+    local
 }
 
 /// [`evaluate`] split over the ranks: rank r takes evaluation batches r,
@@ -392,14 +397,9 @@ pub fn train_run_on(
             let out = par.step(&mut net, &b, probe, iter, cfg.max_grad_norm)?;
             tm.passes_s += out.passes_s;
             tm.probe_s += out.probe_s;
-            let ts = Instant::now();
-            let diverged_now = match out.diverged {
-                Some(msg) => Some(msg),
-                None => nonfinite_statistics(&mut net, &*comm),
-            };
-            tm.divergence_check_s += out.check_s + ts.elapsed().as_secs_f64();
+            tm.divergence_check_s += out.check_s;
             let tp = Instant::now();
-            if let Some(msg) = diverged_now {
+            if let Some(msg) = out.diverged {
                 diverged = Some(msg);
                 if probe {
                     flow_last = out.flow;
@@ -618,16 +618,21 @@ mod tests {
         )
         .unwrap();
         let mut net: Net<f32> = Net::new(&spec, 1, 0).unwrap();
-        assert_eq!(nonfinite_statistics(&mut net, &Single), None);
+        assert_eq!(nonfinite_statistic(&mut net), None);
         let mut bns = net.bn_layers_mut();
         assert!(bns.len() >= 2);
         bns[1].running_var.value[3] = f32::INFINITY;
         let name = bns[1].running_var.name.clone();
-        let msg = nonfinite_statistics(&mut net, &Single).expect("diverged");
+        let msg = nonfinite_statistic(&mut net).expect("diverged");
         assert!(msg.contains(&format!("{name}[3] became inf")), "{msg}");
         net.bn_layers_mut()[1].running_var.value[3] = 1.0;
         net.bn_layers_mut()[0].running_mean.value[0] = f32::NAN;
-        let msg = nonfinite_statistics(&mut net, &Single).expect("diverged");
+        let msg = nonfinite_statistic(&mut net).expect("diverged");
         assert!(msg.contains("running_mean[0] became NaN"), "{msg}");
+        // over the ranks: this rank's own message first, else another's
+        let other = statistics_divergence(None, 1.0).expect("another rank");
+        assert!(other.contains("on another rank"), "{other}");
+        assert_eq!(statistics_divergence(None, 0.0), None);
+        assert_eq!(statistics_divergence(Some(msg.clone()), 2.0), Some(msg));
     }
 }

@@ -18,12 +18,24 @@ use crate::ops::conv2d::{
 };
 use crate::ops::elementwise::{bias_add_backward, bias_add_forward};
 use crate::ops::fused::{bn_relu_backward_plus, bn_relu_backward_to};
-use crate::ops::linear::{linear_backward_in, linear_forward_in, LinearShape};
+use crate::ops::linear::{LinearOp, LinearShape};
 use crate::ops::par::par_zero;
 use crate::ops::Accum;
 use crate::scalar::Scalar;
 
 impl<T: Scalar> WeightLayer<T> {
+    /// The linear op of this (fully connected) layer on a batch of `n`, in
+    /// the precision of `ws`.
+    fn linear_op(&self, n: usize, ws: &ConvWorkspace<T>) -> LinearOp {
+        LinearShape {
+            n,
+            fin: self.cin,
+            fout: self.cout,
+        }
+        .op()
+        .with_precision(ws.precision())
+    }
+
     /// `out = W * inp (+ b)`.
     pub fn forward(
         &self,
@@ -42,17 +54,11 @@ impl<T: Scalar> WeightLayer<T> {
                 }
                 Ok(())
             }
-            None => linear_forward_in(
-                ws.precision(),
+            None => self.linear_op(n, ws).forward(
                 out,
                 inp,
                 &self.weight.value,
                 self.bias.as_ref().map(|b| b.value.as_slice()),
-                LinearShape {
-                    n,
-                    fin: self.cin,
-                    fout: self.cout,
-                },
             ),
         }
     }
@@ -187,19 +193,13 @@ impl<T: Scalar> WeightLayer<T> {
                     }
                     &mut *d
                 });
-                linear_backward_in(
-                    ws.precision(),
+                self.linear_op(n, ws).backward(
                     dinp,
                     &mut self.weight.grad,
                     self.bias.as_mut().map(|b| b.grad.as_mut_slice()),
                     dout,
                     inp,
                     &self.weight.value,
-                    LinearShape {
-                        n,
-                        fin: self.cin,
-                        fout: self.cout,
-                    },
                 )
             }
         }
@@ -367,22 +367,6 @@ impl<T: Scalar> BnLayer<T> {
         )
     }
 
-    /// The training backward: the parameter gradients added to, `dinp`
-    /// written as `accum` says.
-    pub fn backward_to(
-        &mut self,
-        accum: Accum,
-        dinp: &mut [T],
-        dout: &[T],
-        inp: &[T],
-        n: usize,
-        g: Geom,
-    ) -> Result<()> {
-        let s = self.shape(n, g);
-        let (grads, x) = self.backward_parts(inp);
-        batchnorm_backward_to(accum, dinp, grads, dout, x, s)
-    }
-
     /// BN followed by ReLU, fused (`ops::fused`): `out = max(0, BN(inp))`.
     pub fn forward_relu(
         &mut self,
@@ -400,24 +384,29 @@ impl<T: Scalar> BnLayer<T> {
         Ok(())
     }
 
-    /// Backward of [`BnLayer::forward_relu`] (training mode), `dinp` written
-    /// as `accum` says; the ReLU mask is recomputed from `inp` (see
-    /// `ops::fused`).
-    pub fn backward_relu_to(
+    /// The training backward of [`BnLayer::forward`] or, when `relu`, of
+    /// [`BnLayer::forward_relu`]: the parameter gradients added to, `dinp`
+    /// written as `accum` says. With `relu` the ReLU mask is recomputed from
+    /// `inp` (see `ops::fused`).
+    pub fn backward_to(
         &mut self,
         accum: Accum,
         dinp: &mut [T],
         dout: &[T],
         inp: &[T],
-        n: usize,
-        g: Geom,
+        (n, g): (usize, Geom),
+        relu: bool,
     ) -> Result<()> {
         let s = self.shape(n, g);
         let (grads, x) = self.backward_parts(inp);
-        bn_relu_backward_to(accum, dinp, grads, dout, x, s)
+        if relu {
+            bn_relu_backward_to(accum, dinp, grads, dout, x, s)
+        } else {
+            batchnorm_backward_to(accum, dinp, grads, dout, x, s)
+        }
     }
 
-    /// [`BnLayer::backward_relu_to`] writing `dinp = res + ...`
+    /// [`BnLayer::backward_to`] of BN-ReLU writing `dinp = res + ...`
     /// (`ops::fused::bn_relu_backward_plus`; `grad_sums`: the reduction's
     /// per-plane sums, when a conv took them already).
     pub fn backward_relu_plus(

@@ -224,8 +224,7 @@ impl Backend for Cpu {
         let grad_sums = grad_sums.map(|p| p.as_slice());
         match (relu, res) {
             (true, Some(r)) => bn.backward_relu_plus(dinp, r, dout, inp, (n, g), grad_sums),
-            (true, None) => bn.backward_relu_to(accum, dinp, dout, inp, n, g),
-            (false, None) => bn.backward_to(accum, dinp, dout, inp, n, g),
+            (relu, None) => bn.backward_to(accum, dinp, dout, inp, (n, g), relu),
             (false, Some(_)) => Err(crate::error::Error::InvalidParam {
                 op: "batchnorm_backward",
                 msg: "only a BN-ReLU backward adds a residual".into(),

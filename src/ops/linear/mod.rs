@@ -41,112 +41,126 @@ impl LinearShape {
     }
 }
 
-/// `out = inp · w^T + b` (out is overwritten).
-pub fn linear_forward<T: Scalar>(
-    out: &mut [T],      // (N, fout)
-    inp: &[T],          // (N, fin)
-    weight: &[T],       // (fout, fin)
-    bias: Option<&[T]>, // (fout)
-    s: LinearShape,
-) -> Result<()> {
-    linear_forward_in(Precision::F32, out, inp, weight, bias, s)
-}
-
-/// [`linear_forward`] with its GEMM in precision `p` (bf16: `T` must be
-/// `f32`, see `gemm_bf16::matmul_in`); the bias is added in `T`.
-pub fn linear_forward_in<T: Scalar>(
-    p: Precision,
-    out: &mut [T],      // (N, fout)
-    inp: &[T],          // (N, fin)
-    weight: &[T],       // (fout, fin)
-    bias: Option<&[T]>, // (fout)
-    s: LinearShape,
-) -> Result<()> {
-    let bf16 = p == Precision::Bf16;
-    s.validate()?;
-    check_len(OP, "output", out, &[s.n, s.fout])?;
-    check_len(OP, "input", inp, &[s.n, s.fin])?;
-    check_len(OP, "weight", weight, &[s.fout, s.fin])?;
-    if let Some(b) = bias {
-        check_len(OP, "bias", b, &[s.fout])?;
-        for row in out.chunks_exact_mut(s.fout) {
-            row.copy_from_slice(b);
+impl LinearShape {
+    /// The op of these sizes, its GEMMs in f32 ([`LinearOp::with_precision`]
+    /// for another precision).
+    pub fn op(self) -> LinearOp {
+        LinearOp {
+            shape: self,
+            precision: Precision::F32,
         }
     }
-    // (N, fin) x (fin, fout) -> (N, fout); w^T is a free view of w (fout, fin)
-    matmul_in(
-        bf16,
-        MatMut::rm(out, s.n, s.fout),
-        Mat::rm(inp, s.n, s.fin),
-        Mat::rm_t(weight, s.fin, s.fout),
-        bias.is_some(),
-    );
-    Ok(())
 }
 
-/// Backward of [`linear_forward`]; every gradient accumulates (`+=`).
-/// `dinp` may be `None` when nobody needs the input gradient.
-pub fn linear_backward<T: Scalar>(
-    dinp: Option<&mut [T]>,  // (N, fin)
-    dweight: &mut [T],       // (fout, fin)
-    dbias: Option<&mut [T]>, // (fout)
-    dout: &[T],              // (N, fout)
-    inp: &[T],               // (N, fin)
-    weight: &[T],            // (fout, fin)
-    s: LinearShape,
-) -> Result<()> {
-    linear_backward_in(Precision::F32, dinp, dweight, dbias, dout, inp, weight, s)
+/// One linear layer applied to a batch: its sizes and the precision of its
+/// GEMMs (bf16: `T` must be `f32`, see `gemm_bf16::matmul_in`; the bias and
+/// its gradient stay in `T`). The parameters and activations are the
+/// arguments of [`LinearOp::forward`] and [`LinearOp::backward`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinearOp {
+    pub shape: LinearShape,
+    pub precision: Precision,
 }
 
-/// [`linear_backward`] with both GEMMs in precision `p`; the bias gradient
-/// sums in `T`.
-#[allow(clippy::too_many_arguments)]
-pub fn linear_backward_in<T: Scalar>(
-    p: Precision,
-    dinp: Option<&mut [T]>,  // (N, fin)
-    dweight: &mut [T],       // (fout, fin)
-    dbias: Option<&mut [T]>, // (fout)
-    dout: &[T],              // (N, fout)
-    inp: &[T],               // (N, fin)
-    weight: &[T],            // (fout, fin)
-    s: LinearShape,
-) -> Result<()> {
-    let bf16 = p == Precision::Bf16;
-    s.validate()?;
-    check_len(OP, "dout", dout, &[s.n, s.fout])?;
-    check_len(OP, "input", inp, &[s.n, s.fin])?;
-    check_len(OP, "weight", weight, &[s.fout, s.fin])?;
-    check_len(OP, "dweight", dweight, &[s.fout, s.fin])?;
-    // in the forward pass this was out = inp · w^T, so now dinp += dout · w
-    if let Some(dinp) = dinp {
-        check_len(OP, "dinp", dinp, &[s.n, s.fin])?;
-        // (N, fout) x (fout, fin) -> (N, fin)
-        matmul_in(
-            bf16,
-            MatMut::rm(dinp, s.n, s.fin),
-            Mat::rm(dout, s.n, s.fout),
-            Mat::rm(weight, s.fout, s.fin),
-            true,
-        );
+impl LinearOp {
+    /// This op with its GEMMs in precision `p`.
+    pub fn with_precision(self, p: Precision) -> Self {
+        LinearOp {
+            precision: p,
+            ..self
+        }
     }
-    // ... and dw += dout^T · inp: (fout, N) x (N, fin) -> (fout, fin)
-    matmul_in(
-        bf16,
-        MatMut::rm(dweight, s.fout, s.fin),
-        Mat::rm_t(dout, s.fout, s.n),
-        Mat::rm(inp, s.n, s.fin),
-        true,
-    );
-    // the bias was broadcast over the batch, so its gradient sums over it
-    if let Some(db) = dbias {
-        check_len(OP, "dbias", db, &[s.fout])?;
-        for row in dout.chunks_exact(s.fout) {
-            for (d, &g) in db.iter_mut().zip(row) {
-                *d += g;
+
+    fn bf16(&self) -> bool {
+        self.precision == Precision::Bf16
+    }
+
+    /// The checks both passes start with, in this order: the sizes, the
+    /// named `(N, fout)` buffer (`out` or `dout`), `inp`, `weight`.
+    fn check<T: Scalar>(
+        &self,
+        y: (&'static str, &[T]),
+        inp: &[T],
+        weight: &[T],
+    ) -> Result<LinearShape> {
+        let s = self.shape;
+        s.validate()?;
+        check_len(OP, y.0, y.1, &[s.n, s.fout])?;
+        check_len(OP, "input", inp, &[s.n, s.fin])?;
+        check_len(OP, "weight", weight, &[s.fout, s.fin])?;
+        Ok(s)
+    }
+
+    /// `out = inp · w^T + b` (out is overwritten).
+    pub fn forward<T: Scalar>(
+        &self,
+        out: &mut [T],      // (N, fout)
+        inp: &[T],          // (N, fin)
+        weight: &[T],       // (fout, fin)
+        bias: Option<&[T]>, // (fout)
+    ) -> Result<()> {
+        let s = self.check(("output", out), inp, weight)?;
+        if let Some(b) = bias {
+            check_len(OP, "bias", b, &[s.fout])?;
+            for row in out.chunks_exact_mut(s.fout) {
+                row.copy_from_slice(b);
             }
         }
+        // (N, fin) x (fin, fout) -> (N, fout); w^T is a free view of w (fout, fin)
+        matmul_in(
+            self.bf16(),
+            MatMut::rm(out, s.n, s.fout),
+            Mat::rm(inp, s.n, s.fin),
+            Mat::rm_t(weight, s.fin, s.fout),
+            bias.is_some(),
+        );
+        Ok(())
     }
-    Ok(())
+
+    /// Backward of [`LinearOp::forward`]; every gradient accumulates (`+=`).
+    /// `dinp` may be `None` when nobody needs the input gradient.
+    pub fn backward<T: Scalar>(
+        &self,
+        dinp: Option<&mut [T]>,  // (N, fin)
+        dweight: &mut [T],       // (fout, fin)
+        dbias: Option<&mut [T]>, // (fout)
+        dout: &[T],              // (N, fout)
+        inp: &[T],               // (N, fin)
+        weight: &[T],            // (fout, fin)
+    ) -> Result<()> {
+        let s = self.check(("dout", dout), inp, weight)?;
+        check_len(OP, "dweight", dweight, &[s.fout, s.fin])?;
+        // in the forward pass this was out = inp · w^T, so now dinp += dout · w
+        if let Some(dinp) = dinp {
+            check_len(OP, "dinp", dinp, &[s.n, s.fin])?;
+            // (N, fout) x (fout, fin) -> (N, fin)
+            matmul_in(
+                self.bf16(),
+                MatMut::rm(dinp, s.n, s.fin),
+                Mat::rm(dout, s.n, s.fout),
+                Mat::rm(weight, s.fout, s.fin),
+                true,
+            );
+        }
+        // ... and dw += dout^T · inp: (fout, N) x (N, fin) -> (fout, fin)
+        matmul_in(
+            self.bf16(),
+            MatMut::rm(dweight, s.fout, s.fin),
+            Mat::rm_t(dout, s.fout, s.n),
+            Mat::rm(inp, s.n, s.fin),
+            true,
+        );
+        // the bias was broadcast over the batch, so its gradient sums over it
+        if let Some(db) = dbias {
+            check_len(OP, "dbias", db, &[s.fout])?;
+            for row in dout.chunks_exact(s.fout) {
+                for (d, &g) in db.iter_mut().zip(row) {
+                    *d += g;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -165,7 +179,7 @@ mod tests {
             fout: 2,
         };
         let mut out = [0.0f64; 2];
-        linear_forward(&mut out, &inp, &w, Some(&b), s).unwrap();
+        s.op().forward(&mut out, &inp, &w, Some(&b)).unwrap();
         assert_eq!(out, [11.5, 16.0]);
         // dout = [1, -1]: dinp = dout · w = [3 - 5, 4 - 6] = [-2, -2]
         // dw = dout^T · inp = [[1, 2], [-1, -2]], db = [1, -1]
@@ -173,7 +187,9 @@ mod tests {
         let mut dw = [0.0; 4];
         let mut db = [0.0; 2];
         let dout = [1.0, -1.0];
-        linear_backward(Some(&mut dinp), &mut dw, Some(&mut db), &dout, &inp, &w, s).unwrap();
+        s.op()
+            .backward(Some(&mut dinp), &mut dw, Some(&mut db), &dout, &inp, &w)
+            .unwrap();
         assert_eq!(dinp, [-2.0, -2.0]);
         assert_eq!(dw, [1.0, 2.0, -1.0, -2.0]);
         assert_eq!(db, [1.0, -1.0]);
@@ -200,21 +216,23 @@ mod tests {
                 &mut params,
                 n * fout,
                 |p, out| {
-                    linear_forward(out, &p[0], &p[1], p.get(2).map(|b| b.as_slice()), s).unwrap()
+                    s.op()
+                        .forward(out, &p[0], &p[1], p.get(2).map(|b| b.as_slice()))
+                        .unwrap()
                 },
                 |p, dout, grads| {
                     let (gx, rest) = grads.split_at_mut(1);
                     let (gw, gb) = rest.split_at_mut(1);
-                    linear_backward(
-                        Some(&mut gx[0]),
-                        &mut gw[0],
-                        gb.first_mut().map(|g| g.as_mut_slice()),
-                        dout,
-                        &p[0],
-                        &p[1],
-                        s,
-                    )
-                    .unwrap()
+                    s.op()
+                        .backward(
+                            Some(&mut gx[0]),
+                            &mut gw[0],
+                            gb.first_mut().map(|g| g.as_mut_slice()),
+                            dout,
+                            &p[0],
+                            &p[1],
+                        )
+                        .unwrap()
                 },
                 &mut r,
             );
@@ -230,7 +248,10 @@ mod tests {
             fout: 4,
         };
         let mut out = vec![0.0f32; 8];
-        let e = linear_forward(&mut out, &[0.0; 5], &[0.0; 12], None, s).unwrap_err();
+        let e = s
+            .op()
+            .forward(&mut out, &[0.0; 5], &[0.0; 12], None)
+            .unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains("linear") && msg.contains("input"), "{msg}");
     }
