@@ -1,10 +1,11 @@
 //! Training on real data: a residual MLP on the built-in 5,000 digits
 //! (4,000 train / 1,000 held out) must reach 92% held-out accuracy; a
 //! CIFAR-10 ResNet-20 must reach 40% after one epoch, and the same epoch
-//! in bf16 mixed precision at most 3 points below it (skipped when
+//! in bf16 mixed precision must end within 1.5 points of it (skipped when
 //! ../shared/data is absent).
 
 use resgrad::model::Spec;
+use resgrad::train::schedule::{Decay, Schedule, Warmup};
 use resgrad::train::{train_run, DataSource, TrainConfig};
 use std::path::{Path, PathBuf};
 
@@ -68,6 +69,18 @@ fn resnet20_cifar10_one_epoch() {
     let mut cfg = TrainConfig::new("resnet-20", spec, DataSource::Cifar10(data));
     cfg.iters = 50_000 / 128;
     cfg.flow_every = 0;
+    // a cosine schedule from 0.1 to 0 over the epoch, no warm-up: the run
+    // ends at a small learning rate, so its last weights settle (with the
+    // paper's constant 0.1 the accuracy after one epoch swings by points
+    // from step to step, and two runs of one seed with it differ by 2-4)
+    cfg.schedule = Schedule {
+        base_lr: 0.1,
+        decay: Decay::Cosine {
+            total: cfg.iters,
+            min_lr: 0.0,
+        },
+        warmup: Warmup::None,
+    };
     let dir = tmp("cifar");
     let out = train_run(&cfg, &dir, false, true).unwrap();
     println!(
@@ -81,10 +94,30 @@ fn resnet20_cifar10_one_epoch() {
         out.last.test_acc
     );
     let _ = std::fs::remove_dir_all(&dir);
-    // (bf16: the same epoch is not compared here. One epoch of one seed
-    // parts from the f32 run at the first rounding; measured gaps were
-    // -1.98, -2.91, -4.39 and +0.85 points, i.e. seed spread, so a one-seed
-    // bound would be a flaky test. The bf16 kernels and whole nets are
-    // checked in gemm_bf16's tests and tests/bf16.rs; the accuracy criterion
-    // needs a multi-seed run: see the issue-19 note.)
+    // the same epoch in bf16 mixed precision (same seed: same initial
+    // weights, same batches): within 1.5 points of the f32 run (issue 19).
+    // The two runs part at the first rounding, so the gap holds the seed
+    // spread too: measured with this recipe through the CLI
+    // (tools/bf16_accuracy.sh, seeds 0-3) it was +0.10, +0.09, -0.33 ...
+    // points, a spread far inside the bound.
+    if !resgrad::gemm_bf16::supported() {
+        println!("skipping the bf16 epoch: this CPU has no AVX512-BF16");
+        return;
+    }
+    cfg.precision = resgrad::precision::Precision::Bf16;
+    let dir = tmp("cifar-bf16");
+    let b = train_run(&cfg, &dir, false, true).unwrap();
+    println!(
+        "ResNet-20, one epoch of CIFAR-10 in bf16: test accuracy {:.2}%, {:.0} images/s",
+        100.0 * b.last.test_acc,
+        b.last.images_per_s
+    );
+    let gap = 100.0 * (b.last.test_acc - out.last.test_acc);
+    assert!(
+        gap.abs() <= 1.5,
+        "bf16 {:.2}% vs f32 {:.2}%: {gap:+.2} points",
+        100.0 * b.last.test_acc,
+        100.0 * out.last.test_acc
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
