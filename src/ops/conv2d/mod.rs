@@ -194,14 +194,16 @@ impl<T> Default for ConvWorkspace<T> {
 /// direct path, which normalises while it pads. Otherwise the input is
 /// written out in each of them.
 pub fn conv2d_fuses_input_act<T: 'static>(s: &Conv2dShape) -> bool {
-    direct::use_for_forward::<T>(s) && direct::use_for_weight::<T>(s)
+    let p = Precision::F32;
+    direct::use_for_forward::<T>(s, p) && direct::use_for_weight::<T>(s, p)
 }
 
 /// Whether a [`ConvGradOut::Bn`] gradient costs no pass of its own for `s`:
 /// both passes that read the output gradient (input and weight gradient)
 /// take the direct path, which computes it while it pads.
 pub fn conv2d_fuses_grad_out<T: 'static>(s: &Conv2dShape) -> bool {
-    direct::use_for_input_grad::<T>(s) && direct::use_for_weight::<T>(s)
+    let p = Precision::F32;
+    direct::use_for_input_grad::<T>(s, p) && direct::use_for_weight::<T>(s, p)
 }
 
 /// `out = conv(inp, weight)`; out (N, cout, oh, ow) is overwritten.
@@ -262,7 +264,7 @@ pub fn conv2d_forward_from<T: Scalar>(
     if let Some(p) = &planes {
         check_len(OP, "plane sums", p, &[s.n, s.cout])?;
     }
-    if direct::use_for_forward::<T>(s) && !ws.bf16() {
+    if direct::use_for_forward::<T>(s, ws.precision) {
         let r32 = res.map(|r| direct::as_f32(r));
         if let (Some(out), Some(inp), Some(weight), None | Some(Some(_))) = (
             direct::as_f32_mut(out),
@@ -270,7 +272,8 @@ pub fn conv2d_forward_from<T: Scalar>(
             direct::as_f32(weight),
             r32,
         ) {
-            direct::forward(out, r32.flatten(), inp, weight, s, &mut ws.direct, planes);
+            let (p, dws) = (ws.precision, &mut ws.direct);
+            direct::forward(out, r32.flatten(), inp, weight, s, p, dws, planes);
             return Ok(());
         }
     }
@@ -495,8 +498,8 @@ fn backward_checked<T: Scalar>(
     ws: &mut ConvWorkspace<T>,
     planes: Option<&mut [(f64, f64)]>,
 ) {
-    let data = direct::use_for_input_grad::<T>(s) && !ws.bf16();
-    let wgt = direct::use_for_weight::<T>(s) && !ws.bf16();
+    let data = direct::use_for_input_grad::<T>(s, ws.precision);
+    let wgt = direct::use_for_weight::<T>(s, ws.precision);
     let bf16 = ws.bf16();
     let (dinp_direct, dinp_rest) = if data { (dinp, None) } else { (None, dinp) };
     let (dw_direct, dw_rest) = if wgt {
@@ -572,6 +575,7 @@ fn direct_backward<T: Scalar>(
         inp.as_f32().expect(f32s),
         direct::as_f32(weight).expect(f32s),
         s,
+        ws.precision,
         &mut ws.direct,
         planes,
     );

@@ -69,8 +69,10 @@ use std::any::TypeId;
 use std::sync::OnceLock;
 
 use super::{Conv2dShape, ConvGradOut, ConvInput};
+use crate::gemm_bf16::to_bf16;
 use crate::ops::batchnorm::bn_plane_sums;
 use crate::ops::Accum;
+use crate::precision::Precision;
 
 /// Output channels per register tile.
 const TILE_O: usize = 8;
@@ -141,19 +143,38 @@ fn big_enough(s: &Conv2dShape, min: usize) -> bool {
     mode() == Mode::All || s.h * s.w >= min
 }
 
-/// Forward of `s` on the direct path? (Any `cin`: a CIFAR stem's 3.)
-pub(super) fn use_for_forward<T: 'static>(s: &Conv2dShape) -> bool {
-    geometry::<T>(s) && s.cout.is_multiple_of(TILE_O) && big_enough(s, MIN_PLANE_DATA)
+/// Whether the bf16 kernels may run: the direct path enabled and the CPU
+/// has AVX512-BF16 (`vdpbf16ps`, `vcvtne2ps2bf16`).
+fn bf16_enabled() -> bool {
+    static BF16: OnceLock<bool> = OnceLock::new();
+    enabled() && *BF16.get_or_init(crate::gemm_bf16::supported)
 }
 
-/// Input gradient of `s` on the direct path?
-pub(super) fn use_for_input_grad<T: 'static>(s: &Conv2dShape) -> bool {
-    geometry::<T>(s) && s.cin.is_multiple_of(TILE_O) && big_enough(s, MIN_PLANE_DATA)
+/// The kernels' geometry in precision `p` (bf16 also needs AVX512-BF16).
+fn geometry_in<T: 'static>(s: &Conv2dShape, p: Precision) -> bool {
+    geometry::<T>(s) && (p == Precision::F32 || bf16_enabled())
 }
 
-/// Weight gradient of `s` on the direct path?
-pub(super) fn use_for_weight<T: 'static>(s: &Conv2dShape) -> bool {
-    geometry::<T>(s) && s.cout.is_multiple_of(TILE_O) && big_enough(s, MIN_PLANE_WEIGHT)
+/// Forward of `s` in precision `p` on the direct path? (Any `cin`: a CIFAR
+/// stem's 3, in bf16 one channel pair with a zero channel.)
+pub(super) fn use_for_forward<T: 'static>(s: &Conv2dShape, p: Precision) -> bool {
+    geometry_in::<T>(s, p) && s.cout.is_multiple_of(TILE_O) && big_enough(s, MIN_PLANE_DATA)
+}
+
+/// Input gradient of `s` in precision `p` on the direct path? (Any
+/// `cout`: in bf16 the output channels are paired, an odd one with zero.)
+pub(super) fn use_for_input_grad<T: 'static>(s: &Conv2dShape, p: Precision) -> bool {
+    geometry_in::<T>(s, p) && s.cin.is_multiple_of(TILE_O) && big_enough(s, MIN_PLANE_DATA)
+}
+
+/// Weight gradient of `s` in precision `p` on the direct path? Not in
+/// bf16: its weight gradient stays im2col + the bf16 GEMM (see the module
+/// docs).
+pub(super) fn use_for_weight<T: 'static>(s: &Conv2dShape, p: Precision) -> bool {
+    p == Precision::F32
+        && geometry::<T>(s)
+        && s.cout.is_multiple_of(TILE_O)
+        && big_enough(s, MIN_PLANE_WEIGHT)
 }
 
 /// `x` as `&[f32]`; `None` unless `T` is `f32`.
@@ -293,46 +314,36 @@ impl Zeroed {
     }
 }
 
-/// Writes the padded planes of one image: `dst` (c, ps) from `src`
-/// (c, h, w), the image at `first() + y*w + x`, zeros everywhere else.
-pub(super) fn pad_image(dst: &mut [f32], src: &[f32], g: &Grid, zero: bool) {
-    let planes = src.len() / g.hw;
-    assert!(src.len() == planes * g.hw);
-    pad_planes(dst, planes, g, zero, |c, d| {
-        d.copy_from_slice(&src[c * g.hw..][..g.hw])
-    });
-}
-
-/// [`pad_image`] of image `i` of `inp`: for a [`ConvInput::BnRelu`] input
-/// the planes are `max(0, (x - mean[c]) * k[c] + beta[c])` of `x`'s, the
-/// padding zero (the BN-ReLU output padded, as the convolution reads it).
-fn pad_input(dst: &mut [f32], inp: &ConvInput<f32>, i: usize, cin: usize, g: &Grid, zero: bool) {
-    let img = cin * g.hw;
+/// Plane `c` of image `i` of `inp` (cin planes of hw) into `d` (hw): a
+/// copy, or for a [`ConvInput::BnRelu`] input `max(0, (x - mean[c]) * k[c]
+/// + beta[c])` of `x`'s plane (the BN-ReLU output, as the convolution
+/// reads it).
+fn fill_input(d: &mut [f32], inp: &ConvInput<f32>, i: usize, cin: usize, g: &Grid, c: usize) {
+    let at = (i * cin + c) * g.hw;
     match *inp {
-        ConvInput::Plain(x) => pad_image(dst, &x[i * img..][..img], g, zero),
+        ConvInput::Plain(x) => d.copy_from_slice(&x[at..][..g.hw]),
         ConvInput::BnRelu { x, mean, k, beta } => {
-            let src = &x[i * img..][..img];
             assert!(mean.len() == cin && k.len() == cin && beta.len() == cin);
-            pad_planes(dst, cin, g, zero, |c, d| {
-                let s = &src[c * g.hw..][..g.hw];
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: AVX-512F available (the direct path is enabled);
-                // the kernel touches only d and s, both hw long.
-                unsafe {
-                    avx512::bn_relu(d, s, mean[c], k[c], beta[c])
-                }
-            });
+            let s = &x[at..][..g.hw];
+            assert!(d.len() == g.hw);
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: AVX-512F available (the direct path is enabled);
+            // the kernel touches only d and s, both hw long.
+            unsafe {
+                avx512::bn_relu(d, s, mean[c], k[c], beta[c])
+            }
         }
     }
 }
 
-/// [`pad_image`] of image `i` of the output gradient `dout`: for a
-/// [`ConvGradOut::Bn`] gradient the planes are the BN's input gradient
-/// `k * (dy' - a - (x - mean) * b)`, computed here from `dy` and `x`.
-fn pad_grad(dst: &mut [f32], dout: &ConvGradOut<f32>, i: usize, cout: usize, g: &Grid, zero: bool) {
-    let img = cout * g.hw;
+/// Plane `c` of image `i` of the output gradient `dout` (cout planes of
+/// hw) into `d` (hw): a copy, or for a [`ConvGradOut::Bn`] gradient the
+/// BN's input gradient `k * (dy' - a - (x - mean) * b)`, computed here from
+/// `dy` and `x`.
+fn fill_grad(d: &mut [f32], dout: &ConvGradOut<f32>, i: usize, cout: usize, g: &Grid, c: usize) {
+    let at = (i * cout + c) * g.hw;
     match *dout {
-        ConvGradOut::Plain(d) => pad_image(dst, &d[i * img..][..img], g, zero),
+        ConvGradOut::Plain(x) => d.copy_from_slice(&x[at..][..g.hw]),
         ConvGradOut::Bn {
             dy,
             x,
@@ -340,19 +351,107 @@ fn pad_grad(dst: &mut [f32], dout: &ConvGradOut<f32>, i: usize, cout: usize, g: 
             beta,
             coef,
         } => {
-            let (dy, x) = (&dy[i * img..][..img], &x[i * img..][..img]);
             assert!(mean.len() == cout && coef.len() == cout);
             assert!(beta.is_none_or(|b| b.len() == cout));
-            pad_planes(dst, cout, g, zero, |c, d| {
-                let (gy, gx) = (&dy[c * g.hw..][..g.hw], &x[c * g.hw..][..g.hw]);
-                let relu = beta.map(|b| b[c]);
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: AVX-512F available (the direct path is enabled);
-                // the kernel touches only d, gy and gx, hw long each.
-                unsafe {
-                    avx512::bn_dx(d, gy, gx, mean[c], coef[c], relu)
-                }
-            });
+            let (gy, gx) = (&dy[at..][..g.hw], &x[at..][..g.hw]);
+            assert!(d.len() == g.hw);
+            let relu = beta.map(|b| b[c]);
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: AVX-512F available (the direct path is enabled);
+            // the kernel touches only d, gy and gx, hw long each.
+            unsafe {
+                avx512::bn_dx(d, gy, gx, mean[c], coef[c], relu)
+            }
+        }
+    }
+}
+
+/// The padded planes of image `i` of `inp`: `dst` (cin, ps), [`fill_input`]'s
+/// plane `c` at `first() + y*w + x` of plane `c`, zeros everywhere else.
+fn pad_input(dst: &mut [f32], inp: &ConvInput<f32>, i: usize, cin: usize, g: &Grid, zero: bool) {
+    pad_planes(dst, cin, g, zero, |c, d| fill_input(d, inp, i, cin, g, c));
+}
+
+/// The padded planes of image `i` of the output gradient `dout`: `dst`
+/// (cout, ps), [`fill_grad`]'s planes, zeros around them.
+fn pad_grad(dst: &mut [f32], dout: &ConvGradOut<f32>, i: usize, cout: usize, g: &Grid, zero: bool) {
+    pad_planes(dst, cout, g, zero, |c, d| fill_grad(d, dout, i, cout, g, c));
+}
+
+/// Channel pairs of `planes` channels: `ceil(planes / 2)`.
+fn pairs(planes: usize) -> usize {
+    planes.div_ceil(2)
+}
+
+/// The bf16 kernels' padded planes: the first `pairs(planes)` paired planes
+/// of `dst` (pairs, ps), entry `first() + j` of pair `q` holding channel
+/// `2q` at position `j` rounded to bf16 in its low half and channel `2q + 1`
+/// in its high half (0 past the last channel), zeros around each image
+/// (written only when `zero`, see [`Zeroed`]). `fill(c, plane)` writes the
+/// f32 values of channel `c` (hw) into `tmp` (at least 2 hw) first; they
+/// are rounded to nearest even as `vcvtne2ps2bf16` rounds
+/// ([`crate::gemm_bf16::to_bf16`]).
+fn pad_pairs(
+    dst: &mut [u32],
+    tmp: &mut [f32],
+    planes: usize,
+    g: &Grid,
+    zero: bool,
+    mut fill: impl FnMut(usize, &mut [f32]),
+) {
+    assert!(bf16_enabled(), "bf16 padding without AVX512-BF16");
+    assert!(dst.len() >= pairs(planes) * g.ps && tmp.len() >= 2 * g.hw);
+    let (a, b) = (g.first(), g.first() + g.hw);
+    let (lo, hi) = tmp[..2 * g.hw].split_at_mut(g.hw);
+    for (q, d) in dst.chunks_exact_mut(g.ps).take(pairs(planes)).enumerate() {
+        if zero {
+            d[..a].fill(0);
+            d[b..].fill(0);
+        }
+        fill(2 * q, lo);
+        if 2 * q + 1 < planes {
+            fill(2 * q + 1, hi);
+        } else {
+            hi.fill(0.0);
+        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512F/BW and AVX512-BF16 available (bf16_enabled);
+        // lo and hi are hw long, as is d[a..b].
+        unsafe {
+            avx512::pair_bf16(&mut d[a..b], lo, hi)
+        }
+    }
+}
+
+/// Forward weights as bf16 pairs of input channels: `wp[q, k, o]` holds
+/// `w[o, 2q, k]` (low half) and `w[o, 2q + 1, k]` (high half, 0 past
+/// `cin`), rounded to nearest even: one broadcast per output channel, pair
+/// and tap.
+pub(super) fn pack_forward_bf16(wp: &mut Vec<u32>, w: &[f32], cin: usize, cout: usize) {
+    wp.clear();
+    wp.resize(pairs(cin) * 9 * cout, 0);
+    for o in 0..cout {
+        for c in 0..cin {
+            for k in 0..9 {
+                let b = to_bf16(w[(o * cin + c) * 9 + k]) as u32;
+                wp[((c / 2) * 9 + k) * cout + o] |= b << (16 * (c % 2));
+            }
+        }
+    }
+}
+
+/// Input-gradient weights as bf16 pairs of output channels, transposed and
+/// flipped: `wp[p, k, c]` holds `w[2p, c, 8 - k]` (low half) and `w[2p + 1,
+/// c, 8 - k]` (high half, 0 past `cout`).
+pub(super) fn pack_backward_bf16(wp: &mut Vec<u32>, w: &[f32], cin: usize, cout: usize) {
+    wp.clear();
+    wp.resize(pairs(cout) * 9 * cin, 0);
+    for o in 0..cout {
+        for c in 0..cin {
+            for k in 0..9 {
+                let b = to_bf16(w[(o * cin + c) * 9 + 8 - k]) as u32;
+                wp[((o / 2) * 9 + k) * cin + c] |= b << (16 * (o % 2));
+            }
         }
     }
 }
@@ -493,6 +592,60 @@ pub(super) fn conv_planes(
     unreachable!("the direct path is only enabled on x86_64")
 }
 
+/// [`conv_planes`] in bf16: `src` holds `n_pairs` paired planes (see
+/// [`pad_pairs`]), `wk` the weight pairs `(n_pairs, 9, n_out)`
+/// ([`pack_forward_bf16`] / [`pack_backward_bf16`]), and each `vdpbf16ps`
+/// adds the two products of a pair to the f32 sum; the stores are
+/// [`conv_planes`]'s.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn conv_planes_bf16(
+    dst: &mut [f32],
+    src: &[u32],
+    wk: &[u32],
+    n_pairs: usize,
+    n_out: usize,
+    g: &Grid,
+    edges: &[(u16, u16)],
+    store: Store,
+    stats: Option<&mut Stats>,
+) {
+    assert!(n_out.is_multiple_of(TILE_O));
+    if let Some(st) = &stats {
+        assert!(
+            matches!(store, Store::Set),
+            "conv_planes_bf16: stats of a plain store only"
+        );
+        assert!(st.x.len() == n_out * g.hw && st.lanes.len() >= n_out * 64);
+        assert!(st.mean.len() == n_out && st.k.len() == n_out && st.beta.len() == n_out);
+    }
+    assert!(dst.len() >= n_out * g.hw, "conv_planes_bf16: dst too short");
+    if let Store::Plus(r) = store {
+        assert!(
+            r.len() >= n_out * g.hw,
+            "conv_planes_bf16: residual too short"
+        );
+    }
+    assert!(
+        wk.len() >= n_pairs * 9 * n_out,
+        "conv_planes_bf16: weights too short"
+    );
+    assert!(
+        src.len() >= n_pairs * g.ps,
+        "conv_planes_bf16: src too short"
+    );
+    assert!(g.lead >= 1 && g.lead - 1 + 16 * g.nv + g.off[8] <= g.ps);
+    assert!(edges.len() == g.nv && g.nv * 16 >= g.hw);
+    #[cfg(target_arch = "x86_64")]
+    {
+        assert!(bf16_enabled(), "conv_planes_bf16 without AVX512-BF16");
+        // SAFETY: AVX-512F and AVX512-BF16 are available (bf16_enabled
+        // checked them), and the asserts above bound every load and store.
+        unsafe { avx512::conv_planes_bf16(dst, src, wk, n_pairs, n_out, g, edges, store, stats) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("the direct path is only enabled on x86_64")
+}
+
 /// `dwv[o, i, k, l] (+)= sum_{n < imgs} sum_{j < hw, j = l mod 16} d[n, o,
 /// first + j] * p[n, i, lead - 1 + j + off(k)] * e_kx(j)`: the weight
 /// gradient of a group of `imgs` images in 16 lanes per entry (the sum over
@@ -573,6 +726,13 @@ pub(super) struct Scratch {
     /// which planes of `p` and `d` hold their zeros
     p_zeroed: Zeroed,
     d_zeroed: Zeroed,
+    /// bf16: the paired planes of the input (forward) or of the output
+    /// gradient (input gradient), (pairs, ps) with 16 entries of slack, the
+    /// two f32 planes (2, hw) each pair is made from, and which pairs hold
+    /// their zeros
+    pp: Vec<u32>,
+    tmp: Vec<f32>,
+    pp_zeroed: Zeroed,
 }
 
 /// The direct path's workspace: repacked weights, edge masks and per-chunk
@@ -581,6 +741,10 @@ pub(super) struct Scratch {
 pub(super) struct Workspace {
     wf: Vec<f32>,
     wb: Vec<f32>,
+    /// the bf16 weight pairs: forward (pairs(cin), 9, cout), input
+    /// gradient (pairs(cout), 9, cin)
+    wpf: Vec<u32>,
+    wpb: Vec<u32>,
     edges: Vec<(u16, u16)>,
     chunks: Vec<Scratch>,
 }
@@ -588,58 +752,85 @@ pub(super) struct Workspace {
 /// The first index `i < 16` of `buf` that starts a 64-byte line (16
 /// floats), for buffers with 16 floats of slack: planes whose stride is a
 /// multiple of 16 then all start on a line.
-fn aligned_from(buf: &[f32]) -> usize {
-    let at = buf.as_ptr() as usize / std::mem::size_of::<f32>();
+fn aligned_from<E>(buf: &[E]) -> usize {
+    assert!(std::mem::size_of::<E>() == 4);
+    let at = buf.as_ptr() as usize / 4;
     (16 - at % 16) % 16
 }
 
-fn grow(v: &mut Vec<f32>, len: usize) {
+fn grow<E: Copy + Default>(v: &mut Vec<E>, len: usize) {
     if v.len() < len {
-        v.resize(len, 0.0);
+        v.resize(len, E::default());
     }
 }
 
 /// Forward of a batch: per image, pad, then [`conv_planes`] straight into
 /// the output (`out = res + conv` with a residual `res`); with `planes`
 /// (N, cout), each image's output plane sums, taken while the image is in
-/// cache. Shapes as validated by `mod.rs`; `use_for_forward(s)` must hold.
+/// cache. In [`Precision::Bf16`] the image is padded as bf16 channel pairs
+/// ([`pad_pairs`]) and [`conv_planes_bf16`] computes the sums, stored the
+/// same way. Shapes as validated by `mod.rs`; `use_for_forward(s, p)` must
+/// hold.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn forward(
     out: &mut [f32],
     res: Option<&[f32]>,
     inp: ConvInput<f32>,
     w: &[f32],
     s: &Conv2dShape,
+    p: Precision,
     ws: &mut Workspace,
     planes: Option<&mut [f64]>,
 ) {
     let want_sums = planes.is_some();
+    let bf16 = p == Precision::Bf16;
     let g = Grid::of(s);
     let oimg = s.cout * g.hw;
-    pack_forward(&mut ws.wf, w, s.cin, s.cout);
+    if bf16 {
+        pack_forward_bf16(&mut ws.wpf, w, s.cin, s.cout);
+    } else {
+        pack_forward(&mut ws.wf, w, s.cin, s.cout);
+    }
     edge_masks(&mut ws.edges, &g);
-    let (wf, edges) = (&ws.wf, &ws.edges);
+    let (wf, wpf, edges) = (&ws.wf, &ws.wpf, &ws.edges);
     let used = super::cpu::for_each_chunk(
         &mut ws.chunks,
         s.n,
         out,
         oimg,
         &|imgs, sc: &mut Scratch, out| {
-            grow(&mut sc.p, s.cin * g.ps + 16);
+            if bf16 {
+                grow(&mut sc.pp, pairs(s.cin) * g.ps + 16);
+                grow(&mut sc.tmp, 2 * g.hw);
+            } else {
+                grow(&mut sc.p, s.cin * g.ps + 16);
+            }
             if want_sums {
                 sc.osums.clear();
                 sc.osums.resize(imgs.len() * s.cout, 0.0);
                 sc.first = imgs.start;
             }
-            let pofs = aligned_from(&sc.p);
-            let p = &mut sc.p[pofs..];
             for (t, (i, out_img)) in imgs.zip(out.chunks_exact_mut(oimg)).enumerate() {
-                let zero = sc.p_zeroed.need(p.as_ptr(), &g, 0, s.cin);
-                pad_input(p, &inp, i, s.cin, &g, zero);
                 let store = match res {
                     Some(r) => Store::Plus(&r[i * oimg..][..oimg]),
                     None => Store::Set,
                 };
-                conv_planes(out_img, p, wf, s.cin, s.cout, &g, edges, store, None);
+                if bf16 {
+                    let ofs = aligned_from(&sc.pp);
+                    let pp = &mut sc.pp[ofs..];
+                    let np = pairs(s.cin);
+                    let zero = sc.pp_zeroed.need(pp.as_ptr() as *const f32, &g, 0, np);
+                    pad_pairs(pp, &mut sc.tmp, s.cin, &g, zero, |c, d| {
+                        fill_input(d, &inp, i, s.cin, &g, c)
+                    });
+                    conv_planes_bf16(out_img, pp, wpf, np, s.cout, &g, edges, store, None);
+                } else {
+                    let pofs = aligned_from(&sc.p);
+                    let p = &mut sc.p[pofs..];
+                    let zero = sc.p_zeroed.need(p.as_ptr(), &g, 0, s.cin);
+                    pad_input(p, &inp, i, s.cin, &g, zero);
+                    conv_planes(out_img, p, wf, s.cin, s.cout, &g, edges, store, None);
+                }
                 if want_sums {
                     bn_plane_sums(&mut sc.osums[t * s.cout..][..s.cout], out_img, g.hw);
                 }
@@ -660,6 +851,10 @@ pub(super) fn forward(
 /// fixed thread count gives bit-identical results). With `planes` (N, cin;
 /// `inp` a BN-ReLU input, `dinp` overwritten): the plane sums of that
 /// BN-ReLU's backward reduction over `dinp`, computed as it is stored.
+///
+/// In [`Precision::Bf16`] only the input gradient (`dweight` must be
+/// `None`): `dout` padded as bf16 pairs of output channels, the flipped
+/// weights as pairs, [`conv_planes_bf16`].
 #[allow(clippy::too_many_arguments)]
 pub(super) fn backward(
     accum: Accum,
@@ -670,9 +865,15 @@ pub(super) fn backward(
     inp: ConvInput<f32>,
     w: &[f32],
     s: &Conv2dShape,
+    p: Precision,
     ws: &mut Workspace,
     planes: Option<&mut [(f64, f64)]>,
 ) {
+    let bf16 = p == Precision::Bf16;
+    assert!(
+        !(bf16 && dweight.is_some()),
+        "direct::backward: no bf16 weight gradient (it takes im2col + GEMM)"
+    );
     let g = Grid::of(s);
     let img = s.cin * g.hw;
     let want_dinp = dinp.is_some();
@@ -680,11 +881,13 @@ pub(super) fn backward(
     if !want_dinp && !want_dw {
         return;
     }
-    if want_dinp {
+    if want_dinp && bf16 {
+        pack_backward_bf16(&mut ws.wpb, w, s.cin, s.cout);
+    } else if want_dinp {
         pack_backward(&mut ws.wb, w, s.cin, s.cout);
     }
     edge_masks(&mut ws.edges, &g);
-    let (wb, edges) = (&ws.wb, &ws.edges);
+    let (wb, wpb, edges) = (&ws.wb, &ws.wpb, &ws.edges);
     let nw = s.cout * s.cin * 9;
     let (dst, per_img): (&mut [f32], usize) = match dinp {
         Some(d) => (d, img),
@@ -716,8 +919,14 @@ pub(super) fn backward(
             // D's image rows are read by the weight gradient (8 of its 11
             // loads per step): start them on a 64-byte line, so no load
             // splits across two lines
-            grow(&mut sc.d, group * dimg_len + 16);
-            let dofs = aligned_from(&sc.d);
+            if bf16 {
+                grow(&mut sc.pp, pairs(s.cout) * g.ps + 16);
+                grow(&mut sc.tmp, 2 * g.hw);
+            } else {
+                grow(&mut sc.d, group * dimg_len + 16);
+            }
+            // (bf16: D unused, maybe empty)
+            let dofs = aligned_from(&sc.d).min(sc.d.len());
             let dbuf = &mut sc.d[dofs..];
             if want_dw {
                 grow(&mut sc.p, group * pimg_len + 16);
@@ -736,9 +945,18 @@ pub(super) fn backward(
             for (t, i) in imgs.clone().enumerate() {
                 // slot of this image in its group
                 let slot = (i - first) % group;
-                let zero = sc.d_zeroed.need(dbuf.as_ptr(), &g, slot * s.cout, s.cout);
-                let dslot = &mut dbuf[slot * dimg_len..][..dimg_len];
-                pad_grad(dslot, &dout, i, s.cout, &g, zero);
+                let ppofs = aligned_from(&sc.pp);
+                if bf16 {
+                    let (pp, np) = (&mut sc.pp[ppofs..], pairs(s.cout));
+                    let zero = sc.pp_zeroed.need(pp.as_ptr() as *const f32, &g, 0, np);
+                    pad_pairs(pp, &mut sc.tmp, s.cout, &g, zero, |c, d| {
+                        fill_grad(d, &dout, i, s.cout, &g, c)
+                    });
+                } else {
+                    let zero = sc.d_zeroed.need(dbuf.as_ptr(), &g, slot * s.cout, s.cout);
+                    let dslot = &mut dbuf[slot * dimg_len..][..dimg_len];
+                    pad_grad(dslot, &dout, i, s.cout, &g, zero);
+                }
                 if want_dinp {
                     let mut stats = bn.map(|(x, mean, k, beta)| Stats {
                         x: &x[i * img..][..img],
@@ -751,21 +969,20 @@ pub(super) fn backward(
                         st.lanes.fill(0.0);
                     }
                     let dinp_img = &mut dinp[t * img..][..img];
-                    conv_planes(
-                        dinp_img,
-                        &dbuf[slot * dimg_len..][..dimg_len],
-                        wb,
-                        s.cout,
-                        s.cin,
-                        &g,
-                        edges,
-                        match (accum, res) {
-                            (_, Some(r)) => Store::Plus(&r[i * img..][..img]),
-                            (Accum::Add, None) => Store::Add,
-                            (Accum::Set, None) => Store::Set,
-                        },
-                        stats.as_mut(),
-                    );
+                    let store = match (accum, res) {
+                        (_, Some(r)) => Store::Plus(&r[i * img..][..img]),
+                        (Accum::Add, None) => Store::Add,
+                        (Accum::Set, None) => Store::Set,
+                    };
+                    if bf16 {
+                        let (pp, np) = (&sc.pp[ppofs..], pairs(s.cout));
+                        let st = stats.as_mut();
+                        conv_planes_bf16(dinp_img, pp, wpb, np, s.cin, &g, edges, store, st);
+                    } else {
+                        let d = &dbuf[slot * dimg_len..][..dimg_len];
+                        let st = stats.as_mut();
+                        conv_planes(dinp_img, d, wb, s.cout, s.cin, &g, edges, store, st);
+                    }
                     if let Some(st) = &stats {
                         for c in 0..s.cin {
                             sc.sums[t * s.cin + c] = finish_stats(st, dinp_img, c, g.hw);
