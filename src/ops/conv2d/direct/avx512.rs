@@ -338,6 +338,102 @@ pub(super) unsafe fn pair_bf16(dst: &mut [u32], lo: &[f32], hi: &[f32]) {
     }
 }
 
+/// See [`super::weight_grad_planes_bf16`]: [`weight_grad_planes`] over
+/// pairs of adjacent positions. Bounds: `d` holds `imgs * n_out` runs of
+/// `dl = 16 nv2` pairs (`nv2 = masks.len()`), `pe` / `po` `imgs * n_in`
+/// runs of `ph` pairs with `(lead + 2w + 1) / 2 + 16 nv2 <= ph` (the
+/// caller asserts it), so every load of tap `(ky, kx)` from pair `b / 2`
+/// (`b = lead - 1 + ky w + kx`) on stays in its run.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn weight_grad_planes_bf16(
+    dwv: &mut [f32],
+    first: bool,
+    d: &[u32],
+    pe: &[u32],
+    po: &[u32],
+    n_in: usize,
+    n_out: usize,
+    imgs: usize,
+    g: &Grid,
+    ph: usize,
+    masks: &[(u32, u32)],
+) {
+    let w = g.w;
+    let dl = 16 * masks.len();
+    let lanes = dwv.as_mut_ptr();
+    for o0 in (0..n_out).step_by(TILE_O) {
+        for i in 0..n_in {
+            for ky in 0..3 {
+                // tap kx reads P from b = lead - 1 + ky w + kx on: pairs
+                // (P[b + 2m], P[b + 2m + 1]) are pe[b / 2 + m] for an even
+                // b, po[(b - 1) / 2 + m] for an odd one
+                let mut tap = [pe.as_ptr(); 3];
+                for (kx, t) in tap.iter_mut().enumerate() {
+                    let b = g.lead - 1 + ky * w + kx;
+                    *t = if b % 2 == 0 {
+                        pe.as_ptr().add(b / 2)
+                    } else {
+                        po.as_ptr().add((b - 1) / 2)
+                    };
+                }
+                let mut acc = [[_mm512_setzero_ps(); 3]; TILE_O];
+                for n in 0..imgs {
+                    let at = (n * n_in + i) * ph;
+                    let (t0, t1, t2) = (tap[0].add(at), tap[1].add(at), tap[2].add(at));
+                    let drow = d.as_ptr().add((n * n_out + o0) * dl);
+                    for (v, &(ml, mr)) in masks.iter().enumerate() {
+                        let j = 16 * v;
+                        let p0 = bh!(_mm512_loadu_si512(t0.add(j) as *const __m512i));
+                        let p1 = bh!(_mm512_loadu_si512(t1.add(j) as *const __m512i));
+                        let p2 = bh!(_mm512_loadu_si512(t2.add(j) as *const __m512i));
+                        for (c, acc) in acc.iter_mut().enumerate() {
+                            let dv = _mm512_loadu_si512(drow.add(c * dl + j) as *const __m512i);
+                            // the edge masks per position: per 16-bit half
+                            let d0 = bh!(_mm512_maskz_mov_epi16(ml, dv));
+                            let d2 = bh!(_mm512_maskz_mov_epi16(mr, dv));
+                            acc[0] = _mm512_dpbf16_ps(acc[0], d0, p0);
+                            acc[1] = _mm512_dpbf16_ps(acc[1], bh!(dv), p1);
+                            acc[2] = _mm512_dpbf16_ps(acc[2], d2, p2);
+                        }
+                    }
+                }
+                for (c, acc) in acc.iter().enumerate() {
+                    let at = ((o0 + c) * n_in + i) * 9 + ky * 3;
+                    for (kx, &v) in acc.iter().enumerate() {
+                        let l = lanes.add(16 * (at + kx));
+                        let v = if first {
+                            v
+                        } else {
+                            _mm512_add_ps(_mm512_loadu_ps(l), v)
+                        };
+                        _mm512_storeu_ps(l, v);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dst[t] = (src[2t], src[2t + 1])` rounded to bf16 (low, high half),
+/// `src[i]` read as 0 for `i >= n` (`n <= src.len()`), for every `t <
+/// dst.len()` (a multiple of 16): a run of values as its own pairs of
+/// adjacent values, one `vcvtne2ps2bf16` per 32.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+pub(super) unsafe fn run_pairs_bf16(dst: &mut [u32], src: &[f32], n: usize) {
+    assert!(n <= src.len() && dst.len().is_multiple_of(16));
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    for t in (0..dst.len()).step_by(16) {
+        let i = 2 * t;
+        let m0 = lanes(n.saturating_sub(i));
+        let m1 = lanes(n.saturating_sub(i + 16));
+        let lo = _mm512_maskz_loadu_ps(m0, s.add(i.min(n)));
+        let hi = _mm512_maskz_loadu_ps(m1, s.add((i + 16).min(n)));
+        let p = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+        _mm512_storeu_si512(d.add(t) as *mut __m512i, p);
+    }
+}
+
 /// See [`super::weight_grad_planes`]. Bounds: loads read `d[o*ps + lead +
 /// w + 16 v .. + 16]` and `p[i*ps + lead - 1 + ky*w + kx + 16 v .. + 16]`
 /// with `v < nv`, both inside a plane since `lead - 1 + 16 nv + off(8) <= ps`;

@@ -59,6 +59,73 @@
 //! + off(8) + 1 <= ps`, with `nv = ceil(h*w / 16)`); `lead >= 1` is chosen
 //! so that the image rows start at `lead + w`, a multiple of 16, and the
 //! weight gradient's `D` loads are aligned to 64-byte lines.
+//!
+//! ## bf16 ([`Precision::Bf16`]): the same sums over channel pairs
+//!
+//! With AVX512-BF16, the forward and the input gradient have bf16 kernels
+//! (used when the workspace's precision is bf16). `vdpbf16ps` multiplies
+//! 16 lanes of *pairs* of bf16 values and adds both products to 16 f32
+//! lanes: `acc[l] += a[l].lo * b[l].lo + a[l].hi * b[l].hi`. The forward
+//! sum regrouped by input-channel pairs `(2q, 2q + 1)` is
+//!
+//! ```text
+//! out[o, j] = sum_{q, k} ( w[o, 2q, k] * P[2q, s] + w[o, 2q+1, k] * P[2q+1, s] ) * e_kx(j)
+//!             s = lead - 1 + j + off(k)
+//! ```
+//!
+//! so the padded input is written as *paired planes* ([`pad_pairs`]): one
+//! `u32` per position, `PP[q, s] = (bf16(P[2q, s]), bf16(P[2q+1, s]))`
+//! (low, high half), the same [`Grid`] (`ps` entries per pair plane), zeros
+//! around the image, and an odd `cin` padded with a zero channel (whose
+//! weights are zero too). The weights are packed once per call as pairs
+//! `WP[q, k, o] = (bf16(w[o, 2q, k]), bf16(w[o, 2q+1, k]))`
+//! ([`pack_forward_bf16`]). Per pair `q` and tap `k` the kernel loads 16
+//! positions' pairs at the tap's shifted offset (one 64-byte load, as the
+//! f32 kernel loads 16 floats) and, per output channel of its 8 x 48 tile,
+//! issues one `vdpbf16ps` with the broadcast `WP[q, k, o]`, under the same
+//! kx edge mask (a masked lane keeps its sum; both channels of a pair sit
+//! at the same position, so the mask is the f32 one): 2x the multiply-adds
+//! per instruction and half the loads. The sums are f32 and go through the
+//! f32 kernel's store code (`Store::{Set, Add, Plus}` and the BN-ReLU
+//! reduction lanes), and the forward's output plane sums are taken as in
+//! f32. The rounding (round to nearest even, denormals to zero, as
+//! [`crate::gemm_bf16::to_bf16`] and `vcvtne2ps2bf16`) happens while
+//! padding: every input kind is first made as f32 planes exactly as the f32
+//! path makes them (a copy, or BN-ReLU normalised, or the BN's input
+//! gradient: [`fill_input`], [`fill_grad`]), then two planes are rounded
+//! and interleaved into one paired plane (`vcvtne2ps2bf16` + `vpermw`). No
+//! bf16 copy outlives the call; activations stay f32 everywhere else.
+//!
+//! **Input gradient:** the f32 derivation above with `D` paired along the
+//! *output* channels, `DP[p, s] = (bf16(D[2p, s]), bf16(D[2p+1, s]))`, and
+//! the flipped, transposed weights paired the same way, `WPB[p, k, c] =
+//! (bf16(w[2p, c, 8-k]), bf16(w[2p+1, c, 8-k]))` ([`pack_backward_bf16`]):
+//! the same kernel ([`conv_planes_bf16`]).
+//!
+//! **Weight gradient:** not in bf16. Its reduction runs over positions, so
+//! pairs would be adjacent positions, and the kx edge mask would then have
+//! to be applied per position inside a pair (a masked copy of the input
+//! rows, or a width-padded layout); not done: in bf16 the weight gradient
+//! stays im2col + [`crate::gemm_bf16`] ([`use_for_weight`] is false), and
+//! with a fused input (`ConvInput::BnRelu`, `ConvGradOut::Bn`) it writes
+//! that input out once, the one pass the unfused plan would spend on it,
+//! so the plan's fusion choices (`conv2d_fuses_*`, decided for f32) stay
+//! as good in bf16.
+//!
+//! **Error bound (tested).** A product of two bf16 values is exact in f32,
+//! so on the same operands rounded to bf16 (`â`, `ŵ`) this kernel and the
+//! f32 path sum the same `K` exact products (`K = 9 cin` forward, `9 cout`
+//! input gradient; the zero channel adds exact zeros) in different orders:
+//! per output, with `r` the added term (residual or `dinp` itself),
+//!
+//! ```text
+//! |out_bf16 - out_f32(â, ŵ)| <= 2.01 (K + 1) 2^-24 (Σ|â||ŵ| + |r|) + K 2^-125
+//! ```
+//!
+//! the bound of [`crate::gemm_bf16`] (whose doc derives it; `vdpbf16ps`
+//! flushes denormals, the `K 2^-125` term). Against f32 on the unrounded
+//! values each product also carries the two roundings, `(2^-7 + 2^-16)
+//! Σ|a||w|` more.
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
@@ -167,14 +234,9 @@ pub(super) fn use_for_input_grad<T: 'static>(s: &Conv2dShape, p: Precision) -> b
     geometry_in::<T>(s, p) && s.cin.is_multiple_of(TILE_O) && big_enough(s, MIN_PLANE_DATA)
 }
 
-/// Weight gradient of `s` in precision `p` on the direct path? Not in
-/// bf16: its weight gradient stays im2col + the bf16 GEMM (see the module
-/// docs).
+/// Weight gradient of `s` in precision `p` on the direct path?
 pub(super) fn use_for_weight<T: 'static>(s: &Conv2dShape, p: Precision) -> bool {
-    p == Precision::F32
-        && geometry::<T>(s)
-        && s.cout.is_multiple_of(TILE_O)
-        && big_enough(s, MIN_PLANE_WEIGHT)
+    geometry_in::<T>(s, p) && s.cout.is_multiple_of(TILE_O) && big_enough(s, MIN_PLANE_WEIGHT)
 }
 
 /// `x` as `&[f32]`; `None` unless `T` is `f32`.
@@ -705,6 +767,92 @@ fn reduce_lanes(dw: &mut [f32], dwv: &[f32]) {
     unreachable!("the direct path is only enabled on x86_64")
 }
 
+/// [`edge_masks`] per 32 positions (one vector of 16 position pairs):
+/// `.0` / `.1` of vectors `2v` (low 16 bits) and `2v + 1` (high 16 bits),
+/// one bit per position, i.e. per bf16 half of a pair (past the plane's
+/// last vector: all set; dout is zero there).
+pub(super) fn pair_masks(pm: &mut Vec<(u32, u32)>, edges: &[(u16, u16)]) {
+    pm.clear();
+    pm.extend(edges.chunks(2).map(|e| {
+        let hi = e.get(1).copied().unwrap_or((u16::MAX, u16::MAX));
+        (
+            e[0].0 as u32 | (hi.0 as u32) << 16,
+            e[0].1 as u32 | (hi.1 as u32) << 16,
+        )
+    }));
+}
+
+/// `dst[t] = (bf16(src[2t]), bf16(src[2t + 1]))`, `src[i]` = 0 for `i >= n`,
+/// every `t < dst.len()` (a multiple of 16).
+fn run_pairs(dst: &mut [u32], src: &[f32], n: usize) {
+    assert!(bf16_enabled(), "bf16 pairs without AVX512-BF16");
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX-512F/BW and AVX512-BF16 available; the kernel asserts
+    // n <= src.len() and reads only below n, writes only dst.
+    unsafe {
+        avx512::run_pairs_bf16(dst, src, n)
+    }
+}
+
+/// The weight gradient's lanes in bf16 (see [`weight_grad_planes`], which
+/// this is over pairs of adjacent positions, `j = 2m, 2m + 1`):
+///
+/// ```text
+/// dwv[o, i, k, l] (+)= sum_{n, m = l mod 16} DQ_kx[n, o, m] . PQ_k[n, i, m]
+/// DQ_kx[o, m] = (bf16(D[o, first + 2m] e_kx(2m)), bf16(D[o, first + 2m + 1] e_kx(2m + 1)))
+/// PQ_k[i, m] = (bf16(P[i, b + 2m]), bf16(P[i, b + 2m + 1])),   b = lead - 1 + off(k)
+/// ```
+///
+/// `d` holds the dout pairs `DQ` without masks (imgs, n_out, dl = 16 nv2),
+/// the kernel zeroes the positions the masks `pmasks` (nv2 = ceil(hw / 32)
+/// entries) clear, per bf16 half; `pe` / `po` (imgs, n_in, ph) hold the
+/// padded input's pairs from even / odd entries (`pe[t] = (P[2t],
+/// P[2t + 1])`, `po[t] = (P[2t + 1], P[2t + 2])`), so `PQ_k` is `pe` from
+/// `b / 2` for an even `b`, `po` from `(b - 1) / 2` for an odd one.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn weight_grad_planes_bf16(
+    dwv: &mut [f32],
+    first: bool,
+    d: &[u32],
+    pe: &[u32],
+    po: &[u32],
+    n_in: usize,
+    n_out: usize,
+    imgs: usize,
+    g: &Grid,
+    ph: usize,
+    pmasks: &[(u32, u32)],
+) {
+    let dl = 16 * pmasks.len();
+    assert!(n_out.is_multiple_of(TILE_O));
+    assert!(pmasks.len() == g.hw.div_ceil(32));
+    assert!(
+        dwv.len() >= n_out * n_in * 9 * 16,
+        "weight_grad_planes_bf16: dwv too short"
+    );
+    assert!(
+        d.len() >= imgs * n_out * dl,
+        "weight_grad_planes_bf16: d too short"
+    );
+    assert!(pe.len() >= imgs * n_in * ph && po.len() >= imgs * n_in * ph);
+    // the last tap's start (b = lead + 2w + 1), whole vectors past it
+    assert!(g.lead >= 1 && (g.lead + 2 * g.w + 1) / 2 + dl <= ph);
+    #[cfg(target_arch = "x86_64")]
+    {
+        assert!(
+            bf16_enabled(),
+            "weight_grad_planes_bf16 without AVX512-BF16"
+        );
+        // SAFETY: AVX-512F/BW and AVX512-BF16 available; the asserts above
+        // bound every load (see the kernel) and dwv's stores.
+        unsafe {
+            avx512::weight_grad_planes_bf16(dwv, first, d, pe, po, n_in, n_out, imgs, g, ph, pmasks)
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("the direct path is only enabled on x86_64")
+}
+
 /// One parallel chunk's buffers for the direct path, grown on demand.
 #[derive(Default)]
 pub(super) struct Scratch {
@@ -733,6 +881,14 @@ pub(super) struct Scratch {
     pp: Vec<u32>,
     tmp: Vec<f32>,
     pp_zeroed: Zeroed,
+    /// bf16 backward: one image of dout in f32 (cout, hw); for the weight
+    /// gradient the position pairs of a group's dout (group, cout, dl) and
+    /// of its padded inputs from even / odd entries (group, cin, ph), each
+    /// with 16 entries of slack
+    gimg: Vec<f32>,
+    dq: Vec<u32>,
+    pe: Vec<u32>,
+    po: Vec<u32>,
 }
 
 /// The direct path's workspace: repacked weights, edge masks and per-chunk
@@ -745,6 +901,8 @@ pub(super) struct Workspace {
     /// gradient (pairs(cout), 9, cin)
     wpf: Vec<u32>,
     wpb: Vec<u32>,
+    /// the edge masks per 32 positions, per position ([`pair_masks`])
+    pmasks: Vec<(u32, u32)>,
     edges: Vec<(u16, u16)>,
     chunks: Vec<Scratch>,
 }
@@ -870,11 +1028,10 @@ pub(super) fn backward(
     planes: Option<&mut [(f64, f64)]>,
 ) {
     let bf16 = p == Precision::Bf16;
-    assert!(
-        !(bf16 && dweight.is_some()),
-        "direct::backward: no bf16 weight gradient (it takes im2col + GEMM)"
-    );
     let g = Grid::of(s);
+    // bf16 weight gradient: position pairs of dout (runs of dl pairs) and
+    // of the padded input (runs of ph pairs, two parities)
+    let (dl, ph) = (16 * g.hw.div_ceil(32), (g.ps / 2 + 16).next_multiple_of(16));
     let img = s.cin * g.hw;
     let want_dinp = dinp.is_some();
     let want_dw = dweight.is_some();
@@ -887,7 +1044,8 @@ pub(super) fn backward(
         pack_backward(&mut ws.wb, w, s.cin, s.cout);
     }
     edge_masks(&mut ws.edges, &g);
-    let (wb, wpb, edges) = (&ws.wb, &ws.wpb, &ws.edges);
+    pair_masks(&mut ws.pmasks, &ws.edges);
+    let (wb, wpb, edges, pmasks) = (&ws.wb, &ws.wpb, &ws.edges, &ws.pmasks);
     let nw = s.cout * s.cin * 9;
     let (dst, per_img): (&mut [f32], usize) = match dinp {
         Some(d) => (d, img),
@@ -922,6 +1080,12 @@ pub(super) fn backward(
             if bf16 {
                 grow(&mut sc.pp, pairs(s.cout) * g.ps + 16);
                 grow(&mut sc.tmp, 2 * g.hw);
+                grow(&mut sc.gimg, s.cout * g.hw);
+                if want_dw {
+                    grow(&mut sc.dq, group * s.cout * dl + 16);
+                    grow(&mut sc.pe, group * s.cin * ph + 16);
+                    grow(&mut sc.po, group * s.cin * ph + 16);
+                }
             } else {
                 grow(&mut sc.d, group * dimg_len + 16);
             }
@@ -946,12 +1110,30 @@ pub(super) fn backward(
                 // slot of this image in its group
                 let slot = (i - first) % group;
                 let ppofs = aligned_from(&sc.pp);
+                let (dqofs, peofs, poofs) = (
+                    aligned_from(&sc.dq).min(sc.dq.len()),
+                    aligned_from(&sc.pe).min(sc.pe.len()),
+                    aligned_from(&sc.po).min(sc.po.len()),
+                );
                 if bf16 {
-                    let (pp, np) = (&mut sc.pp[ppofs..], pairs(s.cout));
-                    let zero = sc.pp_zeroed.need(pp.as_ptr() as *const f32, &g, 0, np);
-                    pad_pairs(pp, &mut sc.tmp, s.cout, &g, zero, |c, d| {
-                        fill_grad(d, &dout, i, s.cout, &g, c)
-                    });
+                    // dout's image in f32, once, for both layouts
+                    let gimg = &mut sc.gimg[..s.cout * g.hw];
+                    for (c, d) in gimg.chunks_exact_mut(g.hw).enumerate() {
+                        fill_grad(d, &dout, i, s.cout, &g, c);
+                    }
+                    if want_dinp {
+                        let (pp, np) = (&mut sc.pp[ppofs..], pairs(s.cout));
+                        let zero = sc.pp_zeroed.need(pp.as_ptr() as *const f32, &g, 0, np);
+                        pad_pairs(pp, &mut sc.tmp, s.cout, &g, zero, |c, d| {
+                            d.copy_from_slice(&gimg[c * g.hw..][..g.hw])
+                        });
+                    }
+                    if want_dw {
+                        let dq = &mut sc.dq[dqofs + slot * s.cout * dl..][..s.cout * dl];
+                        for (d, src) in dq.chunks_exact_mut(dl).zip(gimg.chunks_exact(g.hw)) {
+                            run_pairs(d, src, g.hw);
+                        }
+                    }
                 } else {
                     let zero = sc.d_zeroed.need(dbuf.as_ptr(), &g, slot * s.cout, s.cout);
                     let dslot = &mut dbuf[slot * dimg_len..][..dimg_len];
@@ -989,7 +1171,39 @@ pub(super) fn backward(
                         }
                     }
                 }
-                if want_dw {
+                if want_dw && bf16 {
+                    // the padded input in f32 (one image), then its pairs
+                    // of adjacent entries from even and from odd entries
+                    let pbuf = &mut sc.p[pofs..][..pimg_len];
+                    let zero = sc.p_zeroed.need(pbuf.as_ptr(), &g, 0, s.cin);
+                    pad_input(pbuf, &inp, i, s.cin, &g, zero);
+                    let at = slot * s.cin * ph;
+                    let pe = &mut sc.pe[peofs + at..][..s.cin * ph];
+                    let po = &mut sc.po[poofs + at..][..s.cin * ph];
+                    for ((e, o), src) in (pe.chunks_exact_mut(ph))
+                        .zip(po.chunks_exact_mut(ph))
+                        .zip(pbuf.chunks_exact(g.ps))
+                    {
+                        run_pairs(e, src, g.ps);
+                        run_pairs(o, &src[1..], g.ps - 1);
+                    }
+                    if slot + 1 == group || i + 1 == imgs.end {
+                        let (n, first_group) = (slot + 1, i + 1 - first <= group);
+                        weight_grad_planes_bf16(
+                            &mut sc.dwv[vofs..],
+                            first_group,
+                            &sc.dq[dqofs..],
+                            &sc.pe[peofs..],
+                            &sc.po[poofs..],
+                            s.cin,
+                            s.cout,
+                            n,
+                            &g,
+                            ph,
+                            pmasks,
+                        );
+                    }
+                } else if want_dw {
                     let pbuf = &mut sc.p[pofs..];
                     let zero = sc.p_zeroed.need(pbuf.as_ptr(), &g, slot * s.cin, s.cin);
                     pad_input(

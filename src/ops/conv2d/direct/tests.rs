@@ -906,7 +906,7 @@ fn bf16_direct_path_rounds_its_operands() {
     let s = shape(2, 16, 16, 16, 16);
     assert!(use_for_forward::<f32>(&s, Precision::Bf16));
     assert!(use_for_input_grad::<f32>(&s, Precision::Bf16));
-    assert!(!use_for_weight::<f32>(&s, Precision::Bf16));
+    assert!(use_for_weight::<f32>(&s, Precision::Bf16));
     let mut r = Rand::new(29);
     let f = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
     let abs = |v: &[f32]| v.iter().map(|&x| x.abs()).collect::<Vec<f32>>();
@@ -920,7 +920,9 @@ fn bf16_direct_path_rounds_its_operands() {
         conv2d_forward(&mut out, &x, &w, &s, &mut ws).unwrap();
         let mut dinp = vec![0f32; x.len()];
         conv2d_backward_input(&mut dinp, &dy, &w, &s, &mut ws).unwrap();
-        (out, dinp)
+        let mut dw = vec![0f32; w.len()];
+        conv2d_backward_weight(&mut dw, &dy, &x, &s, &mut ws).unwrap();
+        (out, dinp, dw)
     };
     let (a, b) = (run(Precision::F32), run(Precision::Bf16));
     let mut plain = Vec::new();
@@ -928,8 +930,13 @@ fn bf16_direct_path_rounds_its_operands() {
     cpu::forward(&mut mag_f, &abs(&x), &abs(&w), &s, &mut plain, false);
     let mut mag_b = vec![0f32; x.len()];
     cpu::backward_input(&mut mag_b, &abs(&dy), &abs(&w), &s, &mut plain, false);
-    for (what, x, y, mag) in [("out", &a.0, &b.0, &mag_f), ("dinp", &a.1, &b.1, &mag_b)] {
-        let k = 9 * 16;
+    let mut mag_w = vec![0f32; w.len()];
+    cpu::backward_weight(&mut mag_w, &abs(&dy), &abs(&x), &s, &mut plain, false);
+    for (what, x, y, mag, k) in [
+        ("out", &a.0, &b.0, &mag_f, 9 * 16),
+        ("dinp", &a.1, &b.1, &mag_b, 9 * 16),
+        ("dw", &a.2, &b.2, &mag_w, 2 * 256),
+    ] {
         let sum_bound = worst_ratio(x, y, k, mag);
         assert!(
             sum_bound > 10.0,
@@ -940,5 +947,139 @@ fn bf16_direct_path_rounds_its_operands() {
             .map(|((&p, &q), &m)| (p as f64 - q as f64).abs() / round(m))
             .fold(0f64, f64::max);
         assert!(worst <= 1.0, "{what}: {worst} x the rounding bound");
+    }
+}
+
+/// The bf16 weight gradient (pairs of adjacent positions) against the f32
+/// im2col path on the same values rounded to bf16, within `gemm_bf16`'s
+/// bound with `K = N h w` products per entry plus the `dw` it adds to;
+/// every input and output-gradient kind, odd `cin`, odd planes (a pair
+/// across two rows, a last pair half past the plane), the CIFAR planes; and
+/// both halves from one call give the same bits as each alone.
+#[test]
+fn bf16_weight_grad_matches_f32_on_rounded_operands() {
+    use crate::gemm_bf16::round_bf16;
+    if !bf16_enabled() {
+        println!(
+            "SKIPPED: no AVX512-BF16 on this CPU (or RESGRAD_CONV=im2col): bf16 direct path unused"
+        );
+        return;
+    }
+    let mut r = Rand::new(31);
+    let mut dws = Workspace::default();
+    let mut plain = Vec::new();
+    let f = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
+    let rounded = |v: &[f32]| v.iter().map(|&x| round_bf16(x)).collect::<Vec<f32>>();
+    let abs = |v: &[f32]| v.iter().map(|&x| x.abs()).collect::<Vec<f32>>();
+    let p = Precision::Bf16;
+    for s in [
+        shape(2, 3, 32, 32, 16),
+        shape(3, 16, 32, 32, 16),
+        shape(5, 32, 16, 16, 32),
+        shape(13, 64, 8, 8, 64),
+        shape(3, 9, 8, 8, 16),
+        shape(2, 8, 5, 7, 8),
+        shape(3, 16, 7, 33, 8),
+        shape(2, 24, 3, 20, 16),
+        shape(2, 8, 1, 1, 8),
+    ] {
+        let hw = s.h * s.w;
+        let (ilen, olen) = (s.n * s.cin * hw, s.n * s.cout * hw);
+        let x = f(r.normal_vec(ilen));
+        let w = f(r.normal_vec(s.cout * s.cin * 9));
+        let dw0 = f(r.normal_vec(w.len()));
+        let (mean, k, beta) = (
+            f(r.normal_vec(s.cin)),
+            f(r.normal_vec(s.cin)),
+            f(r.normal_vec(s.cin)),
+        );
+        let (dy, xo) = (f(r.normal_vec(olen)), f(r.normal_vec(olen)));
+        let (omean, obeta) = (f(r.normal_vec(s.cout)), f(r.normal_vec(s.cout)));
+        let coef: Vec<(f32, f32, f32)> = (0..s.cout)
+            .map(|_| {
+                let v = f(r.normal_vec(3));
+                (v[0], v[1], v[2])
+            })
+            .collect();
+        let inputs = [
+            ConvInput::Plain(&x),
+            ConvInput::BnRelu {
+                x: &x,
+                mean: &mean,
+                k: &k,
+                beta: &beta,
+            },
+        ];
+        let grads = [
+            ConvGradOut::Plain(&dy),
+            ConvGradOut::Bn {
+                dy: &dy,
+                x: &xo,
+                mean: &omean,
+                beta: Some(&obeta),
+                coef: &coef,
+            },
+        ];
+        for inp in inputs {
+            for dout in grads {
+                let (mut a, mut gbuf) = (Vec::new(), Vec::new());
+                let ar = rounded(inp.stored(&mut a, &s));
+                let gr = rounded(dout.stored(&mut gbuf, &s));
+                let mut want = dw0.clone();
+                cpu::backward_weight(&mut want, &gr, &ar, &s, &mut plain, false);
+                let mut mag = abs(&dw0);
+                cpu::backward_weight(&mut mag, &abs(&gr), &abs(&ar), &s, &mut plain, false);
+                let mut got = dw0.clone();
+                backward(
+                    Accum::Add,
+                    None,
+                    None,
+                    Some(&mut got),
+                    dout,
+                    inp,
+                    &w,
+                    &s,
+                    p,
+                    &mut dws,
+                    None,
+                );
+                let q = worst_ratio(&got, &want, s.n * hw, &mag);
+                assert!(q <= 1.0, "{s:?} weight grad: {q} x the bound");
+                if !s.cin.is_multiple_of(TILE_O) {
+                    continue;
+                }
+                // both halves at once: the same bits as each alone
+                let (mut both, mut dinp_b) = (dw0.clone(), vec![f32::NAN; ilen]);
+                backward(
+                    Accum::Set,
+                    None,
+                    Some(&mut dinp_b),
+                    Some(&mut both),
+                    dout,
+                    inp,
+                    &w,
+                    &s,
+                    p,
+                    &mut dws,
+                    None,
+                );
+                let mut dinp_a = vec![f32::NAN; ilen];
+                backward(
+                    Accum::Set,
+                    None,
+                    Some(&mut dinp_a),
+                    None,
+                    dout,
+                    inp,
+                    &w,
+                    &s,
+                    p,
+                    &mut dws,
+                    None,
+                );
+                assert_eq!(both, got, "{s:?}: dw with and without dinp");
+                assert_eq!(dinp_b, dinp_a, "{s:?}: dinp with and without dw");
+            }
+        }
     }
 }
