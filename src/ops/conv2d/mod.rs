@@ -157,9 +157,9 @@ pub struct ConvWorkspace<T> {
     act: Vec<T>,
     /// a [`ConvGradOut::Bn`] gradient written out, for the im2col path
     grad: Vec<T>,
-    /// the GEMMs' precision; in [`Precision::Bf16`] the 3x3 forward and
-    /// input gradient take the direct bf16 kernels (`direct`'s docs), every
-    /// other pass im2col + [`crate::gemm_bf16`]
+    /// the GEMMs' precision; in [`Precision::Bf16`] the 3x3 / stride-1
+    /// passes take the direct bf16 kernels (`direct`'s docs), every other
+    /// pass im2col + [`crate::gemm_bf16`]
     precision: Precision,
 }
 
@@ -193,9 +193,9 @@ impl<T> Default for ConvWorkspace<T> {
 /// Whether a [`ConvInput::BnRelu`] input costs no pass of its own for `s`:
 /// both passes that read the input (forward, weight gradient) take the
 /// direct path, which normalises while it pads. Otherwise the input is
-/// written out in each of them. Decided for f32: in bf16 the weight
-/// gradient takes im2col and writes the input out once, the same one pass
-/// an unfused BN-ReLU would take, so the choice stands for both precisions.
+/// written out in each of them. The same answer in both precisions: the
+/// bf16 direct kernels cover exactly the f32 ones' shapes (and bf16 runs
+/// only where they can: `Precision::check_supported`).
 pub fn conv2d_fuses_input_act<T: 'static>(s: &Conv2dShape) -> bool {
     let p = Precision::F32;
     direct::use_for_forward::<T>(s, p) && direct::use_for_weight::<T>(s, p)
@@ -203,8 +203,8 @@ pub fn conv2d_fuses_input_act<T: 'static>(s: &Conv2dShape) -> bool {
 
 /// Whether a [`ConvGradOut::Bn`] gradient costs no pass of its own for `s`:
 /// both passes that read the output gradient (input and weight gradient)
-/// take the direct path, which computes it while it pads. Decided for f32
-/// (see [`conv2d_fuses_input_act`] for bf16).
+/// take the direct path, which computes it while it pads. The same answer
+/// in both precisions (see [`conv2d_fuses_input_act`]).
 pub fn conv2d_fuses_grad_out<T: 'static>(s: &Conv2dShape) -> bool {
     let p = Precision::F32;
     direct::use_for_input_grad::<T>(s, p) && direct::use_for_weight::<T>(s, p)

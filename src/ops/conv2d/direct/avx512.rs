@@ -371,7 +371,7 @@ pub(super) unsafe fn weight_grad_planes_bf16(
                 let mut tap = [pe.as_ptr(); 3];
                 for (kx, t) in tap.iter_mut().enumerate() {
                     let b = g.lead - 1 + ky * w + kx;
-                    *t = if b % 2 == 0 {
+                    *t = if b.is_multiple_of(2) {
                         pe.as_ptr().add(b / 2)
                     } else {
                         po.as_ptr().add((b - 1) / 2)

@@ -63,7 +63,8 @@
 //! ## bf16 ([`Precision::Bf16`]): the same sums over channel pairs
 //!
 //! With AVX512-BF16, the forward and the input gradient have bf16 kernels
-//! (used when the workspace's precision is bf16). `vdpbf16ps` multiplies
+//! (used when the workspace's precision is bf16), and so does the weight
+//! gradient (pairs along positions, below). `vdpbf16ps` multiplies
 //! 16 lanes of *pairs* of bf16 values and adds both products to 16 f32
 //! lanes: `acc[l] += a[l].lo * b[l].lo + a[l].hi * b[l].hi`. The forward
 //! sum regrouped by input-channel pairs `(2q, 2q + 1)` is
@@ -102,15 +103,32 @@
 //! (bf16(w[2p, c, 8-k]), bf16(w[2p+1, c, 8-k]))` ([`pack_backward_bf16`]):
 //! the same kernel ([`conv_planes_bf16`]).
 //!
-//! **Weight gradient:** not in bf16. Its reduction runs over positions, so
-//! pairs would be adjacent positions, and the kx edge mask would then have
-//! to be applied per position inside a pair (a masked copy of the input
-//! rows, or a width-padded layout); not done: in bf16 the weight gradient
-//! stays im2col + [`crate::gemm_bf16`] ([`use_for_weight`] is false), and
-//! with a fused input (`ConvInput::BnRelu`, `ConvGradOut::Bn`) it writes
-//! that input out once, the one pass the unfused plan would spend on it,
-//! so the plan's fusion choices (`conv2d_fuses_*`, decided for f32) stay
-//! as good in bf16.
+//! **Weight gradient:** its sum runs over positions, so the pairs are two
+//! *adjacent positions* `j = 2m, 2m + 1` (dout and the shifted input rows
+//! are both contiguous runs):
+//!
+//! ```text
+//! dw[o, c, k] += sum_m DQ_kx[o, m] . PQ_k[c, m]
+//! DQ_kx[o, m] = (bf16(D[o, first + 2m]) e_kx(2m), bf16(D[o, first + 2m + 1]) e_kx(2m + 1))
+//! PQ_k[c, m]  = (bf16(P[c, b + 2m]), bf16(P[c, b + 2m + 1])),   b = lead - 1 + off(k)
+//! ```
+//!
+//! The two positions of a pair may lie on different rows, so the kx edge
+//! mask is now per position, i.e. per bf16 *half* of a pair: dout is
+//! stored once as pairs (`DQ` without masks, zero past `hw`) and the kernel
+//! zeroes the masked halves with a 32-bit mask over 16-bit lanes
+//! (`vmovdqu16` zero-masking, [`pair_masks`]) before the `vdpbf16ps`. The
+//! tap's start `b` is even or odd with `kx`, so each padded input plane is
+//! paired twice, from even entries (`pe[t] = (P[2t], P[2t+1])`) and from
+//! odd ones (`po[t] = (P[2t+1], P[2t+2])`); tap `k` reads `pe` from `b / 2`
+//! or `po` from `(b - 1) / 2`. The register tile is the f32 one (8 output
+//! channels x the 3 taps of a kernel row), each `vdpbf16ps` covering 32
+//! positions, and the lanes are added up as in f32 ([`reduce_lanes`]). The
+//! padded f32 planes are made first by the f32 code (so every input and
+//! output-gradient kind fuses as in f32), then paired ([`run_pairs`]).
+//! Every 3x3 / stride-1 / pad-1 pass therefore takes the same path in both
+//! precisions (`use_for_*(s, F32) == use_for_*(s, Bf16)` where bf16 can
+//! run), and the plan's fusion choices (`conv2d_fuses_*`) hold for both.
 //!
 //! **Error bound (tested).** A product of two bf16 values is exact in f32,
 //! so on the same operands rounded to bf16 (`â`, `ŵ`) this kernel and the
@@ -122,6 +140,7 @@
 //! |out_bf16 - out_f32(â, ŵ)| <= 2.01 (K + 1) 2^-24 (Σ|â||ŵ| + |r|) + K 2^-125
 //! ```
 //!
+//! and for the weight gradient `K = N h w` (the positions of the batch),
 //! the bound of [`crate::gemm_bf16`] (whose doc derives it; `vdpbf16ps`
 //! flushes denormals, the `K 2^-125` term). Against f32 on the unrounded
 //! values each product also carries the two roundings, `(2^-7 + 2^-16)
@@ -377,9 +396,9 @@ impl Zeroed {
 }
 
 /// Plane `c` of image `i` of `inp` (cin planes of hw) into `d` (hw): a
-/// copy, or for a [`ConvInput::BnRelu`] input `max(0, (x - mean[c]) * k[c]
-/// + beta[c])` of `x`'s plane (the BN-ReLU output, as the convolution
-/// reads it).
+/// copy, or for a [`ConvInput::BnRelu`] input `max(0, (x - mean[c]) *
+/// k[c] + beta[c])` of `x`'s plane (the BN-ReLU output, as the
+/// convolution reads it).
 fn fill_input(d: &mut [f32], inp: &ConvInput<f32>, i: usize, cin: usize, g: &Grid, c: usize) {
     let at = (i * cin + c) * g.hw;
     match *inp {
@@ -836,7 +855,8 @@ pub(super) fn weight_grad_planes_bf16(
     );
     assert!(pe.len() >= imgs * n_in * ph && po.len() >= imgs * n_in * ph);
     // the last tap's start (b = lead + 2w + 1), whole vectors past it
-    assert!(g.lead >= 1 && (g.lead + 2 * g.w + 1) / 2 + dl <= ph);
+    // (floor((lead + 2w + 1) / 2) = ceil((lead + 2w) / 2))
+    assert!(g.lead >= 1 && (g.lead + 2 * g.w).div_ceil(2) + dl <= ph);
     #[cfg(target_arch = "x86_64")]
     {
         assert!(

@@ -1083,3 +1083,38 @@ fn bf16_weight_grad_matches_f32_on_rounded_operands() {
         }
     }
 }
+
+/// The plan's fusion choices (`conv2d_fuses_*`, asked without a precision)
+/// hold in bf16 too: every pass takes the direct path in bf16 exactly when
+/// it does in f32.
+#[test]
+fn bf16_takes_the_direct_path_where_f32_does() {
+    if !bf16_enabled() {
+        println!(
+            "SKIPPED: no AVX512-BF16 on this CPU (or RESGRAD_CONV=im2col): bf16 direct path unused"
+        );
+        return;
+    }
+    let (f, b) = (Precision::F32, Precision::Bf16);
+    let stride2 = Conv2dShape {
+        stride: 2,
+        ..shape(2, 16, 32, 32, 32)
+    };
+    for s in [
+        shape(128, 3, 32, 32, 16),
+        shape(128, 16, 32, 32, 16),
+        shape(128, 32, 16, 16, 32),
+        shape(128, 64, 8, 8, 64),
+        shape(128, 64, 4, 4, 64),
+        shape(2, 5, 7, 9, 13),
+        stride2,
+    ] {
+        assert_eq!(use_for_forward::<f32>(&s, f), use_for_forward::<f32>(&s, b));
+        assert_eq!(
+            use_for_input_grad::<f32>(&s, f),
+            use_for_input_grad::<f32>(&s, b)
+        );
+        assert_eq!(use_for_weight::<f32>(&s, f), use_for_weight::<f32>(&s, b));
+        assert!(!use_for_forward::<f64>(&s, b) && !use_for_weight::<f64>(&s, b));
+    }
+}
