@@ -157,8 +157,9 @@ pub struct ConvWorkspace<T> {
     act: Vec<T>,
     /// a [`ConvGradOut::Bn`] gradient written out, for the im2col path
     grad: Vec<T>,
-    /// the GEMMs' precision; [`Precision::Bf16`] routes every pass to
-    /// im2col + [`crate::gemm_bf16`] (the direct kernels are f32 only)
+    /// the GEMMs' precision; in [`Precision::Bf16`] the 3x3 / stride-1
+    /// passes take the direct bf16 kernels (`direct`'s docs), every other
+    /// pass im2col + [`crate::gemm_bf16`]
     precision: Precision,
 }
 
@@ -192,16 +193,21 @@ impl<T> Default for ConvWorkspace<T> {
 /// Whether a [`ConvInput::BnRelu`] input costs no pass of its own for `s`:
 /// both passes that read the input (forward, weight gradient) take the
 /// direct path, which normalises while it pads. Otherwise the input is
-/// written out in each of them.
+/// written out in each of them. The same answer in both precisions: the
+/// bf16 direct kernels cover exactly the f32 ones' shapes (and bf16 runs
+/// only where they can: `Precision::check_supported`).
 pub fn conv2d_fuses_input_act<T: 'static>(s: &Conv2dShape) -> bool {
-    direct::use_for_forward::<T>(s) && direct::use_for_weight::<T>(s)
+    let p = Precision::F32;
+    direct::use_for_forward::<T>(s, p) && direct::use_for_weight::<T>(s, p)
 }
 
 /// Whether a [`ConvGradOut::Bn`] gradient costs no pass of its own for `s`:
 /// both passes that read the output gradient (input and weight gradient)
-/// take the direct path, which computes it while it pads.
+/// take the direct path, which computes it while it pads. The same answer
+/// in both precisions (see [`conv2d_fuses_input_act`]).
 pub fn conv2d_fuses_grad_out<T: 'static>(s: &Conv2dShape) -> bool {
-    direct::use_for_input_grad::<T>(s) && direct::use_for_weight::<T>(s)
+    let p = Precision::F32;
+    direct::use_for_input_grad::<T>(s, p) && direct::use_for_weight::<T>(s, p)
 }
 
 /// `out = conv(inp, weight)`; out (N, cout, oh, ow) is overwritten.
@@ -262,7 +268,7 @@ pub fn conv2d_forward_from<T: Scalar>(
     if let Some(p) = &planes {
         check_len(OP, "plane sums", p, &[s.n, s.cout])?;
     }
-    if direct::use_for_forward::<T>(s) && !ws.bf16() {
+    if direct::use_for_forward::<T>(s, ws.precision) {
         let r32 = res.map(|r| direct::as_f32(r));
         if let (Some(out), Some(inp), Some(weight), None | Some(Some(_))) = (
             direct::as_f32_mut(out),
@@ -270,7 +276,8 @@ pub fn conv2d_forward_from<T: Scalar>(
             direct::as_f32(weight),
             r32,
         ) {
-            direct::forward(out, r32.flatten(), inp, weight, s, &mut ws.direct, planes);
+            let (p, dws) = (ws.precision, &mut ws.direct);
+            direct::forward(out, r32.flatten(), inp, weight, s, p, dws, planes);
             return Ok(());
         }
     }
@@ -495,8 +502,8 @@ fn backward_checked<T: Scalar>(
     ws: &mut ConvWorkspace<T>,
     planes: Option<&mut [(f64, f64)]>,
 ) {
-    let data = direct::use_for_input_grad::<T>(s) && !ws.bf16();
-    let wgt = direct::use_for_weight::<T>(s) && !ws.bf16();
+    let data = direct::use_for_input_grad::<T>(s, ws.precision);
+    let wgt = direct::use_for_weight::<T>(s, ws.precision);
     let bf16 = ws.bf16();
     let (dinp_direct, dinp_rest) = if data { (dinp, None) } else { (None, dinp) };
     let (dw_direct, dw_rest) = if wgt {
@@ -572,6 +579,7 @@ fn direct_backward<T: Scalar>(
         inp.as_f32().expect(f32s),
         direct::as_f32(weight).expect(f32s),
         s,
+        ws.precision,
         &mut ws.direct,
         planes,
     );

@@ -4,6 +4,13 @@
 use super::{Grid, Stats, Store, TILE_O, TILE_V};
 use std::arch::x86_64::*;
 
+/// A `__m512i` of `u32` bf16 pairs as the `__m512bh` `vdpbf16ps` takes.
+macro_rules! bh {
+    ($x:expr) => {
+        std::mem::transmute::<__m512i, __m512bh>($x)
+    };
+}
+
 /// Mask of the first `n` (<= 16) lanes.
 #[inline(always)]
 fn lanes(n: usize) -> __mmask16 {
@@ -140,27 +147,290 @@ unsafe fn conv_tile<const V: usize, const ADD: bool, const STATS: bool>(
                 }
             }
         }
-        for (c, acc) in acc.iter().enumerate() {
-            let at = (o0 + c) * hw + j0;
-            let d = dst.add(at);
-            for v in 0..V {
-                let dv = d.add(16 * v);
-                let mut r = acc[v];
-                if ADD {
-                    let rv = _mm512_maskz_loadu_ps(ms[v], res.add(at + 16 * v));
-                    r = _mm512_add_ps(rv, r);
+        store_tile::<V, ADD, STATS>(&acc, dst, res, hw, o0, j0, &ms, v0, st);
+    }
+}
+
+/// Stores one tile of sums `acc` (output channels `o0 .. o0 + 8`, vectors
+/// `v0 .. v0 + V` of the plane, `j0 = 16 v0`): `dst = (res +) acc`, masked
+/// to positions `< hw` by `ms`, and with `STATS` the BN-ReLU reduction's
+/// lanes. The f32 and the bf16 kernels share it (bounds: see [`conv_tile`]).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn store_tile<const V: usize, const ADD: bool, const STATS: bool>(
+    acc: &[[__m512; V]; TILE_O],
+    dst: *mut f32,
+    res: *const f32,
+    hw: usize,
+    o0: usize,
+    j0: usize,
+    ms: &[__mmask16; V],
+    v0: usize,
+    st: Option<StatPtrs>,
+) {
+    for (c, acc) in acc.iter().enumerate() {
+        let at = (o0 + c) * hw + j0;
+        let d = dst.add(at);
+        for v in 0..V {
+            let dv = d.add(16 * v);
+            let mut r = acc[v];
+            if ADD {
+                let rv = _mm512_maskz_loadu_ps(ms[v], res.add(at + 16 * v));
+                r = _mm512_add_ps(rv, r);
+            }
+            _mm512_mask_storeu_ps(dv, ms[v], r);
+            if let (true, Some(st)) = (STATS, st) {
+                // only vectors of whole 32-position chunks: the rest
+                // of the plane is summed by the caller, in f64
+                let vv = v0 + v;
+                if vv < st.lane_vecs {
+                    stat_lanes(&st, o0 + c, at + 16 * v, vv % 2, r);
                 }
-                _mm512_mask_storeu_ps(dv, ms[v], r);
-                if let (true, Some(st)) = (STATS, st) {
-                    // only vectors of whole 32-position chunks: the rest
-                    // of the plane is summed by the caller, in f64
-                    let vv = v0 + v;
-                    if vv < st.lane_vecs {
-                        stat_lanes(&st, o0 + c, at + 16 * v, vv % 2, r);
+            }
+        }
+    }
+}
+
+/// See [`super::conv_planes_bf16`]: [`conv_planes`] over channel pairs,
+/// the same tiles and the same stores.
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn conv_planes_bf16(
+    dst: &mut [f32],
+    src: &[u32],
+    wk: &[u32],
+    n_pairs: usize,
+    n_out: usize,
+    g: &Grid,
+    edges: &[(u16, u16)],
+    store: Store,
+    stats: Option<&mut Stats>,
+) {
+    let (add, res) = match store {
+        Store::Set => (false, dst.as_ptr()),
+        Store::Add => (true, dst.as_ptr()),
+        Store::Plus(r) => (true, r.as_ptr()),
+    };
+    let mut v0 = 0;
+    while v0 < g.nv {
+        let left = g.nv - v0;
+        let v = if left == 4 { 2 } else { left.min(TILE_V) };
+        let (d, s, w, n) = (dst.as_mut_ptr(), src.as_ptr(), wk.as_ptr(), n_pairs);
+        let st = stats.as_deref().map(Stats::ptrs);
+        match (v, add, st) {
+            (3, false, None) => {
+                bf16_tile::<3, false, false>(d, res, s, w, n, n_out, g, edges, v0, st)
+            }
+            (3, true, None) => {
+                bf16_tile::<3, true, false>(d, res, s, w, n, n_out, g, edges, v0, st)
+            }
+            (2, false, None) => {
+                bf16_tile::<2, false, false>(d, res, s, w, n, n_out, g, edges, v0, st)
+            }
+            (2, true, None) => {
+                bf16_tile::<2, true, false>(d, res, s, w, n, n_out, g, edges, v0, st)
+            }
+            (_, false, None) => {
+                bf16_tile::<1, false, false>(d, res, s, w, n, n_out, g, edges, v0, st)
+            }
+            (_, true, None) => {
+                bf16_tile::<1, true, false>(d, res, s, w, n, n_out, g, edges, v0, st)
+            }
+            (3, _, Some(_)) => {
+                bf16_tile::<3, false, true>(d, res, s, w, n, n_out, g, edges, v0, st)
+            }
+            (2, _, Some(_)) => {
+                bf16_tile::<2, false, true>(d, res, s, w, n, n_out, g, edges, v0, st)
+            }
+            (_, _, Some(_)) => {
+                bf16_tile::<1, false, true>(d, res, s, w, n, n_out, g, edges, v0, st)
+            }
+        }
+        v0 += v;
+    }
+}
+
+/// [`conv_tile`] over channel pairs: per pair `q` and tap `k`, one load of
+/// 16 positions' `u32` pairs at the tap's offset, and per output channel
+/// one `vdpbf16ps` with the broadcast weight pair `wk[q, k, o]` (both
+/// channels' products added to the f32 lane), masked by the tap's edge
+/// mask exactly as the f32 FMA is (a masked lane keeps its sum). Bounds:
+/// [`conv_tile`]'s, with `n_pairs` planes of `ps` `u32` in `src` and
+/// `n_pairs * 9 * n_out` weight pairs.
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn bf16_tile<const V: usize, const ADD: bool, const STATS: bool>(
+    dst: *mut f32,
+    res: *const f32,
+    src: *const u32,
+    wk: *const u32,
+    n_pairs: usize,
+    n_out: usize,
+    g: &Grid,
+    edges: &[(u16, u16)],
+    v0: usize,
+    st: Option<StatPtrs>,
+) {
+    let (ps, hw, w) = (g.ps, g.hw, g.w);
+    let j0 = 16 * v0;
+    let mut ml = [0 as __mmask16; V];
+    let mut mr = [0 as __mmask16; V];
+    let mut ms = [0 as __mmask16; V];
+    for v in 0..V {
+        (ml[v], mr[v]) = edges[v0 + v];
+        ms[v] = lanes(hw - (j0 + 16 * v));
+    }
+    let s0 = src.add(g.lead - 1 + j0);
+    for o0 in (0..n_out).step_by(TILE_O) {
+        let mut acc = [[_mm512_setzero_ps(); V]; TILE_O];
+        for q in 0..n_pairs {
+            let s = s0.add(q * ps);
+            let wq = wk.add(q * 9 * n_out + o0);
+            for ky in 0..3 {
+                let sr = s.add(ky * w);
+                for kx in 0..3 {
+                    let mut a = [bh!(_mm512_setzero_si512()); V];
+                    for (v, a) in a.iter_mut().enumerate() {
+                        *a = bh!(_mm512_loadu_si512(sr.add(kx + 16 * v) as *const __m512i));
+                    }
+                    let wkk = wq.add((ky * 3 + kx) * n_out);
+                    for (c, acc) in acc.iter_mut().enumerate() {
+                        let b = bh!(_mm512_set1_epi32(*wkk.add(c) as i32));
+                        for v in 0..V {
+                            acc[v] = match kx {
+                                0 => _mm512_mask_dpbf16_ps(acc[v], ml[v], a[v], b),
+                                2 => _mm512_mask_dpbf16_ps(acc[v], mr[v], a[v], b),
+                                _ => _mm512_dpbf16_ps(acc[v], a[v], b),
+                            };
+                        }
                     }
                 }
             }
         }
+        store_tile::<V, ADD, STATS>(&acc, dst, res, hw, o0, j0, &ms, v0, st);
+    }
+}
+
+/// `dst[j] = lo[j]` rounded to bf16 in the low half, `hi[j]` in the high
+/// half (`vcvtne2ps2bf16`: round to nearest even, denormals to zero), for
+/// `j < dst.len()`; `lo` and `hi` at least as long.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+pub(super) unsafe fn pair_bf16(dst: &mut [u32], lo: &[f32], hi: &[f32]) {
+    let n = dst.len();
+    assert!(lo.len() >= n && hi.len() >= n);
+    // halves of cvtne2ps: lanes 0..16 = lo, 16..32 = hi; interleave them
+    let mut idx = [0i16; 32];
+    for l in 0..16 {
+        idx[2 * l] = l as i16;
+        idx[2 * l + 1] = 16 + l as i16;
+    }
+    let idx = _mm512_loadu_si512(idx.as_ptr() as *const __m512i);
+    let (l, h, d) = (lo.as_ptr(), hi.as_ptr(), dst.as_mut_ptr());
+    let mut i = 0;
+    while i < n {
+        let mask = lanes(n - i);
+        let a = _mm512_maskz_loadu_ps(mask, l.add(i));
+        let b = _mm512_maskz_loadu_ps(mask, h.add(i));
+        let p = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(b, a));
+        let p = _mm512_permutexvar_epi16(idx, p);
+        _mm512_mask_storeu_epi32(d.add(i) as *mut i32, mask, p);
+        i += 16;
+    }
+}
+
+/// See [`super::weight_grad_planes_bf16`]: [`weight_grad_planes`] over
+/// pairs of adjacent positions. Bounds: `d` holds `imgs * n_out` runs of
+/// `dl = 16 nv2` pairs (`nv2 = masks.len()`), `pe` / `po` `imgs * n_in`
+/// runs of `ph` pairs with `(lead + 2w + 1) / 2 + 16 nv2 <= ph` (the
+/// caller asserts it), so every load of tap `(ky, kx)` from pair `b / 2`
+/// (`b = lead - 1 + ky w + kx`) on stays in its run.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn weight_grad_planes_bf16(
+    dwv: &mut [f32],
+    first: bool,
+    d: &[u32],
+    pe: &[u32],
+    po: &[u32],
+    n_in: usize,
+    n_out: usize,
+    imgs: usize,
+    g: &Grid,
+    ph: usize,
+    masks: &[(u32, u32)],
+) {
+    let w = g.w;
+    let dl = 16 * masks.len();
+    let lanes = dwv.as_mut_ptr();
+    for o0 in (0..n_out).step_by(TILE_O) {
+        for i in 0..n_in {
+            for ky in 0..3 {
+                // tap kx reads P from b = lead - 1 + ky w + kx on: pairs
+                // (P[b + 2m], P[b + 2m + 1]) are pe[b / 2 + m] for an even
+                // b, po[(b - 1) / 2 + m] for an odd one
+                let mut tap = [pe.as_ptr(); 3];
+                for (kx, t) in tap.iter_mut().enumerate() {
+                    let b = g.lead - 1 + ky * w + kx;
+                    *t = if b.is_multiple_of(2) {
+                        pe.as_ptr().add(b / 2)
+                    } else {
+                        po.as_ptr().add((b - 1) / 2)
+                    };
+                }
+                let mut acc = [[_mm512_setzero_ps(); 3]; TILE_O];
+                for n in 0..imgs {
+                    let at = (n * n_in + i) * ph;
+                    let (t0, t1, t2) = (tap[0].add(at), tap[1].add(at), tap[2].add(at));
+                    let drow = d.as_ptr().add((n * n_out + o0) * dl);
+                    for (v, &(ml, mr)) in masks.iter().enumerate() {
+                        let j = 16 * v;
+                        let p0 = bh!(_mm512_loadu_si512(t0.add(j) as *const __m512i));
+                        let p1 = bh!(_mm512_loadu_si512(t1.add(j) as *const __m512i));
+                        let p2 = bh!(_mm512_loadu_si512(t2.add(j) as *const __m512i));
+                        for (c, acc) in acc.iter_mut().enumerate() {
+                            let dv = _mm512_loadu_si512(drow.add(c * dl + j) as *const __m512i);
+                            // the edge masks per position: per 16-bit half
+                            let d0 = bh!(_mm512_maskz_mov_epi16(ml, dv));
+                            let d2 = bh!(_mm512_maskz_mov_epi16(mr, dv));
+                            acc[0] = _mm512_dpbf16_ps(acc[0], d0, p0);
+                            acc[1] = _mm512_dpbf16_ps(acc[1], bh!(dv), p1);
+                            acc[2] = _mm512_dpbf16_ps(acc[2], d2, p2);
+                        }
+                    }
+                }
+                for (c, acc) in acc.iter().enumerate() {
+                    let at = ((o0 + c) * n_in + i) * 9 + ky * 3;
+                    for (kx, &v) in acc.iter().enumerate() {
+                        let l = lanes.add(16 * (at + kx));
+                        let v = if first {
+                            v
+                        } else {
+                            _mm512_add_ps(_mm512_loadu_ps(l), v)
+                        };
+                        _mm512_storeu_ps(l, v);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dst[t] = (src[2t], src[2t + 1])` rounded to bf16 (low, high half),
+/// `src[i]` read as 0 for `i >= n` (`n <= src.len()`), for every `t <
+/// dst.len()` (a multiple of 16): a run of values as its own pairs of
+/// adjacent values, one `vcvtne2ps2bf16` per 32.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+pub(super) unsafe fn run_pairs_bf16(dst: &mut [u32], src: &[f32], n: usize) {
+    assert!(n <= src.len() && dst.len().is_multiple_of(16));
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    for t in (0..dst.len()).step_by(16) {
+        let i = 2 * t;
+        let m0 = lanes(n.saturating_sub(i));
+        let m1 = lanes(n.saturating_sub(i + 16));
+        let lo = _mm512_maskz_loadu_ps(m0, s.add(i.min(n)));
+        let hi = _mm512_maskz_loadu_ps(m1, s.add((i + 16).min(n)));
+        let p = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+        _mm512_storeu_si512(d.add(t) as *mut __m512i, p);
     }
 }
 

@@ -59,6 +59,92 @@
 //! + off(8) + 1 <= ps`, with `nv = ceil(h*w / 16)`); `lead >= 1` is chosen
 //! so that the image rows start at `lead + w`, a multiple of 16, and the
 //! weight gradient's `D` loads are aligned to 64-byte lines.
+//!
+//! ## bf16 ([`Precision::Bf16`]): the same sums over channel pairs
+//!
+//! With AVX512-BF16, the forward and the input gradient have bf16 kernels
+//! (used when the workspace's precision is bf16), and so does the weight
+//! gradient (pairs along positions, below). `vdpbf16ps` multiplies
+//! 16 lanes of *pairs* of bf16 values and adds both products to 16 f32
+//! lanes: `acc[l] += a[l].lo * b[l].lo + a[l].hi * b[l].hi`. The forward
+//! sum regrouped by input-channel pairs `(2q, 2q + 1)` is
+//!
+//! ```text
+//! out[o, j] = sum_{q, k} ( w[o, 2q, k] * P[2q, s] + w[o, 2q+1, k] * P[2q+1, s] ) * e_kx(j)
+//!             s = lead - 1 + j + off(k)
+//! ```
+//!
+//! so the padded input is written as *paired planes* ([`pad_pairs`]): one
+//! `u32` per position, `PP[q, s] = (bf16(P[2q, s]), bf16(P[2q+1, s]))`
+//! (low, high half), the same [`Grid`] (`ps` entries per pair plane), zeros
+//! around the image, and an odd `cin` padded with a zero channel (whose
+//! weights are zero too). The weights are packed once per call as pairs
+//! `WP[q, k, o] = (bf16(w[o, 2q, k]), bf16(w[o, 2q+1, k]))`
+//! ([`pack_forward_bf16`]). Per pair `q` and tap `k` the kernel loads 16
+//! positions' pairs at the tap's shifted offset (one 64-byte load, as the
+//! f32 kernel loads 16 floats) and, per output channel of its 8 x 48 tile,
+//! issues one `vdpbf16ps` with the broadcast `WP[q, k, o]`, under the same
+//! kx edge mask (a masked lane keeps its sum; both channels of a pair sit
+//! at the same position, so the mask is the f32 one): 2x the multiply-adds
+//! per instruction and half the loads. The sums are f32 and go through the
+//! f32 kernel's store code (`Store::{Set, Add, Plus}` and the BN-ReLU
+//! reduction lanes), and the forward's output plane sums are taken as in
+//! f32. The rounding (round to nearest even, denormals to zero, as
+//! [`crate::gemm_bf16::to_bf16`] and `vcvtne2ps2bf16`) happens while
+//! padding: every input kind is first made as f32 planes exactly as the f32
+//! path makes them (a copy, or BN-ReLU normalised, or the BN's input
+//! gradient: [`fill_input`], [`fill_grad`]), then two planes are rounded
+//! and interleaved into one paired plane (`vcvtne2ps2bf16` + `vpermw`). No
+//! bf16 copy outlives the call; activations stay f32 everywhere else.
+//!
+//! **Input gradient:** the f32 derivation above with `D` paired along the
+//! *output* channels, `DP[p, s] = (bf16(D[2p, s]), bf16(D[2p+1, s]))`, and
+//! the flipped, transposed weights paired the same way, `WPB[p, k, c] =
+//! (bf16(w[2p, c, 8-k]), bf16(w[2p+1, c, 8-k]))` ([`pack_backward_bf16`]):
+//! the same kernel ([`conv_planes_bf16`]).
+//!
+//! **Weight gradient:** its sum runs over positions, so the pairs are two
+//! *adjacent positions* `j = 2m, 2m + 1` (dout and the shifted input rows
+//! are both contiguous runs):
+//!
+//! ```text
+//! dw[o, c, k] += sum_m DQ_kx[o, m] . PQ_k[c, m]
+//! DQ_kx[o, m] = (bf16(D[o, first + 2m]) e_kx(2m), bf16(D[o, first + 2m + 1]) e_kx(2m + 1))
+//! PQ_k[c, m]  = (bf16(P[c, b + 2m]), bf16(P[c, b + 2m + 1])),   b = lead - 1 + off(k)
+//! ```
+//!
+//! The two positions of a pair may lie on different rows, so the kx edge
+//! mask is now per position, i.e. per bf16 *half* of a pair: dout is
+//! stored once as pairs (`DQ` without masks, zero past `hw`) and the kernel
+//! zeroes the masked halves with a 32-bit mask over 16-bit lanes
+//! (`vmovdqu16` zero-masking, [`pair_masks`]) before the `vdpbf16ps`. The
+//! tap's start `b` is even or odd with `kx`, so each padded input plane is
+//! paired twice, from even entries (`pe[t] = (P[2t], P[2t+1])`) and from
+//! odd ones (`po[t] = (P[2t+1], P[2t+2])`); tap `k` reads `pe` from `b / 2`
+//! or `po` from `(b - 1) / 2`. The register tile is the f32 one (8 output
+//! channels x the 3 taps of a kernel row), each `vdpbf16ps` covering 32
+//! positions, and the lanes are added up as in f32 ([`reduce_lanes`]). The
+//! padded f32 planes are made first by the f32 code (so every input and
+//! output-gradient kind fuses as in f32), then paired ([`run_pairs`]).
+//! Every 3x3 / stride-1 / pad-1 pass therefore takes the same path in both
+//! precisions (`use_for_*(s, F32) == use_for_*(s, Bf16)` where bf16 can
+//! run), and the plan's fusion choices (`conv2d_fuses_*`) hold for both.
+//!
+//! **Error bound (tested).** A product of two bf16 values is exact in f32,
+//! so on the same operands rounded to bf16 (`â`, `ŵ`) this kernel and the
+//! f32 path sum the same `K` exact products (`K = 9 cin` forward, `9 cout`
+//! input gradient; the zero channel adds exact zeros) in different orders:
+//! per output, with `r` the added term (residual or `dinp` itself),
+//!
+//! ```text
+//! |out_bf16 - out_f32(â, ŵ)| <= 2.01 (K + 1) 2^-24 (Σ|â||ŵ| + |r|) + K 2^-125
+//! ```
+//!
+//! and for the weight gradient `K = N h w` (the positions of the batch),
+//! the bound of [`crate::gemm_bf16`] (whose doc derives it; `vdpbf16ps`
+//! flushes denormals, the `K 2^-125` term). Against f32 on the unrounded
+//! values each product also carries the two roundings, `(2^-7 + 2^-16)
+//! Σ|a||w|` more.
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
@@ -69,8 +155,10 @@ use std::any::TypeId;
 use std::sync::OnceLock;
 
 use super::{Conv2dShape, ConvGradOut, ConvInput};
+use crate::gemm_bf16::to_bf16;
 use crate::ops::batchnorm::bn_plane_sums;
 use crate::ops::Accum;
+use crate::precision::Precision;
 
 /// Output channels per register tile.
 const TILE_O: usize = 8;
@@ -141,19 +229,33 @@ fn big_enough(s: &Conv2dShape, min: usize) -> bool {
     mode() == Mode::All || s.h * s.w >= min
 }
 
-/// Forward of `s` on the direct path? (Any `cin`: a CIFAR stem's 3.)
-pub(super) fn use_for_forward<T: 'static>(s: &Conv2dShape) -> bool {
-    geometry::<T>(s) && s.cout.is_multiple_of(TILE_O) && big_enough(s, MIN_PLANE_DATA)
+/// Whether the bf16 kernels may run: the direct path enabled and the CPU
+/// has AVX512-BF16 (`vdpbf16ps`, `vcvtne2ps2bf16`).
+fn bf16_enabled() -> bool {
+    static BF16: OnceLock<bool> = OnceLock::new();
+    enabled() && *BF16.get_or_init(crate::gemm_bf16::supported)
 }
 
-/// Input gradient of `s` on the direct path?
-pub(super) fn use_for_input_grad<T: 'static>(s: &Conv2dShape) -> bool {
-    geometry::<T>(s) && s.cin.is_multiple_of(TILE_O) && big_enough(s, MIN_PLANE_DATA)
+/// The kernels' geometry in precision `p` (bf16 also needs AVX512-BF16).
+fn geometry_in<T: 'static>(s: &Conv2dShape, p: Precision) -> bool {
+    geometry::<T>(s) && (p == Precision::F32 || bf16_enabled())
 }
 
-/// Weight gradient of `s` on the direct path?
-pub(super) fn use_for_weight<T: 'static>(s: &Conv2dShape) -> bool {
-    geometry::<T>(s) && s.cout.is_multiple_of(TILE_O) && big_enough(s, MIN_PLANE_WEIGHT)
+/// Forward of `s` in precision `p` on the direct path? (Any `cin`: a CIFAR
+/// stem's 3, in bf16 one channel pair with a zero channel.)
+pub(super) fn use_for_forward<T: 'static>(s: &Conv2dShape, p: Precision) -> bool {
+    geometry_in::<T>(s, p) && s.cout.is_multiple_of(TILE_O) && big_enough(s, MIN_PLANE_DATA)
+}
+
+/// Input gradient of `s` in precision `p` on the direct path? (Any
+/// `cout`: in bf16 the output channels are paired, an odd one with zero.)
+pub(super) fn use_for_input_grad<T: 'static>(s: &Conv2dShape, p: Precision) -> bool {
+    geometry_in::<T>(s, p) && s.cin.is_multiple_of(TILE_O) && big_enough(s, MIN_PLANE_DATA)
+}
+
+/// Weight gradient of `s` in precision `p` on the direct path?
+pub(super) fn use_for_weight<T: 'static>(s: &Conv2dShape, p: Precision) -> bool {
+    geometry_in::<T>(s, p) && s.cout.is_multiple_of(TILE_O) && big_enough(s, MIN_PLANE_WEIGHT)
 }
 
 /// `x` as `&[f32]`; `None` unless `T` is `f32`.
@@ -293,46 +395,36 @@ impl Zeroed {
     }
 }
 
-/// Writes the padded planes of one image: `dst` (c, ps) from `src`
-/// (c, h, w), the image at `first() + y*w + x`, zeros everywhere else.
-pub(super) fn pad_image(dst: &mut [f32], src: &[f32], g: &Grid, zero: bool) {
-    let planes = src.len() / g.hw;
-    assert!(src.len() == planes * g.hw);
-    pad_planes(dst, planes, g, zero, |c, d| {
-        d.copy_from_slice(&src[c * g.hw..][..g.hw])
-    });
-}
-
-/// [`pad_image`] of image `i` of `inp`: for a [`ConvInput::BnRelu`] input
-/// the planes are `max(0, (x - mean[c]) * k[c] + beta[c])` of `x`'s, the
-/// padding zero (the BN-ReLU output padded, as the convolution reads it).
-fn pad_input(dst: &mut [f32], inp: &ConvInput<f32>, i: usize, cin: usize, g: &Grid, zero: bool) {
-    let img = cin * g.hw;
+/// Plane `c` of image `i` of `inp` (cin planes of hw) into `d` (hw): a
+/// copy, or for a [`ConvInput::BnRelu`] input `max(0, (x - mean[c]) *
+/// k[c] + beta[c])` of `x`'s plane (the BN-ReLU output, as the
+/// convolution reads it).
+fn fill_input(d: &mut [f32], inp: &ConvInput<f32>, i: usize, cin: usize, g: &Grid, c: usize) {
+    let at = (i * cin + c) * g.hw;
     match *inp {
-        ConvInput::Plain(x) => pad_image(dst, &x[i * img..][..img], g, zero),
+        ConvInput::Plain(x) => d.copy_from_slice(&x[at..][..g.hw]),
         ConvInput::BnRelu { x, mean, k, beta } => {
-            let src = &x[i * img..][..img];
             assert!(mean.len() == cin && k.len() == cin && beta.len() == cin);
-            pad_planes(dst, cin, g, zero, |c, d| {
-                let s = &src[c * g.hw..][..g.hw];
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: AVX-512F available (the direct path is enabled);
-                // the kernel touches only d and s, both hw long.
-                unsafe {
-                    avx512::bn_relu(d, s, mean[c], k[c], beta[c])
-                }
-            });
+            let s = &x[at..][..g.hw];
+            assert!(d.len() == g.hw);
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: AVX-512F available (the direct path is enabled);
+            // the kernel touches only d and s, both hw long.
+            unsafe {
+                avx512::bn_relu(d, s, mean[c], k[c], beta[c])
+            }
         }
     }
 }
 
-/// [`pad_image`] of image `i` of the output gradient `dout`: for a
-/// [`ConvGradOut::Bn`] gradient the planes are the BN's input gradient
-/// `k * (dy' - a - (x - mean) * b)`, computed here from `dy` and `x`.
-fn pad_grad(dst: &mut [f32], dout: &ConvGradOut<f32>, i: usize, cout: usize, g: &Grid, zero: bool) {
-    let img = cout * g.hw;
+/// Plane `c` of image `i` of the output gradient `dout` (cout planes of
+/// hw) into `d` (hw): a copy, or for a [`ConvGradOut::Bn`] gradient the
+/// BN's input gradient `k * (dy' - a - (x - mean) * b)`, computed here from
+/// `dy` and `x`.
+fn fill_grad(d: &mut [f32], dout: &ConvGradOut<f32>, i: usize, cout: usize, g: &Grid, c: usize) {
+    let at = (i * cout + c) * g.hw;
     match *dout {
-        ConvGradOut::Plain(d) => pad_image(dst, &d[i * img..][..img], g, zero),
+        ConvGradOut::Plain(x) => d.copy_from_slice(&x[at..][..g.hw]),
         ConvGradOut::Bn {
             dy,
             x,
@@ -340,19 +432,107 @@ fn pad_grad(dst: &mut [f32], dout: &ConvGradOut<f32>, i: usize, cout: usize, g: 
             beta,
             coef,
         } => {
-            let (dy, x) = (&dy[i * img..][..img], &x[i * img..][..img]);
             assert!(mean.len() == cout && coef.len() == cout);
             assert!(beta.is_none_or(|b| b.len() == cout));
-            pad_planes(dst, cout, g, zero, |c, d| {
-                let (gy, gx) = (&dy[c * g.hw..][..g.hw], &x[c * g.hw..][..g.hw]);
-                let relu = beta.map(|b| b[c]);
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: AVX-512F available (the direct path is enabled);
-                // the kernel touches only d, gy and gx, hw long each.
-                unsafe {
-                    avx512::bn_dx(d, gy, gx, mean[c], coef[c], relu)
-                }
-            });
+            let (gy, gx) = (&dy[at..][..g.hw], &x[at..][..g.hw]);
+            assert!(d.len() == g.hw);
+            let relu = beta.map(|b| b[c]);
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: AVX-512F available (the direct path is enabled);
+            // the kernel touches only d, gy and gx, hw long each.
+            unsafe {
+                avx512::bn_dx(d, gy, gx, mean[c], coef[c], relu)
+            }
+        }
+    }
+}
+
+/// The padded planes of image `i` of `inp`: `dst` (cin, ps), [`fill_input`]'s
+/// plane `c` at `first() + y*w + x` of plane `c`, zeros everywhere else.
+fn pad_input(dst: &mut [f32], inp: &ConvInput<f32>, i: usize, cin: usize, g: &Grid, zero: bool) {
+    pad_planes(dst, cin, g, zero, |c, d| fill_input(d, inp, i, cin, g, c));
+}
+
+/// The padded planes of image `i` of the output gradient `dout`: `dst`
+/// (cout, ps), [`fill_grad`]'s planes, zeros around them.
+fn pad_grad(dst: &mut [f32], dout: &ConvGradOut<f32>, i: usize, cout: usize, g: &Grid, zero: bool) {
+    pad_planes(dst, cout, g, zero, |c, d| fill_grad(d, dout, i, cout, g, c));
+}
+
+/// Channel pairs of `planes` channels: `ceil(planes / 2)`.
+fn pairs(planes: usize) -> usize {
+    planes.div_ceil(2)
+}
+
+/// The bf16 kernels' padded planes: the first `pairs(planes)` paired planes
+/// of `dst` (pairs, ps), entry `first() + j` of pair `q` holding channel
+/// `2q` at position `j` rounded to bf16 in its low half and channel `2q + 1`
+/// in its high half (0 past the last channel), zeros around each image
+/// (written only when `zero`, see [`Zeroed`]). `fill(c, plane)` writes the
+/// f32 values of channel `c` (hw) into `tmp` (at least 2 hw) first; they
+/// are rounded to nearest even as `vcvtne2ps2bf16` rounds
+/// ([`crate::gemm_bf16::to_bf16`]).
+fn pad_pairs(
+    dst: &mut [u32],
+    tmp: &mut [f32],
+    planes: usize,
+    g: &Grid,
+    zero: bool,
+    mut fill: impl FnMut(usize, &mut [f32]),
+) {
+    assert!(bf16_enabled(), "bf16 padding without AVX512-BF16");
+    assert!(dst.len() >= pairs(planes) * g.ps && tmp.len() >= 2 * g.hw);
+    let (a, b) = (g.first(), g.first() + g.hw);
+    let (lo, hi) = tmp[..2 * g.hw].split_at_mut(g.hw);
+    for (q, d) in dst.chunks_exact_mut(g.ps).take(pairs(planes)).enumerate() {
+        if zero {
+            d[..a].fill(0);
+            d[b..].fill(0);
+        }
+        fill(2 * q, lo);
+        if 2 * q + 1 < planes {
+            fill(2 * q + 1, hi);
+        } else {
+            hi.fill(0.0);
+        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512F/BW and AVX512-BF16 available (bf16_enabled);
+        // lo and hi are hw long, as is d[a..b].
+        unsafe {
+            avx512::pair_bf16(&mut d[a..b], lo, hi)
+        }
+    }
+}
+
+/// Forward weights as bf16 pairs of input channels: `wp[q, k, o]` holds
+/// `w[o, 2q, k]` (low half) and `w[o, 2q + 1, k]` (high half, 0 past
+/// `cin`), rounded to nearest even: one broadcast per output channel, pair
+/// and tap.
+pub(super) fn pack_forward_bf16(wp: &mut Vec<u32>, w: &[f32], cin: usize, cout: usize) {
+    wp.clear();
+    wp.resize(pairs(cin) * 9 * cout, 0);
+    for o in 0..cout {
+        for c in 0..cin {
+            for k in 0..9 {
+                let b = to_bf16(w[(o * cin + c) * 9 + k]) as u32;
+                wp[((c / 2) * 9 + k) * cout + o] |= b << (16 * (c % 2));
+            }
+        }
+    }
+}
+
+/// Input-gradient weights as bf16 pairs of output channels, transposed and
+/// flipped: `wp[p, k, c]` holds `w[2p, c, 8 - k]` (low half) and `w[2p + 1,
+/// c, 8 - k]` (high half, 0 past `cout`).
+pub(super) fn pack_backward_bf16(wp: &mut Vec<u32>, w: &[f32], cin: usize, cout: usize) {
+    wp.clear();
+    wp.resize(pairs(cout) * 9 * cin, 0);
+    for o in 0..cout {
+        for c in 0..cin {
+            for k in 0..9 {
+                let b = to_bf16(w[(o * cin + c) * 9 + 8 - k]) as u32;
+                wp[((o / 2) * 9 + k) * cin + c] |= b << (16 * (o % 2));
+            }
         }
     }
 }
@@ -493,6 +673,60 @@ pub(super) fn conv_planes(
     unreachable!("the direct path is only enabled on x86_64")
 }
 
+/// [`conv_planes`] in bf16: `src` holds `n_pairs` paired planes (see
+/// [`pad_pairs`]), `wk` the weight pairs `(n_pairs, 9, n_out)`
+/// ([`pack_forward_bf16`] / [`pack_backward_bf16`]), and each `vdpbf16ps`
+/// adds the two products of a pair to the f32 sum; the stores are
+/// [`conv_planes`]'s.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn conv_planes_bf16(
+    dst: &mut [f32],
+    src: &[u32],
+    wk: &[u32],
+    n_pairs: usize,
+    n_out: usize,
+    g: &Grid,
+    edges: &[(u16, u16)],
+    store: Store,
+    stats: Option<&mut Stats>,
+) {
+    assert!(n_out.is_multiple_of(TILE_O));
+    if let Some(st) = &stats {
+        assert!(
+            matches!(store, Store::Set),
+            "conv_planes_bf16: stats of a plain store only"
+        );
+        assert!(st.x.len() == n_out * g.hw && st.lanes.len() >= n_out * 64);
+        assert!(st.mean.len() == n_out && st.k.len() == n_out && st.beta.len() == n_out);
+    }
+    assert!(dst.len() >= n_out * g.hw, "conv_planes_bf16: dst too short");
+    if let Store::Plus(r) = store {
+        assert!(
+            r.len() >= n_out * g.hw,
+            "conv_planes_bf16: residual too short"
+        );
+    }
+    assert!(
+        wk.len() >= n_pairs * 9 * n_out,
+        "conv_planes_bf16: weights too short"
+    );
+    assert!(
+        src.len() >= n_pairs * g.ps,
+        "conv_planes_bf16: src too short"
+    );
+    assert!(g.lead >= 1 && g.lead - 1 + 16 * g.nv + g.off[8] <= g.ps);
+    assert!(edges.len() == g.nv && g.nv * 16 >= g.hw);
+    #[cfg(target_arch = "x86_64")]
+    {
+        assert!(bf16_enabled(), "conv_planes_bf16 without AVX512-BF16");
+        // SAFETY: AVX-512F and AVX512-BF16 are available (bf16_enabled
+        // checked them), and the asserts above bound every load and store.
+        unsafe { avx512::conv_planes_bf16(dst, src, wk, n_pairs, n_out, g, edges, store, stats) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("the direct path is only enabled on x86_64")
+}
+
 /// `dwv[o, i, k, l] (+)= sum_{n < imgs} sum_{j < hw, j = l mod 16} d[n, o,
 /// first + j] * p[n, i, lead - 1 + j + off(k)] * e_kx(j)`: the weight
 /// gradient of a group of `imgs` images in 16 lanes per entry (the sum over
@@ -552,6 +786,93 @@ fn reduce_lanes(dw: &mut [f32], dwv: &[f32]) {
     unreachable!("the direct path is only enabled on x86_64")
 }
 
+/// [`edge_masks`] per 32 positions (one vector of 16 position pairs):
+/// `.0` / `.1` of vectors `2v` (low 16 bits) and `2v + 1` (high 16 bits),
+/// one bit per position, i.e. per bf16 half of a pair (past the plane's
+/// last vector: all set; dout is zero there).
+pub(super) fn pair_masks(pm: &mut Vec<(u32, u32)>, edges: &[(u16, u16)]) {
+    pm.clear();
+    pm.extend(edges.chunks(2).map(|e| {
+        let hi = e.get(1).copied().unwrap_or((u16::MAX, u16::MAX));
+        (
+            e[0].0 as u32 | (hi.0 as u32) << 16,
+            e[0].1 as u32 | (hi.1 as u32) << 16,
+        )
+    }));
+}
+
+/// `dst[t] = (bf16(src[2t]), bf16(src[2t + 1]))`, `src[i]` = 0 for `i >= n`,
+/// every `t < dst.len()` (a multiple of 16).
+fn run_pairs(dst: &mut [u32], src: &[f32], n: usize) {
+    assert!(bf16_enabled(), "bf16 pairs without AVX512-BF16");
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX-512F/BW and AVX512-BF16 available; the kernel asserts
+    // n <= src.len() and reads only below n, writes only dst.
+    unsafe {
+        avx512::run_pairs_bf16(dst, src, n)
+    }
+}
+
+/// The weight gradient's lanes in bf16 (see [`weight_grad_planes`], which
+/// this is over pairs of adjacent positions, `j = 2m, 2m + 1`):
+///
+/// ```text
+/// dwv[o, i, k, l] (+)= sum_{n, m = l mod 16} DQ_kx[n, o, m] . PQ_k[n, i, m]
+/// DQ_kx[o, m] = (bf16(D[o, first + 2m] e_kx(2m)), bf16(D[o, first + 2m + 1] e_kx(2m + 1)))
+/// PQ_k[i, m] = (bf16(P[i, b + 2m]), bf16(P[i, b + 2m + 1])),   b = lead - 1 + off(k)
+/// ```
+///
+/// `d` holds the dout pairs `DQ` without masks (imgs, n_out, dl = 16 nv2),
+/// the kernel zeroes the positions the masks `pmasks` (nv2 = ceil(hw / 32)
+/// entries) clear, per bf16 half; `pe` / `po` (imgs, n_in, ph) hold the
+/// padded input's pairs from even / odd entries (`pe[t] = (P[2t],
+/// P[2t + 1])`, `po[t] = (P[2t + 1], P[2t + 2])`), so `PQ_k` is `pe` from
+/// `b / 2` for an even `b`, `po` from `(b - 1) / 2` for an odd one.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn weight_grad_planes_bf16(
+    dwv: &mut [f32],
+    first: bool,
+    d: &[u32],
+    pe: &[u32],
+    po: &[u32],
+    n_in: usize,
+    n_out: usize,
+    imgs: usize,
+    g: &Grid,
+    ph: usize,
+    pmasks: &[(u32, u32)],
+) {
+    let dl = 16 * pmasks.len();
+    assert!(n_out.is_multiple_of(TILE_O));
+    assert!(pmasks.len() == g.hw.div_ceil(32));
+    assert!(
+        dwv.len() >= n_out * n_in * 9 * 16,
+        "weight_grad_planes_bf16: dwv too short"
+    );
+    assert!(
+        d.len() >= imgs * n_out * dl,
+        "weight_grad_planes_bf16: d too short"
+    );
+    assert!(pe.len() >= imgs * n_in * ph && po.len() >= imgs * n_in * ph);
+    // the last tap's start (b = lead + 2w + 1), whole vectors past it
+    // (floor((lead + 2w + 1) / 2) = ceil((lead + 2w) / 2))
+    assert!(g.lead >= 1 && (g.lead + 2 * g.w).div_ceil(2) + dl <= ph);
+    #[cfg(target_arch = "x86_64")]
+    {
+        assert!(
+            bf16_enabled(),
+            "weight_grad_planes_bf16 without AVX512-BF16"
+        );
+        // SAFETY: AVX-512F/BW and AVX512-BF16 available; the asserts above
+        // bound every load (see the kernel) and dwv's stores.
+        unsafe {
+            avx512::weight_grad_planes_bf16(dwv, first, d, pe, po, n_in, n_out, imgs, g, ph, pmasks)
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("the direct path is only enabled on x86_64")
+}
+
 /// One parallel chunk's buffers for the direct path, grown on demand.
 #[derive(Default)]
 pub(super) struct Scratch {
@@ -573,6 +894,21 @@ pub(super) struct Scratch {
     /// which planes of `p` and `d` hold their zeros
     p_zeroed: Zeroed,
     d_zeroed: Zeroed,
+    /// bf16: the paired planes of the input (forward) or of the output
+    /// gradient (input gradient), (pairs, ps) with 16 entries of slack, the
+    /// two f32 planes (2, hw) each pair is made from, and which pairs hold
+    /// their zeros
+    pp: Vec<u32>,
+    tmp: Vec<f32>,
+    pp_zeroed: Zeroed,
+    /// bf16 backward: one image of dout in f32 (cout, hw); for the weight
+    /// gradient the position pairs of a group's dout (group, cout, dl) and
+    /// of its padded inputs from even / odd entries (group, cin, ph), each
+    /// with 16 entries of slack
+    gimg: Vec<f32>,
+    dq: Vec<u32>,
+    pe: Vec<u32>,
+    po: Vec<u32>,
 }
 
 /// The direct path's workspace: repacked weights, edge masks and per-chunk
@@ -581,6 +917,12 @@ pub(super) struct Scratch {
 pub(super) struct Workspace {
     wf: Vec<f32>,
     wb: Vec<f32>,
+    /// the bf16 weight pairs: forward (pairs(cin), 9, cout), input
+    /// gradient (pairs(cout), 9, cin)
+    wpf: Vec<u32>,
+    wpb: Vec<u32>,
+    /// the edge masks per 32 positions, per position ([`pair_masks`])
+    pmasks: Vec<(u32, u32)>,
     edges: Vec<(u16, u16)>,
     chunks: Vec<Scratch>,
 }
@@ -588,58 +930,85 @@ pub(super) struct Workspace {
 /// The first index `i < 16` of `buf` that starts a 64-byte line (16
 /// floats), for buffers with 16 floats of slack: planes whose stride is a
 /// multiple of 16 then all start on a line.
-fn aligned_from(buf: &[f32]) -> usize {
-    let at = buf.as_ptr() as usize / std::mem::size_of::<f32>();
+fn aligned_from<E>(buf: &[E]) -> usize {
+    assert!(std::mem::size_of::<E>() == 4);
+    let at = buf.as_ptr() as usize / 4;
     (16 - at % 16) % 16
 }
 
-fn grow(v: &mut Vec<f32>, len: usize) {
+fn grow<E: Copy + Default>(v: &mut Vec<E>, len: usize) {
     if v.len() < len {
-        v.resize(len, 0.0);
+        v.resize(len, E::default());
     }
 }
 
 /// Forward of a batch: per image, pad, then [`conv_planes`] straight into
 /// the output (`out = res + conv` with a residual `res`); with `planes`
 /// (N, cout), each image's output plane sums, taken while the image is in
-/// cache. Shapes as validated by `mod.rs`; `use_for_forward(s)` must hold.
+/// cache. In [`Precision::Bf16`] the image is padded as bf16 channel pairs
+/// ([`pad_pairs`]) and [`conv_planes_bf16`] computes the sums, stored the
+/// same way. Shapes as validated by `mod.rs`; `use_for_forward(s, p)` must
+/// hold.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn forward(
     out: &mut [f32],
     res: Option<&[f32]>,
     inp: ConvInput<f32>,
     w: &[f32],
     s: &Conv2dShape,
+    p: Precision,
     ws: &mut Workspace,
     planes: Option<&mut [f64]>,
 ) {
     let want_sums = planes.is_some();
+    let bf16 = p == Precision::Bf16;
     let g = Grid::of(s);
     let oimg = s.cout * g.hw;
-    pack_forward(&mut ws.wf, w, s.cin, s.cout);
+    if bf16 {
+        pack_forward_bf16(&mut ws.wpf, w, s.cin, s.cout);
+    } else {
+        pack_forward(&mut ws.wf, w, s.cin, s.cout);
+    }
     edge_masks(&mut ws.edges, &g);
-    let (wf, edges) = (&ws.wf, &ws.edges);
+    let (wf, wpf, edges) = (&ws.wf, &ws.wpf, &ws.edges);
     let used = super::cpu::for_each_chunk(
         &mut ws.chunks,
         s.n,
         out,
         oimg,
         &|imgs, sc: &mut Scratch, out| {
-            grow(&mut sc.p, s.cin * g.ps + 16);
+            if bf16 {
+                grow(&mut sc.pp, pairs(s.cin) * g.ps + 16);
+                grow(&mut sc.tmp, 2 * g.hw);
+            } else {
+                grow(&mut sc.p, s.cin * g.ps + 16);
+            }
             if want_sums {
                 sc.osums.clear();
                 sc.osums.resize(imgs.len() * s.cout, 0.0);
                 sc.first = imgs.start;
             }
-            let pofs = aligned_from(&sc.p);
-            let p = &mut sc.p[pofs..];
             for (t, (i, out_img)) in imgs.zip(out.chunks_exact_mut(oimg)).enumerate() {
-                let zero = sc.p_zeroed.need(p.as_ptr(), &g, 0, s.cin);
-                pad_input(p, &inp, i, s.cin, &g, zero);
                 let store = match res {
                     Some(r) => Store::Plus(&r[i * oimg..][..oimg]),
                     None => Store::Set,
                 };
-                conv_planes(out_img, p, wf, s.cin, s.cout, &g, edges, store, None);
+                if bf16 {
+                    let ofs = aligned_from(&sc.pp);
+                    let pp = &mut sc.pp[ofs..];
+                    let np = pairs(s.cin);
+                    let zero = sc.pp_zeroed.need(pp.as_ptr() as *const f32, &g, 0, np);
+                    pad_pairs(pp, &mut sc.tmp, s.cin, &g, zero, |c, d| {
+                        fill_input(d, &inp, i, s.cin, &g, c)
+                    });
+                    conv_planes_bf16(out_img, pp, wpf, np, s.cout, &g, edges, store, None);
+                } else {
+                    let pofs = aligned_from(&sc.p);
+                    let p = &mut sc.p[pofs..];
+                    let zero = sc.p_zeroed.need(p.as_ptr(), &g, 0, s.cin);
+                    pad_input(p, &inp, i, s.cin, &g, zero);
+                    conv_planes(out_img, p, wf, s.cin, s.cout, &g, edges, store, None);
+                }
                 if want_sums {
                     bn_plane_sums(&mut sc.osums[t * s.cout..][..s.cout], out_img, g.hw);
                 }
@@ -660,6 +1029,10 @@ pub(super) fn forward(
 /// fixed thread count gives bit-identical results). With `planes` (N, cin;
 /// `inp` a BN-ReLU input, `dinp` overwritten): the plane sums of that
 /// BN-ReLU's backward reduction over `dinp`, computed as it is stored.
+///
+/// In [`Precision::Bf16`] only the input gradient (`dweight` must be
+/// `None`): `dout` padded as bf16 pairs of output channels, the flipped
+/// weights as pairs, [`conv_planes_bf16`].
 #[allow(clippy::too_many_arguments)]
 pub(super) fn backward(
     accum: Accum,
@@ -670,21 +1043,29 @@ pub(super) fn backward(
     inp: ConvInput<f32>,
     w: &[f32],
     s: &Conv2dShape,
+    p: Precision,
     ws: &mut Workspace,
     planes: Option<&mut [(f64, f64)]>,
 ) {
+    let bf16 = p == Precision::Bf16;
     let g = Grid::of(s);
+    // bf16 weight gradient: position pairs of dout (runs of dl pairs) and
+    // of the padded input (runs of ph pairs, two parities)
+    let (dl, ph) = (16 * g.hw.div_ceil(32), (g.ps / 2 + 16).next_multiple_of(16));
     let img = s.cin * g.hw;
     let want_dinp = dinp.is_some();
     let want_dw = dweight.is_some();
     if !want_dinp && !want_dw {
         return;
     }
-    if want_dinp {
+    if want_dinp && bf16 {
+        pack_backward_bf16(&mut ws.wpb, w, s.cin, s.cout);
+    } else if want_dinp {
         pack_backward(&mut ws.wb, w, s.cin, s.cout);
     }
     edge_masks(&mut ws.edges, &g);
-    let (wb, edges) = (&ws.wb, &ws.edges);
+    pair_masks(&mut ws.pmasks, &ws.edges);
+    let (wb, wpb, edges, pmasks) = (&ws.wb, &ws.wpb, &ws.edges, &ws.pmasks);
     let nw = s.cout * s.cin * 9;
     let (dst, per_img): (&mut [f32], usize) = match dinp {
         Some(d) => (d, img),
@@ -716,8 +1097,20 @@ pub(super) fn backward(
             // D's image rows are read by the weight gradient (8 of its 11
             // loads per step): start them on a 64-byte line, so no load
             // splits across two lines
-            grow(&mut sc.d, group * dimg_len + 16);
-            let dofs = aligned_from(&sc.d);
+            if bf16 {
+                grow(&mut sc.pp, pairs(s.cout) * g.ps + 16);
+                grow(&mut sc.tmp, 2 * g.hw);
+                grow(&mut sc.gimg, s.cout * g.hw);
+                if want_dw {
+                    grow(&mut sc.dq, group * s.cout * dl + 16);
+                    grow(&mut sc.pe, group * s.cin * ph + 16);
+                    grow(&mut sc.po, group * s.cin * ph + 16);
+                }
+            } else {
+                grow(&mut sc.d, group * dimg_len + 16);
+            }
+            // (bf16: D unused, maybe empty)
+            let dofs = aligned_from(&sc.d).min(sc.d.len());
             let dbuf = &mut sc.d[dofs..];
             if want_dw {
                 grow(&mut sc.p, group * pimg_len + 16);
@@ -736,9 +1129,36 @@ pub(super) fn backward(
             for (t, i) in imgs.clone().enumerate() {
                 // slot of this image in its group
                 let slot = (i - first) % group;
-                let zero = sc.d_zeroed.need(dbuf.as_ptr(), &g, slot * s.cout, s.cout);
-                let dslot = &mut dbuf[slot * dimg_len..][..dimg_len];
-                pad_grad(dslot, &dout, i, s.cout, &g, zero);
+                let ppofs = aligned_from(&sc.pp);
+                let (dqofs, peofs, poofs) = (
+                    aligned_from(&sc.dq).min(sc.dq.len()),
+                    aligned_from(&sc.pe).min(sc.pe.len()),
+                    aligned_from(&sc.po).min(sc.po.len()),
+                );
+                if bf16 {
+                    // dout's image in f32, once, for both layouts
+                    let gimg = &mut sc.gimg[..s.cout * g.hw];
+                    for (c, d) in gimg.chunks_exact_mut(g.hw).enumerate() {
+                        fill_grad(d, &dout, i, s.cout, &g, c);
+                    }
+                    if want_dinp {
+                        let (pp, np) = (&mut sc.pp[ppofs..], pairs(s.cout));
+                        let zero = sc.pp_zeroed.need(pp.as_ptr() as *const f32, &g, 0, np);
+                        pad_pairs(pp, &mut sc.tmp, s.cout, &g, zero, |c, d| {
+                            d.copy_from_slice(&gimg[c * g.hw..][..g.hw])
+                        });
+                    }
+                    if want_dw {
+                        let dq = &mut sc.dq[dqofs + slot * s.cout * dl..][..s.cout * dl];
+                        for (d, src) in dq.chunks_exact_mut(dl).zip(gimg.chunks_exact(g.hw)) {
+                            run_pairs(d, src, g.hw);
+                        }
+                    }
+                } else {
+                    let zero = sc.d_zeroed.need(dbuf.as_ptr(), &g, slot * s.cout, s.cout);
+                    let dslot = &mut dbuf[slot * dimg_len..][..dimg_len];
+                    pad_grad(dslot, &dout, i, s.cout, &g, zero);
+                }
                 if want_dinp {
                     let mut stats = bn.map(|(x, mean, k, beta)| Stats {
                         x: &x[i * img..][..img],
@@ -751,28 +1171,59 @@ pub(super) fn backward(
                         st.lanes.fill(0.0);
                     }
                     let dinp_img = &mut dinp[t * img..][..img];
-                    conv_planes(
-                        dinp_img,
-                        &dbuf[slot * dimg_len..][..dimg_len],
-                        wb,
-                        s.cout,
-                        s.cin,
-                        &g,
-                        edges,
-                        match (accum, res) {
-                            (_, Some(r)) => Store::Plus(&r[i * img..][..img]),
-                            (Accum::Add, None) => Store::Add,
-                            (Accum::Set, None) => Store::Set,
-                        },
-                        stats.as_mut(),
-                    );
+                    let store = match (accum, res) {
+                        (_, Some(r)) => Store::Plus(&r[i * img..][..img]),
+                        (Accum::Add, None) => Store::Add,
+                        (Accum::Set, None) => Store::Set,
+                    };
+                    if bf16 {
+                        let (pp, np) = (&sc.pp[ppofs..], pairs(s.cout));
+                        let st = stats.as_mut();
+                        conv_planes_bf16(dinp_img, pp, wpb, np, s.cin, &g, edges, store, st);
+                    } else {
+                        let d = &dbuf[slot * dimg_len..][..dimg_len];
+                        let st = stats.as_mut();
+                        conv_planes(dinp_img, d, wb, s.cout, s.cin, &g, edges, store, st);
+                    }
                     if let Some(st) = &stats {
                         for c in 0..s.cin {
                             sc.sums[t * s.cin + c] = finish_stats(st, dinp_img, c, g.hw);
                         }
                     }
                 }
-                if want_dw {
+                if want_dw && bf16 {
+                    // the padded input in f32 (one image), then its pairs
+                    // of adjacent entries from even and from odd entries
+                    let pbuf = &mut sc.p[pofs..][..pimg_len];
+                    let zero = sc.p_zeroed.need(pbuf.as_ptr(), &g, 0, s.cin);
+                    pad_input(pbuf, &inp, i, s.cin, &g, zero);
+                    let at = slot * s.cin * ph;
+                    let pe = &mut sc.pe[peofs + at..][..s.cin * ph];
+                    let po = &mut sc.po[poofs + at..][..s.cin * ph];
+                    for ((e, o), src) in (pe.chunks_exact_mut(ph))
+                        .zip(po.chunks_exact_mut(ph))
+                        .zip(pbuf.chunks_exact(g.ps))
+                    {
+                        run_pairs(e, src, g.ps);
+                        run_pairs(o, &src[1..], g.ps - 1);
+                    }
+                    if slot + 1 == group || i + 1 == imgs.end {
+                        let (n, first_group) = (slot + 1, i + 1 - first <= group);
+                        weight_grad_planes_bf16(
+                            &mut sc.dwv[vofs..],
+                            first_group,
+                            &sc.dq[dqofs..],
+                            &sc.pe[peofs..],
+                            &sc.po[poofs..],
+                            s.cin,
+                            s.cout,
+                            n,
+                            &g,
+                            ph,
+                            pmasks,
+                        );
+                    }
+                } else if want_dw {
                     let pbuf = &mut sc.p[pofs..];
                     let zero = sc.p_zeroed.need(pbuf.as_ptr(), &g, slot * s.cin, s.cin);
                     pad_input(

@@ -36,7 +36,16 @@ fn direct_passes(
     ws: &mut Workspace,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let mut out = vec![0f32; dout.len()];
-    forward(&mut out, None, ConvInput::Plain(inp), w, s, ws, None);
+    forward(
+        &mut out,
+        None,
+        ConvInput::Plain(inp),
+        w,
+        s,
+        Precision::F32,
+        ws,
+        None,
+    );
     let (mut dinp, mut dw) = (vec![0f32; inp.len()], vec![0f32; w.len()]);
     backward(
         Accum::Set,
@@ -47,6 +56,7 @@ fn direct_passes(
         ConvInput::Plain(inp),
         w,
         s,
+        Precision::F32,
         ws,
         None,
     );
@@ -112,6 +122,7 @@ fn direct_matches_im2col_path() {
                     ConvInput::Plain(&inp),
                     &w,
                     &s,
+                    Precision::F32,
                     &mut dws,
                     None,
                 );
@@ -125,6 +136,7 @@ fn direct_matches_im2col_path() {
                     ConvInput::Plain(&inp),
                     &w,
                     &s,
+                    Precision::F32,
                     &mut dws,
                     None,
                 );
@@ -139,6 +151,7 @@ fn direct_matches_im2col_path() {
                     ConvInput::Plain(&inp),
                     &w,
                     &s,
+                    Precision::F32,
                     &mut dws,
                     None,
                 );
@@ -151,6 +164,7 @@ fn direct_matches_im2col_path() {
                     ConvInput::Plain(&inp),
                     &[],
                     &s,
+                    Precision::F32,
                     &mut dws,
                     None,
                 );
@@ -168,6 +182,7 @@ fn direct_matches_im2col_path() {
                     ConvInput::Plain(&inp),
                     &w,
                     &s,
+                    Precision::F32,
                     &mut dws,
                     None,
                 );
@@ -180,6 +195,7 @@ fn direct_matches_im2col_path() {
                     ConvInput::Plain(&inp),
                     &w,
                     &s,
+                    Precision::F32,
                     &mut dws,
                     None,
                 );
@@ -238,6 +254,7 @@ fn direct_matches_im2col_path() {
                     ConvInput::Plain(&inp),
                     &w,
                     &s,
+                    Precision::F32,
                     &mut dws,
                     None,
                 );
@@ -566,7 +583,10 @@ fn three_input_channels_forward_and_weight_grad() {
     let mut ws = ConvWorkspace::<f32>::default();
     let mut plain = Vec::new();
     for s in [shape(4, 3, 32, 32, 16), shape(2, 3, 9, 10, 8)] {
-        assert!(use_for_weight::<f32>(&s) && !use_for_input_grad::<f32>(&s));
+        assert!(
+            use_for_weight::<f32>(&s, Precision::F32)
+                && !use_for_input_grad::<f32>(&s, Precision::F32)
+        );
         let f = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
         let inp = f(r.normal_vec(s.n * s.cin * s.h * s.w));
         let w = f(r.normal_vec(s.cout * s.cin * 9));
@@ -670,4 +690,431 @@ fn zeroed_planes_are_tracked_per_buffer_and_layout() {
     assert!(z.need(p, &b, 0, 8), "another layout");
     assert!(z.need(q, &b, 0, 8), "another buffer");
     assert!(z.need(p, &a, 0, 8), "the first layout again");
+}
+
+/// Per-output bound of `gemm_bf16`'s doc between a bf16 sum and the f32
+/// sum of the same exact products (operands already rounded to bf16), `k`
+/// products and `mag = Σ|a||b| + |added term|`.
+fn bf16_bound(k: usize, mag: f32) -> f64 {
+    2.01 * (k as f64 + 1.0) * 2f64.powi(-24) * mag as f64 + k as f64 * 2f64.powi(-125)
+}
+
+/// Largest `|x - y| / bound` over the outputs (<= 1: within the bound).
+fn worst_ratio(x: &[f32], y: &[f32], k: usize, mag: &[f32]) -> f64 {
+    x.iter()
+        .zip(y)
+        .zip(mag)
+        .map(|((&a, &b), &m)| (a as f64 - b as f64).abs() / bf16_bound(k, m))
+        .fold(0f64, f64::max)
+}
+
+/// The bf16 direct forward and input gradient against the f32 im2col path
+/// on the SAME values rounded to bf16 (the input as the convolution reads
+/// it, BN-ReLU applied, and the weights): the products are exact in f32 on
+/// both sides, so the outputs differ by summation order only, within
+/// `gemm_bf16`'s bound `2.01 (K + 1) 2^-24 (Σ|a||b| + |added|) + K 2^-125`
+/// per output (`K = 9 cin` forward, `9 cout` input gradient; `Σ|a||b|` is
+/// the f32 convolution of `|a|` and `|w|`). Every input kind (plain,
+/// BN-ReLU; plain and BN(-ReLU) output gradients), every store (set,
+/// add, residual, plane sums), odd channel counts (the zero channel of the
+/// last pair), the three CIFAR plane sizes and odd planes, batch > 1.
+#[test]
+fn bf16_kernels_match_f32_on_rounded_operands() {
+    use crate::gemm_bf16::round_bf16;
+    if !bf16_enabled() {
+        println!(
+            "SKIPPED: no AVX512-BF16 on this CPU (or RESGRAD_CONV=im2col): bf16 direct path unused"
+        );
+        return;
+    }
+    let mut r = Rand::new(23);
+    let mut dws = Workspace::default();
+    let mut plain = Vec::new();
+    let f = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
+    let rounded = |v: &[f32]| v.iter().map(|&x| round_bf16(x)).collect::<Vec<f32>>();
+    let abs = |v: &[f32]| v.iter().map(|&x| x.abs()).collect::<Vec<f32>>();
+    // forward: cout a multiple of 8, any cin; input gradient: cin a
+    // multiple of 8, any cout (the pairs run over the other side)
+    for s in [
+        shape(2, 3, 32, 32, 16),
+        shape(3, 16, 32, 32, 16),
+        shape(2, 5, 16, 16, 8),
+        shape(2, 32, 16, 16, 32),
+        shape(4, 64, 8, 8, 64),
+        shape(3, 9, 8, 8, 16),
+        shape(2, 8, 5, 7, 8),
+        shape(3, 16, 7, 33, 9),
+        shape(2, 24, 3, 20, 13),
+    ] {
+        let hw = s.h * s.w;
+        let x = f(r.normal_vec(s.n * s.cin * hw));
+        let w = f(r.normal_vec(s.cout * s.cin * 9));
+        let (wr, wa) = (rounded(&w), abs(&rounded(&w)));
+        let mean = f(r.normal_vec(s.cin));
+        let k = f(r.normal_vec(s.cin));
+        let beta = f(r.normal_vec(s.cin));
+        let kinds = [
+            ConvInput::Plain(&x),
+            ConvInput::BnRelu {
+                x: &x,
+                mean: &mean,
+                k: &k,
+                beta: &beta,
+            },
+        ];
+        let olen = s.n * s.cout * hw;
+        let res = f(r.normal_vec(olen));
+        if s.cout.is_multiple_of(TILE_O) {
+            for inp in kinds {
+                // the input as the convolution reads it, rounded
+                let mut act = Vec::new();
+                let ar = rounded(inp.stored(&mut act, &s));
+                let mut want = vec![0f32; olen];
+                cpu::forward(&mut want, &ar, &wr, &s, &mut plain, false);
+                let mut mag = vec![0f32; olen];
+                cpu::forward(&mut mag, &abs(&ar), &wa, &s, &mut plain, false);
+                // plain store, with the plane sums
+                let mut got = vec![f32::NAN; olen];
+                let mut sums = vec![f64::NAN; s.n * s.cout];
+                let p = Precision::Bf16;
+                forward(&mut got, None, inp, &w, &s, p, &mut dws, Some(&mut sums));
+                let q = worst_ratio(&got, &want, 9 * s.cin, &mag);
+                assert!(q <= 1.0, "{s:?} forward: {q} x the bound");
+                let mut own = vec![0f64; s.n * s.cout];
+                for (img, p) in got
+                    .chunks_exact(s.cout * hw)
+                    .zip(own.chunks_exact_mut(s.cout))
+                {
+                    bn_plane_sums(p, img, hw);
+                }
+                assert_eq!(sums, own, "{s:?}: plane sums of the stored output");
+                // residual store: res + sum
+                let mut got = vec![f32::NAN; olen];
+                forward(&mut got, Some(&res), inp, &w, &s, p, &mut dws, None);
+                let want_r: Vec<f32> = res.iter().zip(&want).map(|(a, b)| a + b).collect();
+                let mag_r: Vec<f32> = res.iter().zip(&mag).map(|(a, b)| a.abs() + b).collect();
+                let q = worst_ratio(&got, &want_r, 9 * s.cin, &mag_r);
+                assert!(q <= 1.0, "{s:?} forward + residual: {q} x the bound");
+            }
+        }
+        if !s.cin.is_multiple_of(TILE_O) {
+            continue;
+        }
+        let dy = f(r.normal_vec(olen));
+        let xo = f(r.normal_vec(olen));
+        let omean = f(r.normal_vec(s.cout));
+        let obeta = f(r.normal_vec(s.cout));
+        let coef: Vec<(f32, f32, f32)> = (0..s.cout)
+            .map(|_| {
+                let v = f(r.normal_vec(3));
+                (v[0], v[1], v[2])
+            })
+            .collect();
+        let grads = [
+            ConvGradOut::Plain(&dy),
+            ConvGradOut::Bn {
+                dy: &dy,
+                x: &xo,
+                mean: &omean,
+                beta: None,
+                coef: &coef,
+            },
+            ConvGradOut::Bn {
+                dy: &dy,
+                x: &xo,
+                mean: &omean,
+                beta: Some(&obeta),
+                coef: &coef,
+            },
+        ];
+        let ilen = s.n * s.cin * hw;
+        let (dinp0, ires) = (f(r.normal_vec(ilen)), f(r.normal_vec(ilen)));
+        for dout in grads {
+            let mut g = Vec::new();
+            let gr = rounded(dout.stored(&mut g, &s));
+            let mut want = vec![0f32; ilen];
+            cpu::backward_input(&mut want, &gr, &wr, &s, &mut plain, false);
+            let mut mag = vec![0f32; ilen];
+            cpu::backward_input(&mut mag, &abs(&gr), &wa, &s, &mut plain, false);
+            let kk = 9 * s.cout;
+            let p = Precision::Bf16;
+            // Set, Add onto dinp0, residual; the BN-ReLU plane sums with Set
+            for (accum, with_res) in [(Accum::Set, false), (Accum::Add, false), (Accum::Set, true)]
+            {
+                let mut got = match accum {
+                    Accum::Set => vec![f32::NAN; ilen],
+                    Accum::Add => dinp0.clone(),
+                };
+                let stats = accum == Accum::Set && !with_res;
+                let mut sums = vec![(f64::NAN, f64::NAN); s.n * s.cin];
+                backward(
+                    accum,
+                    with_res.then_some(&ires[..]),
+                    Some(&mut got),
+                    None,
+                    dout,
+                    if stats { kinds[1] } else { kinds[0] },
+                    &w,
+                    &s,
+                    p,
+                    &mut dws,
+                    stats.then_some(&mut sums[..]),
+                );
+                let base = match (accum, with_res) {
+                    (_, true) => &ires[..],
+                    (Accum::Add, _) => &dinp0[..],
+                    _ => &[][..],
+                };
+                let (mut want_a, mut mag_a) = (want.clone(), mag.clone());
+                for (i, &b) in base.iter().enumerate() {
+                    want_a[i] = b + want[i];
+                    mag_a[i] = b.abs() + mag[i];
+                }
+                let q = worst_ratio(&got, &want_a, kk, &mag_a);
+                assert!(
+                    q <= 1.0,
+                    "{s:?} input grad {accum:?} res {with_res}: {q} x the bound"
+                );
+                if stats {
+                    let bs = BnShape {
+                        n: s.n,
+                        c: s.cin,
+                        hw,
+                    };
+                    let mut own = vec![(0f64, 0f64); s.n * s.cin];
+                    bn_relu_plane_sums(&mut own, &got, &x, &mean, &k, &beta, bs).unwrap();
+                    assert_eq!(sums, own, "{s:?}: BN-ReLU sums of the stored dinp");
+                }
+            }
+        }
+    }
+}
+
+/// The bf16 path really rounds its operands: on values that are not bf16
+/// numbers it differs from f32 by far more than the summation bound, and
+/// stays within the rounding bound of `gemm_bf16`'s doc, `(2^-7 + 2^-16 +
+/// 2.01 (K + 1) 2^-24) Σ|a||b|`. Through the public entry points with a
+/// bf16 workspace, which take the direct kernels for this shape.
+#[test]
+fn bf16_direct_path_rounds_its_operands() {
+    if !bf16_enabled() {
+        println!(
+            "SKIPPED: no AVX512-BF16 on this CPU (or RESGRAD_CONV=im2col): bf16 direct path unused"
+        );
+        return;
+    }
+    let s = shape(2, 16, 16, 16, 16);
+    assert!(use_for_forward::<f32>(&s, Precision::Bf16));
+    assert!(use_for_input_grad::<f32>(&s, Precision::Bf16));
+    assert!(use_for_weight::<f32>(&s, Precision::Bf16));
+    let mut r = Rand::new(29);
+    let f = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
+    let abs = |v: &[f32]| v.iter().map(|&x| x.abs()).collect::<Vec<f32>>();
+    let x = f(r.normal_vec(s.n * s.cin * 256));
+    let w = f(r.normal_vec(s.cout * s.cin * 9));
+    let dy = f(r.normal_vec(s.n * s.cout * 256));
+    let run = |p: Precision| {
+        let mut ws = ConvWorkspace::<f32>::default();
+        ws.set_precision(p);
+        let mut out = vec![0f32; dy.len()];
+        conv2d_forward(&mut out, &x, &w, &s, &mut ws).unwrap();
+        let mut dinp = vec![0f32; x.len()];
+        conv2d_backward_input(&mut dinp, &dy, &w, &s, &mut ws).unwrap();
+        let mut dw = vec![0f32; w.len()];
+        conv2d_backward_weight(&mut dw, &dy, &x, &s, &mut ws).unwrap();
+        (out, dinp, dw)
+    };
+    let (a, b) = (run(Precision::F32), run(Precision::Bf16));
+    let mut plain = Vec::new();
+    let mut mag_f = vec![0f32; dy.len()];
+    cpu::forward(&mut mag_f, &abs(&x), &abs(&w), &s, &mut plain, false);
+    let mut mag_b = vec![0f32; x.len()];
+    cpu::backward_input(&mut mag_b, &abs(&dy), &abs(&w), &s, &mut plain, false);
+    let mut mag_w = vec![0f32; w.len()];
+    cpu::backward_weight(&mut mag_w, &abs(&dy), &abs(&x), &s, &mut plain, false);
+    for (what, x, y, mag, k) in [
+        ("out", &a.0, &b.0, &mag_f, 9 * 16),
+        ("dinp", &a.1, &b.1, &mag_b, 9 * 16),
+        ("dw", &a.2, &b.2, &mag_w, 2 * 256),
+    ] {
+        let sum_bound = worst_ratio(x, y, k, mag);
+        assert!(
+            sum_bound > 10.0,
+            "{what}: bf16 within {sum_bound} x the f32 summation bound: not rounded?"
+        );
+        let round = |m: f32| (2f64.powi(-7) + 2f64.powi(-16)) * m as f64 + bf16_bound(k, m);
+        let worst = (x.iter().zip(y.iter()).zip(mag.iter()))
+            .map(|((&p, &q), &m)| (p as f64 - q as f64).abs() / round(m))
+            .fold(0f64, f64::max);
+        assert!(worst <= 1.0, "{what}: {worst} x the rounding bound");
+    }
+}
+
+/// The bf16 weight gradient (pairs of adjacent positions) against the f32
+/// im2col path on the same values rounded to bf16, within `gemm_bf16`'s
+/// bound with `K = N h w` products per entry plus the `dw` it adds to;
+/// every input and output-gradient kind, odd `cin`, odd planes (a pair
+/// across two rows, a last pair half past the plane), the CIFAR planes; and
+/// both halves from one call give the same bits as each alone.
+#[test]
+fn bf16_weight_grad_matches_f32_on_rounded_operands() {
+    use crate::gemm_bf16::round_bf16;
+    if !bf16_enabled() {
+        println!(
+            "SKIPPED: no AVX512-BF16 on this CPU (or RESGRAD_CONV=im2col): bf16 direct path unused"
+        );
+        return;
+    }
+    let mut r = Rand::new(31);
+    let mut dws = Workspace::default();
+    let mut plain = Vec::new();
+    let f = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
+    let rounded = |v: &[f32]| v.iter().map(|&x| round_bf16(x)).collect::<Vec<f32>>();
+    let abs = |v: &[f32]| v.iter().map(|&x| x.abs()).collect::<Vec<f32>>();
+    let p = Precision::Bf16;
+    for s in [
+        shape(2, 3, 32, 32, 16),
+        shape(3, 16, 32, 32, 16),
+        shape(5, 32, 16, 16, 32),
+        shape(13, 64, 8, 8, 64),
+        shape(3, 9, 8, 8, 16),
+        shape(2, 8, 5, 7, 8),
+        shape(3, 16, 7, 33, 8),
+        shape(2, 24, 3, 20, 16),
+        shape(2, 8, 1, 1, 8),
+    ] {
+        let hw = s.h * s.w;
+        let (ilen, olen) = (s.n * s.cin * hw, s.n * s.cout * hw);
+        let x = f(r.normal_vec(ilen));
+        let w = f(r.normal_vec(s.cout * s.cin * 9));
+        let dw0 = f(r.normal_vec(w.len()));
+        let (mean, k, beta) = (
+            f(r.normal_vec(s.cin)),
+            f(r.normal_vec(s.cin)),
+            f(r.normal_vec(s.cin)),
+        );
+        let (dy, xo) = (f(r.normal_vec(olen)), f(r.normal_vec(olen)));
+        let (omean, obeta) = (f(r.normal_vec(s.cout)), f(r.normal_vec(s.cout)));
+        let coef: Vec<(f32, f32, f32)> = (0..s.cout)
+            .map(|_| {
+                let v = f(r.normal_vec(3));
+                (v[0], v[1], v[2])
+            })
+            .collect();
+        let inputs = [
+            ConvInput::Plain(&x),
+            ConvInput::BnRelu {
+                x: &x,
+                mean: &mean,
+                k: &k,
+                beta: &beta,
+            },
+        ];
+        let grads = [
+            ConvGradOut::Plain(&dy),
+            ConvGradOut::Bn {
+                dy: &dy,
+                x: &xo,
+                mean: &omean,
+                beta: Some(&obeta),
+                coef: &coef,
+            },
+        ];
+        for inp in inputs {
+            for dout in grads {
+                let (mut a, mut gbuf) = (Vec::new(), Vec::new());
+                let ar = rounded(inp.stored(&mut a, &s));
+                let gr = rounded(dout.stored(&mut gbuf, &s));
+                let mut want = dw0.clone();
+                cpu::backward_weight(&mut want, &gr, &ar, &s, &mut plain, false);
+                let mut mag = abs(&dw0);
+                cpu::backward_weight(&mut mag, &abs(&gr), &abs(&ar), &s, &mut plain, false);
+                let mut got = dw0.clone();
+                backward(
+                    Accum::Add,
+                    None,
+                    None,
+                    Some(&mut got),
+                    dout,
+                    inp,
+                    &w,
+                    &s,
+                    p,
+                    &mut dws,
+                    None,
+                );
+                let q = worst_ratio(&got, &want, s.n * hw, &mag);
+                assert!(q <= 1.0, "{s:?} weight grad: {q} x the bound");
+                if !s.cin.is_multiple_of(TILE_O) {
+                    continue;
+                }
+                // both halves at once: the same bits as each alone
+                let (mut both, mut dinp_b) = (dw0.clone(), vec![f32::NAN; ilen]);
+                backward(
+                    Accum::Set,
+                    None,
+                    Some(&mut dinp_b),
+                    Some(&mut both),
+                    dout,
+                    inp,
+                    &w,
+                    &s,
+                    p,
+                    &mut dws,
+                    None,
+                );
+                let mut dinp_a = vec![f32::NAN; ilen];
+                backward(
+                    Accum::Set,
+                    None,
+                    Some(&mut dinp_a),
+                    None,
+                    dout,
+                    inp,
+                    &w,
+                    &s,
+                    p,
+                    &mut dws,
+                    None,
+                );
+                assert_eq!(both, got, "{s:?}: dw with and without dinp");
+                assert_eq!(dinp_b, dinp_a, "{s:?}: dinp with and without dw");
+            }
+        }
+    }
+}
+
+/// The plan's fusion choices (`conv2d_fuses_*`, asked without a precision)
+/// hold in bf16 too: every pass takes the direct path in bf16 exactly when
+/// it does in f32.
+#[test]
+fn bf16_takes_the_direct_path_where_f32_does() {
+    if !bf16_enabled() {
+        println!(
+            "SKIPPED: no AVX512-BF16 on this CPU (or RESGRAD_CONV=im2col): bf16 direct path unused"
+        );
+        return;
+    }
+    let (f, b) = (Precision::F32, Precision::Bf16);
+    let stride2 = Conv2dShape {
+        stride: 2,
+        ..shape(2, 16, 32, 32, 32)
+    };
+    for s in [
+        shape(128, 3, 32, 32, 16),
+        shape(128, 16, 32, 32, 16),
+        shape(128, 32, 16, 16, 32),
+        shape(128, 64, 8, 8, 64),
+        shape(128, 64, 4, 4, 64),
+        shape(2, 5, 7, 9, 13),
+        stride2,
+    ] {
+        assert_eq!(use_for_forward::<f32>(&s, f), use_for_forward::<f32>(&s, b));
+        assert_eq!(
+            use_for_input_grad::<f32>(&s, f),
+            use_for_input_grad::<f32>(&s, b)
+        );
+        assert_eq!(use_for_weight::<f32>(&s, f), use_for_weight::<f32>(&s, b));
+        assert!(!use_for_forward::<f64>(&s, b) && !use_for_weight::<f64>(&s, b));
+    }
 }
