@@ -696,19 +696,21 @@ fn children_of(pid: u32) -> Vec<u32> {
 fn sweep_with_two_runs(grid: &Path, out: &str) -> (std::process::Child, Vec<u32>) {
     let mut c = cmd(&["sweep", grid.to_str().unwrap(), "--out", out, "--jobs", "2"]);
     c.stdout(Stdio::null()).stderr(Stdio::null());
-    let sweep = c.spawn().unwrap();
+    let mut sweep = c.spawn().unwrap();
     let t0 = Instant::now();
-    loop {
+    let pids = loop {
         let pids = children_of(sweep.id());
-        if pids.len() == 2 {
-            return (sweep, pids);
+        if pids.len() == 2 || t0.elapsed() > Duration::from_secs(60) {
+            break pids;
         }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "children never started"
-        );
         std::thread::sleep(Duration::from_millis(20));
+    };
+    if pids.len() != 2 {
+        let _ = sweep.kill();
+        let _ = sweep.wait();
+        panic!("the sweep's two runs never started (children: {pids:?})");
     }
+    (sweep, pids)
 }
 
 #[test]
