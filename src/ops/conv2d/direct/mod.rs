@@ -642,26 +642,15 @@ pub(super) fn conv_planes(
     store: Store,
     stats: Option<&mut Stats>,
 ) {
-    assert!(n_out.is_multiple_of(TILE_O));
-    if let Some(st) = &stats {
-        assert!(
-            matches!(store, Store::Set),
-            "conv_planes: stats of a plain store only"
-        );
-        assert!(st.x.len() == n_out * g.hw && st.lanes.len() >= n_out * 64);
-        assert!(st.mean.len() == n_out && st.k.len() == n_out && st.beta.len() == n_out);
-    }
-    assert!(dst.len() >= n_out * g.hw, "conv_planes: dst too short");
-    if let Store::Plus(r) = store {
-        assert!(r.len() >= n_out * g.hw, "conv_planes: residual too short");
-    }
-    assert!(
-        wk.len() >= n_in * 9 * n_out,
-        "conv_planes: weights too short"
+    check_planes(
+        "conv_planes",
+        (dst.len(), src.len(), wk.len()),
+        (n_in, n_out),
+        g,
+        edges,
+        &store,
+        stats.as_deref(),
     );
-    assert!(src.len() >= n_in * g.ps, "conv_planes: src too short");
-    assert!(g.lead >= 1 && g.lead - 1 + 16 * g.nv + g.off[8] <= g.ps);
-    assert!(edges.len() == g.nv && g.nv * 16 >= g.hw);
     #[cfg(target_arch = "x86_64")]
     {
         assert!(enabled(), "conv_planes without AVX-512");
@@ -671,6 +660,38 @@ pub(super) fn conv_planes(
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("the direct path is only enabled on x86_64")
+}
+
+/// The bounds [`conv_planes`] and [`conv_planes_bf16`] rely on: `lens` =
+/// (dst, src, weights) lengths, `planes` = (input planes or plane pairs,
+/// output planes); a violation panics naming `what`.
+fn check_planes(
+    what: &str,
+    lens: (usize, usize, usize),
+    planes: (usize, usize),
+    g: &Grid,
+    edges: &[(u16, u16)],
+    store: &Store,
+    stats: Option<&Stats>,
+) {
+    let ((dst, src, wk), (n_in, n_out)) = (lens, planes);
+    assert!(n_out.is_multiple_of(TILE_O));
+    if let Some(st) = stats {
+        assert!(
+            matches!(store, Store::Set),
+            "{what}: stats of a plain store only"
+        );
+        assert!(st.x.len() == n_out * g.hw && st.lanes.len() >= n_out * 64);
+        assert!(st.mean.len() == n_out && st.k.len() == n_out && st.beta.len() == n_out);
+    }
+    assert!(dst >= n_out * g.hw, "{what}: dst too short");
+    if let Store::Plus(r) = store {
+        assert!(r.len() >= n_out * g.hw, "{what}: residual too short");
+    }
+    assert!(wk >= n_in * 9 * n_out, "{what}: weights too short");
+    assert!(src >= n_in * g.ps, "{what}: src too short");
+    assert!(g.lead >= 1 && g.lead - 1 + 16 * g.nv + g.off[8] <= g.ps);
+    assert!(edges.len() == g.nv && g.nv * 16 >= g.hw);
 }
 
 /// [`conv_planes`] in bf16: `src` holds `n_pairs` paired planes (see
@@ -690,32 +711,15 @@ pub(super) fn conv_planes_bf16(
     store: Store,
     stats: Option<&mut Stats>,
 ) {
-    assert!(n_out.is_multiple_of(TILE_O));
-    if let Some(st) = &stats {
-        assert!(
-            matches!(store, Store::Set),
-            "conv_planes_bf16: stats of a plain store only"
-        );
-        assert!(st.x.len() == n_out * g.hw && st.lanes.len() >= n_out * 64);
-        assert!(st.mean.len() == n_out && st.k.len() == n_out && st.beta.len() == n_out);
-    }
-    assert!(dst.len() >= n_out * g.hw, "conv_planes_bf16: dst too short");
-    if let Store::Plus(r) = store {
-        assert!(
-            r.len() >= n_out * g.hw,
-            "conv_planes_bf16: residual too short"
-        );
-    }
-    assert!(
-        wk.len() >= n_pairs * 9 * n_out,
-        "conv_planes_bf16: weights too short"
+    check_planes(
+        "conv_planes_bf16",
+        (dst.len(), src.len(), wk.len()),
+        (n_pairs, n_out),
+        g,
+        edges,
+        &store,
+        stats.as_deref(),
     );
-    assert!(
-        src.len() >= n_pairs * g.ps,
-        "conv_planes_bf16: src too short"
-    );
-    assert!(g.lead >= 1 && g.lead - 1 + 16 * g.nv + g.off[8] <= g.ps);
-    assert!(edges.len() == g.nv && g.nv * 16 >= g.hw);
     #[cfg(target_arch = "x86_64")]
     {
         assert!(bf16_enabled(), "conv_planes_bf16 without AVX512-BF16");
