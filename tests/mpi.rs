@@ -384,7 +384,7 @@ fn mismatched_ranks_exit_2_naming_the_difference() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(
-        err.contains("config.batch: 16 here, 32 on rank 0"),
+        err.contains("config.batch: 16 on rank 1, 32 on rank 0"),
         "the message names the field: {err}"
     );
     let o = mpirun(1)
@@ -398,7 +398,10 @@ fn mismatched_ranks_exit_2_naming_the_difference() {
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains("config.seed: 0 here, 1 on rank 0"), "{err}");
+    assert!(
+        err.contains("config.seed: 0 on rank 1, 1 on rank 0"),
+        "{err}"
+    );
 
     let o = mpirun(2)
         .arg(exe)

@@ -213,27 +213,40 @@ pub fn check_same_start(comm: &dyn Comm, what: &serde_json::Value) -> Result<()>
     } else {
         let v0: serde_json::Value =
             serde_json::from_slice(&theirs).map_err(|e| Error::Config(e.to_string()))?;
-        Some(json_diff(&v0, what, ""))
+        Some(json_diff(&v0, what, "", comm.rank()))
     };
-    let bad = comm.all_gather_u64(diff.is_some() as u64);
-    if let Some(d) = diff {
-        return Err(Error::Config(format!(
-            "rank {} was started with a different run than rank 0: {}",
-            comm.rank(),
-            d.join("; ")
-        )));
+    // every rank reports the first mismatching rank's difference, so the
+    // message survives whichever rank exits first (mpirun aborts the rest,
+    // possibly before their own stderr is forwarded): its length first,
+    // then its bytes summed in f64 with zeros from every other rank
+    let msg = diff.map(|d| d.join("; "));
+    let lens = comm.all_gather_u64(msg.as_ref().map_or(0, |m| m.len() as u64 + 1));
+    let Some(first) = lens.iter().position(|&l| l != 0) else {
+        return Ok(());
+    };
+    let mut bytes = vec![0f64; (lens[first] - 1) as usize];
+    if let (true, Some(m)) = (comm.rank() == first, &msg) {
+        for (b, c) in bytes.iter_mut().zip(m.bytes()) {
+            *b = f64::from(c);
+        }
     }
-    if let Some(r) = bad.iter().position(|&b| b != 0) {
-        return Err(Error::Config(format!(
-            "rank {r} was started with a different run than rank {} (its message names the difference)",
-            comm.rank()
-        )));
-    }
-    Ok(())
+    comm.sum_f64(&mut bytes);
+    let text: Vec<u8> = bytes.iter().map(|&b| b as u8).collect();
+    let more = lens.iter().filter(|&&l| l != 0).count() - 1;
+    let more = if more > 0 {
+        format!(" ({more} more rank(s) differ too)")
+    } else {
+        String::new()
+    };
+    Err(Error::Config(format!(
+        "rank {first} was started with a different run than rank 0: {}{more}",
+        String::from_utf8_lossy(&text)
+    )))
 }
 
-/// The leaves where `b` differs from `a` (rank 0's), as `path: b here, a on rank 0`.
-fn json_diff(a: &serde_json::Value, b: &serde_json::Value, path: &str) -> Vec<String> {
+/// The leaves where `b` (rank `rank`'s) differs from `a` (rank 0's), as
+/// `path: b on rank R, a on rank 0`.
+fn json_diff(a: &serde_json::Value, b: &serde_json::Value, path: &str, rank: usize) -> Vec<String> {
     use serde_json::Value;
     match (a, b) {
         (Value::Object(x), Value::Object(y)) => {
@@ -251,12 +264,13 @@ fn json_diff(a: &serde_json::Value, b: &serde_json::Value, path: &str) -> Vec<St
                         x.get(k).unwrap_or(&Value::Null),
                         y.get(k).unwrap_or(&Value::Null),
                         &p,
+                        rank,
                     )
                 })
                 .collect()
         }
         _ if a == b => vec![],
-        _ => vec![format!("{path}: {b} here, {a} on rank 0")],
+        _ => vec![format!("{path}: {b} on rank {rank}, {a} on rank 0")],
     }
 }
 
@@ -280,13 +294,13 @@ mod tests {
         let a = serde_json::json!({"batch": 32, "spec": {"depth": 20, "width": 16}, "data": "x"});
         let b = serde_json::json!({"batch": 16, "spec": {"depth": 20, "width": 8}, "data": "x"});
         assert_eq!(
-            json_diff(&a, &b, ""),
+            json_diff(&a, &b, "", 1),
             vec![
-                "batch: 16 here, 32 on rank 0".to_string(),
-                "spec.width: 8 here, 16 on rank 0".to_string()
+                "batch: 16 on rank 1, 32 on rank 0".to_string(),
+                "spec.width: 8 on rank 1, 16 on rank 0".to_string()
             ]
         );
-        assert!(json_diff(&a, &a, "").is_empty());
+        assert!(json_diff(&a, &a, "", 1).is_empty());
     }
 
     #[test]
