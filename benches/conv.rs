@@ -1,9 +1,15 @@
 //! Throughput of the convolution passes (GFLOP/s, and the share of this
-//! machine's measured 461 GFLOP/s 2-core AVX-512 f32 FMA peak), and of the
-//! memory-bound pointwise layers (GB/s) on a ResNet-sized tensor.
+//! machine's measured peak of the pass's precision: f32 FMA or bf16
+//! `vdpbf16ps`, see [`peak`]), and of the memory-bound pointwise layers
+//! (GB/s) on a ResNet-sized tensor.
 //!
 //! `cargo bench --bench conv` runs every case through criterion and then
 //! prints a summary table (median time per pass of criterion's samples).
+//! The 3x3 / stride-1 / pad-1 shapes run in f32 and in bf16 (the workspace
+//! in [`Precision::Bf16`]: the direct bf16 kernels, where the CPU has
+//! AVX512-BF16); filter with e.g. `-- "conv bf16 3x3"`. `RAYON_NUM_THREADS=1`
+//! measures one core against the one-thread peak (the kernels' tuning
+//! setting on a shared machine).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -18,17 +24,32 @@ use resgrad::ops::batchnorm::{
 use resgrad::ops::conv2d::{
     conv2d_backward_input, conv2d_backward_weight, conv2d_forward, Conv2dShape, ConvWorkspace,
 };
+use resgrad::precision::Precision;
 
-/// Measured 2-core AVX-512 f32 FMA peak of the project machine (GFLOP/s).
-const PEAK_GFLOPS: f64 = 461.0;
+/// Measured peaks of the project machine (a 2-vCPU Zen 5 KVM guest), GFLOP/s
+/// as (threads, f32 FMA, bf16 `vdpbf16ps`): `resgrad peak --json [--threads
+/// 1]`, best of its rounds, 2026-12-03 (see BENCHMARKS.md, "Kernel efficiency
+/// (stop 17)"; the 461 used before was the earlier machine's).
+const PEAKS: [(usize, f64, f64); 2] = [(1, 116.3, 221.1), (2, 227.0, 448.0)];
 const BATCH: usize = 128;
+
+/// The measured peak of `p` on `threads` threads (per-thread scaled from
+/// the one-thread figure for thread counts not measured).
+fn peak(p: Precision, threads: usize) -> f64 {
+    let pick = |&(_, f, b): &(usize, f64, f64)| if p == Precision::Bf16 { b } else { f };
+    match PEAKS.iter().find(|e| e.0 == threads) {
+        Some(e) => pick(e),
+        None => pick(&PEAKS[0]) * threads as f64,
+    }
+}
 
 /// One summary line: `work` is FLOPs (conv) or bytes (pointwise).
 struct Row {
     case: String,
     pass: &'static str,
     work: f64,
-    flops: bool,
+    /// the precision of a conv pass (None: a pointwise pass, bytes)
+    conv: Option<Precision>,
     /// median and fastest of criterion's samples, seconds per call
     secs: f64,
     best: f64,
@@ -72,16 +93,27 @@ fn bench(
 
 fn conv_benches(c: &mut Criterion, rows: &mut Vec<Row>) {
     let mut r = Rand::new(7);
-    // (label, cin, cout, input h = w, kernel, stride, pad)
-    let shapes = [
-        ("3x3 16->16 32x32", 16, 16, 32, 3, 1, 1),
-        ("3x3 32->32 16x16", 32, 32, 16, 3, 1, 1),
-        ("3x3 64->64 8x8", 64, 64, 8, 3, 1, 1),
-        ("1x1/2 16->32 32x32", 16, 32, 32, 1, 2, 0),
-        ("1x1/2 32->64 16x16", 32, 64, 16, 1, 2, 0),
+    let (f32_, bf16) = (Precision::F32, Precision::Bf16);
+    // (precision, label, cin, cout, input h = w, kernel, stride, pad)
+    let mut shapes = vec![
+        (f32_, "3x3 16->16 32x32", 16, 16, 32, 3, 1, 1),
+        (f32_, "3x3 32->32 16x16", 32, 32, 16, 3, 1, 1),
+        (f32_, "3x3 64->64 8x8", 64, 64, 8, 3, 1, 1),
+        (f32_, "1x1/2 16->32 32x32", 16, 32, 32, 1, 2, 0),
+        (f32_, "1x1/2 32->64 16x16", 32, 64, 16, 1, 2, 0),
     ];
-    let mut ws = ConvWorkspace::<f32>::default();
-    for (label, cin, cout, hw, k, stride, pad) in shapes {
+    if bf16.check_supported().is_ok() {
+        shapes.extend([
+            (bf16, "3x3 16->16 32x32", 16, 16, 32, 3, 1, 1),
+            (bf16, "3x3 32->32 16x16", 32, 32, 16, 3, 1, 1),
+            (bf16, "3x3 64->64 8x8", 64, 64, 8, 3, 1, 1),
+        ]);
+    } else {
+        eprintln!("no AVX512-BF16: the bf16 cases are skipped");
+    }
+    for (prec, label, cin, cout, hw, k, stride, pad) in shapes {
+        let mut ws = ConvWorkspace::<f32>::default();
+        ws.set_precision(prec);
         let s = Conv2dShape {
             n: BATCH,
             cin,
@@ -100,15 +132,19 @@ fn conv_benches(c: &mut Criterion, rows: &mut Vec<Row>) {
         let mut out = vec![0.0f32; dout.len()];
         let mut dinp = vec![0.0f32; inp.len()];
         let mut dw = vec![0.0f32; w.len()];
-        let group = format!("conv {label}");
+        // f32 keeps its old group names (filters, criterion's history)
+        let group = match prec {
+            Precision::F32 => format!("conv {label}"),
+            Precision::Bf16 => format!("conv bf16 {label}"),
+        };
         let tp = || Throughput::Elements(flops as u64);
         let mut row = |pass, t: Option<(f64, f64)>| {
             if let Some((secs, best)) = t {
                 rows.push(Row {
-                    case: label.to_string(),
+                    case: format!("{} {label}", prec.name()),
                     pass,
                     work: flops as f64,
-                    flops: true,
+                    conv: Some(prec),
                     secs,
                     best,
                 });
@@ -146,7 +182,7 @@ fn pointwise_benches(c: &mut Criterion, rows: &mut Vec<Row>) {
                 case: label.to_string(),
                 pass,
                 work,
-                flops: false,
+                conv: None,
                 secs,
                 best,
             });
@@ -239,22 +275,25 @@ fn main() {
     pointwise_benches(&mut c, &mut rows);
     c.final_summary();
 
+    let threads = rayon::current_num_threads();
     println!(
-        "\nrayon threads: {}, batch {BATCH}, f32",
-        rayon::current_num_threads()
+        "\nrayon threads: {threads}, batch {BATCH}; peaks (GFLOP/s): f32 {}, bf16 {}",
+        peak(Precision::F32, threads),
+        peak(Precision::Bf16, threads)
     );
     println!("| case | pass | work | median time | median | best sample | best, share of peak |");
     println!("|---|---|---|---|---|---|---|");
     for r in &rows {
         let (ms, med, best) = (r.secs * 1e3, r.work / r.secs / 1e9, r.work / r.best / 1e9);
-        if r.flops {
+        if let Some(p) = r.conv {
+            let pk = peak(p, threads);
             println!(
-                "| conv {} | {} | {:.3} GFLOP | {ms:.2} ms | {med:.1} GFLOP/s ({:.0}%) | {best:.1} GFLOP/s | {:.0}% of {PEAK_GFLOPS} |",
+                "| conv {} | {} | {:.3} GFLOP | {ms:.2} ms | {med:.1} GFLOP/s ({:.0}%) | {best:.1} GFLOP/s | {:.0}% of {pk} |",
                 r.case,
                 r.pass,
                 r.work / 1e9,
-                100.0 * med / PEAK_GFLOPS,
-                100.0 * best / PEAK_GFLOPS
+                100.0 * med / pk,
+                100.0 * best / pk
             );
         } else {
             println!(
