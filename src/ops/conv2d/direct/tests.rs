@@ -1118,3 +1118,106 @@ fn bf16_takes_the_direct_path_where_f32_does() {
         assert!(!use_for_forward::<f64>(&s, b) && !use_for_weight::<f64>(&s, b));
     }
 }
+
+/// The kernels alone, without the passes around them (padding, pairing,
+/// the lane reduction): GFLOP/s and share of this machine's one-thread
+/// peak (`resgrad peak --threads 1`, f32 FMA / bf16 `vdpbf16ps`; override
+/// with `RESGRAD_PEAK1=f32,bf16`) per CIFAR ResNet shape, one image (the
+/// forward / input-gradient kernels) or one group of images (the weight
+/// gradient, the group size the pass uses) over and over, best of 7
+/// timings. A tuning tool, not a check: run it on purpose,
+/// `cargo test --release --lib kernel_rates -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn kernel_rates() {
+    use std::time::Instant;
+    if !bf16_enabled() {
+        println!("SKIPPED: needs AVX-512F and AVX512-BF16");
+        return;
+    }
+    let (pf, pb) = std::env::var("RESGRAD_PEAK1")
+        .ok()
+        .and_then(|v| {
+            let (a, b) = v.split_once(',')?;
+            Some((a.parse().ok()?, b.parse().ok()?))
+        })
+        .unwrap_or((116.3f64, 221.1f64));
+    // best seconds per call of f over 7 timings of ~40 ms each
+    let time = |f: &mut dyn FnMut()| {
+        let t = Instant::now();
+        f();
+        let reps = (0.04 / t.elapsed().as_secs_f64()).ceil().max(1.0) as usize;
+        (0..7)
+            .map(|_| {
+                let t = Instant::now();
+                for _ in 0..reps {
+                    f();
+                }
+                t.elapsed().as_secs_f64() / reps as f64
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    let mut r = Rand::new(5);
+    let mut rnd =
+        |n: usize| -> Vec<f32> { r.normal_vec(n).into_iter().map(|x| x as f32).collect() };
+    let to_u32 = |v: &[f32]| {
+        v.iter()
+            .map(|x| x.to_bits() & 0x7f7f_7f7f)
+            .collect::<Vec<u32>>()
+    };
+    println!("| shape | kernel | f32 GFLOP/s | share | bf16 GFLOP/s | share |");
+    println!("|---|---|---|---|---|---|");
+    for (c, hw) in [(16, 32), (32, 16), (64, 8)] {
+        let s = shape(1, c, hw, hw, c);
+        let g = Grid::of(&s);
+        let mut edges = Vec::new();
+        edge_masks(&mut edges, &g);
+        let mut pm = Vec::new();
+        pair_masks(&mut pm, &edges);
+        let conv_flops = 2.0 * (g.hw * 9 * c * c) as f64;
+        // forward / input gradient: one image
+        let src = rnd(c * g.ps);
+        let wk = rnd(c * 9 * c);
+        let mut dst = vec![0f32; c * g.hw];
+        let tf = time(&mut || conv_planes(&mut dst, &src, &wk, c, c, &g, &edges, Store::Set, None));
+        let (srcp, wkp) = (
+            to_u32(&src[..pairs(c) * g.ps]),
+            to_u32(&wk[..pairs(c) * 9 * c]),
+        );
+        let tb = time(&mut || {
+            conv_planes_bf16(
+                &mut dst,
+                &srcp,
+                &wkp,
+                pairs(c),
+                c,
+                &g,
+                &edges,
+                Store::Set,
+                None,
+            )
+        });
+        let row = |name: &str, tf: f64, tb: f64, flops: f64| {
+            let (a, b) = (flops / tf / 1e9, flops / tb / 1e9);
+            println!(
+                "| {c}ch {hw}x{hw} | {name} | {a:.1} | {:.0}% | {b:.1} | {:.0}% |",
+                100.0 * a / pf,
+                100.0 * b / pb
+            );
+        };
+        row("conv_planes", tf, tb, conv_flops);
+        // weight gradient: one group of images, as backward() makes them
+        let imgs = (768 / (16 * g.nv)).clamp(1, 16);
+        let (d, p) = (rnd(imgs * c * g.ps), rnd(imgs * c * g.ps));
+        let mut dwv = vec![0f32; c * c * 9 * 16];
+        let tf = time(&mut || weight_grad_planes(&mut dwv, false, &d, &p, c, c, imgs, &g, &edges));
+        let (dl, ph) = (16 * g.hw.div_ceil(32), (g.ps / 2 + 16).next_multiple_of(16));
+        let dq = to_u32(&rnd(imgs * c * dl));
+        let (pe, po) = (to_u32(&rnd(imgs * c * ph)), to_u32(&rnd(imgs * c * ph)));
+        let tb = time(&mut || {
+            weight_grad_planes_bf16(&mut dwv, false, &dq, &pe, &po, c, c, imgs, &g, ph, &pm)
+        });
+        row("weight_grad_planes", tf, tb, imgs as f64 * conv_flops);
+        std::hint::black_box((&dst, &dwv));
+    }
+}
