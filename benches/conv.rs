@@ -26,11 +26,14 @@ use resgrad::ops::conv2d::{
 };
 use resgrad::precision::Precision;
 
-/// Measured peaks of the project machine (a 2-vCPU Zen 5 KVM guest), GFLOP/s
-/// as (threads, f32 FMA, bf16 `vdpbf16ps`): `resgrad peak --json [--threads
-/// 1]`, best of its rounds, 2026-12-03 (see BENCHMARKS.md, "Kernel efficiency
-/// (stop 17)"; the 461 used before was the earlier machine's).
-const PEAKS: [(usize, f64, f64); 2] = [(1, 116.3, 221.1), (2, 227.0, 448.0)];
+/// Measured peaks of the project machine, GFLOP/s as (threads, f32 FMA,
+/// bf16 `vdpbf16ps`): `resgrad peak --json --rounds 9 [--threads 1]`, best
+/// of its rounds over three runs, 2026-12-03 21:34 UTC. The VM reports an
+/// AMD EPYC of family 25 model 17 (Zen 4: 512-bit FMAs on 256-bit units, one
+/// zmm FMA or `vdpbf16ps` per cycle, 32 KiB L1d, 1 MiB L2 per core), half
+/// the f32 rate of the stop-13 figures; the 461 used before was the
+/// machine before that. See BENCHMARKS.md, "Kernel efficiency (stop 17)".
+const PEAKS: [(usize, f64, f64); 2] = [(1, 116.2, 225.2), (2, 231.6, 463.5)];
 const BATCH: usize = 128;
 
 /// The measured peak of `p` on `threads` threads (per-thread scaled from

@@ -384,17 +384,19 @@ pub(super) unsafe fn weight_grad_planes_bf16(
                     let drow = d.as_ptr().add((n * n_out + o0) * dl);
                     for (v, &(ml, mr)) in masks.iter().enumerate() {
                         let j = 16 * v;
-                        let p0 = bh!(_mm512_loadu_si512(t0.add(j) as *const __m512i));
+                        // the edge masks per position (per 16-bit half)
+                        // on the input taps, once for the 8 channels
+                        let p0 = _mm512_loadu_si512(t0.add(j) as *const __m512i);
+                        let p0 = bh!(_mm512_maskz_mov_epi16(ml, p0));
                         let p1 = bh!(_mm512_loadu_si512(t1.add(j) as *const __m512i));
-                        let p2 = bh!(_mm512_loadu_si512(t2.add(j) as *const __m512i));
+                        let p2 = _mm512_loadu_si512(t2.add(j) as *const __m512i);
+                        let p2 = bh!(_mm512_maskz_mov_epi16(mr, p2));
                         for (c, acc) in acc.iter_mut().enumerate() {
-                            let dv = _mm512_loadu_si512(drow.add(c * dl + j) as *const __m512i);
-                            // the edge masks per position: per 16-bit half
-                            let d0 = bh!(_mm512_maskz_mov_epi16(ml, dv));
-                            let d2 = bh!(_mm512_maskz_mov_epi16(mr, dv));
-                            acc[0] = _mm512_dpbf16_ps(acc[0], d0, p0);
-                            acc[1] = _mm512_dpbf16_ps(acc[1], bh!(dv), p1);
-                            acc[2] = _mm512_dpbf16_ps(acc[2], d2, p2);
+                            let dv =
+                                bh!(_mm512_loadu_si512(drow.add(c * dl + j) as *const __m512i));
+                            acc[0] = _mm512_dpbf16_ps(acc[0], dv, p0);
+                            acc[1] = _mm512_dpbf16_ps(acc[1], dv, p1);
+                            acc[2] = _mm512_dpbf16_ps(acc[2], dv, p2);
                         }
                     }
                 }

@@ -1124,8 +1124,9 @@ fn bf16_takes_the_direct_path_where_f32_does() {
 /// peak (`resgrad peak --threads 1`, f32 FMA / bf16 `vdpbf16ps`; override
 /// with `RESGRAD_PEAK1=f32,bf16`) per CIFAR ResNet shape, one image (the
 /// forward / input-gradient kernels) or one group of images (the weight
-/// gradient, the group size the pass uses) over and over, best of 7
-/// timings. A tuning tool, not a check: run it on purpose,
+/// gradient, the group size the pass uses; `GROUP=n` overrides it) over and
+/// over, best of 60 timings of ~2 ms of the thread's CPU time (`ONLY=8`:
+/// the 8x8 planes only). A tuning tool, not a check: run it on purpose,
 /// `cargo test --release --lib kernel_rates -- --ignored --nocapture`.
 #[test]
 #[ignore]
@@ -1141,33 +1142,49 @@ fn kernel_rates() {
             let (a, b) = v.split_once(',')?;
             Some((a.parse().ok()?, b.parse().ok()?))
         })
-        .unwrap_or((116.3f64, 221.1f64));
-    // best seconds per call of f over 7 timings of ~40 ms each
+        .unwrap_or((116.2f64, 225.2f64));
+    // this thread's CPU time (not the time it waits for a core on a shared
+    // machine), seconds
+    let cpu_now = || {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: t is a valid timespec to write.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+        t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+    };
+    // best CPU seconds per call of f over 60 timings of ~2 ms each
     let time = |f: &mut dyn FnMut()| {
         let t = Instant::now();
         f();
-        let reps = (0.04 / t.elapsed().as_secs_f64()).ceil().max(1.0) as usize;
-        (0..7)
+        let reps = (0.002 / t.elapsed().as_secs_f64()).ceil().max(1.0) as usize;
+        (0..60)
             .map(|_| {
-                let t = Instant::now();
+                let t = cpu_now();
                 for _ in 0..reps {
                     f();
                 }
-                t.elapsed().as_secs_f64() / reps as f64
+                (cpu_now() - t) / reps as f64
             })
             .fold(f64::INFINITY, f64::min)
     };
     let mut r = Rand::new(5);
     let mut rnd =
         |n: usize| -> Vec<f32> { r.normal_vec(n).into_iter().map(|x| x as f32).collect() };
+    // normal values as bf16 pairs (as the passes make them)
     let to_u32 = |v: &[f32]| {
         v.iter()
-            .map(|x| x.to_bits() & 0x7f7f_7f7f)
+            .map(|&x| to_bf16(x) as u32 | (to_bf16(-0.5 * x) as u32) << 16)
             .collect::<Vec<u32>>()
     };
     println!("| shape | kernel | f32 GFLOP/s | share | bf16 GFLOP/s | share |");
     println!("|---|---|---|---|---|---|");
+    let only: Option<usize> = std::env::var("ONLY").ok().and_then(|v| v.parse().ok());
     for (c, hw) in [(16, 32), (32, 16), (64, 8)] {
+        if only.is_some_and(|o| o != hw) {
+            continue;
+        }
         let s = shape(1, c, hw, hw, c);
         let g = Grid::of(&s);
         let mut edges = Vec::new();
@@ -1206,14 +1223,36 @@ fn kernel_rates() {
             );
         };
         row("conv_planes", tf, tb, conv_flops);
+        // the same into a new image's output each call, as a pass writes
+        // them (128 images: 2-8 MB, not in L2)
+        let n = 128;
+        let mut outs = vec![0f32; n * c * g.hw];
+        let mut at = 0;
+        let mut next = move || {
+            at = (at + 1) % n;
+            at * c * g.hw
+        };
+        let tf = time(&mut || {
+            let d = &mut outs[next()..][..c * g.hw];
+            conv_planes(d, &src, &wk, c, c, &g, &edges, Store::Set, None)
+        });
+        let tb = time(&mut || {
+            let d = &mut outs[next()..][..c * g.hw];
+            conv_planes_bf16(d, &srcp, &wkp, pairs(c), c, &g, &edges, Store::Set, None)
+        });
+        row("conv_planes, new dst", tf, tb, conv_flops);
         // weight gradient: one group of images, as backward() makes them
-        let imgs = (768 / (16 * g.nv)).clamp(1, 16);
+        let imgs = std::env::var("GROUP")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or((768 / (16 * g.nv)).clamp(1, 16));
         let (d, p) = (rnd(imgs * c * g.ps), rnd(imgs * c * g.ps));
         let mut dwv = vec![0f32; c * c * 9 * 16];
         let tf = time(&mut || weight_grad_planes(&mut dwv, false, &d, &p, c, c, imgs, &g, &edges));
         let (dl, ph) = (16 * g.hw.div_ceil(32), (g.ps / 2 + 16).next_multiple_of(16));
         let dq = to_u32(&rnd(imgs * c * dl));
         let (pe, po) = (to_u32(&rnd(imgs * c * ph)), to_u32(&rnd(imgs * c * ph)));
+        dwv.fill(0.0);
         let tb = time(&mut || {
             weight_grad_planes_bf16(&mut dwv, false, &dq, &pe, &po, c, c, imgs, &g, ph, &pm)
         });
