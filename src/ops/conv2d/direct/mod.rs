@@ -60,6 +60,47 @@
 //! so that the image rows start at `lead + w`, a multiple of 16, and the
 //! weight gradient's `D` loads are aligned to 64-byte lines.
 //!
+//! ## Register tiles, and what bounds them (stop 17)
+//!
+//! Forward and input gradient ([`conv_planes`], [`conv_planes_bf16`]): a
+//! tile is `TILE_O = 8` output channels x `V <= TILE_V = 3` vectors of 16
+//! positions, `8 V` accumulators (24), kept over the whole reduction (every
+//! input channel or pair, every tap) and stored once. Per (input channel or
+//! pair, tap) it loads `V` vectors and broadcasts 8 weights (32-bit
+//! `vbroadcastss` loads) for `8 V` FMAs / `vdpbf16ps`: 11 loads per 24 FMAs,
+//! below the load ports' rate, so the tile is bound by the FMA port alone.
+//! A plane's vectors are tiled 3, 3, ..., with a last 4 split 2 + 2 (16
+//! accumulators, still more independent sums than the FMA and `vdpbf16ps`
+//! latencies need at one per cycle): a 16x16 plane is 3,3,3,3,2,2 and an
+//! 8x8 plane 2,2.
+//!
+//! Measured (`kernel_rates` in `tests.rs`: the kernel alone, one thread, on
+//! the project's current VM, an AMD EPYC of family 25 model 17 — Zen 4, one
+//! 512-bit FMA or `vdpbf16ps` per cycle, 32 KiB L1d): this tile runs at
+//! 93-99% of the one-thread f32 FMA peak and 94-105% of the `vdpbf16ps`
+//! peak (`resgrad peak`; above 100%: the peak loop is itself a little
+//! short of the port's rate) on the 32x32, 16x16 and 8x8 CIFAR planes. So
+//! the other tile shapes one would try (6 channels x 4 vectors, fewer
+//! broadcasts per FMA; 4 vectors for the 4-vector 8x8 plane) have nothing
+//! left to win on this CPU, and were not pursued; a software prefetch of
+//! the tile's output lines (a pass writes a new image's output each call)
+//! was tried and dropped (within the noise). What the passes lose against
+//! the kernel is around it: the padding and pairing passes (in bf16 at
+//! 32x32 a third of the pass), and on a shared 2-core VM the other core.
+//!
+//! Weight gradient ([`weight_grad_planes`], [`weight_grad_planes_bf16`]):
+//! 8 output channels x the 3 taps of one kernel row (24 accumulators),
+//! reduced over a group of images' positions, then added to 16 lanes per
+//! entry. Per vector of positions: 3 input-tap loads and 8 dout loads for 24
+//! FMAs / `vdpbf16ps`. f32: 84-94% of peak in `kernel_rates`; bf16 73-92%,
+//! after stop 17 moved its edge masks from each channel's dout pairs (16
+//! `vmovdqu16` per 24 `vdpbf16ps`) to the two masked input taps (2 per 24;
+//! +11-13% on the kernel, see the bf16 section). The 8x8 plane is the
+//! slowest (a group of 12 images, 2 vectors each: short inner loops and
+//! each image's input runs new to L1); groups of 4, 8 and 16 images were no
+//! better than 12 on this CPU, and a software prefetch of the next image's
+//! input runs was within the noise.
+//!
 //! ## bf16 ([`Precision::Bf16`]): the same sums over channel pairs
 //!
 //! With AVX512-BF16, the forward and the input gradient have bf16 kernels
