@@ -74,7 +74,7 @@
 //!             s = lead - 1 + j + off(k)
 //! ```
 //!
-//! so the padded input is written as *paired planes* ([`pad_pairs`]): one
+//! so the padded input is written as *paired planes* ([`pad_pair_planes`]): one
 //! `u32` per position, `PP[q, s] = (bf16(P[2q, s]), bf16(P[2q+1, s]))`
 //! (low, high half), the same [`Grid`] (`ps` entries per pair plane), zeros
 //! around the image, and an odd `cin` padded with a zero channel (whose
@@ -91,11 +91,15 @@
 //! reduction lanes), and the forward's output plane sums are taken as in
 //! f32. The rounding (round to nearest even, denormals to zero, as
 //! [`crate::gemm_bf16::to_bf16`] and `vcvtne2ps2bf16`) happens while
-//! padding: every input kind is first made as f32 planes exactly as the f32
-//! path makes them (a copy, or BN-ReLU normalised, or the BN's input
-//! gradient: [`fill_input`], [`fill_grad`]), then two planes are rounded
-//! and interleaved into one paired plane (`vcvtne2ps2bf16` + `vpermw`). No
-//! bf16 copy outlives the call; activations stay f32 everywhere else.
+//! padding: two f32 planes are rounded and interleaved into one paired
+//! plane (`vcvtne2ps2bf16` + `vpermw`), the same f32 values the f32 path
+//! reads. A stored input (or output gradient) is paired straight from its
+//! planes where it lies ([`pad_pairs_from`]); a computed one is first made
+//! as f32 planes exactly as the f32 path makes them (BN-ReLU normalised, or
+//! the BN's input gradient: [`fill_input`], [`fill_grad`]), two planes at a
+//! time ([`pad_pairs`]), or, for the BN's input gradient that both
+//! backward layouts read, one image at a time. No bf16 copy outlives the
+//! call; activations stay f32 everywhere else.
 //!
 //! **Input gradient:** the f32 derivation above with `D` paired along the
 //! *output* channels, `DP[p, s] = (bf16(D[2p, s]), bf16(D[2p+1, s]))`, and
@@ -124,8 +128,13 @@
 //! or `po` from `(b - 1) / 2`. The register tile is the f32 one (8 output
 //! channels x the 3 taps of a kernel row), each `vdpbf16ps` covering 32
 //! positions, and the lanes are added up as in f32 ([`reduce_lanes`]). The
-//! padded f32 planes are made first by the f32 code (so every input and
-//! output-gradient kind fuses as in f32), then paired ([`run_pairs`]).
+//! padded input `P` is never written: `pe` and `po` are paired straight
+//! from each input plane as if it lay at `first()` in zeros
+//! ([`run_pairs_at`]: masked loads, the zeros from the mask), a BN-ReLU
+//! input plane computed first by the f32 code ([`fill_input`]); dout's
+//! pairs come from its f32 planes (stored, or the BN's input gradient made
+//! once per image, [`fill_grad`]) by [`run_pairs`]. So every input and
+//! output-gradient kind fuses as in f32.
 //! Every 3x3 / stride-1 / pad-1 pass therefore takes the same path in both
 //! precisions (`use_for_*(s, F32) == use_for_*(s, Bf16)` where bf16 can
 //! run), and the plan's fusion choices (`conv2d_fuses_*`) hold for both.
@@ -1023,8 +1032,8 @@ fn grow<E: Copy + Default>(v: &mut Vec<E>, len: usize) {
 /// the output (`out = res + conv` with a residual `res`); with `planes`
 /// (N, cout), each image's output plane sums, taken while the image is in
 /// cache. In [`Precision::Bf16`] the image is padded as bf16 channel pairs
-/// ([`pad_pairs`]) and [`conv_planes_bf16`] computes the sums, stored the
-/// same way. Shapes as validated by `mod.rs`; `use_for_forward(s, p)` must
+/// ([`pad_pairs_from`] a stored input, [`pad_pairs`] a BN-ReLU one) and
+/// [`conv_planes_bf16`] computes the sums, stored the same way. Shapes as validated by `mod.rs`; `use_for_forward(s, p)` must
 /// hold.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn forward(
@@ -1117,9 +1126,9 @@ pub(super) fn forward(
 /// `inp` a BN-ReLU input, `dinp` overwritten): the plane sums of that
 /// BN-ReLU's backward reduction over `dinp`, computed as it is stored.
 ///
-/// In [`Precision::Bf16`] only the input gradient (`dweight` must be
-/// `None`): `dout` padded as bf16 pairs of output channels, the flipped
-/// weights as pairs, [`conv_planes_bf16`].
+/// In [`Precision::Bf16`]: `dout` padded as bf16 pairs of output channels,
+/// the flipped weights as pairs, [`conv_planes_bf16`]; the weight gradient
+/// over position pairs, [`weight_grad_planes_bf16`].
 #[allow(clippy::too_many_arguments)]
 pub(super) fn backward(
     accum: Accum,
