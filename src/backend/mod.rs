@@ -276,6 +276,23 @@ pub trait Backend: Clone + Copy + Debug + Default + Send + Sync + 'static {
         dy: &Self::Buf<T>,
         out: &Self::Buf<T>,
     ) -> Result<()>;
+    /// [`Backend::add_relu_backward`] with the reduction of `bn`, the BN
+    /// that made the branch (its input `x_bn`, shape `ng`), taken per plane
+    /// as `dsum` is written: `grad_sums` (N, C) = `(sum dsum, sum dsum * (x_bn
+    /// - mean))` per plane, what [`Backend::bn_backward_coefs`] takes
+    /// precomputed (`ops::mix::add_relu_backward_sums`; a plain addition,
+    /// `dF = dsum`).
+    #[allow(clippy::too_many_arguments)]
+    fn add_relu_backward_sums<T: Scalar>(
+        dsum: &mut Self::Buf<T>,
+        dx: Option<&mut Self::Buf<T>>,
+        dy: &Self::Buf<T>,
+        out: &Self::Buf<T>,
+        bn: &BnLayer<T, Self>,
+        x_bn: &Self::Buf<T>,
+        ng: (usize, Geom),
+        grad_sums: &mut Self::Buf<(f64, f64)>,
+    ) -> Result<()>;
     /// `y = mix(h, f)` (`ops::mix`).
     fn mix_forward<T: Scalar>(y: &mut Self::Buf<T>, mix: Mix, x: MixSource<Self, T>) -> Result<()>;
     /// The mix's `dh`, `dF` (and a gate's `dz`) from `s = dL/dy`.

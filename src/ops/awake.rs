@@ -40,11 +40,19 @@ thread_local! {
 
 /// Runs `f` on a worker of the current rayon pool with the pool's other
 /// workers kept awake until it returns (see the module docs). With one
-/// thread, just `f()`.
+/// thread, `f()` on that worker (nothing to keep awake): called from
+/// outside the pool (the main thread of `--threads 1`), every parallel
+/// pass inside `f` would otherwise be sent to the pool's one worker and
+/// waited for, a futex wake-up and a sleep per pass (measured: ~10% of a
+/// 1-thread ResNet-56 bf16 step in the kernel's wake-up path, BENCHMARKS.md
+/// stop 17); once on the worker, they run inline.
 pub fn on_warm_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     let threads = rayon::current_num_threads();
     if threads <= 1 {
-        return f();
+        return match rayon::current_thread_index() {
+            Some(_) => f(),
+            None => rayon::scope(|_| f()),
+        };
     }
     let done = AtomicBool::new(false);
     rayon::scope(|s| {

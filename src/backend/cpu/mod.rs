@@ -20,7 +20,8 @@ use crate::ops::conv2d::{ConvBackward, ConvForward, ConvGradOut, ConvInput, Conv
 use crate::ops::dropout::dropout_forward;
 use crate::ops::elementwise::scale_in_place;
 use crate::ops::mix::{
-    add_relu_backward, add_relu_forward, mix_backward, mix_forward, Mix, MixGrads, MixInputs,
+    add_relu_backward, add_relu_backward_sums, add_relu_forward, mix_backward, mix_forward, BnSums,
+    Mix, MixGrads, MixInputs,
 };
 use crate::ops::norms::{add_terms, TermNorms};
 use crate::ops::par::{par_copy, par_zero};
@@ -271,6 +272,28 @@ impl Backend for Cpu {
         out: &Vec<T>,
     ) -> Result<()> {
         add_relu_backward(dsum, dx.map(|d| d.as_mut_slice()), dy, out)
+    }
+    #[inline]
+    fn add_relu_backward_sums<T: Scalar>(
+        dsum: &mut Vec<T>,
+        dx: Option<&mut Vec<T>>,
+        dy: &Vec<T>,
+        out: &Vec<T>,
+        bn: &BnLayer<T>,
+        x_bn: &Vec<T>,
+        (n, g): (usize, Geom),
+        grad_sums: &mut Vec<(f64, f64)>,
+    ) -> Result<()> {
+        grad_sums.clear();
+        grad_sums.resize(n * bn.c, (0.0, 0.0));
+        let sums = BnSums {
+            x: x_bn,
+            mean: &bn.mean,
+            sums: grad_sums,
+            c: bn.c,
+            hw: g.hw(),
+        };
+        add_relu_backward_sums(dsum, dx.map(|d| d.as_mut_slice()), dy, out, sums)
     }
     #[inline]
     fn mix_forward<T: Scalar>(y: &mut Vec<T>, mix: Mix, x: MixSource<Cpu, T>) -> Result<()> {

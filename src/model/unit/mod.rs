@@ -495,10 +495,41 @@ impl<T: Scalar, B: Backend> Unit<T, B> {
         // dacts[s] is dL/d(output of branch step s); the last one is dF
         let (dacts, dacts_top) = d.dacts[..nsteps].split_at_mut(nsteps - 1);
         // in the forward pass post came after the addition, so now carry dy back through it
+        // a plain addition hands dsum on as dF: when the branch ends in a BN
+        // that only reduces here (its input gradient made by the conv
+        // before it), the pass that writes dsum takes that reduction's
+        // per-plane sums too (not with the probe, whose shortcut prefix
+        // may reuse the grad sums buffer first)
+        let last = nsteps - 1;
+        let top_sums = match plan.steps[last] {
+            Step::Bn(i)
+                if plan.add_relu && self.mix == Mix::Add && unstored_grad[last] && !probe =>
+            {
+                Some(i)
+            }
+            _ => None,
+        };
         if plan.add_relu {
             // the forward was out = max(0, sum), so now dsum = dy [out > 0]
             let with_dx = (sg == ShortcutGrad::WithReluMask).then_some(&mut *dx);
-            B::add_relu_backward(&mut d.dsum, with_dx, dy, &a.post[0])?;
+            match top_sums {
+                Some(i) => {
+                    // unstored_grad[last]: a conv step before the BN
+                    let (x_bn, ng) = (&a.branch[last - 1], (n, plan.geoms[last - 1]));
+                    let (bn, sums) = (&self.bns[i], &mut d.grad_sums);
+                    B::add_relu_backward_sums(
+                        &mut d.dsum,
+                        with_dx,
+                        dy,
+                        &a.post[0],
+                        bn,
+                        x_bn,
+                        ng,
+                        sums,
+                    )?
+                }
+                None => B::add_relu_backward(&mut d.dsum, with_dx, dy, &a.post[0])?,
+            }
         } else if !plan.post.is_empty() {
             B::zero(&mut d.dsum);
             for dp in d.dpost[..plan.post.len()].iter_mut() {
@@ -590,7 +621,8 @@ impl<T: Scalar, B: Backend> Unit<T, B> {
                             };
                             let grad_sums = &mut d.grad_sums;
                             let into = (&at_p[0], below, &mut d.dx_short);
-                            backward_steps(&prefix, &mut layers, into, None, None, grad_sums)?;
+                            let sums = (grad_sums, false);
+                            backward_steps(&prefix, &mut layers, into, None, None, sums)?;
                             B::zero(&mut dacts[p]);
                         }
                     }
@@ -615,7 +647,7 @@ impl<T: Scalar, B: Backend> Unit<T, B> {
             into,
             plan.shared,
             res,
-            &mut d.grad_sums,
+            (&mut d.grad_sums, top_sums.is_some()),
         )?;
         // ... and the gate's own path, which counts with the branch
         if let Some(gate) = self.gate.as_mut() {

@@ -129,20 +129,24 @@ pub(super) type Through<'a, T, B> = (
 /// overwritten by its one writer except at `shared`, which already holds a
 /// projection's share and is added to. With `res`, `dx` is overwritten
 /// with `res + ...` instead of added to: by the first step's own pass (a
-/// BN-ReLU's backward, or a conv's input-gradient store).
+/// BN-ReLU's backward, or a conv's input-gradient store). With `top_sums`,
+/// `grad_sums` already holds the per-plane sums of the last step's BN
+/// reduction over `dtop` (written with it), which that BN then takes.
 pub(super) fn backward_steps<T: Scalar, B: Backend>(
     b: &StepsBackward<T, B>,
     l: &mut Layers<T, B>,
     (dtop, dacts, dx): Through<T, B>,
     shared: Option<usize>,
     res: Option<&B::Buf<T>>,
-    grad_sums: &mut B::Buf<(f64, f64)>,
+    (grad_sums, top_sums): (&mut B::Buf<(f64, f64)>, bool),
 ) -> Result<()> {
     let (steps, n, x) = (b.steps, b.n, b.x);
     let last = steps.len() - 1;
-    // the step whose BN-ReLU grad sums (per plane) a conv computed
-    // while it wrote that BN-ReLU's output gradient
-    let mut grad_sums_for: Option<usize> = None;
+    // the step whose BN(-ReLU) grad sums (per plane) a pass computed while
+    // it wrote that BN's output gradient: a conv (the BN-ReLU before it),
+    // or with `top_sums` the pass that wrote `dtop` (the last step's BN,
+    // `ops::mix::add_relu_backward_sums`)
+    let mut grad_sums_for: Option<usize> = top_sums.then_some(last);
     for s in (0..steps.len()).rev() {
         let (lo, hi) = dacts.split_at_mut(s);
         let dout: &B::Buf<T> = if s == last { dtop } else { &hi[0] };

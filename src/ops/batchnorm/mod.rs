@@ -75,6 +75,16 @@ mod reduce;
 use reduce::{block, block_sum, dy, per_block, per_channel, plane_sums};
 pub use reduce::{bn_plane_sums, bn_relu_plane_sums};
 
+/// One plane's `(sum dy, sum dy * (x - mean))`, the per-plane sums of a BN
+/// backward's reduction without a ReLU, bitwise as
+/// [`batchnorm_backward_coefs`] takes them itself: for a pass that writes
+/// `dy` a plane at a time and sums it while the plane is in cache
+/// (`ops::mix::add_relu_backward_sums`). `dy`, `x`: one plane (hw).
+#[inline(always)]
+pub fn bn_grad_plane_sums<T: Scalar>(dy: &[T], x: &[T], mean: T) -> (f64, f64) {
+    plane_sums::<T, false>(dy, x, mean, T::zero(), T::zero())
+}
+
 /// PyTorch's defaults.
 pub const BN_EPS: f64 = 1e-5;
 pub const BN_MOMENTUM: f64 = 0.1;

@@ -25,7 +25,10 @@
 //! The original unit's addition and the ReLU after it are fused:
 //! [`add_relu_forward`] writes `max(0, h + F)` in one pass and
 //! [`add_relu_backward`] masks `dy` in one pass (and, for an identity
-//! shortcut, writes the shortcut's `dL/dx = dsum` in the same pass).
+//! shortcut, writes the shortcut's `dL/dx = dsum` in the same pass);
+//! [`add_relu_backward_sums`] also takes, plane by plane, the reduction
+//! sums of the BN that ends the branch (whose `dy` is `dsum` under a plain
+//! addition), so that BN's backward skips its own pass over `dsum`.
 
 use crate::error::{check_len, Result};
 use crate::ops::par::{par_pieces, par_pieces2};
@@ -219,6 +222,119 @@ pub fn add_relu_backward<T: Scalar>(
                 }
             },
         ),
+    }
+    Ok(())
+}
+
+/// The grad sums a BN backward's reduction takes precomputed: the BN's
+/// input `x` (N, C, HW), its batch `mean` (C), `sums` (N, C) to fill.
+pub struct BnSums<'a, T> {
+    pub x: &'a [T],
+    pub mean: &'a [T],
+    pub sums: &'a mut [(f64, f64)],
+    pub c: usize,
+    pub hw: usize,
+}
+
+/// [`add_relu_backward`] plane by plane, with the reduction of the BN that
+/// made the branch `F` taken as each plane of `dsum` is written: for a
+/// plain addition `dF = dsum`, so that BN's `dy` *is* `dsum` and its
+/// backward needs per plane `(sum dy, sum dy * (x - mean))`
+/// (`batchnorm::bn_grad_plane_sums`, in its own lane order: the same bits
+/// as the BN's own pass over the stored `dsum`, which it then skips: one
+/// read of `dsum` and `x` fewer). `dsum`, `dx`, `dy`, `out` (N, C, HW).
+pub fn add_relu_backward_sums<T: Scalar>(
+    dsum: &mut [T],
+    dx: Option<&mut [T]>,
+    dy: &[T],
+    out: &[T],
+    bn: BnSums<T>,
+) -> Result<()> {
+    use rayon::prelude::*;
+    let BnSums {
+        x,
+        mean,
+        sums,
+        c,
+        hw,
+    } = bn;
+    crate::error::check_nonzero(OP, "BN channels", c)?;
+    crate::error::check_nonzero(OP, "BN positions per plane", hw)?;
+    let planes = sums.len();
+    if planes % c != 0 {
+        return Err(crate::error::Error::InvalidParam {
+            op: OP,
+            msg: format!("{planes} BN grad sums are not whole images of {c} channels"),
+        });
+    }
+    check_len(OP, "dsum", dsum, &[planes, hw])?;
+    check_len(OP, "dy", dy, &[dsum.len()])?;
+    check_len(OP, "output", out, &[dsum.len()])?;
+    check_len(OP, "BN input", x, &[dsum.len()])?;
+    check_len(OP, "BN mean", mean, &[c])?;
+    if let Some(dx) = &dx {
+        check_len(OP, "dx", dx, &[dsum.len()])?;
+    }
+    // in the forward pass this was out = max(0, h + F), so now dsum = dy
+    // [out > 0] (and dx = dsum for an identity shortcut), then the plane's
+    // sums while it is in cache
+    let plane = |i: usize, ds: &mut [T], dxp: Option<&mut [T]>, sum: &mut (f64, f64)| {
+        crate::ops::simd::fast(
+            #[inline(always)]
+            || {
+                let at = i * hw;
+                let (dy, out) = (&dy[at..][..hw], &out[at..][..hw]);
+                match dxp {
+                    // both outputs in one loop (measured: faster than a
+                    // copy of ds after it)
+                    Some(d) => {
+                        for ((b, a), (&g, &o)) in ds.iter_mut().zip(d).zip(dy.iter().zip(out)) {
+                            let v = if o > T::zero() { g } else { T::zero() };
+                            *b = v;
+                            *a = v;
+                        }
+                    }
+                    None => {
+                        for (b, (&g, &o)) in ds.iter_mut().zip(dy.iter().zip(out)) {
+                            *b = if o > T::zero() { g } else { T::zero() };
+                        }
+                    }
+                }
+                *sum = crate::ops::batchnorm::bn_grad_plane_sums(ds, &x[at..][..hw], mean[i % c]);
+            },
+        )
+    };
+    let min = (4096 / hw).max(1);
+    let parallel = dsum.len() >= crate::ops::par::PAR_MIN_ELEMS && rayon::current_num_threads() > 1;
+    match dx {
+        Some(dx) if parallel => (
+            dsum.par_chunks_mut(hw),
+            dx.par_chunks_mut(hw),
+            sums.par_iter_mut(),
+        )
+            .into_par_iter()
+            .with_min_len(min)
+            .enumerate()
+            .for_each(|(i, (ds, d, sum))| plane(i, ds, Some(d), sum)),
+        None if parallel => (dsum.par_chunks_mut(hw), sums.par_iter_mut())
+            .into_par_iter()
+            .with_min_len(min)
+            .enumerate()
+            .for_each(|(i, (ds, sum))| plane(i, ds, None, sum)),
+        Some(dx) => {
+            let it = dsum
+                .chunks_mut(hw)
+                .zip(dx.chunks_mut(hw))
+                .zip(sums.iter_mut());
+            for (i, ((ds, d), sum)) in it.enumerate() {
+                plane(i, ds, Some(d), sum);
+            }
+        }
+        None => {
+            for (i, (ds, sum)) in dsum.chunks_mut(hw).zip(sums.iter_mut()).enumerate() {
+                plane(i, ds, None, sum);
+            }
+        }
     }
     Ok(())
 }

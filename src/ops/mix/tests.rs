@@ -176,3 +176,109 @@ fn wrong_lengths_are_errors() {
     };
     assert!(mix_backward(d, &[1.0; 2], Mix::Add, MixInputs { h: &[1.0; 2], ..x }).is_err());
 }
+
+/// The add + ReLU backward with the BN reduction's plane sums
+/// (`add_relu_backward_sums`): `dsum` and `dx` bitwise those of
+/// `add_relu_backward`, and the BN backward's coefficients and parameter
+/// gradients from the handed-over sums bitwise those of its own pass over
+/// `dsum`; planes of 64 (the per-vector lanes) and of 35 (a tail), the
+/// parallel split (over `PAR_MIN_ELEMS`) and the sequential one, f32 and
+/// f64; wrong lengths are errors naming the buffer.
+#[test]
+fn add_relu_backward_sums_are_the_bn_pass_sums() {
+    use crate::ops::batchnorm::{batchnorm_backward_coefs, BnParamGrads, BnSaved, BnShape};
+    fn case<T: Scalar>(r: &mut Rand, n: usize, c: usize, hw: usize) {
+        let len = n * c * hw;
+        let v =
+            |r: &mut Rand, k: usize| -> Vec<T> { r.normal_vec(k).into_iter().map(T::of).collect() };
+        let (dy, out, x) = (v(r, len), v(r, len), v(r, len));
+        let (mean, rstd, gamma, beta) = (v(r, c), v(r, c), v(r, c), v(r, c));
+        let rstd: Vec<T> = rstd.iter().map(|&s| s * s + T::of(0.5)).collect();
+        for with_dx in [false, true] {
+            let (mut ds_a, mut dx_a) = (vec![T::of(7.0); len], vec![T::of(7.0); len]);
+            add_relu_backward(&mut ds_a, with_dx.then_some(&mut dx_a[..]), &dy, &out).unwrap();
+            let (mut ds_b, mut dx_b) = (vec![T::of(9.0); len], vec![T::of(7.0); len]);
+            let mut sums = vec![(f64::NAN, f64::NAN); n * c];
+            let bn = BnSums {
+                x: &x,
+                mean: &mean,
+                sums: &mut sums,
+                c,
+                hw,
+            };
+            add_relu_backward_sums(&mut ds_b, with_dx.then_some(&mut dx_b[..]), &dy, &out, bn)
+                .unwrap();
+            assert!(ds_a == ds_b && dx_a == dx_b, "{n} {c} {hw} dx {with_dx}");
+            let s = BnShape { n, c, hw };
+            let saved = || BnSaved {
+                inp: &x,
+                mean: &mean,
+                rstd: &rstd,
+                gamma: &gamma,
+                beta: &beta,
+            };
+            let mut g_own = (vec![T::zero(); c], vec![T::zero(); c]);
+            let mut g_fused = (vec![T::zero(); c], vec![T::zero(); c]);
+            let own = batchnorm_backward_coefs(
+                BnParamGrads {
+                    dgamma: &mut g_own.0,
+                    dbeta: &mut g_own.1,
+                },
+                &ds_a,
+                saved(),
+                false,
+                None,
+                s,
+            )
+            .unwrap();
+            let fused = batchnorm_backward_coefs(
+                BnParamGrads {
+                    dgamma: &mut g_fused.0,
+                    dbeta: &mut g_fused.1,
+                },
+                &ds_a,
+                saved(),
+                false,
+                Some(&sums),
+                s,
+            )
+            .unwrap();
+            assert!(
+                own == fused && g_own == g_fused,
+                "{n} {c} {hw}: BN coefficients"
+            );
+            assert!(g_own.1.iter().any(|&b| b != T::zero()));
+        }
+    }
+    let mut r = Rand::new(43);
+    for (n, c, hw) in [(2, 3, 35), (3, 8, 64), (4, 16, 1024), (2, 5, 1)] {
+        case::<f32>(&mut r, n, c, hw);
+        case::<f64>(&mut r, n, c, hw);
+    }
+    // wrong lengths: errors naming the buffer, not panics
+    let (mut ds, dy, out, x, mean) = (
+        vec![0f32; 24],
+        vec![0f32; 24],
+        vec![0f32; 24],
+        vec![0f32; 24],
+        vec![0f32; 3],
+    );
+    let mut sums = vec![(0.0, 0.0); 6];
+    let mut bad = |c: usize, hw: usize, x: &[f32], sums: &mut [(f64, f64)]| {
+        let bn = BnSums {
+            x,
+            mean: &mean[..c.min(3)],
+            sums,
+            c,
+            hw,
+        };
+        add_relu_backward_sums(&mut ds, None, &dy, &out, bn)
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(bad(3, 4, &x[1..], &mut sums).contains("BN input"));
+    assert!(bad(3, 5, &x, &mut sums).contains("dsum"));
+    assert!(bad(4, 4, &x, &mut sums).contains("whole images"));
+    assert!(bad(3, 0, &x, &mut sums).contains("positions"));
+    assert!(bad(3, 4, &x, &mut sums[1..]).contains("whole images"));
+}

@@ -609,3 +609,41 @@ unsafe fn stat_lanes(st: &StatPtrs, c: usize, at: usize, half: usize, g: __m512)
         _mm512_add_ps(_mm512_loadu_ps(a1), _mm512_mul_ps(dy, xm)),
     );
 }
+
+// ---- helpers of the passes around the kernels (stop 17) ----
+
+/// 16 lanes of a run of zeros holding `src[..n]` from index 0: lane `l`
+/// is `src[i0 + l]` when `0 <= i0 + l < n`, else +0. The lanes outside are
+/// masked off the load (no access; the address is formed with
+/// `wrapping_offset`, never dereferenced there).
+#[inline(always)]
+unsafe fn load_in_run(src: &[f32], n: usize, i0: isize) -> __m512 {
+    // lanes [from, to) read src: from = the first with i0 + l >= 0, to =
+    // the first with i0 + l >= n
+    let from = (-i0).clamp(0, 16) as usize;
+    let to = (n as isize - i0).clamp(0, 16) as usize;
+    if from >= to {
+        return _mm512_setzero_ps();
+    }
+    let mask = lanes(to) & !lanes(from);
+    _mm512_maskz_loadu_ps(mask, src.as_ptr().wrapping_offset(i0))
+}
+
+/// `dst[t] = (S[2t - shift], S[2t + 1 - shift])` rounded to bf16 (low,
+/// high half; `vcvtne2ps2bf16`, as [`run_pairs_bf16`]), where `S[i] =
+/// src[i]` for `0 <= i < n` (`n <= src.len()`) and +0 elsewhere, for every
+/// `t < dst.len()` (a multiple of 16): [`run_pairs_bf16`] over `src` placed
+/// at index `shift` of a run of zeros, without writing that run out (the
+/// bf16 weight gradient's input pairs straight from an input plane).
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+pub(super) unsafe fn run_pairs_at_bf16(dst: &mut [u32], src: &[f32], n: usize, shift: usize) {
+    assert!(n <= src.len() && dst.len().is_multiple_of(16));
+    let (d, shift) = (dst.as_mut_ptr(), shift as isize);
+    for t in (0..dst.len()).step_by(16) {
+        let i = 2 * t as isize - shift;
+        let lo = load_in_run(src, n, i);
+        let hi = load_in_run(src, n, i + 16);
+        let p = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+        _mm512_storeu_si512(d.add(t) as *mut __m512i, p);
+    }
+}

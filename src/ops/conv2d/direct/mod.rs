@@ -115,7 +115,7 @@
 //!             s = lead - 1 + j + off(k)
 //! ```
 //!
-//! so the padded input is written as *paired planes* ([`pad_pairs`]): one
+//! so the padded input is written as *paired planes* ([`pad_pair_planes`]): one
 //! `u32` per position, `PP[q, s] = (bf16(P[2q, s]), bf16(P[2q+1, s]))`
 //! (low, high half), the same [`Grid`] (`ps` entries per pair plane), zeros
 //! around the image, and an odd `cin` padded with a zero channel (whose
@@ -132,11 +132,15 @@
 //! reduction lanes), and the forward's output plane sums are taken as in
 //! f32. The rounding (round to nearest even, denormals to zero, as
 //! [`crate::gemm_bf16::to_bf16`] and `vcvtne2ps2bf16`) happens while
-//! padding: every input kind is first made as f32 planes exactly as the f32
-//! path makes them (a copy, or BN-ReLU normalised, or the BN's input
-//! gradient: [`fill_input`], [`fill_grad`]), then two planes are rounded
-//! and interleaved into one paired plane (`vcvtne2ps2bf16` + `vpermw`). No
-//! bf16 copy outlives the call; activations stay f32 everywhere else.
+//! padding: two f32 planes are rounded and interleaved into one paired
+//! plane (`vcvtne2ps2bf16` + `vpermw`), the same f32 values the f32 path
+//! reads. A stored input (or output gradient) is paired straight from its
+//! planes where it lies ([`pad_pairs_from`]); a computed one is first made
+//! as f32 planes exactly as the f32 path makes them (BN-ReLU normalised, or
+//! the BN's input gradient: [`fill_input`], [`fill_grad`]), two planes at a
+//! time ([`pad_pairs`]), or, for the BN's input gradient that both
+//! backward layouts read, one image at a time. No bf16 copy outlives the
+//! call; activations stay f32 everywhere else.
 //!
 //! **Input gradient:** the f32 derivation above with `D` paired along the
 //! *output* channels, `DP[p, s] = (bf16(D[2p, s]), bf16(D[2p+1, s]))`, and
@@ -170,8 +174,13 @@
 //! or `po` from `(b - 1) / 2`. The register tile is the f32 one (8 output
 //! channels x the 3 taps of a kernel row), each `vdpbf16ps` covering 32
 //! positions, and the lanes are added up as in f32 ([`reduce_lanes`]). The
-//! padded f32 planes are made first by the f32 code (so every input and
-//! output-gradient kind fuses as in f32), then paired ([`run_pairs`]).
+//! padded input `P` is never written: `pe` and `po` are paired straight
+//! from each input plane as if it lay at `first()` in zeros
+//! ([`run_pairs_at`]: masked loads, the zeros from the mask), a BN-ReLU
+//! input plane computed first by the f32 code ([`fill_input`]); dout's
+//! pairs come from its f32 planes (stored, or the BN's input gradient made
+//! once per image, [`fill_grad`]) by [`run_pairs`]. So every input and
+//! output-gradient kind fuses as in f32.
 //! Every 3x3 / stride-1 / pad-1 pass therefore takes the same path in both
 //! precisions (`use_for_*(s, F32) == use_for_*(s, Bf16)` where bf16 can
 //! run), and the plan's fusion choices (`conv2d_fuses_*`) hold for both.
@@ -514,10 +523,46 @@ fn pairs(planes: usize) -> usize {
 /// of `dst` (pairs, ps), entry `first() + j` of pair `q` holding channel
 /// `2q` at position `j` rounded to bf16 in its low half and channel `2q + 1`
 /// in its high half (0 past the last channel), zeros around each image
-/// (written only when `zero`, see [`Zeroed`]). `fill(c, plane)` writes the
-/// f32 values of channel `c` (hw) into `tmp` (at least 2 hw) first; they
-/// are rounded to nearest even as `vcvtne2ps2bf16` rounds
-/// ([`crate::gemm_bf16::to_bf16`]).
+/// (written only when `zero`, see [`Zeroed`]). `pair(q, d)` writes pair
+/// `q`'s `hw` image entries `d` ([`pad_pairs`], [`pad_pairs_from`]).
+fn pad_pair_planes(
+    dst: &mut [u32],
+    planes: usize,
+    g: &Grid,
+    zero: bool,
+    mut pair: impl FnMut(usize, &mut [u32]),
+) {
+    assert!(bf16_enabled(), "bf16 padding without AVX512-BF16");
+    assert!(dst.len() >= pairs(planes) * g.ps);
+    let (a, b) = (g.first(), g.first() + g.hw);
+    for (q, d) in dst.chunks_exact_mut(g.ps).take(pairs(planes)).enumerate() {
+        if zero {
+            d[..a].fill(0);
+            d[b..].fill(0);
+        }
+        pair(q, &mut d[a..b]);
+    }
+}
+
+/// `d[j] = (bf16(lo[j]), bf16(hi[j]))` (low, high half), rounded to
+/// nearest even as `vcvtne2ps2bf16` rounds ([`crate::gemm_bf16::to_bf16`]),
+/// for `j < d.len()`; `lo`, `hi` at least as long.
+fn pair_planes(d: &mut [u32], lo: &[f32], hi: &[f32]) {
+    assert!(lo.len() >= d.len() && hi.len() >= d.len());
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX-512F/BW and AVX512-BF16 available (the callers'
+    // pad_pair_planes asserts bf16_enabled); the kernel reads lo and hi
+    // below d.len() and writes only d.
+    unsafe {
+        avx512::pair_bf16(d, lo, hi)
+    }
+}
+
+/// [`pad_pair_planes`] of `planes` channels that are made first:
+/// `fill(c, plane)` writes the f32 values of channel `c` (hw) into `tmp`
+/// (at least 2 hw), two at a time, which are then paired. For an input that
+/// exists only as it is computed (a BN-ReLU output); a stored one is paired
+/// straight from its planes by [`pad_pairs_from`].
 fn pad_pairs(
     dst: &mut [u32],
     tmp: &mut [f32],
@@ -526,61 +571,80 @@ fn pad_pairs(
     zero: bool,
     mut fill: impl FnMut(usize, &mut [f32]),
 ) {
-    assert!(bf16_enabled(), "bf16 padding without AVX512-BF16");
-    assert!(dst.len() >= pairs(planes) * g.ps && tmp.len() >= 2 * g.hw);
-    let (a, b) = (g.first(), g.first() + g.hw);
+    assert!(tmp.len() >= 2 * g.hw);
     let (lo, hi) = tmp[..2 * g.hw].split_at_mut(g.hw);
-    for (q, d) in dst.chunks_exact_mut(g.ps).take(pairs(planes)).enumerate() {
-        if zero {
-            d[..a].fill(0);
-            d[b..].fill(0);
-        }
+    pad_pair_planes(dst, planes, g, zero, |q, d| {
         fill(2 * q, lo);
         if 2 * q + 1 < planes {
             fill(2 * q + 1, hi);
         } else {
             hi.fill(0.0);
         }
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX-512F/BW and AVX512-BF16 available (bf16_enabled);
-        // lo and hi are hw long, as is d[a..b].
-        unsafe {
-            avx512::pair_bf16(&mut d[a..b], lo, hi)
+        pair_planes(d, lo, hi)
+    });
+}
+
+/// [`pad_pair_planes`] straight from stored planes: `src` (planes, hw),
+/// channel `c` at `src[c * hw..]`, paired where it lies (no f32 copy; the
+/// same values, so the same bits as [`pad_pairs`] of a copy). `zeros`
+/// (at least hw) supplies the zero channel of an odd last pair.
+fn pad_pairs_from(
+    dst: &mut [u32],
+    src: &[f32],
+    zeros: &mut [f32],
+    planes: usize,
+    g: &Grid,
+    zero: bool,
+) {
+    let hw = g.hw;
+    assert!(src.len() == planes * hw && zeros.len() >= hw);
+    pad_pair_planes(dst, planes, g, zero, |q, d| {
+        let lo = &src[2 * q * hw..][..hw];
+        if 2 * q + 1 < planes {
+            pair_planes(d, lo, &src[(2 * q + 1) * hw..][..hw]);
+        } else {
+            zeros[..hw].fill(0.0);
+            pair_planes(d, lo, &zeros[..hw]);
+        }
+    });
+}
+
+/// Weights as bf16 pairs along one side: `wp[p, k, c]` (pairs(np), 9,
+/// nc) holds `w[at(2p, c, k)]` (low half) and `w[at(2p + 1, c, k)]` (high
+/// half, 0 past `np`), rounded to nearest even: one broadcast per channel
+/// `c` of the other side, pair and tap. `at(paired, other, tap)` is the
+/// index in `w` (cout, cin, 9).
+fn pack_pairs_bf16(
+    wp: &mut Vec<u32>,
+    w: &[f32],
+    np: usize,
+    nc: usize,
+    at: impl Fn(usize, usize, usize) -> usize,
+) {
+    wp.clear();
+    wp.resize(pairs(np) * 9 * nc, 0);
+    for p in 0..np {
+        for c in 0..nc {
+            for k in 0..9 {
+                let b = to_bf16(w[at(p, c, k)]) as u32;
+                wp[((p / 2) * 9 + k) * nc + c] |= b << (16 * (p % 2));
+            }
         }
     }
 }
 
 /// Forward weights as bf16 pairs of input channels: `wp[q, k, o]` holds
 /// `w[o, 2q, k]` (low half) and `w[o, 2q + 1, k]` (high half, 0 past
-/// `cin`), rounded to nearest even: one broadcast per output channel, pair
-/// and tap.
+/// `cin`).
 pub(super) fn pack_forward_bf16(wp: &mut Vec<u32>, w: &[f32], cin: usize, cout: usize) {
-    wp.clear();
-    wp.resize(pairs(cin) * 9 * cout, 0);
-    for o in 0..cout {
-        for c in 0..cin {
-            for k in 0..9 {
-                let b = to_bf16(w[(o * cin + c) * 9 + k]) as u32;
-                wp[((c / 2) * 9 + k) * cout + o] |= b << (16 * (c % 2));
-            }
-        }
-    }
+    pack_pairs_bf16(wp, w, cin, cout, |c, o, k| (o * cin + c) * 9 + k);
 }
 
 /// Input-gradient weights as bf16 pairs of output channels, transposed and
 /// flipped: `wp[p, k, c]` holds `w[2p, c, 8 - k]` (low half) and `w[2p + 1,
 /// c, 8 - k]` (high half, 0 past `cout`).
 pub(super) fn pack_backward_bf16(wp: &mut Vec<u32>, w: &[f32], cin: usize, cout: usize) {
-    wp.clear();
-    wp.resize(pairs(cout) * 9 * cin, 0);
-    for o in 0..cout {
-        for c in 0..cin {
-            for k in 0..9 {
-                let b = to_bf16(w[(o * cin + c) * 9 + 8 - k]) as u32;
-                wp[((o / 2) * 9 + k) * cin + c] |= b << (16 * (o % 2));
-            }
-        }
-    }
+    pack_pairs_bf16(wp, w, cout, cin, |o, c, k| (o * cin + c) * 9 + 8 - k);
 }
 
 /// Forward weights repacked as `wf[c, k, o] = w[o, c, k]` (one tap of eight
@@ -863,6 +927,20 @@ fn run_pairs(dst: &mut [u32], src: &[f32], n: usize) {
     }
 }
 
+/// `dst[t] = (bf16(S[2t - shift]), bf16(S[2t + 1 - shift]))`, `S[i] =
+/// src[i]` for `0 <= i < n` and 0 elsewhere, every `t < dst.len()` (a
+/// multiple of 16): [`run_pairs`] of a padded plane `S` (`src` at index
+/// `shift`, zeros around it) without making that plane.
+fn run_pairs_at(dst: &mut [u32], src: &[f32], n: usize, shift: usize) {
+    assert!(bf16_enabled(), "bf16 pairs without AVX512-BF16");
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX-512F/BW and AVX512-BF16 available; the kernel asserts
+    // n <= src.len(), reads only src[..n] (masked loads), writes only dst.
+    unsafe {
+        avx512::run_pairs_at_bf16(dst, src, n, shift)
+    }
+}
+
 /// The weight gradient's lanes in bf16 (see [`weight_grad_planes`], which
 /// this is over pairs of adjacent positions, `j = 2m, 2m + 1`):
 ///
@@ -927,7 +1005,8 @@ pub(super) fn weight_grad_planes_bf16(
 /// One parallel chunk's buffers for the direct path, grown on demand.
 #[derive(Default)]
 pub(super) struct Scratch {
-    /// padded input planes P (group, cin, ps), 16 floats of slack for alignment
+    /// f32: padded input planes P (group, cin, ps), 16 floats of slack for
+    /// alignment (bf16 pairs its inputs without them)
     p: Vec<f32>,
     /// padded output-gradient planes D (group, cout, ps), same slack
     d: Vec<f32>,
@@ -946,16 +1025,19 @@ pub(super) struct Scratch {
     p_zeroed: Zeroed,
     d_zeroed: Zeroed,
     /// bf16: the paired planes of the input (forward) or of the output
-    /// gradient (input gradient), (pairs, ps) with 16 entries of slack, the
-    /// two f32 planes (2, hw) each pair is made from, and which pairs hold
-    /// their zeros
+    /// gradient (input gradient), (pairs, ps) with 16 entries of slack, and
+    /// which pairs hold their zeros; `tmp` (2, hw): the two f32 planes a
+    /// pair of BN-ReLU planes is computed into (a stored input is paired
+    /// where it lies), the zero channel of an odd last pair, one BN-ReLU
+    /// input plane of the weight gradient
     pp: Vec<u32>,
     tmp: Vec<f32>,
     pp_zeroed: Zeroed,
-    /// bf16 backward: one image of dout in f32 (cout, hw); for the weight
-    /// gradient the position pairs of a group's dout (group, cout, dl) and
-    /// of its padded inputs from even / odd entries (group, cin, ph), each
-    /// with 16 entries of slack
+    /// bf16 backward: one image of a BN's input gradient as dout, in f32
+    /// (cout, hw), computed once for both layouts (a stored dout is read
+    /// where it lies); for the weight gradient the position pairs of a
+    /// group's dout (group, cout, dl) and of its padded inputs from even /
+    /// odd entries (group, cin, ph), each with 16 entries of slack
     gimg: Vec<f32>,
     dq: Vec<u32>,
     pe: Vec<u32>,
@@ -997,8 +1079,8 @@ fn grow<E: Copy + Default>(v: &mut Vec<E>, len: usize) {
 /// the output (`out = res + conv` with a residual `res`); with `planes`
 /// (N, cout), each image's output plane sums, taken while the image is in
 /// cache. In [`Precision::Bf16`] the image is padded as bf16 channel pairs
-/// ([`pad_pairs`]) and [`conv_planes_bf16`] computes the sums, stored the
-/// same way. Shapes as validated by `mod.rs`; `use_for_forward(s, p)` must
+/// ([`pad_pairs_from`] a stored input, [`pad_pairs`] a BN-ReLU one) and
+/// [`conv_planes_bf16`] computes the sums, stored the same way. Shapes as validated by `mod.rs`; `use_for_forward(s, p)` must
 /// hold.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn forward(
@@ -1049,9 +1131,19 @@ pub(super) fn forward(
                     let pp = &mut sc.pp[ofs..];
                     let np = pairs(s.cin);
                     let zero = sc.pp_zeroed.need(pp.as_ptr() as *const f32, &g, 0, np);
-                    pad_pairs(pp, &mut sc.tmp, s.cin, &g, zero, |c, d| {
-                        fill_input(d, &inp, i, s.cin, &g, c)
-                    });
+                    match inp {
+                        // a stored input: paired where it lies
+                        ConvInput::Plain(x) => {
+                            let src = &x[i * s.cin * g.hw..][..s.cin * g.hw];
+                            pad_pairs_from(pp, src, &mut sc.tmp, s.cin, &g, zero)
+                        }
+                        // BN-ReLU: each plane computed into tmp, then paired
+                        ConvInput::BnRelu { .. } => {
+                            pad_pairs(pp, &mut sc.tmp, s.cin, &g, zero, |c, d| {
+                                fill_input(d, &inp, i, s.cin, &g, c)
+                            })
+                        }
+                    }
                     conv_planes_bf16(out_img, pp, wpf, np, s.cout, &g, edges, store, None);
                 } else {
                     let pofs = aligned_from(&sc.p);
@@ -1081,9 +1173,9 @@ pub(super) fn forward(
 /// `inp` a BN-ReLU input, `dinp` overwritten): the plane sums of that
 /// BN-ReLU's backward reduction over `dinp`, computed as it is stored.
 ///
-/// In [`Precision::Bf16`] only the input gradient (`dweight` must be
-/// `None`): `dout` padded as bf16 pairs of output channels, the flipped
-/// weights as pairs, [`conv_planes_bf16`].
+/// In [`Precision::Bf16`]: `dout` padded as bf16 pairs of output channels,
+/// the flipped weights as pairs, [`conv_planes_bf16`]; the weight gradient
+/// over position pairs, [`weight_grad_planes_bf16`].
 #[allow(clippy::too_many_arguments)]
 pub(super) fn backward(
     accum: Accum,
@@ -1151,7 +1243,9 @@ pub(super) fn backward(
             if bf16 {
                 grow(&mut sc.pp, pairs(s.cout) * g.ps + 16);
                 grow(&mut sc.tmp, 2 * g.hw);
-                grow(&mut sc.gimg, s.cout * g.hw);
+                if matches!(dout, ConvGradOut::Bn { .. }) {
+                    grow(&mut sc.gimg, s.cout * g.hw);
+                }
                 if want_dw {
                     grow(&mut sc.dq, group * s.cout * dl + 16);
                     grow(&mut sc.pe, group * s.cin * ph + 16);
@@ -1164,7 +1258,9 @@ pub(super) fn backward(
             let dofs = aligned_from(&sc.d).min(sc.d.len());
             let dbuf = &mut sc.d[dofs..];
             if want_dw {
-                grow(&mut sc.p, group * pimg_len + 16);
+                if !bf16 {
+                    grow(&mut sc.p, group * pimg_len + 16);
+                }
                 grow(&mut sc.dw, nw);
                 grow(&mut sc.dwv, nw * 16 + 16);
             }
@@ -1187,17 +1283,24 @@ pub(super) fn backward(
                     aligned_from(&sc.po).min(sc.po.len()),
                 );
                 if bf16 {
-                    // dout's image in f32, once, for both layouts
-                    let gimg = &mut sc.gimg[..s.cout * g.hw];
-                    for (c, d) in gimg.chunks_exact_mut(g.hw).enumerate() {
-                        fill_grad(d, &dout, i, s.cout, &g, c);
-                    }
+                    // dout's image in f32 (cout, hw), read by both
+                    // layouts: a stored dout where it lies, a BN's input
+                    // gradient computed once into gimg
+                    let oimg = s.cout * g.hw;
+                    let gimg: &[f32] = match dout {
+                        ConvGradOut::Plain(d) => &d[i * oimg..][..oimg],
+                        ConvGradOut::Bn { .. } => {
+                            let gimg = &mut sc.gimg[..oimg];
+                            for (c, d) in gimg.chunks_exact_mut(g.hw).enumerate() {
+                                fill_grad(d, &dout, i, s.cout, &g, c);
+                            }
+                            gimg
+                        }
+                    };
                     if want_dinp {
                         let (pp, np) = (&mut sc.pp[ppofs..], pairs(s.cout));
                         let zero = sc.pp_zeroed.need(pp.as_ptr() as *const f32, &g, 0, np);
-                        pad_pairs(pp, &mut sc.tmp, s.cout, &g, zero, |c, d| {
-                            d.copy_from_slice(&gimg[c * g.hw..][..g.hw])
-                        });
+                        pad_pairs_from(pp, gimg, &mut sc.tmp, s.cout, &g, zero);
                     }
                     if want_dw {
                         let dq = &mut sc.dq[dqofs + slot * s.cout * dl..][..s.cout * dl];
@@ -1243,20 +1346,30 @@ pub(super) fn backward(
                     }
                 }
                 if want_dw && bf16 {
-                    // the padded input in f32 (one image), then its pairs
-                    // of adjacent entries from even and from odd entries
-                    let pbuf = &mut sc.p[pofs..][..pimg_len];
-                    let zero = sc.p_zeroed.need(pbuf.as_ptr(), &g, 0, s.cin);
-                    pad_input(pbuf, &inp, i, s.cin, &g, zero);
+                    // the padded input's pairs of adjacent entries from
+                    // even entries (pe[t] = (P[2t], P[2t + 1])) and from
+                    // odd ones (po[t] = (P[2t + 1], P[2t + 2])), paired
+                    // straight from each input plane placed at first() in
+                    // zeros (P itself is never written): a stored input
+                    // where it lies, a BN-ReLU one computed into tmp
                     let at = slot * s.cin * ph;
                     let pe = &mut sc.pe[peofs + at..][..s.cin * ph];
                     let po = &mut sc.po[poofs + at..][..s.cin * ph];
-                    for ((e, o), src) in (pe.chunks_exact_mut(ph))
+                    let plane = &mut sc.tmp[..g.hw];
+                    for (c, (e, o)) in pe
+                        .chunks_exact_mut(ph)
                         .zip(po.chunks_exact_mut(ph))
-                        .zip(pbuf.chunks_exact(g.ps))
+                        .enumerate()
                     {
-                        run_pairs(e, src, g.ps);
-                        run_pairs(o, &src[1..], g.ps - 1);
+                        let src: &[f32] = match inp {
+                            ConvInput::Plain(x) => &x[(i * s.cin + c) * g.hw..][..g.hw],
+                            ConvInput::BnRelu { .. } => {
+                                fill_input(plane, &inp, i, s.cin, &g, c);
+                                &*plane
+                            }
+                        };
+                        run_pairs_at(e, src, g.hw, g.first());
+                        run_pairs_at(o, src, g.hw, g.first() - 1);
                     }
                     if slot + 1 == group || i + 1 == imgs.end {
                         let (n, first_group) = (slot + 1, i + 1 - first <= group);

@@ -331,8 +331,31 @@ fn direct_matches_f64_definition() {
 /// the output gradient (`ConvGradOut::Bn`).
 #[test]
 fn bn_relu_input_is_the_written_out_input() {
+    written_out_input_case(Precision::F32);
+}
+
+/// The same in bf16, where the two sides pair their planes differently and
+/// must round the same values: a stored input / dout paired where it lies
+/// (forward, input gradient) and placed in zeros by the weight gradient's
+/// position pairs, a BN-ReLU input computed into planes first, a BN's
+/// input gradient computed once for both layouts; odd channel counts (the
+/// zero channel of a last pair) on the direct forward (cin 5) and input
+/// gradient (cout 9), planes of 64, 81 and 256 positions.
+#[test]
+fn bf16_bn_relu_input_is_the_written_out_input() {
+    if !bf16_enabled() {
+        println!(
+            "SKIPPED: no AVX512-BF16 on this CPU (or RESGRAD_CONV=im2col): bf16 direct path unused"
+        );
+        return;
+    }
+    written_out_input_case(Precision::Bf16);
+}
+
+fn written_out_input_case(p: Precision) {
     let mut r = Rand::new(17);
     let mut ws = ConvWorkspace::<f32>::default();
+    ws.set_precision(p);
     let stride2 = Conv2dShape {
         stride: 2,
         ..shape(2, 8, 7, 6, 16)
@@ -342,8 +365,16 @@ fn bn_relu_input_is_the_written_out_input() {
         shape(2, 16, 8, 8, 8),
         shape(2, 8, 9, 9, 8),
         shape(2, 16, 16, 16, 16),
+        shape(3, 5, 8, 8, 8),
+        shape(2, 8, 8, 8, 9),
         stride2,
     ] {
+        if p == Precision::Bf16 && s.stride == 1 && s.h * s.w >= 64 {
+            // the direct bf16 passes do run where the shape allows them
+            assert_eq!(use_for_forward::<f32>(&s, p), s.cout % 8 == 0);
+            assert_eq!(use_for_input_grad::<f32>(&s, p), s.cin % 8 == 0);
+            assert_eq!(use_for_weight::<f32>(&s, p), s.cout % 8 == 0);
+        }
         let f = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
         let x = f(r.normal_vec(s.n * s.cin * s.h * s.w));
         let mean = f(r.normal_vec(s.cin));
@@ -1258,5 +1289,100 @@ fn kernel_rates() {
         });
         row("weight_grad_planes", tf, tb, imgs as f64 * conv_flops);
         std::hint::black_box((&dst, &dwv));
+    }
+}
+
+/// The bf16 weight pairs are laid out as their docs say: `wp[q, k, o] =
+/// (w[o, 2q, k], w[o, 2q + 1, k])` forward, `wp[p, k, c] = (w[2p, c, 8 -
+/// k], w[2p + 1, c, 8 - k])` for the input gradient, rounded to bf16, a
+/// zero half past an odd channel count.
+#[test]
+fn bf16_weight_pairs_follow_their_layout() {
+    let mut r = Rand::new(37);
+    for (cin, cout) in [(3, 8), (8, 5), (6, 16)] {
+        let w: Vec<f32> = r
+            .normal_vec(cout * cin * 9)
+            .into_iter()
+            .map(|x| x as f32)
+            .collect();
+        let at = |o: usize, c: usize, k: usize| w[(o * cin + c) * 9 + k];
+        let half = |v: u32, hi: bool| if hi { v >> 16 } else { v & 0xffff };
+        let (mut wf, mut wb) = (Vec::new(), Vec::new());
+        pack_forward_bf16(&mut wf, &w, cin, cout);
+        pack_backward_bf16(&mut wb, &w, cin, cout);
+        assert_eq!(wf.len(), cin.div_ceil(2) * 9 * cout);
+        assert_eq!(wb.len(), cout.div_ceil(2) * 9 * cin);
+        for q in 0..cin.div_ceil(2) {
+            for k in 0..9 {
+                for o in 0..cout {
+                    let e = wf[(q * 9 + k) * cout + o];
+                    for (c, hi) in [(2 * q, false), (2 * q + 1, true)] {
+                        let want = if c < cin {
+                            to_bf16(at(o, c, k)) as u32
+                        } else {
+                            0
+                        };
+                        assert_eq!(half(e, hi), want, "forward {cin} {cout}: {q} {k} {o}");
+                    }
+                }
+            }
+        }
+        for p in 0..cout.div_ceil(2) {
+            for k in 0..9 {
+                for c in 0..cin {
+                    let e = wb[(p * 9 + k) * cin + c];
+                    for (o, hi) in [(2 * p, false), (2 * p + 1, true)] {
+                        let want = if o < cout {
+                            to_bf16(at(o, c, 8 - k)) as u32
+                        } else {
+                            0
+                        };
+                        assert_eq!(half(e, hi), want, "backward {cin} {cout}: {p} {k} {c}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The weight gradient's input pairs straight from a plane
+/// ([`run_pairs_at`]) are bitwise the pairs of that plane written out in
+/// zeros first ([`run_pairs`] of the padded plane, the old path), at even
+/// and odd shifts, runs shorter and longer than the plane, values that
+/// round (not bf16 numbers), a plane at the very start of the run.
+#[test]
+fn pairs_in_place_are_the_pairs_of_the_padded_plane() {
+    if !bf16_enabled() {
+        println!(
+            "SKIPPED: no AVX512-BF16 on this CPU (or RESGRAD_CONV=im2col): bf16 direct path unused"
+        );
+        return;
+    }
+    let mut r = Rand::new(41);
+    for (n, shift, len) in [
+        (64, 31, 64),
+        (64, 32, 64),
+        (35, 0, 32),
+        (35, 1, 48),
+        (1, 47, 32),
+        (1024, 79, 560),
+        (100, 3, 16),
+    ] {
+        let src: Vec<f32> = r
+            .normal_vec(n + 7)
+            .into_iter()
+            .map(|x| x as f32 * 3.1)
+            .collect();
+        let mut padded = vec![0f32; 2 * len];
+        for (i, &v) in src[..n].iter().enumerate() {
+            if shift + i < padded.len() {
+                padded[shift + i] = v;
+            }
+        }
+        let (mut want, mut got) = (vec![7u32; len], vec![7u32; len]);
+        run_pairs(&mut want, &padded, padded.len());
+        run_pairs_at(&mut got, &src, n, shift);
+        assert_eq!(got, want, "n {n} shift {shift} len {len}");
+        assert!(got.iter().any(|&p| p != 0));
     }
 }
