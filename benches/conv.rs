@@ -14,6 +14,10 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+/// The planes as the `resgrad` binary allocates them (see `resgrad::align`).
+#[global_allocator]
+static ALLOC: resgrad::align::LineAligned = resgrad::align::LineAligned;
+
 use criterion::{Criterion, Throughput};
 use resgrad::gradcheck::Rand;
 use resgrad::ops::activation::{relu_backward, relu_forward};

@@ -9,6 +9,7 @@
 //! row-major contiguous buffers; gradients are `d`-prefixed and accumulate
 //! with `+=`; forward overwrites its output.
 
+pub mod align;
 pub mod backend;
 pub mod data;
 pub mod demo;
@@ -32,6 +33,10 @@ pub mod sweep;
 pub mod tensor;
 pub mod train;
 pub mod verdict;
+
+#[cfg(test)]
+#[global_allocator]
+static GLOBAL: align::LineAligned = align::LineAligned;
 
 pub use error::{Error, Result};
 pub use scalar::Scalar;

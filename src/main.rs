@@ -5,6 +5,10 @@ use resgrad::Error;
 
 mod cli;
 
+/// Activation planes on cache lines (see `resgrad::align`).
+#[global_allocator]
+static ALLOC: resgrad::align::LineAligned = resgrad::align::LineAligned;
+
 fn main() {
     let matches = cli::Cli::command().get_matches();
     let args = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());

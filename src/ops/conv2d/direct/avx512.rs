@@ -117,6 +117,7 @@ unsafe fn conv_tile<const V: usize, const ADD: bool, const STATS: bool>(
     }
     let s0 = src.add(g.lead - 1 + j0);
     for o0 in (0..n_out).step_by(TILE_O) {
+        prefetch_tile::<V, ADD, STATS>(dst, res, hw, o0, j0 + 16 * V, st);
         let mut acc = [[_mm512_setzero_ps(); V]; TILE_O];
         for i in 0..n_in {
             let s = s0.add(i * ps);
@@ -148,6 +149,38 @@ unsafe fn conv_tile<const V: usize, const ADD: bool, const STATS: bool>(
             }
         }
         store_tile::<V, ADD, STATS>(&acc, dst, res, hw, o0, j0, &ms, v0, st);
+    }
+}
+
+/// Asks for the lines [`store_tile`] will touch for output channels `o0 ..
+/// o0 + 8`, vectors `v0 .. v0 + V`: `dst` (to be written), and `res` with
+/// `ADD`, the BN input `x` with `STATS` (to be read). In a training step
+/// these planes were written long before and their 8 channels are 8
+/// streams per tile, which the hardware prefetcher does not follow: issued
+/// before the tile's sums, the misses overlap the sums instead of stalling
+/// the stores after them. A prefetch never faults, so the addresses are
+/// formed with `wrapping_add` and may lie past a plane's end.
+#[inline(always)]
+unsafe fn prefetch_tile<const V: usize, const ADD: bool, const STATS: bool>(
+    dst: *mut f32,
+    res: *const f32,
+    hw: usize,
+    o0: usize,
+    j0: usize,
+    st: Option<StatPtrs>,
+) {
+    for c in 0..TILE_O {
+        let at = (o0 + c) * hw + j0;
+        for v in 0..V {
+            let off = at + 16 * v;
+            _mm_prefetch::<_MM_HINT_ET0>(dst.wrapping_add(off) as *const i8);
+            if ADD {
+                _mm_prefetch::<_MM_HINT_T0>(res.wrapping_add(off) as *const i8);
+            }
+            if let (true, Some(st)) = (STATS, st) {
+                _mm_prefetch::<_MM_HINT_T0>(st.x.wrapping_add(off) as *const i8);
+            }
+        }
     }
 }
 
@@ -282,6 +315,7 @@ unsafe fn bf16_tile<const V: usize, const ADD: bool, const STATS: bool>(
     }
     let s0 = src.add(g.lead - 1 + j0);
     for o0 in (0..n_out).step_by(TILE_O) {
+        prefetch_tile::<V, ADD, STATS>(dst, res, hw, o0, j0 + 16 * V, st);
         let mut acc = [[_mm512_setzero_ps(); V]; TILE_O];
         for q in 0..n_pairs {
             let s = s0.add(q * ps);

@@ -1272,6 +1272,46 @@ fn kernel_rates() {
             conv_planes_bf16(d, &srcp, &wkp, pairs(c), c, &g, &edges, Store::Set, None)
         });
         row("conv_planes, new dst", tf, tb, conv_flops);
+        // and, as the passes of a step do, reading a residual or the BN
+        // input of the BN-ReLU sums from planes written long before (128
+        // images' worth, not in L2): the stores' reads
+        let far = rnd(n * c * g.hw);
+        let (mean, k, beta) = (rnd(c), rnd(c), rnd(c));
+        let mut lanes = vec![0f32; 64 * c];
+        let mut both = |bf16: bool, sums: bool| {
+            let at = next();
+            let d = &mut outs[at..][..c * g.hw];
+            let near = &far[at..][..c * g.hw];
+            let (store, stats) = if sums {
+                let st = Stats {
+                    x: near,
+                    mean: &mean,
+                    k: &k,
+                    beta: &beta,
+                    lanes: &mut lanes,
+                };
+                (Store::Set, Some(st))
+            } else {
+                (Store::Plus(near), None)
+            };
+            let mut st = stats;
+            if bf16 {
+                conv_planes_bf16(d, &srcp, &wkp, pairs(c), c, &g, &edges, store, st.as_mut())
+            } else {
+                conv_planes(d, &src, &wk, c, c, &g, &edges, store, st.as_mut())
+            }
+        };
+        let tf = time(&mut || both(false, false));
+        let tb = time(&mut || both(true, false));
+        row("conv_planes, new dst + far residual", tf, tb, conv_flops);
+        let tf = time(&mut || both(false, true));
+        let tb = time(&mut || both(true, true));
+        row(
+            "conv_planes, new dst + far BN-ReLU sums",
+            tf,
+            tb,
+            conv_flops,
+        );
         // weight gradient: one group of images, as backward() makes them
         let imgs = std::env::var("GROUP")
             .ok()
