@@ -173,12 +173,12 @@ unsafe fn prefetch_tile<const V: usize, const ADD: bool, const STATS: bool>(
         let at = (o0 + c) * hw + j0;
         for v in 0..V {
             let off = at + 16 * v;
-            _mm_prefetch::<_MM_HINT_ET0>(dst.wrapping_add(off) as *const i8);
+            _mm_prefetch::<_MM_HINT_T1>(dst.wrapping_add(off) as *const i8);
             if ADD {
-                _mm_prefetch::<_MM_HINT_T0>(res.wrapping_add(off) as *const i8);
+                _mm_prefetch::<_MM_HINT_T1>(res.wrapping_add(off) as *const i8);
             }
             if let (true, Some(st)) = (STATS, st) {
-                _mm_prefetch::<_MM_HINT_T0>(st.x.wrapping_add(off) as *const i8);
+                _mm_prefetch::<_MM_HINT_T1>(st.x.wrapping_add(off) as *const i8);
             }
         }
     }
@@ -204,6 +204,13 @@ unsafe fn store_tile<const V: usize, const ADD: bool, const STATS: bool>(
     for (c, acc) in acc.iter().enumerate() {
         let at = (o0 + c) * hw + j0;
         let d = dst.add(at);
+        // with STATS, the channel's lanes (a0, a1 of both halves) in
+        // registers over the tile's vectors: each lane takes the same
+        // additions in the same order as through memory
+        let mut lanes = [[_mm512_setzero_ps(); 2]; 2];
+        if let (true, Some(st)) = (STATS, st) {
+            lanes = stat_lanes_load(&st, o0 + c);
+        }
         for v in 0..V {
             let dv = d.add(16 * v);
             let mut r = acc[v];
@@ -211,15 +218,18 @@ unsafe fn store_tile<const V: usize, const ADD: bool, const STATS: bool>(
                 let rv = _mm512_maskz_loadu_ps(ms[v], res.add(at + 16 * v));
                 r = _mm512_add_ps(rv, r);
             }
-            _mm512_mask_storeu_ps(dv, ms[v], r);
             if let (true, Some(st)) = (STATS, st) {
                 // only vectors of whole 32-position chunks: the rest
                 // of the plane is summed by the caller, in f64
                 let vv = v0 + v;
                 if vv < st.lane_vecs {
-                    stat_lanes(&st, o0 + c, at + 16 * v, vv % 2, r);
+                    stat_lanes(&st, o0 + c, at + 16 * v, &mut lanes[vv % 2], r);
                 }
             }
+            _mm512_mask_storeu_ps(dv, ms[v], r);
+        }
+        if let (true, Some(st)) = (STATS, st) {
+            stat_lanes_store(&st, o0 + c, &lanes);
         }
     }
 }
@@ -619,12 +629,12 @@ pub(super) struct StatPtrs {
     pub lane_vecs: usize,
 }
 
-/// Adds one stored vector `g` (channel `c`, plane offset `at`, lane half
-/// `half`) to the BN-ReLU reduction: `dy = g` masked where `(x - mean) * k +
-/// beta <= 0`, lanes `a0 += dy`, `a1 += dy * (x - mean)` (the expressions of
-/// `batchnorm::plane_sums`, operation by operation).
+/// Adds one stored vector `g` (channel `c`, plane offset `at`) to one lane
+/// half `[a0, a1]` of the BN-ReLU reduction: `dy = g` masked where `(x -
+/// mean) * k + beta <= 0`, `a0 += dy`, `a1 += dy * (x - mean)` (the
+/// expressions of `batchnorm::plane_sums`, operation by operation).
 #[inline(always)]
-unsafe fn stat_lanes(st: &StatPtrs, c: usize, at: usize, half: usize, g: __m512) {
+unsafe fn stat_lanes(st: &StatPtrs, c: usize, at: usize, a: &mut [__m512; 2], g: __m512) {
     let xm = _mm512_sub_ps(
         _mm512_loadu_ps(st.x.add(at)),
         _mm512_set1_ps(*st.mean.add(c)),
@@ -635,13 +645,30 @@ unsafe fn stat_lanes(st: &StatPtrs, c: usize, at: usize, half: usize, g: __m512)
     );
     let off = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(v, _mm512_setzero_ps());
     let dy = _mm512_mask_mov_ps(g, off, _mm512_setzero_ps());
-    let a0 = st.lanes.add(c * 64 + 16 * half);
-    let a1 = a0.add(32);
-    _mm512_storeu_ps(a0, _mm512_add_ps(_mm512_loadu_ps(a0), dy));
-    _mm512_storeu_ps(
-        a1,
-        _mm512_add_ps(_mm512_loadu_ps(a1), _mm512_mul_ps(dy, xm)),
-    );
+    a[0] = _mm512_add_ps(a[0], dy);
+    a[1] = _mm512_add_ps(a[1], _mm512_mul_ps(dy, xm));
+}
+
+/// Channel `c`'s lanes of the BN-ReLU reduction, `[half][a0, a1]`: 64
+/// floats at `lanes + 64 c` laid out `a0` half 0, half 1, `a1` half 0,
+/// half 1.
+#[inline(always)]
+unsafe fn stat_lanes_load(st: &StatPtrs, c: usize) -> [[__m512; 2]; 2] {
+    let l = st.lanes.add(c * 64);
+    [
+        [_mm512_loadu_ps(l), _mm512_loadu_ps(l.add(32))],
+        [_mm512_loadu_ps(l.add(16)), _mm512_loadu_ps(l.add(48))],
+    ]
+}
+
+/// Writes back what [`stat_lanes_load`] read.
+#[inline(always)]
+unsafe fn stat_lanes_store(st: &StatPtrs, c: usize, a: &[[__m512; 2]; 2]) {
+    let l = st.lanes.add(c * 64);
+    _mm512_storeu_ps(l, a[0][0]);
+    _mm512_storeu_ps(l.add(32), a[0][1]);
+    _mm512_storeu_ps(l.add(16), a[1][0]);
+    _mm512_storeu_ps(l.add(48), a[1][1]);
 }
 
 // ---- helpers of the passes around the kernels (stop 17) ----
