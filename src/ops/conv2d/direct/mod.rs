@@ -1076,8 +1076,8 @@ fn grow<E: Copy + Default>(v: &mut Vec<E>, len: usize) {
 }
 
 /// Forward of a batch: per image, pad, then [`conv_planes`] straight into
-/// the output (`out = res + conv` with a residual `res`); with `planes`
-/// (N, cout), each image's output plane sums, taken while the image is in
+/// the output (`out = res + conv` with a residual `res`); with
+/// `plane_sums` (N, cout), each image's output plane sums, taken while the image is in
 /// cache. In [`Precision::Bf16`] the image is padded as bf16 channel pairs
 /// ([`pad_pairs_from`] a stored input, [`pad_pairs`] a BN-ReLU one) and
 /// [`conv_planes_bf16`] computes the sums, stored the same way. Shapes as validated by `mod.rs`; `use_for_forward(s, p)` must
@@ -1091,9 +1091,9 @@ pub(super) fn forward(
     s: &Conv2dShape,
     p: Precision,
     ws: &mut Workspace,
-    planes: Option<&mut [f64]>,
+    plane_sums: Option<&mut [f64]>,
 ) {
-    let want_sums = planes.is_some();
+    let want_sums = plane_sums.is_some();
     let bf16 = p == Precision::Bf16;
     let g = Grid::of(s);
     let oimg = s.cout * g.hw;
@@ -1158,9 +1158,9 @@ pub(super) fn forward(
             }
         },
     );
-    if let Some(planes) = planes {
+    if let Some(plane_sums) = plane_sums {
         for sc in used.iter() {
-            planes[sc.first * s.cout..][..sc.osums.len()].copy_from_slice(&sc.osums);
+            plane_sums[sc.first * s.cout..][..sc.osums.len()].copy_from_slice(&sc.osums);
         }
     }
 }
@@ -1169,7 +1169,7 @@ pub(super) fn forward(
 /// padded `dout` of an image is made once and read by both): `dinp +=`
 /// (`=` with [`Accum::Set`], `= res +` with a residual `res`) when given,
 /// `dweight +=` (when given; chunk partials reduced in chunk order, so a
-/// fixed thread count gives bit-identical results). With `planes` (N, cin;
+/// fixed thread count gives bit-identical results). With `plane_sums` (N, cin;
 /// `inp` a BN-ReLU input, `dinp` overwritten): the plane sums of that
 /// BN-ReLU's backward reduction over `dinp`, computed as it is stored.
 ///
@@ -1188,7 +1188,7 @@ pub(super) fn backward(
     s: &Conv2dShape,
     p: Precision,
     ws: &mut Workspace,
-    planes: Option<&mut [(f64, f64)]>,
+    plane_sums: Option<&mut [(f64, f64)]>,
 ) {
     let bf16 = p == Precision::Bf16;
     let g = Grid::of(s);
@@ -1223,7 +1223,7 @@ pub(super) fn backward(
     let group = (768 / (16 * g.nv)).clamp(1, 16);
     let (dimg_len, pimg_len) = (s.cout * g.ps, s.cin * g.ps);
     // the BN-ReLU whose output gradient dinp is, when its sums are wanted
-    let bn = match (&planes, inp) {
+    let bn = match (&plane_sums, inp) {
         (Some(p), ConvInput::BnRelu { x, mean, k, beta }) => {
             assert!(p.len() == s.n * s.cin && want_dinp && res.is_none() && accum == Accum::Set);
             Some((x, mean, k, beta))
@@ -1421,9 +1421,9 @@ pub(super) fn backward(
             }
         },
     );
-    if let (Some(planes), Some(_)) = (planes, bn) {
+    if let (Some(plane_sums), Some(_)) = (plane_sums, bn) {
         for sc in used.iter() {
-            planes[sc.first * s.cin..][..sc.sums.len()].copy_from_slice(&sc.sums);
+            plane_sums[sc.first * s.cin..][..sc.sums.len()].copy_from_slice(&sc.sums);
         }
     }
     if let Some(dweight) = dweight {
