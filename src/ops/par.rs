@@ -7,6 +7,8 @@
 //! piece)`, where `start` is the piece's offset: the closure reads its
 //! inputs at `start..start + piece.len()`. Elementwise work has no
 //! reductions, so the result is bitwise the same for any split.
+//! [`par_planes`] hands out whole planes instead, for work that also
+//! reduces each plane (into its own slot): no sum spans two workers.
 
 use super::simd::fast;
 use rayon::iter::Either;
