@@ -82,8 +82,9 @@ impl<T: Scalar> WeightLayer<T> {
 
     /// [`WeightLayer::forward`] of a convolution without bias, as one
     /// [`ConvForward`] pass: from any [`ConvInput`]; with a residual,
-    /// `out = res + conv(inp)`; with `plane_sums` (N, cout), also the stat sums
-    /// of `out` for the BN that reads it (`ops::conv2d::conv2d_forward_from`).
+    /// `out = res + conv(inp)`; with `plane_sums` (N, cout), also the stat
+    /// sums of `out` for the BN that reads it
+    /// (`ops::conv2d::conv2d_forward_from`).
     pub fn forward_from(
         &self,
         pass: ConvForward<T>,

@@ -242,10 +242,11 @@ pub struct ConvForward<'a, T> {
 /// [`conv2d_forward`] of any [`ConvInput`]; with a residual `res` (N, cout,
 /// oh, ow), `out = res + conv(inp, weight)` (a residual unit's addition, in
 /// the direct kernels' own store: `res[i] + sum`, the same bits as adding
-/// afterwards). With `plane_sums` (N, cout), also `plane_sums[n * cout + c]` = the
-/// sum of output plane `(n, c)` (`batchnorm::bn_plane_sums`, bit for bit):
-/// the first pass of the statistics of a training BN that reads `out`,
-/// which the direct kernels take while each image's output is in cache.
+/// afterwards). With `plane_sums` (N, cout), also the sum of each output
+/// plane `(n, c)` in `plane_sums[n * cout + c]` (`batchnorm::bn_plane_sums`,
+/// bit for bit): the first pass of the statistics of a training BN that
+/// reads `out`, which the direct kernels take while each image's output is
+/// in cache.
 pub fn conv2d_forward_from<T: Scalar>(
     pass: ConvForward<T>,
     weight: &[T], // (cout, cin, kh, kw)
@@ -366,10 +367,10 @@ pub struct ConvBackward<'a, T> {
 /// (`accum` must then be [`Accum::Set`]): a residual unit's shortcut term
 /// joining the first conv's input gradient in the direct kernels' store.
 ///
-/// With `plane_sums` (N, cin) and a [`ConvInput::BnRelu`] input (`dinp` given,
-/// overwritten, no residual): the per-plane sums of that BN-ReLU's backward
-/// reduction over `dinp` (`batchnorm::bn_relu_plane_sums`, bit for bit),
-/// which the direct kernels compute as they store `dinp`.
+/// With `plane_sums` (N, cin) and a [`ConvInput::BnRelu`] input (`dinp`
+/// given, overwritten, no residual): the per-plane sums of that BN-ReLU's
+/// backward reduction over `dinp` (`batchnorm::bn_relu_plane_sums`, bit
+/// for bit), which the direct kernels compute as they store `dinp`.
 pub fn conv2d_backward_from<T: Scalar>(
     pass: ConvBackward<T>,
     dweight: &mut [T], // (cout, cin, kh, kw)
