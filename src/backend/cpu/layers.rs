@@ -82,8 +82,9 @@ impl<T: Scalar> WeightLayer<T> {
 
     /// [`WeightLayer::forward`] of a convolution without bias, as one
     /// [`ConvForward`] pass: from any [`ConvInput`]; with a residual,
-    /// `out = res + conv(inp)`; with `planes` (N, cout), also the stat sums
-    /// of `out` for the BN that reads it (`ops::conv2d::conv2d_forward_from`).
+    /// `out = res + conv(inp)`; with `plane_sums` (N, cout), also the stat
+    /// sums of `out` for the BN that reads it
+    /// (`ops::conv2d::conv2d_forward_from`).
     pub fn forward_from(
         &self,
         pass: ConvForward<T>,
@@ -96,7 +97,7 @@ impl<T: Scalar> WeightLayer<T> {
                 out,
                 res: None,
                 inp: ConvInput::Plain(x),
-                planes: None,
+                plane_sums: None,
             } => self.forward(out, x, n, g, ws),
             pass => {
                 self.check_plain_conv()?;
@@ -108,7 +109,7 @@ impl<T: Scalar> WeightLayer<T> {
 
     /// [`WeightLayer::backward_to`] of a [`WeightLayer::forward_from`], as
     /// one [`ConvBackward`] pass: from any [`ConvGradOut`]; with a residual,
-    /// `dinp = res + ...` (`accum` must be [`Accum::Set`]); with `planes`,
+    /// `dinp = res + ...` (`accum` must be [`Accum::Set`]); with `plane_sums`,
     /// the grad sums of the BN-ReLU backward over `dinp`
     /// (`ops::conv2d::conv2d_backward_from`).
     pub fn backward_from(
@@ -125,7 +126,7 @@ impl<T: Scalar> WeightLayer<T> {
                 dinp,
                 dout: ConvGradOut::Plain(d),
                 inp: ConvInput::Plain(x),
-                planes: None,
+                plane_sums: None,
             } => self.backward_to(accum, dinp, d, x, (n, g), ws),
             pass => {
                 self.check_plain_conv()?;

@@ -141,7 +141,7 @@ impl Backend for Cpu {
             out: pass.out,
             res: pass.res.map(|r| r.as_slice()),
             inp: conv_input(pass.inp),
-            planes: pass.stat_sums.map(|p| p.as_mut_slice()),
+            plane_sums: pass.stat_sums.map(|p| p.as_mut_slice()),
         };
         l.forward_from(pass, n, g, ws)
     }
@@ -159,7 +159,7 @@ impl Backend for Cpu {
             dinp: pass.dinp.map(|d| d.as_mut_slice()),
             dout: conv_grad_out(pass.dout),
             inp: conv_input(pass.inp),
-            planes: pass.grad_sums.map(|p| p.as_mut_slice()),
+            plane_sums: pass.grad_sums.map(|p| p.as_mut_slice()),
         };
         l.backward_from(pass, n, g, ws)
     }

@@ -222,7 +222,7 @@ pub fn conv2d_forward<T: Scalar>(
         out,
         res: None,
         inp: ConvInput::Plain(inp),
-        planes: None,
+        plane_sums: None,
     };
     conv2d_forward_from(pass, weight, s, ws)
 }
@@ -236,16 +236,17 @@ pub struct ConvForward<'a, T> {
     pub res: Option<&'a [T]>,
     pub inp: ConvInput<'a, T>,
     /// (N, cout): the per-plane sums of `out`
-    pub planes: Option<&'a mut [f64]>,
+    pub plane_sums: Option<&'a mut [f64]>,
 }
 
 /// [`conv2d_forward`] of any [`ConvInput`]; with a residual `res` (N, cout,
 /// oh, ow), `out = res + conv(inp, weight)` (a residual unit's addition, in
 /// the direct kernels' own store: `res[i] + sum`, the same bits as adding
-/// afterwards). With `planes` (N, cout), also `planes[n * cout + c]` = the
-/// sum of output plane `(n, c)` (`batchnorm::bn_plane_sums`, bit for bit):
-/// the first pass of the statistics of a training BN that reads `out`,
-/// which the direct kernels take while each image's output is in cache.
+/// afterwards). With `plane_sums` (N, cout), also the sum of each output
+/// plane `(n, c)` in `plane_sums[n * cout + c]` (`batchnorm::bn_plane_sums`,
+/// bit for bit): the first pass of the statistics of a training BN that
+/// reads `out`, which the direct kernels take while each image's output is
+/// in cache.
 pub fn conv2d_forward_from<T: Scalar>(
     pass: ConvForward<T>,
     weight: &[T], // (cout, cin, kh, kw)
@@ -256,7 +257,7 @@ pub fn conv2d_forward_from<T: Scalar>(
         out,
         res,
         inp,
-        planes,
+        plane_sums,
     } = pass;
     s.validate()?;
     s.check_output("output", out)?;
@@ -265,7 +266,7 @@ pub fn conv2d_forward_from<T: Scalar>(
     }
     inp.check(s)?;
     s.check_weight("weight", weight)?;
-    if let Some(p) = &planes {
+    if let Some(p) = &plane_sums {
         check_len(OP, "plane sums", p, &[s.n, s.cout])?;
     }
     if direct::use_for_forward::<T>(s, ws.precision) {
@@ -277,7 +278,7 @@ pub fn conv2d_forward_from<T: Scalar>(
             r32,
         ) {
             let (p, dws) = (ws.precision, &mut ws.direct);
-            direct::forward(out, r32.flatten(), inp, weight, s, p, dws, planes);
+            direct::forward(out, r32.flatten(), inp, weight, s, p, dws, plane_sums);
             return Ok(());
         }
     }
@@ -291,7 +292,7 @@ pub fn conv2d_forward_from<T: Scalar>(
             }
         });
     }
-    if let Some(p) = planes {
+    if let Some(p) = plane_sums {
         let ohw = s.oh() * s.ow();
         for (img, p) in out
             .chunks_exact(s.cout * ohw)
@@ -338,7 +339,7 @@ pub fn conv2d_backward_to<T: Scalar>(
         dinp,
         dout: ConvGradOut::Plain(dout),
         inp: ConvInput::Plain(inp),
-        planes: None,
+        plane_sums: None,
     };
     conv2d_backward_from(pass, dweight, weight, s, ws)
 }
@@ -356,7 +357,7 @@ pub struct ConvBackward<'a, T> {
     /// the forward's input
     pub inp: ConvInput<'a, T>,
     /// (N, cin): the plane sums of the BN-ReLU backward over `dinp`
-    pub planes: Option<&'a mut [(f64, f64)]>,
+    pub plane_sums: Option<&'a mut [(f64, f64)]>,
 }
 
 /// [`conv2d_backward_to`] of any [`ConvInput`] (the forward's) and any
@@ -366,10 +367,10 @@ pub struct ConvBackward<'a, T> {
 /// (`accum` must then be [`Accum::Set`]): a residual unit's shortcut term
 /// joining the first conv's input gradient in the direct kernels' store.
 ///
-/// With `planes` (N, cin) and a [`ConvInput::BnRelu`] input (`dinp` given,
-/// overwritten, no residual): the per-plane sums of that BN-ReLU's backward
-/// reduction over `dinp` (`batchnorm::bn_relu_plane_sums`, bit for bit),
-/// which the direct kernels compute as they store `dinp`.
+/// With `plane_sums` (N, cin) and a [`ConvInput::BnRelu`] input (`dinp`
+/// given, overwritten, no residual): the per-plane sums of that BN-ReLU's
+/// backward reduction over `dinp` (`batchnorm::bn_relu_plane_sums`, bit
+/// for bit), which the direct kernels compute as they store `dinp`.
 pub fn conv2d_backward_from<T: Scalar>(
     pass: ConvBackward<T>,
     dweight: &mut [T], // (cout, cin, kh, kw)
@@ -383,12 +384,12 @@ pub fn conv2d_backward_from<T: Scalar>(
         dinp,
         dout,
         inp,
-        planes,
+        plane_sums,
     } = pass;
     s.validate()?;
     dout.check(s)?;
     inp.check(s)?;
-    if let Some(p) = &planes {
+    if let Some(p) = &plane_sums {
         check_len(OP, "plane sums", p, &[s.n, s.cin])?;
         let bn_input = matches!(inp, ConvInput::BnRelu { .. });
         if !bn_input || accum != Accum::Set || res.is_some() || dinp.is_none() {
@@ -422,7 +423,7 @@ pub fn conv2d_backward_from<T: Scalar>(
         weight,
         s,
         ws,
-        planes,
+        plane_sums,
     );
     Ok(())
 }
@@ -500,7 +501,7 @@ fn backward_checked<T: Scalar>(
     weight: &[T],
     s: &Conv2dShape,
     ws: &mut ConvWorkspace<T>,
-    planes: Option<&mut [(f64, f64)]>,
+    plane_sums: Option<&mut [(f64, f64)]>,
 ) {
     let data = direct::use_for_input_grad::<T>(s, ws.precision);
     let wgt = direct::use_for_weight::<T>(s, ws.precision);
@@ -512,7 +513,11 @@ fn backward_checked<T: Scalar>(
         (None, dweight)
     };
     // the plane sums go with the input gradient
-    let (direct_planes, planes) = if data { (planes, None) } else { (None, planes) };
+    let (direct_plane_sums, plane_sums) = if data {
+        (plane_sums, None)
+    } else {
+        (None, plane_sums)
+    };
     if dinp_direct.is_some() || dw_direct.is_some() {
         direct_backward(
             accum,
@@ -524,7 +529,7 @@ fn backward_checked<T: Scalar>(
             weight,
             s,
             ws,
-            direct_planes,
+            direct_plane_sums,
         );
     }
     if dinp_rest.is_none() && dw_rest.is_none() {
@@ -538,7 +543,7 @@ fn backward_checked<T: Scalar>(
             None => {}
         }
         cpu::backward_input(dinp, dout, weight, s, &mut ws.chunks, bf16);
-        if let (Some(p), ConvInput::BnRelu { x, mean, k, beta }) = (planes, inp) {
+        if let (Some(p), ConvInput::BnRelu { x, mean, k, beta }) = (plane_sums, inp) {
             let bs = BnShape {
                 n: s.n,
                 c: s.cin,
@@ -567,7 +572,7 @@ fn direct_backward<T: Scalar>(
     weight: &[T],
     s: &Conv2dShape,
     ws: &mut ConvWorkspace<T>,
-    planes: Option<&mut [(f64, f64)]>,
+    plane_sums: Option<&mut [(f64, f64)]>,
 ) {
     let f32s = "direct path applies only to f32";
     direct::backward(
@@ -581,7 +586,7 @@ fn direct_backward<T: Scalar>(
         s,
         ws.precision,
         &mut ws.direct,
-        planes,
+        plane_sums,
     );
 }
 

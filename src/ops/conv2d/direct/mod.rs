@@ -134,13 +134,14 @@
 //! [`crate::gemm_bf16::to_bf16`] and `vcvtne2ps2bf16`) happens while
 //! padding: two f32 planes are rounded and interleaved into one paired
 //! plane (`vcvtne2ps2bf16` + `vpermw`), the same f32 values the f32 path
-//! reads. A stored input (or output gradient) is paired straight from its
-//! planes where it lies ([`pad_pairs_from`]); a computed one is first made
-//! as f32 planes exactly as the f32 path makes them (BN-ReLU normalised, or
-//! the BN's input gradient: [`fill_input`], [`fill_grad`]), two planes at a
-//! time ([`pad_pairs`]), or, for the BN's input gradient that both
-//! backward layouts read, one image at a time. No bf16 copy outlives the
-//! call; activations stay f32 everywhere else.
+//! reads ([`pad_pairs`]). Every bf16 site takes its f32 planes from
+//! [`planes_of`]: a stored input (or output gradient) is paired straight
+//! from its planes where it lies; a computed one is first made as f32
+//! planes exactly as the f32 path makes them (BN-ReLU normalised, or the
+//! BN's input gradient: [`fill_input`], [`fill_grad`]), two planes at a
+//! time, or, for the BN's input gradient that both backward layouts read,
+//! one image at a time. No bf16 copy outlives the call; activations stay
+//! f32 everywhere else.
 //!
 //! **Input gradient:** the f32 derivation above with `D` paired along the
 //! *output* channels, `DP[p, s] = (bf16(D[2p, s]), bf16(D[2p+1, s]))`, and
@@ -207,6 +208,7 @@ mod avx512;
 mod tests;
 
 use std::any::TypeId;
+use std::ops::Range;
 use std::sync::OnceLock;
 
 use super::{Conv2dShape, ConvGradOut, ConvInput};
@@ -524,7 +526,7 @@ fn pairs(planes: usize) -> usize {
 /// `2q` at position `j` rounded to bf16 in its low half and channel `2q + 1`
 /// in its high half (0 past the last channel), zeros around each image
 /// (written only when `zero`, see [`Zeroed`]). `pair(q, d)` writes pair
-/// `q`'s `hw` image entries `d` ([`pad_pairs`], [`pad_pairs_from`]).
+/// `q`'s `hw` image entries `d` ([`pad_pairs`]).
 fn pad_pair_planes(
     dst: &mut [u32],
     planes: usize,
@@ -558,54 +560,89 @@ fn pair_planes(d: &mut [u32], lo: &[f32], hi: &[f32]) {
     }
 }
 
-/// [`pad_pair_planes`] of `planes` channels that are made first:
-/// `fill(c, plane)` writes the f32 values of channel `c` (hw) into `tmp`
-/// (at least 2 hw), two at a time, which are then paired. For an input that
-/// exists only as it is computed (a BN-ReLU output); a stored one is paired
-/// straight from its planes by [`pad_pairs_from`].
-fn pad_pairs(
-    dst: &mut [u32],
-    tmp: &mut [f32],
-    planes: usize,
-    g: &Grid,
-    zero: bool,
-    mut fill: impl FnMut(usize, &mut [f32]),
-) {
-    assert!(tmp.len() >= 2 * g.hw);
-    let (lo, hi) = tmp[..2 * g.hw].split_at_mut(g.hw);
-    pad_pair_planes(dst, planes, g, zero, |q, d| {
-        fill(2 * q, lo);
-        if 2 * q + 1 < planes {
-            fill(2 * q + 1, hi);
-        } else {
-            hi.fill(0.0);
-        }
-        pair_planes(d, lo, hi)
-    });
+/// A convolution operand as the bf16 path reads it, `n` planes of hw per
+/// image: the input ([`ConvInput`]) or the output gradient
+/// ([`ConvGradOut`]), either stored or computed plane by plane.
+trait Operand {
+    /// The stored tensor (N, n, hw), or `None` for a computed operand.
+    fn stored(&self) -> Option<&[f32]>;
+    /// Plane `c` of image `i` into `d` (hw), as the f32 path makes it.
+    fn fill(&self, d: &mut [f32], i: usize, n: usize, g: &Grid, c: usize);
 }
 
-/// [`pad_pair_planes`] straight from stored planes: `src` (planes, hw),
-/// channel `c` at `src[c * hw..]`, paired where it lies (no f32 copy; the
-/// same values, so the same bits as [`pad_pairs`] of a copy). `zeros`
-/// (at least hw) supplies the zero channel of an odd last pair.
-fn pad_pairs_from(
+impl Operand for ConvInput<'_, f32> {
+    fn stored(&self) -> Option<&[f32]> {
+        match *self {
+            ConvInput::Plain(x) => Some(x),
+            ConvInput::BnRelu { .. } => None,
+        }
+    }
+    fn fill(&self, d: &mut [f32], i: usize, n: usize, g: &Grid, c: usize) {
+        fill_input(d, self, i, n, g, c)
+    }
+}
+
+impl Operand for ConvGradOut<'_, f32> {
+    fn stored(&self) -> Option<&[f32]> {
+        match *self {
+            ConvGradOut::Plain(x) => Some(x),
+            ConvGradOut::Bn { .. } => None,
+        }
+    }
+    fn fill(&self, d: &mut [f32], i: usize, n: usize, g: &Grid, c: usize) {
+        fill_grad(d, self, i, n, g, c)
+    }
+}
+
+/// Planes `cs` of image `i` of `op` (`n` planes per image) as one slice
+/// (cs.len(), hw): where they lie for a stored operand (no copy), else
+/// each computed into `tmp` (at least cs.len() hw). The same f32 values
+/// either way, so whatever reads them gives the same bits.
+fn planes_of<'a>(
+    op: &'a impl Operand,
+    i: usize,
+    n: usize,
+    g: &Grid,
+    cs: Range<usize>,
+    tmp: &'a mut [f32],
+) -> &'a [f32] {
+    let hw = g.hw;
+    match op.stored() {
+        Some(x) => &x[(i * n + cs.start) * hw..][..cs.len() * hw],
+        None => {
+            let t = &mut tmp[..cs.len() * hw];
+            for (c, d) in cs.zip(t.chunks_exact_mut(hw)) {
+                op.fill(d, i, n, g, c);
+            }
+            t
+        }
+    }
+}
+
+/// [`pad_pair_planes`] of the `n` planes of image `i` of `op`: channels
+/// `2q` and `2q + 1` by [`planes_of`] (a stored operand paired where it
+/// lies, a computed one made in `tmp` first, two planes at a time), an
+/// odd last pair's zero channel in `tmp` (at least 2 hw).
+fn pad_pairs(
     dst: &mut [u32],
-    src: &[f32],
-    zeros: &mut [f32],
-    planes: usize,
+    op: &impl Operand,
+    i: usize,
+    n: usize,
     g: &Grid,
     zero: bool,
+    tmp: &mut [f32],
 ) {
-    let hw = g.hw;
-    assert!(src.len() == planes * hw && zeros.len() >= hw);
-    pad_pair_planes(dst, planes, g, zero, |q, d| {
-        let lo = &src[2 * q * hw..][..hw];
-        if 2 * q + 1 < planes {
-            pair_planes(d, lo, &src[(2 * q + 1) * hw..][..hw]);
+    assert!(tmp.len() >= 2 * g.hw);
+    let (lo_tmp, hi_tmp) = tmp[..2 * g.hw].split_at_mut(g.hw);
+    pad_pair_planes(dst, n, g, zero, |q, d| {
+        let lo = planes_of(op, i, n, g, 2 * q..2 * q + 1, lo_tmp);
+        let hi = if 2 * q + 1 < n {
+            planes_of(op, i, n, g, 2 * q + 1..2 * q + 2, hi_tmp)
         } else {
-            zeros[..hw].fill(0.0);
-            pair_planes(d, lo, &zeros[..hw]);
-        }
+            hi_tmp.fill(0.0);
+            &*hi_tmp
+        };
+        pair_planes(d, lo, hi)
     });
 }
 
@@ -1076,11 +1113,12 @@ fn grow<E: Copy + Default>(v: &mut Vec<E>, len: usize) {
 }
 
 /// Forward of a batch: per image, pad, then [`conv_planes`] straight into
-/// the output (`out = res + conv` with a residual `res`); with `planes`
-/// (N, cout), each image's output plane sums, taken while the image is in
-/// cache. In [`Precision::Bf16`] the image is padded as bf16 channel pairs
-/// ([`pad_pairs_from`] a stored input, [`pad_pairs`] a BN-ReLU one) and
-/// [`conv_planes_bf16`] computes the sums, stored the same way. Shapes as validated by `mod.rs`; `use_for_forward(s, p)` must
+/// the output (`out = res + conv` with a residual `res`); with
+/// `plane_sums` (N, cout), each image's output plane sums, taken while the
+/// image is in cache. In [`Precision::Bf16`] the image is padded as bf16
+/// channel pairs ([`pad_pairs`]: a stored input where it lies, a BN-ReLU
+/// one computed) and [`conv_planes_bf16`] computes the sums, stored the
+/// same way. Shapes as validated by `mod.rs`; `use_for_forward(s, p)` must
 /// hold.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn forward(
@@ -1091,9 +1129,9 @@ pub(super) fn forward(
     s: &Conv2dShape,
     p: Precision,
     ws: &mut Workspace,
-    planes: Option<&mut [f64]>,
+    plane_sums: Option<&mut [f64]>,
 ) {
-    let want_sums = planes.is_some();
+    let want_sums = plane_sums.is_some();
     let bf16 = p == Precision::Bf16;
     let g = Grid::of(s);
     let oimg = s.cout * g.hw;
@@ -1131,19 +1169,7 @@ pub(super) fn forward(
                     let pp = &mut sc.pp[ofs..];
                     let np = pairs(s.cin);
                     let zero = sc.pp_zeroed.need(pp.as_ptr() as *const f32, &g, 0, np);
-                    match inp {
-                        // a stored input: paired where it lies
-                        ConvInput::Plain(x) => {
-                            let src = &x[i * s.cin * g.hw..][..s.cin * g.hw];
-                            pad_pairs_from(pp, src, &mut sc.tmp, s.cin, &g, zero)
-                        }
-                        // BN-ReLU: each plane computed into tmp, then paired
-                        ConvInput::BnRelu { .. } => {
-                            pad_pairs(pp, &mut sc.tmp, s.cin, &g, zero, |c, d| {
-                                fill_input(d, &inp, i, s.cin, &g, c)
-                            })
-                        }
-                    }
+                    pad_pairs(pp, &inp, i, s.cin, &g, zero, &mut sc.tmp);
                     conv_planes_bf16(out_img, pp, wpf, np, s.cout, &g, edges, store, None);
                 } else {
                     let pofs = aligned_from(&sc.p);
@@ -1158,9 +1184,9 @@ pub(super) fn forward(
             }
         },
     );
-    if let Some(planes) = planes {
+    if let Some(plane_sums) = plane_sums {
         for sc in used.iter() {
-            planes[sc.first * s.cout..][..sc.osums.len()].copy_from_slice(&sc.osums);
+            plane_sums[sc.first * s.cout..][..sc.osums.len()].copy_from_slice(&sc.osums);
         }
     }
 }
@@ -1169,7 +1195,7 @@ pub(super) fn forward(
 /// padded `dout` of an image is made once and read by both): `dinp +=`
 /// (`=` with [`Accum::Set`], `= res +` with a residual `res`) when given,
 /// `dweight +=` (when given; chunk partials reduced in chunk order, so a
-/// fixed thread count gives bit-identical results). With `planes` (N, cin;
+/// fixed thread count gives bit-identical results). With `plane_sums` (N, cin;
 /// `inp` a BN-ReLU input, `dinp` overwritten): the plane sums of that
 /// BN-ReLU's backward reduction over `dinp`, computed as it is stored.
 ///
@@ -1188,7 +1214,7 @@ pub(super) fn backward(
     s: &Conv2dShape,
     p: Precision,
     ws: &mut Workspace,
-    planes: Option<&mut [(f64, f64)]>,
+    plane_sums: Option<&mut [(f64, f64)]>,
 ) {
     let bf16 = p == Precision::Bf16;
     let g = Grid::of(s);
@@ -1223,7 +1249,7 @@ pub(super) fn backward(
     let group = (768 / (16 * g.nv)).clamp(1, 16);
     let (dimg_len, pimg_len) = (s.cout * g.ps, s.cin * g.ps);
     // the BN-ReLU whose output gradient dinp is, when its sums are wanted
-    let bn = match (&planes, inp) {
+    let bn = match (&plane_sums, inp) {
         (Some(p), ConvInput::BnRelu { x, mean, k, beta }) => {
             assert!(p.len() == s.n * s.cin && want_dinp && res.is_none() && accum == Accum::Set);
             Some((x, mean, k, beta))
@@ -1286,21 +1312,13 @@ pub(super) fn backward(
                     // dout's image in f32 (cout, hw), read by both
                     // layouts: a stored dout where it lies, a BN's input
                     // gradient computed once into gimg
-                    let oimg = s.cout * g.hw;
-                    let gimg: &[f32] = match dout {
-                        ConvGradOut::Plain(d) => &d[i * oimg..][..oimg],
-                        ConvGradOut::Bn { .. } => {
-                            let gimg = &mut sc.gimg[..oimg];
-                            for (c, d) in gimg.chunks_exact_mut(g.hw).enumerate() {
-                                fill_grad(d, &dout, i, s.cout, &g, c);
-                            }
-                            gimg
-                        }
-                    };
+                    let gimg = planes_of(&dout, i, s.cout, &g, 0..s.cout, &mut sc.gimg);
                     if want_dinp {
+                        // gimg as a stored gradient of one image
                         let (pp, np) = (&mut sc.pp[ppofs..], pairs(s.cout));
                         let zero = sc.pp_zeroed.need(pp.as_ptr() as *const f32, &g, 0, np);
-                        pad_pairs_from(pp, gimg, &mut sc.tmp, s.cout, &g, zero);
+                        let one = ConvGradOut::Plain(gimg);
+                        pad_pairs(pp, &one, 0, s.cout, &g, zero, &mut sc.tmp);
                     }
                     if want_dw {
                         let dq = &mut sc.dq[dqofs + slot * s.cout * dl..][..s.cout * dl];
@@ -1355,19 +1373,12 @@ pub(super) fn backward(
                     let at = slot * s.cin * ph;
                     let pe = &mut sc.pe[peofs + at..][..s.cin * ph];
                     let po = &mut sc.po[poofs + at..][..s.cin * ph];
-                    let plane = &mut sc.tmp[..g.hw];
                     for (c, (e, o)) in pe
                         .chunks_exact_mut(ph)
                         .zip(po.chunks_exact_mut(ph))
                         .enumerate()
                     {
-                        let src: &[f32] = match inp {
-                            ConvInput::Plain(x) => &x[(i * s.cin + c) * g.hw..][..g.hw],
-                            ConvInput::BnRelu { .. } => {
-                                fill_input(plane, &inp, i, s.cin, &g, c);
-                                &*plane
-                            }
-                        };
+                        let src = planes_of(&inp, i, s.cin, &g, c..c + 1, &mut sc.tmp);
                         run_pairs_at(e, src, g.hw, g.first());
                         run_pairs_at(o, src, g.hw, g.first() - 1);
                     }
@@ -1421,9 +1432,9 @@ pub(super) fn backward(
             }
         },
     );
-    if let (Some(planes), Some(_)) = (planes, bn) {
+    if let (Some(plane_sums), Some(_)) = (plane_sums, bn) {
         for sc in used.iter() {
-            planes[sc.first * s.cin..][..sc.sums.len()].copy_from_slice(&sc.sums);
+            plane_sums[sc.first * s.cin..][..sc.sums.len()].copy_from_slice(&sc.sums);
         }
     }
     if let Some(dweight) = dweight {

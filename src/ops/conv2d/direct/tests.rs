@@ -404,7 +404,7 @@ fn written_out_input_case(p: Precision) {
                 out: &mut out_v,
                 res: None,
                 inp: act,
-                planes: None,
+                plane_sums: None,
             },
             &w,
             &s,
@@ -422,7 +422,7 @@ fn written_out_input_case(p: Precision) {
                 dinp: Some(&mut dx_v),
                 dout: ConvGradOut::Plain(&dout),
                 inp: act,
-                planes: None,
+                plane_sums: None,
             },
             &mut dw_v,
             &w,
@@ -443,7 +443,7 @@ fn written_out_input_case(p: Precision) {
                 dinp: Some(&mut dx_s),
                 dout: ConvGradOut::Plain(&dout),
                 inp: act,
-                planes: Some(&mut got),
+                plane_sums: Some(&mut got),
             },
             &mut dw_s,
             &w,
@@ -489,7 +489,7 @@ fn written_out_input_case(p: Precision) {
                     dinp: Some(&mut dx_v),
                     dout: bn,
                     inp: act,
-                    planes: None,
+                    plane_sums: None,
                 },
                 &mut dw_v,
                 &w,
@@ -509,7 +509,7 @@ fn written_out_input_case(p: Precision) {
                 out: &mut out_s,
                 res: None,
                 inp: act,
-                planes: Some(&mut got),
+                plane_sums: Some(&mut got),
             },
             &w,
             &s,
@@ -532,7 +532,7 @@ fn written_out_input_case(p: Precision) {
                 out: &mut out_r,
                 res: Some(&res),
                 inp: act,
-                planes: None,
+                plane_sums: None,
             },
             &w,
             &s,
@@ -551,7 +551,7 @@ fn written_out_input_case(p: Precision) {
                 dinp: Some(&mut dx_r),
                 dout: dplain,
                 inp: act,
-                planes: None,
+                plane_sums: None,
             },
             &mut dw_r,
             &w,
@@ -569,7 +569,7 @@ fn written_out_input_case(p: Precision) {
                 dinp: Some(&mut dx_r),
                 dout: dplain,
                 inp: act,
-                planes: None,
+                plane_sums: None,
             },
             &mut dw_r,
             &w,
@@ -590,7 +590,7 @@ fn written_out_input_case(p: Precision) {
                 out: &mut out_v,
                 res: None,
                 inp: bad,
-                planes: None,
+                plane_sums: None,
             },
             &w,
             &s,
@@ -1425,4 +1425,88 @@ fn pairs_in_place_are_the_pairs_of_the_padded_plane() {
         assert_eq!(got, want, "n {n} shift {shift} len {len}");
         assert!(got.iter().any(|&p| p != 0));
     }
+}
+
+/// [`planes_of`] hands out a stored operand's planes where they lie (no
+/// copy: `tmp` untouched) and a computed one's (BN-ReLU input, BN input
+/// gradient with and without its ReLU) written into `tmp`, bitwise those
+/// of the operand written out whole (`stored`, the im2col path's); and
+/// [`pad_pairs`] of a computed input is bitwise that of the written-out
+/// one, an odd `cin` (a zero channel in the last pair) included.
+#[test]
+fn planes_of_borrows_stored_planes_and_computes_the_rest() {
+    if !enabled() {
+        println!("SKIPPED: no AVX-512F on this CPU (or RESGRAD_CONV=im2col): direct path unused");
+        return;
+    }
+    let mut r = Rand::new(47);
+    let mut v = |k: usize| -> Vec<f32> { r.normal_vec(k).into_iter().map(|x| x as f32).collect() };
+    let s = shape(2, 3, 8, 8, 5);
+    let g = Grid::of(&s);
+    let hw = g.hw;
+    let (x, mean, k, beta) = (v(2 * 3 * hw), v(3), v(3), v(3));
+    let (dy, y, omean, obeta) = (v(2 * 5 * hw), v(2 * 5 * hw), v(5), v(5));
+    let c3 = v(3 * 5);
+    let coef: Vec<(f32, f32, f32)> = c3.chunks(3).map(|c| (c[0], c[1], c[2])).collect();
+    let mut tmp = vec![f32::NAN; 3 * hw];
+    // stored: a borrow of x, tmp untouched
+    let plain = ConvInput::Plain(&x[..]);
+    let got = planes_of(&plain, 1, 3, &g, 1..3, &mut tmp);
+    assert_eq!(got.as_ptr(), x[(3 + 1) * hw..].as_ptr());
+    assert_eq!(got.len(), 2 * hw);
+    assert!(tmp.iter().all(|t| t.is_nan()));
+    // computed: the planes of the written-out operand, in tmp
+    let bn_relu = ConvInput::BnRelu {
+        x: &x,
+        mean: &mean,
+        k: &k,
+        beta: &beta,
+    };
+    let mut buf = Vec::new();
+    let want = bn_relu.stored(&mut buf, &s).to_vec();
+    let at = tmp.as_ptr();
+    for (i, cs) in [(0, 0..3), (1, 2..3), (1, 0..1)] {
+        let got = planes_of(&bn_relu, i, 3, &g, cs.clone(), &mut tmp);
+        assert_eq!(got.as_ptr(), at);
+        let want = &want[(i * 3 + cs.start) * hw..][..cs.len() * hw];
+        assert!(got
+            .iter()
+            .zip(want)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
+    for obeta in [None, Some(&obeta[..])] {
+        let bn = ConvGradOut::Bn {
+            dy: &dy,
+            x: &y,
+            mean: &omean,
+            beta: obeta,
+            coef: &coef,
+        };
+        let want = bn.stored(&mut buf, &s).to_vec();
+        let mut tmp = vec![f32::NAN; 5 * hw];
+        let got = planes_of(&bn, 1, 5, &g, 0..5, &mut tmp);
+        let want = &want[5 * hw..][..5 * hw];
+        assert!(got
+            .iter()
+            .zip(want)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
+    if !bf16_enabled() {
+        return;
+    }
+    let written = bn_relu.stored(&mut buf, &s).to_vec();
+    let len = pairs(3) * g.ps;
+    let (mut a, mut b) = (vec![7u32; len], vec![9u32; len]);
+    pad_pairs(&mut a, &bn_relu, 1, 3, &g, true, &mut tmp);
+    pad_pairs(
+        &mut b,
+        &ConvInput::Plain(&written[..]),
+        1,
+        3,
+        &g,
+        true,
+        &mut tmp,
+    );
+    assert_eq!(a, b);
+    assert!(a.iter().any(|&p| p >> 16 != 0) && a[g.ps..].iter().all(|&p| p >> 16 == 0));
 }
