@@ -218,15 +218,23 @@ impl Cluster {
             .expect("run resgrad")
     }
 
+    /// The daemons' logs, for a failure's message.
+    fn logs(&self) -> String {
+        let log = |f: &str| std::fs::read_to_string(self.dir.join("log").join(f));
+        format!(
+            "--- slurmctld.log\n{}\n--- slurmd.log\n{}",
+            log("slurmctld.log").unwrap_or_default(),
+            log("slurmd.log").unwrap_or_default()
+        )
+    }
+
     fn wait_for(&self, what: &str, secs: u64, mut done: impl FnMut() -> bool) {
         let t0 = Instant::now();
         while !done() {
             if t0.elapsed() > Duration::from_secs(secs) {
-                let log = |f: &str| std::fs::read_to_string(self.dir.join("log").join(f));
                 panic!(
-                    "timed out after {secs} s waiting for {what}\n--- slurmctld.log\n{}\n--- slurmd.log\n{}",
-                    log("slurmctld.log").unwrap_or_default(),
-                    log("slurmd.log").unwrap_or_default()
+                    "timed out after {secs} s waiting for {what}\n{}",
+                    self.logs()
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -418,6 +426,7 @@ fn slurm_array_with_a_requeue_equals_a_local_sweep() {
     let task1 = format!("{job}_1");
     let o = c.cmd("scontrol", &["requeue", &task1]);
     assert!(o.status.success(), "scontrol requeue: {}", text(&o));
+    let requeued = Instant::now();
     // requeued tasks wait ~120 s (BeginTime) before they may start again
     c.wait_for("task 1 to be pending again", 30, || {
         c.queue(job).contains(&(1, "PENDING".into()))
@@ -434,6 +443,12 @@ fn slurm_array_with_a_requeue_equals_a_local_sweep() {
         s.contains(&format!("sweep tiny, Slurm job {job}: 3 points:")),
         "{s}"
     );
+    // slurmd refuses to launch a job whose credential was created no later
+    // than the second its previous attempt was killed in ("Job credential
+    // revoked": it compares whole seconds), which Slurm's own ~120 s hold
+    // never meets; starting the task at once must wait for the next second
+    let hold = Duration::from_millis(2100);
+    std::thread::sleep(hold.saturating_sub(requeued.elapsed()));
     let o = c.cmd(
         "scontrol",
         &["update", &format!("JobId={task1}"), "StartTime=now"],
@@ -462,10 +477,11 @@ fn slurm_array_with_a_requeue_equals_a_local_sweep() {
     let s = text(&o);
     assert!(
         o.status.success(),
-        "{s}\n--- task 1's log:\n{}\n--- its failed.json:\n{}\n--- scontrol show job:\n{}",
+        "{s}\n--- task 1's log:\n{}\n--- its failed.json:\n{}\n--- scontrol show job:\n{}\n{}",
         std::fs::read_to_string(sl.join("slurm").join(format!("{job}_1.out"))).unwrap_or_default(),
         std::fs::read_to_string(run1.join("failed.json")).unwrap_or_default(),
-        text(&c.cmd("scontrol", &["-o", "show", "job", &task1]))
+        text(&c.cmd("scontrol", &["-o", "show", "job", &task1])),
+        c.logs()
     );
     assert!(s.contains("3 points: 3 done"), "{s}");
     let local = work.join("local");
