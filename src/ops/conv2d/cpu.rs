@@ -141,7 +141,7 @@ fn valid(k: usize, pad: usize, stride: usize, len: usize, olen: usize) -> Range<
 
 /// For a block of `len` entries read from `src[start + j]`: the span `lo..hi`
 /// of `j` that lies inside `0..src_len` (the rest are padding entries).
-fn shifted_span(len: usize, start: isize, src_len: usize) -> (usize, usize) {
+pub(super) fn shifted_span(len: usize, start: isize, src_len: usize) -> (usize, usize) {
     let lo = (-start).clamp(0, len as isize) as usize;
     let hi = (src_len as isize - start).clamp(lo as isize, len as isize) as usize;
     (lo, hi)
@@ -149,7 +149,7 @@ fn shifted_span(len: usize, start: isize, src_len: usize) -> (usize, usize) {
 
 /// Zeroes the columns outside `xs` of every `ow`-wide row of `block`.
 #[inline(always)]
-fn zero_padding_columns<T: Scalar>(block: &mut [T], ow: usize, xs: &Range<usize>) {
+pub(super) fn zero_padding_columns<T: Scalar>(block: &mut [T], ow: usize, xs: &Range<usize>) {
     if xs.start == 0 && xs.end == ow {
         return;
     }
@@ -163,6 +163,16 @@ fn zero_padding_columns<T: Scalar>(block: &mut [T], ow: usize, xs: &Range<usize>
 /// (zero where that falls in the padding); col (cin*kh*kw, oh*ow), img (cin, h, w).
 #[inline(always)]
 fn im2col<T: Scalar>(col: &mut [T], img: &[T], s: &Conv2dShape) {
+    if super::phase::applies(s) {
+        return super::phase::im2col(col, img, s);
+    }
+    im2col_rows(col, img, s)
+}
+
+/// [`im2col`] row by row: a strided gather per output row (the plain path,
+/// and what a strided shape that [`super::phase`] does not cover takes).
+#[inline(always)]
+pub(super) fn im2col_rows<T: Scalar>(col: &mut [T], img: &[T], s: &Conv2dShape) {
     let (oh, ow, st) = (s.oh(), s.ow(), s.stride);
     let mut rows = col.chunks_exact_mut(oh * ow);
     for plane in img.chunks_exact(s.h * s.w) {
@@ -254,6 +264,15 @@ fn scatter_add_strided<T: Scalar>(dst: &mut [T], src: &[T], st: usize) {
 /// `dcol` is scratch: its entries in the padding columns may be zeroed.
 #[inline(always)]
 fn col2im_add<T: Scalar>(dimg: &mut [T], dcol: &mut [T], s: &Conv2dShape) {
+    if super::phase::applies(s) {
+        return super::phase::col2im_add(dimg, dcol, s);
+    }
+    col2im_rows(dimg, dcol, s)
+}
+
+/// [`col2im_add`] row by row, the adjoint of [`im2col_rows`].
+#[inline(always)]
+pub(super) fn col2im_rows<T: Scalar>(dimg: &mut [T], dcol: &mut [T], s: &Conv2dShape) {
     let (oh, ow, st) = (s.oh(), s.ow(), s.stride);
     let mut rows = dcol.chunks_exact_mut(oh * ow);
     for plane in dimg.chunks_exact_mut(s.h * s.w) {

@@ -49,6 +49,7 @@
 mod cpu;
 mod direct;
 mod input;
+mod phase;
 
 pub use input::{ConvGradOut, ConvInput};
 

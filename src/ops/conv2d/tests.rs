@@ -142,6 +142,9 @@ fn gradcheck_random_shapes() {
         shape(1, 1, 3, 3, 1, 2, 2, 1, 0),
         shape(2, 3, 7, 6, 4, 3, 3, 1, 1), // 3x3 "same", odd height
         shape(3, 2, 9, 8, 3, 3, 3, 2, 1), // stride 2, odd sizes
+        shape(2, 3, 8, 6, 4, 3, 3, 2, 1), // stride 2, even sizes: the phase path
+        shape(2, 3, 6, 8, 5, 1, 1, 2, 0), // 1x1 stride 2, even sizes: one phase
+        shape(2, 2, 8, 8, 3, 5, 5, 2, 2), // 5x5 stride 2 pad 2: phases shifted both ways
         shape(1, 5, 5, 5, 6, 1, 1, 1, 0), // 1x1 fast path, batch 1
         shape(3, 4, 7, 8, 5, 1, 1, 2, 0), // 1x1 stride-2 projection
         shape(2, 2, 6, 5, 3, 3, 1, 1, 2), // non-square 3x1, pad 2
