@@ -223,7 +223,7 @@ pub(super) fn im2col_rows<T: Scalar>(col: &mut [T], img: &[T], s: &Conv2dShape) 
 /// downsampling convs) as whole pairs, a form the compiler vectorises
 /// (measured: the indexed loop was ~4% of a ResNet-20 step).
 #[inline(always)]
-fn gather_strided<T: Copy>(dst: &mut [T], src: &[T], st: usize) {
+pub(super) fn gather_strided<T: Copy>(dst: &mut [T], src: &[T], st: usize) {
     let Some(last) = dst.len().checked_sub(1) else {
         return;
     };
@@ -243,7 +243,7 @@ fn gather_strided<T: Copy>(dst: &mut [T], src: &[T], st: usize) {
 /// `dst[i * st] += src[i]` for every `i < src.len()`: the adjoint of
 /// [`gather_strided`].
 #[inline(always)]
-fn scatter_add_strided<T: Scalar>(dst: &mut [T], src: &[T], st: usize) {
+pub(super) fn scatter_add_strided<T: Scalar>(dst: &mut [T], src: &[T], st: usize) {
     let Some(last) = src.len().checked_sub(1) else {
         return;
     };

@@ -32,7 +32,7 @@
 
 use std::ops::Range;
 
-use super::cpu::{shifted_span, zero_padding_columns};
+use super::cpu::{gather_strided, scatter_add_strided, shifted_span, zero_padding_columns};
 use super::Conv2dShape;
 use crate::scalar::Scalar;
 
@@ -153,9 +153,7 @@ pub(super) fn im2col<T: Scalar>(col: &mut [T], img: &[T], s: &Conv2dShape) {
             for b in phases(s.kw, s.pad, st) {
                 let r = base_row(s, c, (a, b), p);
                 for (i, dst) in col[r..r + p].chunks_exact_mut(ow).enumerate() {
-                    for (d, &x) in dst.iter_mut().zip(rows(i)[b..].iter().step_by(st)) {
-                        *d = x;
-                    }
+                    gather_strided(dst, &rows(i)[b..], st);
                 }
             }
         }
@@ -231,9 +229,7 @@ pub(super) fn col2im_add<T: Scalar>(dimg: &mut [T], dcol: &mut [T], s: &Conv2dSh
                 let r = base_row(s, c, (a, b), p);
                 for (i, src) in dcol[r..r + p].chunks_exact(ow).enumerate() {
                     let dst = &mut plane[(st * i + a) * w..][..w];
-                    for (d, &g) in dst[b..].iter_mut().step_by(st).zip(src) {
-                        *d += g;
-                    }
+                    scatter_add_strided(&mut dst[b..], src, st);
                 }
             }
         }
