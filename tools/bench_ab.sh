@@ -32,7 +32,7 @@ printf '|%s|%s|%s|%s|%s|\n' ---------------------------- ----------- -----------
 bench() {
   local prec=()
   # f32 is every binary's default: name it only for the others
-  [ "$P" = f32 ] || prec=(--precision "$P")
+  [ "$4" = f32 ] || prec=(--precision "$4")
   "$1" bench --depth "$2" --unit "$3" --batch "$BATCH" --steps "$STEPS" \
     --warmup "$WARMUP" --threads "$THREADS" "${prec[@]}" --json
 }
@@ -42,9 +42,9 @@ for d in $DEPTHS; do
     as=(); bs=()
     for r in $(seq "$ROUNDS"); do
       if [ $((r % 2)) -eq 1 ]; then
-        as+=("$(bench "$A" "$d" "$u")"); bs+=("$(bench "$B" "$d" "$u")")
+        as+=("$(bench "$A" "$d" "$u" "$P")"); bs+=("$(bench "$B" "$d" "$u" "$P")")
       else
-        bs+=("$(bench "$B" "$d" "$u")"); as+=("$(bench "$A" "$d" "$u")")
+        bs+=("$(bench "$B" "$d" "$u" "$P")"); as+=("$(bench "$A" "$d" "$u" "$P")")
       fi
     done
     python3 - "$P" "${as[@]}" "${bs[@]}" <<'PY'

@@ -46,6 +46,8 @@ struct Dims {
     oimg: usize,
     /// 1x1, stride 1, no padding: the image *is* its column matrix
     identity_cols: bool,
+    /// im2col / col2im through the input's phase planes ([`super::phase`])
+    phased: bool,
 }
 
 impl Dims {
@@ -57,6 +59,7 @@ impl Dims {
             img: s.cin * s.h * s.w,
             oimg: s.cout * p,
             identity_cols: s.kh == 1 && s.kw == 1 && s.stride == 1 && s.pad == 0,
+            phased: super::phase::applies(s),
         }
     }
 }
@@ -162,8 +165,8 @@ pub(super) fn zero_padding_columns<T: Scalar>(block: &mut [T], ow: usize, xs: &R
 /// `col[(c, ki, kj), (oy, ox)] = img[c, oy*stride + ki - pad, ox*stride + kj - pad]`
 /// (zero where that falls in the padding); col (cin*kh*kw, oh*ow), img (cin, h, w).
 #[inline(always)]
-fn im2col<T: Scalar>(col: &mut [T], img: &[T], s: &Conv2dShape) {
-    if super::phase::applies(s) {
+fn im2col<T: Scalar>(col: &mut [T], img: &[T], d: &Dims, s: &Conv2dShape) {
+    if d.phased {
         return super::phase::im2col(col, img, s);
     }
     im2col_rows(col, img, s)
@@ -263,8 +266,8 @@ pub(super) fn scatter_add_strided<T: Scalar>(dst: &mut [T], src: &[T], st: usize
 /// over every (ki, kj, oy, ox) that im2col read (c, iy, ix) into.
 /// `dcol` is scratch: its entries in the padding columns may be zeroed.
 #[inline(always)]
-fn col2im_add<T: Scalar>(dimg: &mut [T], dcol: &mut [T], s: &Conv2dShape) {
-    if super::phase::applies(s) {
+fn col2im_add<T: Scalar>(dimg: &mut [T], dcol: &mut [T], d: &Dims, s: &Conv2dShape) {
+    if d.phased {
         return super::phase::col2im_add(dimg, dcol, s);
     }
     col2im_rows(dimg, dcol, s)
@@ -326,7 +329,7 @@ fn columns<'a, T: Scalar>(col: &'a mut [T], img: &'a [T], d: &Dims, s: &Conv2dSh
     let col = &mut col[..d.k * d.p];
     fast(
         #[inline(always)]
-        || im2col(col, img, s),
+        || im2col(col, img, d, s),
     );
     col
 }
@@ -400,7 +403,7 @@ pub(super) fn backward_input<T: Scalar>(
                     wt.matmul(MatMut::rm(dcol, d.k, d.p), g, false);
                     fast(
                         #[inline(always)]
-                        || col2im_add(dimg, dcol, s),
+                        || col2im_add(dimg, dcol, &d, s),
                     );
                 }
             }

@@ -80,18 +80,53 @@ struct Tap {
 
 /// Every tap of channel `c` that is not a base tap (rows of `p` entries).
 fn shifted_taps(s: &Conv2dShape, c: usize, p: usize) -> impl Iterator<Item = Tap> + '_ {
-    let row = move |ki: usize, kj: usize| ((c * s.kh + ki) * s.kw + kj) * p;
     (0..s.kh).flat_map(move |ki| {
         (0..s.kw).filter_map(move |kj| {
             let ((a, dy), (b, dx)) = (phase_of(ki, s.pad, s.stride), phase_of(kj, s.pad, s.stride));
             (dy != 0 || dx != 0).then(|| Tap {
-                row: row(ki, kj),
-                base: row(s.pad + a, s.pad + b),
+                row: ((c * s.kh + ki) * s.kw + kj) * p,
+                base: base_row(s, c, (a, b), p),
                 dy,
                 dx,
             })
         })
     })
+}
+
+/// Where a shifted tap's row meets its base row: rows `ys` and columns
+/// `xs` of the tap's row read inside the phase plane; entries `lo..hi` of
+/// the block of rows `ys` (`ys.len() * ow` entries) are entries
+/// `start + lo..start + hi` of the base row, the rest of the block falls
+/// in the padding columns `xs` leaves out (a shift wraps a row's edge
+/// entries into the next row: exactly those columns).
+struct Shift {
+    ys: Range<usize>,
+    xs: Range<usize>,
+    start: isize,
+    lo: usize,
+    hi: usize,
+}
+
+impl Tap {
+    fn shift(&self, oh: usize, ow: usize) -> Shift {
+        let (ys, xs) = (inside(self.dy, oh), inside(self.dx, ow));
+        let start = (ys.start as isize + self.dy) * ow as isize + self.dx;
+        let (lo, hi) = shifted_span(ys.len() * ow, start, oh * ow);
+        Shift {
+            ys,
+            xs,
+            start,
+            lo,
+            hi,
+        }
+    }
+}
+
+/// Whether both column phases of a stride-2 shape are read, so that each
+/// input row is split into them in one pass (`w = 2 ow`) and their base
+/// taps are adjacent rows of the column matrix.
+fn column_pairs(s: &Conv2dShape) -> bool {
+    s.stride == 2 && s.pad + 1 < s.kw
 }
 
 /// The phases an axis's taps read: `a < st` with `pad + a < k` (the base
@@ -136,9 +171,7 @@ pub(super) fn im2col<T: Scalar>(col: &mut [T], img: &[T], s: &Conv2dShape) {
         // the base taps' rows: P_ab, gathered from the plane
         for a in phases(s.kh, s.pad, st) {
             let rows = |i: usize| &plane[(st * i + a) * w..][..w];
-            if st == 2 && s.pad + 1 < s.kw {
-                // both column phases of each input row at once (w = 2 ow);
-                // their base taps are adjacent rows of col
+            if column_pairs(s) {
                 let r0 = base_row(s, c, (a, 0), p);
                 let (e, o) = col[r0..r0 + 2 * p].split_at_mut(p);
                 for (i, (e, o)) in e
@@ -159,22 +192,22 @@ pub(super) fn im2col<T: Scalar>(col: &mut [T], img: &[T], s: &Conv2dShape) {
         }
         // every other tap: its base row shifted by (dy, dx)
         for t in shifted_taps(s, c, p) {
-            let (ys, xs) = (inside(t.dy, oh), inside(t.dx, ow));
+            let Shift {
+                ys,
+                xs,
+                start,
+                lo,
+                hi,
+            } = t.shift(oh, ow);
             let row = t.row;
             col[row..row + ys.start * ow].fill(T::zero());
             col[row + ys.end * ow..row + p].fill(T::zero());
-            let len = ys.len() * ow;
-            let start = (ys.start as isize + t.dy) * ow as isize + t.dx;
-            let (lo, hi) = shifted_span(len, start, p);
-            let block = row + ys.start * ow;
+            let block = row + ys.start * ow..row + ys.end * ow;
             if lo < hi {
                 let src = t.base + (start + lo as isize) as usize;
-                col.copy_within(src..src + (hi - lo), block + lo);
+                col.copy_within(src..src + (hi - lo), block.start + lo);
             }
-            col[block..block + lo].fill(T::zero());
-            col[block + hi..block + len].fill(T::zero());
-            // entries that wrapped around a row edge: the padding columns
-            zero_padding_columns(&mut col[block..block + len], ow, &xs);
+            zero_padding_columns(&mut col[block], ow, &xs);
         }
     }
 }
@@ -202,12 +235,16 @@ pub(super) fn col2im_add<T: Scalar>(dimg: &mut [T], dcol: &mut [T], s: &Conv2dSh
         // (dy, dx), zero in its padding: so now the row's entries outside
         // the padding go back into the base row
         for t in shifted_taps(s, c, p) {
-            let (ys, xs) = (inside(t.dy, oh), inside(t.dx, ow));
+            let Shift {
+                ys,
+                xs,
+                start,
+                lo,
+                hi,
+            } = t.shift(oh, ow);
             let (base, row) = two_rows(dcol, t.base, t.row, p);
             let block = &mut row[ys.start * ow..ys.end * ow];
             zero_padding_columns(block, ow, &xs);
-            let start = (ys.start as isize + t.dy) * ow as isize + t.dx;
-            let (lo, hi) = shifted_span(block.len(), start, p);
             if lo < hi {
                 let at = (start + lo as isize) as usize;
                 for (d, &g) in base[at..at + (hi - lo)].iter_mut().zip(&block[lo..hi]) {
@@ -217,7 +254,7 @@ pub(super) fn col2im_add<T: Scalar>(dimg: &mut [T], dcol: &mut [T], s: &Conv2dSh
         }
         // each base row is the gradient of its phase plane P_ab
         for a in phases(s.kh, s.pad, st) {
-            if st == 2 && s.pad + 1 < s.kw {
+            if column_pairs(s) {
                 let r0 = base_row(s, c, (a, 0), p);
                 let (e, o) = dcol[r0..r0 + 2 * p].split_at(p);
                 for (i, (e, o)) in e.chunks_exact(ow).zip(o.chunks_exact(ow)).enumerate() {
