@@ -282,3 +282,144 @@ fn add_relu_backward_sums_are_the_bn_pass_sums() {
     assert!(bad(3, 0, &x, &mut sums).contains("positions"));
     assert!(bad(3, 4, &x, &mut sums[1..]).contains("whole images"));
 }
+
+/// What storing activations in bf16 would buy the passes around the
+/// convolutions (issue 19): the original unit's two memory-bound passes at
+/// ResNet-20's first stage (128 images, 16 channels, 32x32), with f32
+/// storage and with bf16 storage (the same arithmetic in f32, the values
+/// widened on load and rounded to nearest even on store), both vectorised
+/// (sums in 16 lanes); each over a tensor set last touched long ago
+/// (sets cycled past the 32 MiB L3: a backward pass reading what the
+/// forward wrote), and over one set of a quarter the size, in L3 (a pass
+/// reading what the pass before it wrote):
+///
+/// - forward `out = max(0, h + (x - mean) k + beta)`: reads `x`, `h`,
+///   writes `out`;
+/// - backward `dsum = dy [out > 0]` and the BN's two plane sums over
+///   `dsum` and `x`: reads `dy`, `out`, `x`, writes `dsum`.
+///
+/// `cargo test --release --lib storage_rates -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn storage_rates() {
+    use rayon::prelude::*;
+    use std::time::Instant;
+    const HW: usize = 1024;
+    const L: usize = 16;
+    /// The storage element: f32, or bf16 in a u16.
+    trait Store: Copy + Send + Sync {
+        fn get(self) -> f32;
+        fn put(v: f32) -> Self;
+    }
+    impl Store for f32 {
+        #[inline(always)]
+        fn get(self) -> f32 {
+            self
+        }
+        #[inline(always)]
+        fn put(v: f32) -> f32 {
+            v
+        }
+    }
+    impl Store for u16 {
+        #[inline(always)]
+        fn get(self) -> f32 {
+            f32::from_bits((self as u32) << 16)
+        }
+        #[inline(always)]
+        fn put(v: f32) -> u16 {
+            // round to nearest even (finite values)
+            let b = v.to_bits();
+            ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
+        }
+    }
+    fn median(mut v: Vec<f64>) -> f64 {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    }
+    fn rates<E: Store>(base: &[f32], sets_n: usize) -> (f64, f64) {
+        let (m, k, b) = (0.1f32, 1.3f32, 0.05f32);
+        let t: Vec<E> = base.iter().map(|&v| E::put(v)).collect();
+        let mut sets: Vec<[Vec<E>; 4]> = (0..sets_n)
+            .map(|_| [t.clone(), t.clone(), t.clone(), t.clone()])
+            .collect();
+        let (mut fwd, mut bwd) = (Vec::new(), Vec::new());
+        for rep in 0..24 {
+            let [x, h, out, _] = &mut sets[rep % sets_n];
+            let t0 = Instant::now();
+            out.par_chunks_mut(HW)
+                .zip(x.par_chunks(HW).zip(h.par_chunks(HW)))
+                .for_each(|(o, (x, h))| {
+                    crate::ops::simd::fast(
+                        #[inline(always)]
+                        || {
+                            for ((o, &x), &h) in o.iter_mut().zip(x).zip(h) {
+                                *o = E::put((h.get() + ((x.get() - m) * k + b)).max(0.0));
+                            }
+                        },
+                    )
+                });
+            let t1 = Instant::now();
+            let [x, dy, out, dsum] = &mut sets[(rep + 2) % sets_n];
+            let sums: Vec<f32> = dsum
+                .par_chunks_mut(HW)
+                .zip(
+                    dy.par_chunks(HW)
+                        .zip(out.par_chunks(HW).zip(x.par_chunks(HW))),
+                )
+                .map(|(d, (g, (o, x)))| {
+                    crate::ops::simd::fast(
+                        #[inline(always)]
+                        || {
+                            let (mut s0, mut s1) = ([0f32; L], [0f32; L]);
+                            for (((d, g), o), x) in d
+                                .chunks_exact_mut(L)
+                                .zip(g.chunks_exact(L))
+                                .zip(o.chunks_exact(L))
+                                .zip(x.chunks_exact(L))
+                            {
+                                for l in 0..L {
+                                    let v = if o[l].get() > 0.0 { g[l].get() } else { 0.0 };
+                                    d[l] = E::put(v);
+                                    s0[l] += v;
+                                    s1[l] += v * (x[l].get() - m);
+                                }
+                            }
+                            s0.iter().sum::<f32>() + s1.iter().sum::<f32>()
+                        },
+                    )
+                })
+                .collect();
+            std::hint::black_box(sums);
+            let t2 = Instant::now();
+            if rep >= 4 {
+                fwd.push((t1 - t0).as_secs_f64());
+                bwd.push((t2 - t1).as_secs_f64());
+            }
+        }
+        (median(fwd), median(bwd))
+    }
+    let mut r = crate::gradcheck::Rand::new(3);
+    let gbs = |bytes: usize, t: f64| bytes as f64 / t / 1e9;
+    println!("| pass | tensors | f32 ms | f32 GB/s | bf16 ms | bf16 GB/s | f32 / bf16 time |");
+    println!("|---|---|---|---|---|---|---|");
+    // 4 sets of 4 tensors of 8 MiB (f32) in DRAM; 1 set of 2 MiB ones in L3
+    for (len, sets_n, at) in [(128 * 16 * HW, 4, "DRAM"), (32 * 16 * HW, 1, "L3")] {
+        let base: Vec<f32> = r.normal_vec(len).iter().map(|&v| v as f32).collect();
+        let (fwd32, bwd32) = rates::<f32>(&base, sets_n);
+        let (fwd16, bwd16) = rates::<u16>(&base, sets_n);
+        for (name, t32, t16, streams) in [
+            ("BN + add + ReLU forward", fwd32, fwd16, 3),
+            ("ReLU mask + BN sums backward", bwd32, bwd16, 4),
+        ] {
+            println!(
+                "| {name} | {at} | {:.2} | {:.1} | {:.2} | {:.1} | {:.2}x |",
+                t32 * 1e3,
+                gbs(streams * 4 * len, t32),
+                t16 * 1e3,
+                gbs(streams * 2 * len, t16),
+                t32 / t16
+            );
+        }
+    }
+}

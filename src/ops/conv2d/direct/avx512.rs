@@ -384,10 +384,10 @@ pub(super) unsafe fn pair_bf16(dst: &mut [u32], lo: &[f32], hi: &[f32]) {
 
 /// See [`super::weight_grad_planes_bf16`]: [`weight_grad_planes`] over
 /// pairs of adjacent positions. Bounds: `d` holds `imgs * n_out` runs of
-/// `dl = 16 nv2` pairs (`nv2 = masks.len()`), `pe` / `po` `imgs * n_in`
-/// runs of `ph` pairs with `(lead + 2w + 1) / 2 + 16 nv2 <= ph` (the
-/// caller asserts it), so every load of tap `(ky, kx)` from pair `b / 2`
-/// (`b = lead - 1 + ky w + kx`) on stays in its run.
+/// `dl = 16 nv2` pairs (`nv2 = masks.len()`), `pe` `imgs * n_in` runs of
+/// `ph` pairs (`2 ph` 16-bit entries) with `lead + 2w + 1 + 2 dl <= 2 ph`
+/// (the caller asserts it), so every load of tap `(ky, kx)` from 16-bit
+/// entry `b = lead - 1 + ky w + kx` on (`dl` pairs) stays in its run.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn weight_grad_planes_bf16(
@@ -395,7 +395,6 @@ pub(super) unsafe fn weight_grad_planes_bf16(
     first: bool,
     d: &[u32],
     pe: &[u32],
-    po: &[u32],
     n_in: usize,
     n_out: usize,
     imgs: usize,
@@ -410,16 +409,13 @@ pub(super) unsafe fn weight_grad_planes_bf16(
         for i in 0..n_in {
             for ky in 0..3 {
                 // tap kx reads P from b = lead - 1 + ky w + kx on: pairs
-                // (P[b + 2m], P[b + 2m + 1]) are pe[b / 2 + m] for an even
-                // b, po[(b - 1) / 2 + m] for an odd one
+                // (P[b + 2m], P[b + 2m + 1]) start at 16-bit entry b of
+                // pe, the bf16 values of P in order (for an odd b, the
+                // vector loads below are a half off the pairs' grid)
                 let mut tap = [pe.as_ptr(); 3];
                 for (kx, t) in tap.iter_mut().enumerate() {
                     let b = g.lead - 1 + ky * w + kx;
-                    *t = if b.is_multiple_of(2) {
-                        pe.as_ptr().add(b / 2)
-                    } else {
-                        po.as_ptr().add((b - 1) / 2)
-                    };
+                    *t = (pe.as_ptr() as *const u16).add(b) as *const u32;
                 }
                 let mut acc = [[_mm512_setzero_ps(); 3]; TILE_O];
                 for n in 0..imgs {

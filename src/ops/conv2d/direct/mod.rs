@@ -169,13 +169,15 @@
 //! `vmovdqu16` per channel, 16 per 24 `vdpbf16ps`, and ran 10-20% slower).
 //! A masked half is an exact zero factor, as the im2col path's padding
 //! zero is, so the sums of finite values are the same bits either way. The
-//! tap's start `b` is even or odd with `kx`, so each padded input plane is
-//! paired twice, from even entries (`pe[t] = (P[2t], P[2t+1])`) and from
-//! odd ones (`po[t] = (P[2t+1], P[2t+2])`); tap `k` reads `pe` from `b / 2`
-//! or `po` from `(b - 1) / 2`. The register tile is the f32 one (8 output
+//! tap's start `b` is even or odd with `kx`; the pairs `(P[2t], P[2t+1])`
+//! (`pe`) are the plane's bf16 values in order, so the pairs from an odd
+//! start, `(P[b + 2m], P[b + 2m + 1])`, are the same 16-bit values read one
+//! half later: tap `k` loads its pairs from 16-bit entry `b` of `pe`,
+//! aligned or not (stop 19; a second copy paired from odd entries, `po`,
+//! was made before). The register tile is the f32 one (8 output
 //! channels x the 3 taps of a kernel row), each `vdpbf16ps` covering 32
 //! positions, and the lanes are added up as in f32 ([`reduce_lanes`]). The
-//! padded input `P` is never written: `pe` and `po` are paired straight
+//! padded input `P` is never written: `pe` is paired straight
 //! from each input plane as if it lay at `first()` in zeros
 //! ([`run_pairs_at`]: masked loads, the zeros from the mask), a BN-ReLU
 //! input plane computed first by the f32 code ([`fill_input`]); dout's
@@ -987,20 +989,19 @@ fn run_pairs_at(dst: &mut [u32], src: &[f32], n: usize, shift: usize) {
 /// PQ_k[i, m] = (bf16(P[i, b + 2m]) e_kx(2m), bf16(P[i, b + 2m + 1]) e_kx(2m + 1)),   b = lead - 1 + off(k)
 /// ```
 ///
-/// `d` holds the dout pairs `DQ` (imgs, n_out, dl = 16 nv2); `pe` / `po`
-/// hold the input pairs without masks, and the kernel zeroes the positions
-/// the masks `pmasks` (nv2 = ceil(hw / 32) entries) clear, per bf16 half,
-/// in the taps `kx = 0, 2` it loads; `pe` / `po` (imgs, n_in, ph) hold the
-/// padded input's pairs from even / odd entries (`pe[t] = (P[2t],
-/// P[2t + 1])`, `po[t] = (P[2t + 1], P[2t + 2])`), so `PQ_k` is `pe` from
-/// `b / 2` for an even `b`, `po` from `(b - 1) / 2` for an odd one.
+/// `d` holds the dout pairs `DQ` (imgs, n_out, dl = 16 nv2); `pe` holds
+/// the input pairs without masks, and the kernel zeroes the positions the
+/// masks `pmasks` (nv2 = ceil(hw / 32) entries) clear, per bf16 half, in
+/// the taps `kx = 0, 2` it loads; `pe` (imgs, n_in, ph) holds the padded
+/// input's pairs from even entries (`pe[t] = (P[2t], P[2t + 1])`), i.e.
+/// the bf16 values of `P` in order, so `PQ_k` is read from 16-bit entry
+/// `b` of each plane of `pe`, for an odd `b` too.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn weight_grad_planes_bf16(
     dwv: &mut [f32],
     first: bool,
     d: &[u32],
     pe: &[u32],
-    po: &[u32],
     n_in: usize,
     n_out: usize,
     imgs: usize,
@@ -1019,10 +1020,10 @@ pub(super) fn weight_grad_planes_bf16(
         d.len() >= imgs * n_out * dl,
         "weight_grad_planes_bf16: d too short"
     );
-    assert!(pe.len() >= imgs * n_in * ph && po.len() >= imgs * n_in * ph);
-    // the last tap's start (b = lead + 2w + 1), whole vectors past it
-    // (floor((lead + 2w + 1) / 2) = ceil((lead + 2w) / 2))
-    assert!(g.lead >= 1 && (g.lead + 2 * g.w).div_ceil(2) + dl <= ph);
+    assert!(pe.len() >= imgs * n_in * ph);
+    // the last tap's start (16-bit entry b = lead + 2w + 1), whole vectors
+    // of dl pairs past it, inside its plane of 2 ph entries
+    assert!(g.lead >= 1 && g.lead + 2 * g.w + 1 + 2 * dl <= 2 * ph);
     #[cfg(target_arch = "x86_64")]
     {
         assert!(
@@ -1032,7 +1033,7 @@ pub(super) fn weight_grad_planes_bf16(
         // SAFETY: AVX-512F/BW and AVX512-BF16 available; the asserts above
         // bound every load (see the kernel) and dwv's stores.
         unsafe {
-            avx512::weight_grad_planes_bf16(dwv, first, d, pe, po, n_in, n_out, imgs, g, ph, pmasks)
+            avx512::weight_grad_planes_bf16(dwv, first, d, pe, n_in, n_out, imgs, g, ph, pmasks)
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -1073,12 +1074,11 @@ pub(super) struct Scratch {
     /// bf16 backward: one image of a BN's input gradient as dout, in f32
     /// (cout, hw), computed once for both layouts (a stored dout is read
     /// where it lies); for the weight gradient the position pairs of a
-    /// group's dout (group, cout, dl) and of its padded inputs from even /
-    /// odd entries (group, cin, ph), each with 16 entries of slack
+    /// group's dout (group, cout, dl) and of its padded inputs from even
+    /// entries (group, cin, ph), each with 16 entries of slack
     gimg: Vec<f32>,
     dq: Vec<u32>,
     pe: Vec<u32>,
-    po: Vec<u32>,
 }
 
 /// The direct path's workspace: repacked weights, edge masks and per-chunk
@@ -1275,7 +1275,6 @@ pub(super) fn backward(
                 if want_dw {
                     grow(&mut sc.dq, group * s.cout * dl + 16);
                     grow(&mut sc.pe, group * s.cin * ph + 16);
-                    grow(&mut sc.po, group * s.cin * ph + 16);
                 }
             } else {
                 grow(&mut sc.d, group * dimg_len + 16);
@@ -1303,10 +1302,9 @@ pub(super) fn backward(
                 // slot of this image in its group
                 let slot = (i - first) % group;
                 let ppofs = aligned_from(&sc.pp);
-                let (dqofs, peofs, poofs) = (
+                let (dqofs, peofs) = (
                     aligned_from(&sc.dq).min(sc.dq.len()),
                     aligned_from(&sc.pe).min(sc.pe.len()),
-                    aligned_from(&sc.po).min(sc.po.len()),
                 );
                 if bf16 {
                     // dout's image in f32 (cout, hw), read by both
@@ -1365,22 +1363,16 @@ pub(super) fn backward(
                 }
                 if want_dw && bf16 {
                     // the padded input's pairs of adjacent entries from
-                    // even entries (pe[t] = (P[2t], P[2t + 1])) and from
-                    // odd ones (po[t] = (P[2t + 1], P[2t + 2])), paired
+                    // even entries (pe[t] = (P[2t], P[2t + 1])), paired
                     // straight from each input plane placed at first() in
                     // zeros (P itself is never written): a stored input
-                    // where it lies, a BN-ReLU one computed into tmp
+                    // where it lies, a BN-ReLU one computed into tmp; the
+                    // taps from odd entries read the same values one half on
                     let at = slot * s.cin * ph;
                     let pe = &mut sc.pe[peofs + at..][..s.cin * ph];
-                    let po = &mut sc.po[poofs + at..][..s.cin * ph];
-                    for (c, (e, o)) in pe
-                        .chunks_exact_mut(ph)
-                        .zip(po.chunks_exact_mut(ph))
-                        .enumerate()
-                    {
+                    for (c, e) in pe.chunks_exact_mut(ph).enumerate() {
                         let src = planes_of(&inp, i, s.cin, &g, c..c + 1, &mut sc.tmp);
                         run_pairs_at(e, src, g.hw, g.first());
-                        run_pairs_at(o, src, g.hw, g.first() - 1);
                     }
                     if slot + 1 == group || i + 1 == imgs.end {
                         let (n, first_group) = (slot + 1, i + 1 - first <= group);
@@ -1389,7 +1381,6 @@ pub(super) fn backward(
                             first_group,
                             &sc.dq[dqofs..],
                             &sc.pe[peofs..],
-                            &sc.po[poofs..],
                             s.cin,
                             s.cout,
                             n,

@@ -1322,10 +1322,10 @@ fn kernel_rates() {
         let tf = time(&mut || weight_grad_planes(&mut dwv, false, &d, &p, c, c, imgs, &g, &edges));
         let (dl, ph) = (16 * g.hw.div_ceil(32), (g.ps / 2 + 16).next_multiple_of(16));
         let dq = to_u32(&rnd(imgs * c * dl));
-        let (pe, po) = (to_u32(&rnd(imgs * c * ph)), to_u32(&rnd(imgs * c * ph)));
+        let pe = to_u32(&rnd(imgs * c * ph));
         dwv.fill(0.0);
         let tb = time(&mut || {
-            weight_grad_planes_bf16(&mut dwv, false, &dq, &pe, &po, c, c, imgs, &g, ph, &pm)
+            weight_grad_planes_bf16(&mut dwv, false, &dq, &pe, c, c, imgs, &g, ph, &pm)
         });
         row("weight_grad_planes", tf, tb, imgs as f64 * conv_flops);
         std::hint::black_box((&dst, &dwv));
