@@ -357,11 +357,37 @@ unsafe fn bf16_tile<const V: usize, const ADD: bool, const STATS: bool>(
 
 /// `dst[j] = lo[j]` rounded to bf16 in the low half, `hi[j]` in the high
 /// half (`vcvtne2ps2bf16`: round to nearest even, denormals to zero), for
-/// `j < dst.len()`; `lo` and `hi` at least as long.
+/// `j < dst.len()`; `lo` and `hi` at least as long. With `lo_bn = Some([m,
+/// k, b])` the low half is `max(0, (lo[j] - m) * k + b)` instead (a BN-ReLU
+/// input plane, made as it is paired: [`bn_relu`]'s bits), `hi_bn` the
+/// same for the high half.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-pub(super) unsafe fn pair_bf16(dst: &mut [u32], lo: &[f32], hi: &[f32]) {
+pub(super) unsafe fn pair_bf16(
+    dst: &mut [u32],
+    (lo, lo_bn): (&[f32], Option<[f32; 3]>),
+    (hi, hi_bn): (&[f32], Option<[f32; 3]>),
+) {
+    let (lb, hb) = (lo_bn.unwrap_or_default(), hi_bn.unwrap_or_default());
+    match (lo_bn.is_some(), hi_bn.is_some()) {
+        (false, false) => pair_bf16_with::<false, false>(dst, lo, hi, lb, hb),
+        (true, false) => pair_bf16_with::<true, false>(dst, lo, hi, lb, hb),
+        (false, true) => pair_bf16_with::<false, true>(dst, lo, hi, lb, hb),
+        (true, true) => pair_bf16_with::<true, true>(dst, lo, hi, lb, hb),
+    }
+}
+
+/// [`pair_bf16`] with the BN-ReLU of each half known at compile time.
+#[inline(always)]
+unsafe fn pair_bf16_with<const LO: bool, const HI: bool>(
+    dst: &mut [u32],
+    lo: &[f32],
+    hi: &[f32],
+    lo_bn: [f32; 3],
+    hi_bn: [f32; 3],
+) {
     let n = dst.len();
     assert!(lo.len() >= n && hi.len() >= n);
+    let (lbn, hbn, z) = (splat3(lo_bn), splat3(hi_bn), _mm512_setzero_ps());
     // halves of cvtne2ps: lanes 0..16 = lo, 16..32 = hi; interleave them
     let mut idx = [0i16; 32];
     for l in 0..16 {
@@ -373,8 +399,14 @@ pub(super) unsafe fn pair_bf16(dst: &mut [u32], lo: &[f32], hi: &[f32]) {
     let mut i = 0;
     while i < n {
         let mask = lanes(n - i);
-        let a = _mm512_maskz_loadu_ps(mask, l.add(i));
-        let b = _mm512_maskz_loadu_ps(mask, h.add(i));
+        let mut a = _mm512_maskz_loadu_ps(mask, l.add(i));
+        let mut b = _mm512_maskz_loadu_ps(mask, h.add(i));
+        if LO {
+            a = bn_relu_vec(a, lbn, z);
+        }
+        if HI {
+            b = bn_relu_vec(b, hbn, z);
+        }
         let p = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(b, a));
         let p = _mm512_permutexvar_epi16(idx, p);
         _mm512_mask_storeu_epi32(d.add(i) as *mut i32, mask, p);
@@ -561,11 +593,26 @@ pub(super) unsafe fn bn_relu(dst: &mut [f32], src: &[f32], m: f32, k: f32, b: f3
     while i < n {
         let mask = lanes(n - i);
         let x = _mm512_maskz_loadu_ps(mask, s.add(i));
-        let v = _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(x, vm), vk), vb);
-        let le = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(v, z);
-        _mm512_mask_storeu_ps(d.add(i), mask, _mm512_mask_mov_ps(v, le, z));
+        _mm512_mask_storeu_ps(d.add(i), mask, bn_relu_vec(x, [vm, vk, vb], z));
         i += 16;
     }
+}
+
+/// `max(0, (x - m) * k + b)` of 16 lanes, `bn = [m, k, b]` broadcast, `z`
+/// zero: [`bn_relu`]'s expression, which the pairing kernels apply as they
+/// read a BN-ReLU input (so the same bits as pairing its stored output).
+#[inline(always)]
+unsafe fn bn_relu_vec(x: __m512, bn: [__m512; 3], z: __m512) -> __m512 {
+    let [vm, vk, vb] = bn;
+    let v = _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(x, vm), vk), vb);
+    let le = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(v, z);
+    _mm512_mask_mov_ps(v, le, z)
+}
+
+/// `[m, k, b]` broadcast to 16 lanes each.
+#[inline(always)]
+unsafe fn splat3(bn: [f32; 3]) -> [__m512; 3] {
+    bn.map(|v| _mm512_set1_ps(v))
 }
 
 /// `dst[i] = k * (g' - a - (x[i] - mu) * b)` with `(k, a, b) = coef`, `g' =
@@ -670,20 +717,23 @@ unsafe fn stat_lanes_store(st: &StatPtrs, c: usize, a: &[[__m512; 2]; 2]) {
 // ---- helpers of the passes around the kernels (stop 17) ----
 
 /// 16 lanes of a run of zeros holding `src[..n]` from index 0: lane `l`
-/// is `src[i0 + l]` when `0 <= i0 + l < n`, else +0. The lanes outside are
-/// masked off the load (no access; the address is formed with
-/// `wrapping_offset`, never dereferenced there).
+/// is `src[i0 + l]` when `0 <= i0 + l < n`, else +0, with the mask of the
+/// lanes inside. The lanes outside are masked off the load (no access; the
+/// address is formed with `wrapping_offset`, never dereferenced there).
 #[inline(always)]
-unsafe fn load_in_run(src: &[f32], n: usize, i0: isize) -> __m512 {
+unsafe fn load_in_run(src: &[f32], n: usize, i0: isize) -> (__mmask16, __m512) {
     // lanes [from, to) read src: from = the first with i0 + l >= 0, to =
     // the first with i0 + l >= n
     let from = (-i0).clamp(0, 16) as usize;
     let to = (n as isize - i0).clamp(0, 16) as usize;
     if from >= to {
-        return _mm512_setzero_ps();
+        return (0, _mm512_setzero_ps());
     }
     let mask = lanes(to) & !lanes(from);
-    _mm512_maskz_loadu_ps(mask, src.as_ptr().wrapping_offset(i0))
+    (
+        mask,
+        _mm512_maskz_loadu_ps(mask, src.as_ptr().wrapping_offset(i0)),
+    )
 }
 
 /// `dst[t] = (S[2t - shift], S[2t + 1 - shift])` rounded to bf16 (low,
@@ -692,14 +742,47 @@ unsafe fn load_in_run(src: &[f32], n: usize, i0: isize) -> __m512 {
 /// `t < dst.len()` (a multiple of 16): [`run_pairs_bf16`] over `src` placed
 /// at index `shift` of a run of zeros, without writing that run out (the
 /// bf16 weight gradient's input pairs straight from an input plane).
+/// With `bn = Some([m, k, b])`, `S[i] = max(0, (src[i] - m) * k + b)` in
+/// the run (a BN-ReLU input plane, made as it is paired: [`bn_relu`]'s
+/// bits), still +0 outside it.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-pub(super) unsafe fn run_pairs_at_bf16(dst: &mut [u32], src: &[f32], n: usize, shift: usize) {
+pub(super) unsafe fn run_pairs_at_bf16(
+    dst: &mut [u32],
+    src: &[f32],
+    n: usize,
+    shift: usize,
+    bn: Option<[f32; 3]>,
+) {
+    match bn {
+        None => run_pairs_at_with::<false>(dst, src, n, shift, [0.0; 3]),
+        Some(bn) => run_pairs_at_with::<true>(dst, src, n, shift, bn),
+    }
+}
+
+/// [`run_pairs_at_bf16`] with the BN-ReLU known at compile time.
+#[inline(always)]
+unsafe fn run_pairs_at_with<const BN: bool>(
+    dst: &mut [u32],
+    src: &[f32],
+    n: usize,
+    shift: usize,
+    bn: [f32; 3],
+) {
     assert!(n <= src.len() && dst.len().is_multiple_of(16));
     let (d, shift) = (dst.as_mut_ptr(), shift as isize);
+    let (vbn, z) = (splat3(bn), _mm512_setzero_ps());
+    // the BN-ReLU of the run's lanes; +0 stays outside it
+    let act = |(m, x): (__mmask16, __m512)| {
+        if BN {
+            _mm512_maskz_mov_ps(m, bn_relu_vec(x, vbn, z))
+        } else {
+            x
+        }
+    };
     for t in (0..dst.len()).step_by(16) {
         let i = 2 * t as isize - shift;
-        let lo = load_in_run(src, n, i);
-        let hi = load_in_run(src, n, i + 16);
+        let lo = act(load_in_run(src, n, i));
+        let hi = act(load_in_run(src, n, i + 16));
         let p = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
         _mm512_storeu_si512(d.add(t) as *mut __m512i, p);
     }

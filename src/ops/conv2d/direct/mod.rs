@@ -550,9 +550,11 @@ fn pad_pair_planes(
 
 /// `d[j] = (bf16(lo[j]), bf16(hi[j]))` (low, high half), rounded to
 /// nearest even as `vcvtne2ps2bf16` rounds ([`crate::gemm_bf16::to_bf16`]),
-/// for `j < d.len()`; `lo`, `hi` at least as long.
-fn pair_planes(d: &mut [u32], lo: &[f32], hi: &[f32]) {
-    assert!(lo.len() >= d.len() && hi.len() >= d.len());
+/// for `j < d.len()`; `lo`, `hi` at least as long. A half given with
+/// `Some([mean, k, beta])` is a BN-ReLU input plane, paired as its output
+/// `max(0, (x - mean) k + beta)` (the bits of [`fill_input`]'s).
+fn pair_planes(d: &mut [u32], lo: Half, hi: Half) {
+    assert!(lo.0.len() >= d.len() && hi.0.len() >= d.len());
     #[cfg(target_arch = "x86_64")]
     // SAFETY: AVX-512F/BW and AVX512-BF16 available (the callers'
     // pad_pair_planes asserts bf16_enabled); the kernel reads lo and hi
@@ -562,6 +564,10 @@ fn pair_planes(d: &mut [u32], lo: &[f32], hi: &[f32]) {
     }
 }
 
+/// One half of a pair of planes: the plane, and the BN-ReLU to apply to it
+/// as it is paired (`[mean, k, beta]`), if any.
+type Half<'a> = (&'a [f32], Option<[f32; 3]>);
+
 /// A convolution operand as the bf16 path reads it, `n` planes of hw per
 /// image: the input ([`ConvInput`]) or the output gradient
 /// ([`ConvGradOut`]), either stored or computed plane by plane.
@@ -570,6 +576,13 @@ trait Operand {
     fn stored(&self) -> Option<&[f32]>;
     /// Plane `c` of image `i` into `d` (hw), as the f32 path makes it.
     fn fill(&self, d: &mut [f32], i: usize, n: usize, g: &Grid, c: usize);
+    /// Plane `c` of image `i` as a stored plane and the BN-ReLU that makes
+    /// it (`[mean, k, beta]`), for a pairing kernel that applies it as it
+    /// reads ([`fill`](Operand::fill) made with the same bits); `None` where
+    /// the operand is not a BN-ReLU input.
+    fn bn_relu_plane(&self, _i: usize, _n: usize, _g: &Grid, _c: usize) -> Option<Half<'_>> {
+        None
+    }
 }
 
 impl Operand for ConvInput<'_, f32> {
@@ -581,6 +594,16 @@ impl Operand for ConvInput<'_, f32> {
     }
     fn fill(&self, d: &mut [f32], i: usize, n: usize, g: &Grid, c: usize) {
         fill_input(d, self, i, n, g, c)
+    }
+    fn bn_relu_plane(&self, i: usize, n: usize, g: &Grid, c: usize) -> Option<Half<'_>> {
+        match *self {
+            ConvInput::Plain(_) => None,
+            ConvInput::BnRelu { x, mean, k, beta } => {
+                assert!(mean.len() == n && k.len() == n && beta.len() == n);
+                let plane = &x[(i * n + c) * g.hw..][..g.hw];
+                Some((plane, Some([mean[c], k[c], beta[c]])))
+            }
+        }
     }
 }
 
@@ -621,10 +644,28 @@ fn planes_of<'a>(
     }
 }
 
+/// Plane `c` of image `i` of `op` as a pairing kernel reads it: a
+/// BN-ReLU input's stored plane and its BN-ReLU, else [`planes_of`] (a
+/// stored plane where it lies, another computed one made in `tmp`).
+fn half_of<'a>(
+    op: &'a impl Operand,
+    i: usize,
+    n: usize,
+    g: &Grid,
+    c: usize,
+    tmp: &'a mut [f32],
+) -> Half<'a> {
+    match op.bn_relu_plane(i, n, g, c) {
+        Some(h) => h,
+        None => (planes_of(op, i, n, g, c..c + 1, tmp), None),
+    }
+}
+
 /// [`pad_pair_planes`] of the `n` planes of image `i` of `op`: channels
-/// `2q` and `2q + 1` by [`planes_of`] (a stored operand paired where it
-/// lies, a computed one made in `tmp` first, two planes at a time), an
-/// odd last pair's zero channel in `tmp` (at least 2 hw).
+/// `2q` and `2q + 1` (a stored operand paired where it lies, a BN-ReLU
+/// input made by the pairing kernel as it reads, another computed one made
+/// in `tmp` first by [`planes_of`]), an odd last pair's zero channel in
+/// `tmp` (at least 2 hw).
 fn pad_pairs(
     dst: &mut [u32],
     op: &impl Operand,
@@ -637,12 +678,12 @@ fn pad_pairs(
     assert!(tmp.len() >= 2 * g.hw);
     let (lo_tmp, hi_tmp) = tmp[..2 * g.hw].split_at_mut(g.hw);
     pad_pair_planes(dst, n, g, zero, |q, d| {
-        let lo = planes_of(op, i, n, g, 2 * q..2 * q + 1, lo_tmp);
+        let lo = half_of(op, i, n, g, 2 * q, lo_tmp);
         let hi = if 2 * q + 1 < n {
-            planes_of(op, i, n, g, 2 * q + 1..2 * q + 2, hi_tmp)
+            half_of(op, i, n, g, 2 * q + 1, hi_tmp)
         } else {
             hi_tmp.fill(0.0);
-            &*hi_tmp
+            (&*hi_tmp, None)
         };
         pair_planes(d, lo, hi)
     });
@@ -969,14 +1010,16 @@ fn run_pairs(dst: &mut [u32], src: &[f32], n: usize) {
 /// `dst[t] = (bf16(S[2t - shift]), bf16(S[2t + 1 - shift]))`, `S[i] =
 /// src[i]` for `0 <= i < n` and 0 elsewhere, every `t < dst.len()` (a
 /// multiple of 16): [`run_pairs`] of a padded plane `S` (`src` at index
-/// `shift`, zeros around it) without making that plane.
-fn run_pairs_at(dst: &mut [u32], src: &[f32], n: usize, shift: usize) {
+/// `shift`, zeros around it) without making that plane. With a BN-ReLU
+/// (`Some([mean, k, beta])`), `S[i] = max(0, (src[i] - mean) k + beta)`
+/// inside (the bits of [`fill_input`]'s plane), 0 still outside.
+fn run_pairs_at(dst: &mut [u32], (src, bn): Half, n: usize, shift: usize) {
     assert!(bf16_enabled(), "bf16 pairs without AVX512-BF16");
     #[cfg(target_arch = "x86_64")]
     // SAFETY: AVX-512F/BW and AVX512-BF16 available; the kernel asserts
     // n <= src.len(), reads only src[..n] (masked loads), writes only dst.
     unsafe {
-        avx512::run_pairs_at_bf16(dst, src, n, shift)
+        avx512::run_pairs_at_bf16(dst, src, n, shift, bn)
     }
 }
 
@@ -1366,12 +1409,13 @@ pub(super) fn backward(
                     // even entries (pe[t] = (P[2t], P[2t + 1])), paired
                     // straight from each input plane placed at first() in
                     // zeros (P itself is never written): a stored input
-                    // where it lies, a BN-ReLU one computed into tmp; the
-                    // taps from odd entries read the same values one half on
+                    // where it lies, a BN-ReLU one made as it is paired;
+                    // the taps from odd entries read the same values one
+                    // half on
                     let at = slot * s.cin * ph;
                     let pe = &mut sc.pe[peofs + at..][..s.cin * ph];
                     for (c, e) in pe.chunks_exact_mut(ph).enumerate() {
-                        let src = planes_of(&inp, i, s.cin, &g, c..c + 1, &mut sc.tmp);
+                        let src = half_of(&inp, i, s.cin, &g, c, &mut sc.tmp);
                         run_pairs_at(e, src, g.hw, g.first());
                     }
                     if slot + 1 == group || i + 1 == imgs.end {

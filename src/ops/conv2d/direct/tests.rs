@@ -1389,7 +1389,9 @@ fn bf16_weight_pairs_follow_their_layout() {
 /// ([`run_pairs_at`]) are bitwise the pairs of that plane written out in
 /// zeros first ([`run_pairs`] of the padded plane, the old path), at even
 /// and odd shifts, runs shorter and longer than the plane, values that
-/// round (not bf16 numbers), a plane at the very start of the run.
+/// round (not bf16 numbers), a plane at the very start of the run; and
+/// with a BN-ReLU applied as they are paired, the pairs of the BN-ReLU
+/// plane written out (its zeros, where `0 * k + beta > 0`, stay zeros).
 #[test]
 fn pairs_in_place_are_the_pairs_of_the_padded_plane() {
     if !bf16_enabled() {
@@ -1421,9 +1423,28 @@ fn pairs_in_place_are_the_pairs_of_the_padded_plane() {
         }
         let (mut want, mut got) = (vec![7u32; len], vec![7u32; len]);
         run_pairs(&mut want, &padded, padded.len());
-        run_pairs_at(&mut got, &src, n, shift);
+        run_pairs_at(&mut got, (&src, None), n, shift);
         assert_eq!(got, want, "n {n} shift {shift} len {len}");
         assert!(got.iter().any(|&p| p != 0));
+        // the BN-ReLU's plane (beta > 0: a zero input maps to a positive
+        // value, so the padding must not go through it)
+        let (m, k, b) = (-0.3f32, 1.7f32, 0.2f32);
+        let mut act = vec![0f32; n];
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512F present (bf16_enabled above); both n long.
+        unsafe {
+            super::avx512::bn_relu(&mut act, &src[..n], m, k, b)
+        };
+        assert!(n < 32 || (act.contains(&0.0) && act.iter().any(|&v| v > 0.0)));
+        let mut padded = vec![0f32; 2 * len];
+        for (i, &v) in act.iter().enumerate() {
+            if shift + i < padded.len() {
+                padded[shift + i] = v;
+            }
+        }
+        run_pairs(&mut want, &padded, padded.len());
+        run_pairs_at(&mut got, (&src, Some([m, k, b])), n, shift);
+        assert_eq!(got, want, "BN-ReLU: n {n} shift {shift} len {len}");
     }
 }
 
@@ -1509,4 +1530,94 @@ fn planes_of_borrows_stored_planes_and_computes_the_rest() {
     );
     assert_eq!(a, b);
     assert!(a.iter().any(|&p| p >> 16 != 0) && a[g.ps..].iter().all(|&p| p >> 16 == 0));
+}
+
+/// A BN-ReLU input's pairs made as the pairing kernels read it (stop 19)
+/// against the plane made first ([`fill_input`] into a scratch plane, then
+/// paired, as before): one image of 16 channels 32x32, the forward's
+/// channel pairs ([`pad_pairs`]) and the weight gradient's position pairs
+/// ([`run_pairs_at`]), one thread, best of 60 timings of ~2 ms of CPU time.
+/// `cargo test --release --lib pairing_rates -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn pairing_rates() {
+    use std::time::Instant;
+    if !bf16_enabled() {
+        println!("SKIPPED: needs AVX-512F and AVX512-BF16");
+        return;
+    }
+    let cpu_now = || {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: t is a valid timespec to write.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+        t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+    };
+    let time = |f: &mut dyn FnMut()| {
+        let t = Instant::now();
+        f();
+        let reps = (0.002 / t.elapsed().as_secs_f64()).ceil().max(1.0) as usize;
+        (0..60)
+            .map(|_| {
+                let t = cpu_now();
+                for _ in 0..reps {
+                    f();
+                }
+                (cpu_now() - t) / reps as f64
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    let mut r = Rand::new(43);
+    let (c, h) = (16, 32);
+    let s = shape(1, c, h, h, c);
+    let g = Grid::of(&s);
+    let x: Vec<f32> = r.normal_vec(c * g.hw).iter().map(|&v| v as f32).collect();
+    let (mean, k, beta) = (vec![0.1f32; c], vec![1.3f32; c], vec![0.05f32; c]);
+    let inp = ConvInput::BnRelu {
+        x: &x,
+        mean: &mean,
+        k: &k,
+        beta: &beta,
+    };
+    let mut pp = vec![0u32; pairs(c) * g.ps];
+    let mut tmp = vec![0f32; 2 * g.hw];
+    let fused = time(&mut || pad_pairs(&mut pp, &inp, 0, c, &g, false, &mut tmp));
+    let made = time(&mut || {
+        let (lo, hi) = tmp.split_at_mut(g.hw);
+        pad_pair_planes(&mut pp, c, &g, false, |q, d| {
+            fill_input(lo, &inp, 0, c, &g, 2 * q);
+            fill_input(hi, &inp, 0, c, &g, 2 * q + 1);
+            pair_planes(d, (lo, None), (hi, None))
+        })
+    });
+    let ph = (g.ps / 2 + 16).next_multiple_of(16);
+    let mut pe = vec![0u32; c * ph];
+    let fused_w = time(&mut || {
+        for (ch, e) in pe.chunks_exact_mut(ph).enumerate() {
+            run_pairs_at(e, half_of(&inp, 0, c, &g, ch, &mut tmp), g.hw, g.first());
+        }
+    });
+    let made_w = time(&mut || {
+        for (ch, e) in pe.chunks_exact_mut(ph).enumerate() {
+            fill_input(&mut tmp[..g.hw], &inp, 0, c, &g, ch);
+            run_pairs_at(e, (&tmp[..g.hw], None), g.hw, g.first());
+        }
+    });
+    println!(
+        "| pairs of a BN-ReLU input, 16ch 32x32 | made first, us | as paired, us | speed-up |"
+    );
+    println!("|---|---|---|---|");
+    for (what, a, b) in [
+        ("channel pairs (forward)", made, fused),
+        ("position pairs (weight gradient)", made_w, fused_w),
+    ] {
+        println!(
+            "| {what} | {:.2} | {:.2} | {:.2}x |",
+            a * 1e6,
+            b * 1e6,
+            a / b
+        );
+    }
 }
