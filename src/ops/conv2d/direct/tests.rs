@@ -1150,6 +1150,35 @@ fn bf16_takes_the_direct_path_where_f32_does() {
     }
 }
 
+/// This thread's CPU time (not the time it waits for a core on a shared
+/// machine), seconds.
+fn cpu_now() -> f64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: t is a valid timespec to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+}
+
+/// The best CPU seconds per call of `f` over 60 timings of ~2 ms each (the
+/// tuning tools below).
+fn best_cpu_time(f: &mut dyn FnMut()) -> f64 {
+    let t = std::time::Instant::now();
+    f();
+    let reps = (0.002 / t.elapsed().as_secs_f64()).ceil().max(1.0) as usize;
+    (0..60)
+        .map(|_| {
+            let t = cpu_now();
+            for _ in 0..reps {
+                f();
+            }
+            (cpu_now() - t) / reps as f64
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
 /// The kernels alone, without the passes around them (padding, pairing,
 /// the lane reduction): GFLOP/s and share of this machine's one-thread
 /// peak (`resgrad peak --threads 1`, f32 FMA / bf16 `vdpbf16ps`; override
@@ -1162,7 +1191,6 @@ fn bf16_takes_the_direct_path_where_f32_does() {
 #[test]
 #[ignore]
 fn kernel_rates() {
-    use std::time::Instant;
     if !bf16_enabled() {
         println!("SKIPPED: needs AVX-512F and AVX512-BF16");
         return;
@@ -1174,32 +1202,7 @@ fn kernel_rates() {
             Some((a.parse().ok()?, b.parse().ok()?))
         })
         .unwrap_or((116.2f64, 225.2f64));
-    // this thread's CPU time (not the time it waits for a core on a shared
-    // machine), seconds
-    let cpu_now = || {
-        let mut t = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: t is a valid timespec to write.
-        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
-        t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
-    };
-    // best CPU seconds per call of f over 60 timings of ~2 ms each
-    let time = |f: &mut dyn FnMut()| {
-        let t = Instant::now();
-        f();
-        let reps = (0.002 / t.elapsed().as_secs_f64()).ceil().max(1.0) as usize;
-        (0..60)
-            .map(|_| {
-                let t = cpu_now();
-                for _ in 0..reps {
-                    f();
-                }
-                (cpu_now() - t) / reps as f64
-            })
-            .fold(f64::INFINITY, f64::min)
-    };
+    let time = best_cpu_time;
     let mut r = Rand::new(5);
     let mut rnd =
         |n: usize| -> Vec<f32> { r.normal_vec(n).into_iter().map(|x| x as f32).collect() };
@@ -1541,34 +1544,11 @@ fn planes_of_borrows_stored_planes_and_computes_the_rest() {
 #[test]
 #[ignore]
 fn pairing_rates() {
-    use std::time::Instant;
     if !bf16_enabled() {
         println!("SKIPPED: needs AVX-512F and AVX512-BF16");
         return;
     }
-    let cpu_now = || {
-        let mut t = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: t is a valid timespec to write.
-        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
-        t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
-    };
-    let time = |f: &mut dyn FnMut()| {
-        let t = Instant::now();
-        f();
-        let reps = (0.002 / t.elapsed().as_secs_f64()).ceil().max(1.0) as usize;
-        (0..60)
-            .map(|_| {
-                let t = cpu_now();
-                for _ in 0..reps {
-                    f();
-                }
-                (cpu_now() - t) / reps as f64
-            })
-            .fold(f64::INFINITY, f64::min)
-    };
+    let time = best_cpu_time;
     let mut r = Rand::new(43);
     let (c, h) = (16, 32);
     let s = shape(1, c, h, h, c);
