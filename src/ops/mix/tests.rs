@@ -328,9 +328,7 @@ fn storage_rates() {
         }
         #[inline(always)]
         fn put(v: f32) -> u16 {
-            // round to nearest even (finite values)
-            let b = v.to_bits();
-            ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
+            crate::gemm_bf16::to_bf16(v)
         }
     }
     fn median(mut v: Vec<f64>) -> f64 {
