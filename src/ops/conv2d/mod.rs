@@ -50,6 +50,7 @@ mod cpu;
 mod direct;
 mod input;
 mod phase;
+mod winograd;
 
 pub use input::{ConvGradOut, ConvInput};
 

@@ -579,7 +579,7 @@ pub(super) unsafe fn reduce_lanes(dw: &mut [f32], dwv: &[f32]) {
 /// (`src` at least as long): the BN-ReLU forward's expression, operation by
 /// operation (no FMA), with `v <= 0` (NaN excluded) sent to +0 as there.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn bn_relu(dst: &mut [f32], src: &[f32], m: f32, k: f32, b: f32) {
+pub(in crate::ops::conv2d) unsafe fn bn_relu(dst: &mut [f32], src: &[f32], m: f32, k: f32, b: f32) {
     let n = dst.len();
     assert!(src.len() >= n);
     let (vm, vk, vb, z) = (
@@ -602,7 +602,7 @@ pub(super) unsafe fn bn_relu(dst: &mut [f32], src: &[f32], m: f32, k: f32, b: f3
 /// zero: [`bn_relu`]'s expression, which the pairing kernels apply as they
 /// read a BN-ReLU input (so the same bits as pairing its stored output).
 #[inline(always)]
-unsafe fn bn_relu_vec(x: __m512, bn: [__m512; 3], z: __m512) -> __m512 {
+pub(in crate::ops::conv2d) unsafe fn bn_relu_vec(x: __m512, bn: [__m512; 3], z: __m512) -> __m512 {
     let [vm, vk, vb] = bn;
     let v = _mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(x, vm), vk), vb);
     let le = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(v, z);
@@ -611,7 +611,7 @@ unsafe fn bn_relu_vec(x: __m512, bn: [__m512; 3], z: __m512) -> __m512 {
 
 /// `[m, k, b]` broadcast to 16 lanes each.
 #[inline(always)]
-unsafe fn splat3(bn: [f32; 3]) -> [__m512; 3] {
+pub(in crate::ops::conv2d) unsafe fn splat3(bn: [f32; 3]) -> [__m512; 3] {
     bn.map(|v| _mm512_set1_ps(v))
 }
 
@@ -690,6 +690,23 @@ unsafe fn stat_lanes(st: &StatPtrs, c: usize, at: usize, a: &mut [__m512; 2], g:
     let dy = _mm512_mask_mov_ps(g, off, _mm512_setzero_ps());
     a[0] = _mm512_add_ps(a[0], dy);
     a[1] = _mm512_add_ps(a[1], _mm512_mul_ps(dy, xm));
+}
+
+/// The BN-ReLU reduction's lanes of `n_out` planes of `hw` already stored
+/// at `dst`: what [`store_tile`] with `STATS` adds, in its order (per
+/// plane, its vectors ascending, vector `vv` into lane half `vv % 2`), so
+/// a kernel that stores first and reduces after gives the same bits.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn stats_of(dst: &[f32], st: &StatPtrs, n_out: usize, hw: usize) {
+    for c in 0..n_out {
+        let mut lanes = stat_lanes_load(st, c);
+        for vv in 0..st.lane_vecs {
+            let at = c * hw + 16 * vv;
+            let g = _mm512_loadu_ps(dst.as_ptr().add(at));
+            stat_lanes(st, c, at, &mut lanes[vv % 2], g);
+        }
+        stat_lanes_store(st, c, &lanes);
+    }
 }
 
 /// Channel `c`'s lanes of the BN-ReLU reduction, `[half][a0, a1]`: 64

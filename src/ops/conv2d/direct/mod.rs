@@ -205,14 +205,15 @@
 //! Σ|a||w|` more.
 
 #[cfg(target_arch = "x86_64")]
-mod avx512;
+pub(super) mod avx512;
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;
 
 use std::any::TypeId;
 use std::ops::Range;
 use std::sync::OnceLock;
 
+use super::winograd::{self, Tiles};
 use super::{Conv2dShape, ConvGradOut, ConvInput};
 use crate::gemm_bf16::to_bf16;
 use crate::ops::batchnorm::bn_plane_sums;
@@ -795,6 +796,23 @@ impl Stats<'_> {
     }
 }
 
+/// [`Stats`]'s lanes of the `n_out` planes of `hw` already stored in
+/// `dst`, as [`conv_planes`] adds them while it stores (the same bits):
+/// for a kernel that stores whole images first (the Winograd path).
+pub(super) fn stats_of(dst: &[f32], st: &mut Stats, n_out: usize, hw: usize) {
+    assert!(dst.len() >= n_out * hw && st.x.len() == n_out * hw);
+    assert!(st.mean.len() == n_out && st.lanes.len() >= n_out * 64);
+    #[cfg(target_arch = "x86_64")]
+    {
+        assert!(enabled(), "stats_of without AVX-512");
+        // SAFETY: AVX-512F available (enabled() checked it); the asserts
+        // bound every plane and lane read and written.
+        unsafe { avx512::stats_of(dst, &st.ptrs(), n_out, hw) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("the direct path is only enabled on x86_64")
+}
+
 /// `(sum dy, sum dy * (x - mean))` of plane `c` as `batchnorm::plane_sums`
 /// computes it: the positions past the whole 32-position chunks in f64, in
 /// order, then the 32 lanes that [`conv_planes`] filled.
@@ -1122,6 +1140,9 @@ pub(super) struct Scratch {
     gimg: Vec<f32>,
     dq: Vec<u32>,
     pe: Vec<u32>,
+    /// the Winograd path's quarter planes and transformed tiles of one
+    /// image
+    wg: winograd::Scratch,
 }
 
 /// The direct path's workspace: repacked weights, edge masks and per-chunk
@@ -1134,6 +1155,10 @@ pub(super) struct Workspace {
     /// gradient (pairs(cout), 9, cin)
     wpf: Vec<u32>,
     wpb: Vec<u32>,
+    /// the Winograd path's transformed weights: forward (16, cin, cout),
+    /// input gradient (16, cout, cin)
+    uf: Vec<f32>,
+    ub: Vec<f32>,
     /// the edge masks per 32 positions, per position ([`pair_masks`])
     pmasks: Vec<(u32, u32)>,
     edges: Vec<(u16, u16)>,
@@ -1178,13 +1203,17 @@ pub(super) fn forward(
     let bf16 = p == Precision::Bf16;
     let g = Grid::of(s);
     let oimg = s.cout * g.hw;
+    // f32 on the CIFAR planes: Winograd F(2x2, 3x3) (`super::winograd`)
+    let wino = (!bf16 && winograd::applies(s)).then(|| Tiles::of(s.h, s.w));
     if bf16 {
         pack_forward_bf16(&mut ws.wpf, w, s.cin, s.cout);
+    } else if wino.is_some() {
+        winograd::transform_weights(&mut ws.uf, w, s.cin, s.cout, false);
     } else {
         pack_forward(&mut ws.wf, w, s.cin, s.cout);
     }
     edge_masks(&mut ws.edges, &g);
-    let (wf, wpf, edges) = (&ws.wf, &ws.wpf, &ws.edges);
+    let (wf, wpf, uf, edges) = (&ws.wf, &ws.wpf, &ws.uf, &ws.edges);
     let used = super::cpu::for_each_chunk(
         &mut ws.chunks,
         s.n,
@@ -1194,6 +1223,8 @@ pub(super) fn forward(
             if bf16 {
                 grow(&mut sc.pp, pairs(s.cin) * g.ps + 16);
                 grow(&mut sc.tmp, 2 * g.hw);
+            } else if wino.is_some() {
+                // the Winograd kernel reads the input where it lies
             } else {
                 grow(&mut sc.p, s.cin * g.ps + 16);
             }
@@ -1214,6 +1245,15 @@ pub(super) fn forward(
                     let zero = sc.pp_zeroed.need(pp.as_ptr() as *const f32, &g, 0, np);
                     pad_pairs(pp, &inp, i, s.cin, &g, zero, &mut sc.tmp);
                     conv_planes_bf16(out_img, pp, wpf, np, s.cout, &g, edges, store, None);
+                } else if let Some(tl) = &wino {
+                    // a BN-ReLU input made as its quarter planes are
+                    let (x, bn) = match inp {
+                        ConvInput::Plain(x) => (x, None),
+                        ConvInput::BnRelu { x, mean, k, beta } => (x, Some([mean, k, beta])),
+                    };
+                    let src = (&x[i * s.cin * g.hw..][..s.cin * g.hw], (g.hw, 0), bn);
+                    let (n_in, n_out, wg) = (s.cin, s.cout, &mut sc.wg);
+                    winograd::conv_image(out_img, src, uf, n_in, n_out, tl, store, None, wg);
                 } else {
                     let pofs = aligned_from(&sc.p);
                     let p = &mut sc.p[pofs..];
@@ -1270,14 +1310,19 @@ pub(super) fn backward(
     if !want_dinp && !want_dw {
         return;
     }
+    // f32 input gradient on the CIFAR planes: Winograd
+    let wino = (want_dinp && !bf16 && winograd::applies(s)).then(|| Tiles::of(s.h, s.w));
     if want_dinp && bf16 {
         pack_backward_bf16(&mut ws.wpb, w, s.cin, s.cout);
+    } else if wino.is_some() {
+        winograd::transform_weights(&mut ws.ub, w, s.cin, s.cout, true);
     } else if want_dinp {
         pack_backward(&mut ws.wb, w, s.cin, s.cout);
     }
     edge_masks(&mut ws.edges, &g);
     pair_masks(&mut ws.pmasks, &ws.edges);
     let (wb, wpb, edges, pmasks) = (&ws.wb, &ws.wpb, &ws.edges, &ws.pmasks);
+    let ub = &ws.ub;
     let nw = s.cout * s.cin * 9;
     let (dst, per_img): (&mut [f32], usize) = match dinp {
         Some(d) => (d, img),
@@ -1393,6 +1438,11 @@ pub(super) fn backward(
                         let (pp, np) = (&sc.pp[ppofs..], pairs(s.cout));
                         let st = stats.as_mut();
                         conv_planes_bf16(dinp_img, pp, wpb, np, s.cin, &g, edges, store, st);
+                    } else if let Some(tl) = &wino {
+                        let d = &dbuf[slot * dimg_len..][..dimg_len];
+                        let (src, wg) = ((d, (g.ps, g.first()), None), &mut sc.wg);
+                        let st = stats.as_mut();
+                        winograd::conv_image(dinp_img, src, ub, s.cout, s.cin, tl, store, st, wg);
                     } else {
                         let d = &dbuf[slot * dimg_len..][..dimg_len];
                         let st = stats.as_mut();

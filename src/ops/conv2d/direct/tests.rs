@@ -1164,7 +1164,9 @@ fn cpu_now() -> f64 {
 
 /// The best CPU seconds per call of `f` over 60 timings of ~2 ms each (the
 /// tuning tools below).
-fn best_cpu_time(f: &mut dyn FnMut()) -> f64 {
+pub(in crate::ops::conv2d) fn best_cpu_time(f: &mut dyn FnMut()) -> f64 {
+    // a first call grows its buffers (page faults): not a measure of reps
+    f();
     let t = std::time::Instant::now();
     f();
     let reps = (0.002 / t.elapsed().as_secs_f64()).ceil().max(1.0) as usize;

@@ -1,0 +1,316 @@
+//! Winograd F(2x2, 3x3) for the f32 forward and input gradient of the 3x3 /
+//! stride 1 / pad 1 convolutions: the same sums as [`super::direct`]'s
+//! [`conv_planes`](super::direct::conv_planes), with 16 multiplications
+//! per 2x2 outputs and channel pair instead of 36 (2.25x fewer), the rest
+//! additions. The weight gradient stays on the direct kernels.
+//!
+//! ## The identity (Lavin & Gray, "Fast Algorithms for Convolutional Neural
+//! Networks", 2016)
+//!
+//! Cut each output plane into 2x2 tiles: tile `(ty, tx)` holds `out[2ty+u,
+//! 2tx+v]`, `u, v in {0, 1}`, and reads the 4x4 input tile `d[r][s] =
+//! inp[2ty-1+r, 2tx-1+s]` (0 outside the image). Per input channel `c` and
+//! output channel `o`, with `g = w[o, c]` (3x3),
+//!
+//! ```text
+//! out[o, 2ty+u, 2tx+v] = sum_c sum_{ky,kx} g[ky][kx] * d_c[u+ky][v+kx]          (the convolution)
+//!                      = sum_c ( A^T [ (G g G^T) (.) (B^T d_c B) ] A )[u][v]    (.) elementwise
+//!
+//!       | 1  0  0 |          | 1  0 -1  0 |
+//!   G = |.5 .5 .5 |    B^T = | 0  1  1  0 |    A^T = | 1  1  1  0 |
+//!       |.5 -.5 .5|          | 0 -1  1  0 |          | 0  1 -1 -1 |
+//!       | 0  0  1 |          | 0  1  0 -1 |
+//! ```
+//!
+//! In one dimension the two outputs `y0 = g0 d0 + g1 d1 + g2 d2` and
+//! `y1 = g0 d1 + g1 d2 + g2 d3` are `m0 + m1 + m2` and `m1 - m2 - m3`, with
+//! `m0 = (d0 - d2) g0`, `m1 = (d1 + d2) (g0 + g1 + g2) / 2`,
+//! `m2 = (d2 - d1) (g0 - g1 + g2) / 2` and `m3 = (d1 - d3) g2`: expand, and
+//! every `g_i d_j` term but the right ones cancels. The 2-D form applies it
+//! along rows and columns. Because the transforms are linear and the sum
+//! over `c` commutes with `A^T . A`, with `U[xi][c][o] = (G g G^T)[xi]` and
+//! `V[xi][c][t] = (B^T d_c B)[xi]` (`xi` one of the 16 entries of a 4x4,
+//! `t` the tile):
+//!
+//! ```text
+//! M[xi][o][t] = sum_c U[xi][c][o] * V[xi][c][t]      16 matrix products (the multiplications)
+//! out[o, tile t] = A^T M[.][o][t] A                   (additions)
+//! ```
+//!
+//! The input gradient is the forward with `dout` as input and the flipped,
+//! transposed weights (`super::direct`'s module docs derive it), so the
+//! same kernel computes it from `U` of `w'[c][o] = flip(w[o][c])`.
+//!
+//! The backward of this pass needs nothing new: it computes the same
+//! function of `inp` and `w` as the direct sum (the identity above holds
+//! for every input), so its derivatives are the convolution's, which
+//! `super::direct` evaluates (weight gradient) and this kernel (input
+//! gradient). Only the rounding differs: the transforms add up to 4
+//! inputs with coefficients +-1 and the weights with +-1/2 before the
+//! products, so each output is the exact sum plus a few more roundings of
+//! terms as large as the inputs' (bounded and measured in `tests.rs`).
+//!
+//! ## Layout: the tiles as 16-lane vectors, the input in quarter planes
+//!
+//! Tiles are numbered row-major, `t = ty * tw + tx` (`tw = w/2`), and the
+//! kernels work on 16 consecutive tiles at once (one vector per entry of
+//! `d`, `V`, `M`). Entry `d[r][s]` of 16 consecutive tiles is one vector
+//! load once the input is split into its four *quarter planes* (rows and
+//! columns by parity, with the zero padding rows):
+//!
+//! ```text
+//! Q[pr][pc][a][b] = inp[2a + pr - 1, 2b + pc]      a in 0..=h/2, b in 0..w/2 (0 off the image)
+//! d[r][s] of tile t = Q[r % 2][pc(s)][ty + r/2][tx + ds(s)]
+//!                   = Q[r % 2][pc(s)] at t + (r/2) tw + ds(s)      (rows of tw entries)
+//! (pc, ds) = (1, -1), (0, 0), (1, 0), (0, +1)  for s = 0, 1, 2, 3
+//! ```
+//!
+//! `s = 0` of a row's first tile and `s = 3` of its last read the
+//! neighbouring row's entry: masked to 0 (the padding columns), as the
+//! direct kernel masks its edge taps. Per image: the quarter planes of
+//! every input channel, `V` (16, n_in, T), then per 16 tiles and 8 output
+//! channels the 16 products into `M` (16, 8, 16 lanes, in L1) and straight
+//! through `A^T . A` into the output planes, with the direct kernel's
+//! stores ([`Store`]) and BN-ReLU reduction ([`Stats`], in a pass over the
+//! image's stored planes, in the kernel's lane order).
+//!
+//! Applies to f32 planes with `h`, `w` even, `tw` a multiple of 8 or `w =
+//! 8` (so 8 tiles of a vector's half are one output row's run, or two
+//! rows' for `w = 8`), and `h*w/4` a multiple of 16: the CIFAR planes
+//! 32x32, 16x16 and 8x8.
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+#[cfg(test)]
+mod tests;
+
+use super::direct::{Stats, Store};
+
+use super::Conv2dShape;
+
+/// Output channels per block of the products (the kernel keeps 8 x 16
+/// lanes of sums in registers per entry `xi`).
+pub(super) const TILE_O: usize = 8;
+
+/// The geometry of one plane size: tiles, quarter planes, edge masks.
+#[derive(Clone, Debug)]
+pub(super) struct Tiles {
+    pub h: usize,
+    pub w: usize,
+    /// tiles per row, per plane: w/2, h*w/4
+    pub tw: usize,
+    pub t: usize,
+    /// entries per quarter plane, with 16 of slack before (the origin at
+    /// 16) and after: the masked lanes of the `ds = -1, +1` loads
+    pub qs: usize,
+    /// per vector of 16 tiles: bit `l` clear where tile `16v + l` is a
+    /// row's first (`s = 0` masked), and (`.1`) its last (`s = 3`)
+    pub masks: Vec<(u16, u16)>,
+}
+
+impl Tiles {
+    pub fn of(h: usize, w: usize) -> Self {
+        let (tw, t) = (w / 2, h * w / 4);
+        let masks = (0..t / 16)
+            .map(|v| {
+                let (mut first, mut last) = (u16::MAX, u16::MAX);
+                for l in 0..16 {
+                    let tx = (16 * v + l) % tw;
+                    if tx == 0 {
+                        first &= !(1 << l);
+                    }
+                    if tx == tw - 1 {
+                        last &= !(1 << l);
+                    }
+                }
+                (first, last)
+            })
+            .collect();
+        Tiles {
+            h,
+            w,
+            tw,
+            t,
+            qs: (16 + (h / 2 + 1) * tw + 16).next_multiple_of(16),
+            masks,
+        }
+    }
+}
+
+/// Whether the Winograd kernels take plane size `h x w` (see the module
+/// docs: the CIFAR planes).
+pub(super) fn fits(h: usize, w: usize) -> bool {
+    h >= 2
+        && h.is_multiple_of(2)
+        && w.is_multiple_of(2)
+        && ((w / 2).is_multiple_of(8) || w == 8)
+        && (h * w / 4).is_multiple_of(16)
+}
+
+/// Largest plane the Winograd kernels take by default: measured faster
+/// than the direct kernel (one image, one thread, `winograd_rates`) by
+/// 1.16-1.21x on 16x16 planes (32 channels) and 1.40-1.47x on 8x8 (64),
+/// but only 0.92-1.16x on 32x32 (16 channels: its transforms cost as
+/// much as its products save, with 16 channels to share them).
+const MAX_PLANE: usize = 16 * 16;
+
+/// Whether `s` (3x3, stride 1, pad 1 already checked by the caller) takes
+/// the Winograd kernels: a plane they fit, at most [`MAX_PLANE`], unless
+/// `RESGRAD_WINOGRAD` says otherwise (for A/B measurements): `0` never,
+/// `all` every plane they fit.
+pub(super) fn applies(s: &Conv2dShape) -> bool {
+    static MODE: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let max = *MODE.get_or_init(|| match std::env::var("RESGRAD_WINOGRAD").as_deref() {
+        Ok("0") => None,
+        Ok("all") => Some(usize::MAX),
+        _ => Some(MAX_PLANE),
+    });
+    max.is_some_and(|m| s.h * s.w <= m) && fits(s.h, s.w)
+}
+
+/// `U = G g G^T` of every 3x3 kernel `g = w[o, c]` (w: (cout, cin, 9)),
+/// laid out `u[xi][i][o]` (16, n_in, n_out): for the forward (`flip =
+/// false`) `i = c`, `o = o`; for the input gradient (`flip = true`) the
+/// flipped kernel `w'[c][o][k] = w[o][c][8 - k]` with `i = o`, `o = c`.
+/// Computed in f64 and rounded once (the `/2` of `G` is exact, the sums
+/// of three are not).
+#[allow(clippy::needless_range_loop)] // G's rows and columns, as in the sums
+pub(super) fn transform_weights(u: &mut Vec<f32>, w: &[f32], cin: usize, cout: usize, flip: bool) {
+    let (n_in, n_out) = if flip { (cout, cin) } else { (cin, cout) };
+    assert!(
+        w.len() == cin * cout * 9,
+        "winograd: weights of the wrong size"
+    );
+    u.clear();
+    u.resize(16 * n_in * n_out, 0.0);
+    for o in 0..cout {
+        for c in 0..cin {
+            let wk = &w[(o * cin + c) * 9..][..9];
+            let g = |ky: usize, kx: usize| -> f64 {
+                let k = ky * 3 + kx;
+                (if flip { wk[8 - k] } else { wk[k] }) as f64
+            };
+            // G g: (4, 3)
+            let mut gg = [[0f64; 3]; 4];
+            for kx in 0..3 {
+                let (g0, g1, g2) = (g(0, kx), g(1, kx), g(2, kx));
+                gg[0][kx] = g0;
+                gg[1][kx] = (g0 + g1 + g2) * 0.5;
+                gg[2][kx] = (g0 - g1 + g2) * 0.5;
+                gg[3][kx] = g2;
+            }
+            // (G g) G^T: (4, 4)
+            let (i, oo) = if flip { (o, c) } else { (c, o) };
+            for (r, row) in gg.iter().enumerate() {
+                let t = [
+                    row[0],
+                    (row[0] + row[1] + row[2]) * 0.5,
+                    (row[0] - row[1] + row[2]) * 0.5,
+                    row[2],
+                ];
+                for (s, &v) in t.iter().enumerate() {
+                    u[((r * 4 + s) * n_in + i) * n_out + oo] = v as f32;
+                }
+            }
+        }
+    }
+}
+
+/// One chunk's buffers: the quarter planes (n_in, 4, qs) and `V` (16,
+/// n_in, T) of one image, with 16 floats of slack each for alignment.
+#[derive(Default)]
+pub(super) struct Scratch {
+    q: Vec<f32>,
+    v: Vec<f32>,
+}
+
+fn grow(v: &mut Vec<f32>, len: usize) {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+}
+
+/// One image's input planes as [`conv_image`] reads them: `n_in` planes
+/// of `h*w`, plane `i` at `planes[i * stride + first..]` (a stored tensor:
+/// `stride = hw, first = 0`; the direct path's padded planes: `stride =
+/// ps, first = first()`), and for a BN-ReLU input its `[mean, k, beta]`
+/// (per plane), applied as the planes are read.
+pub(super) type Source<'a> = (&'a [f32], (usize, usize), Option<[&'a [f32]; 3]>);
+
+/// `dst[o, j] = (r[o, j] +) sum_{i, ky, kx} g_{o,i}[ky][kx] * src_i[y+ky-1,
+/// x+kx-1]` for one image, by the identity above: `src` the input planes
+/// ([`Source`]), `u` the transformed weights ([`transform_weights`]),
+/// `dst` `n_out` planes; `store` and `stats` as for `conv_planes`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn conv_image(
+    dst: &mut [f32],
+    (src, (stride, first), bn): Source,
+    u: &[f32],
+    n_in: usize,
+    n_out: usize,
+    tl: &Tiles,
+    store: Store,
+    stats: Option<&mut Stats>,
+    sc: &mut Scratch,
+) {
+    let hw = tl.h * tl.w;
+    assert!(fits(tl.h, tl.w) && tl.masks.len() == tl.t / 16);
+    assert!(n_out.is_multiple_of(TILE_O), "winograd: n_out % 8 != 0");
+    assert!(n_in > 0 && stride >= hw && first + hw <= stride);
+    assert!(
+        src.len() >= (n_in - 1) * stride + first + hw,
+        "winograd: src too short"
+    );
+    assert!(u.len() >= 16 * n_in * n_out, "winograd: weights too short");
+    if let Some(bn) = bn {
+        assert!(
+            bn.iter().all(|p| p.len() == n_in),
+            "winograd: BN of the wrong size"
+        );
+    }
+    assert!(dst.len() >= n_out * hw, "winograd: dst too short");
+    if let Store::Plus(r) = store {
+        assert!(r.len() >= n_out * hw, "winograd: residual too short");
+    }
+    if let Some(st) = &stats {
+        assert!(
+            matches!(store, Store::Set),
+            "winograd: stats of a plain store only"
+        );
+        assert!(st.x.len() == n_out * hw && st.lanes.len() >= n_out * 64);
+        assert!(st.mean.len() == n_out && st.k.len() == n_out && st.beta.len() == n_out);
+    }
+    grow(&mut sc.q, n_in * 4 * tl.qs + 16);
+    grow(&mut sc.v, 16 * n_in * 32 + 16);
+    #[cfg(target_arch = "x86_64")]
+    {
+        assert!(std::arch::is_x86_feature_detected!("avx512f"));
+        let qo = aligned_from(&sc.q);
+        let vo = aligned_from(&sc.v);
+        // SAFETY: AVX-512F is available (checked above); the asserts above
+        // and the buffer sizes bound every load and store (see the kernels).
+        unsafe {
+            avx512::conv_image(
+                dst,
+                (src, (stride, first), bn),
+                u,
+                n_in,
+                n_out,
+                tl,
+                store,
+                &mut sc.q[qo..],
+                &mut sc.v[vo..],
+            )
+        }
+        if let Some(st) = stats {
+            super::direct::stats_of(dst, st, n_out, hw);
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("the Winograd kernels are only used on x86_64")
+}
+
+/// The first index `i < 16` of `buf` that starts a 64-byte line.
+fn aligned_from(buf: &[f32]) -> usize {
+    (16 - (buf.as_ptr() as usize / 4) % 16) % 16
+}
