@@ -12,22 +12,42 @@ use std::arch::x86_64::*;
 /// vector's two output columns, then tiles 8..16.
 const ZIP_LO: [i32; 16] = [0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23];
 const ZIP_HI: [i32; 16] = [8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31];
-/// The even then the odd entries of 32 (two vectors).
-const EVEN: [i32; 16] = [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30];
-const ODD: [i32; 16] = [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31];
-/// One row of 16: evens in lanes 0..8, odds in 8..16.
-const SPLIT16: [i32; 16] = [0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15];
-/// Two rows of 8: row 0's evens, its odds, row 1's evens, its odds (4 each).
-const SPLIT8: [i32; 16] = [0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15];
+/// Of 32 consecutive entries `e` (two vectors), lane `l` takes `e[2l + s
+/// - 1]`: the four columns `s` of 16 tiles' input rows (lane 0 of `s = 0`
+/// and lane 15 of `s = 3` fall outside: masked, as every row end is).
+const COL: [[i32; 16]; 4] = [
+    [0, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29],
+    [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30],
+    [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31],
+    [2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 0],
+];
+
+/// Mask of the first `n` (<= 16) lanes.
+#[inline(always)]
+fn lanes(n: usize) -> __mmask16 {
+    if n >= 16 {
+        u16::MAX
+    } else {
+        ((1u32 << n) - 1) as __mmask16
+    }
+}
 
 #[inline(always)]
 unsafe fn idx(i: &[i32; 16]) -> __m512i {
     _mm512_loadu_si512(i.as_ptr() as *const _)
 }
 
-/// See [`super::conv_image`]: the quarter planes of every input plane,
-/// `V`, then per 16 tiles and 8 output channels the products and the
-/// output transform.
+/// Floats between the entries `xi` of `V` (16, n_in, 16 nv): one 64-byte
+/// line more than `n_in` rows, so that the 16 entries of a tile do not
+/// fall on the same L1 sets (`n_in 16 nv` floats is a multiple of 4 KiB
+/// for 64 channels, or 32 with 2 vectors: measured 1.3-1.5x slower).
+pub(super) fn xs(n_in: usize, nv: usize) -> usize {
+    n_in * 16 * nv + 16
+}
+
+/// See [`super::conv_image`]: per 1 or 2 vectors of 16 tiles, their `V`
+/// for every input channel ([`input_tiles`]), then per 8 (or 16) output
+/// channels the products and the output transform ([`block`]).
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn conv_image(
@@ -38,20 +58,9 @@ pub(super) unsafe fn conv_image(
     n_out: usize,
     tl: &Tiles,
     store: Store,
-    q: &mut [f32],
     v: &mut [f32],
 ) {
-    assert!(q.len() >= n_in * 4 * tl.qs && v.len() >= 16 * n_in * 32);
-    for i in 0..n_in {
-        let (qi, p) = (
-            q.as_mut_ptr().add(i * 4 * tl.qs),
-            src.as_ptr().add(i * stride + first),
-        );
-        match bn {
-            None => quarters::<false>(qi, p, tl, [_mm512_setzero_ps(); 3]),
-            Some([m, k, b]) => quarters::<true>(qi, p, tl, splat3([m[i], k[i], b[i]])),
-        }
-    }
+    assert!(v.len() >= 16 * xs(n_in, 2));
     let (add, res) = match store {
         Store::Set => (false, dst.as_ptr()),
         Store::Add => (true, dst.as_ptr()),
@@ -62,8 +71,7 @@ pub(super) unsafe fn conv_image(
     // 16 channels x 1 vector where it has them; else (a last odd
     // vector) 8 x 1
     let nt = tl.t / 16;
-    let (d, r) = (dst.as_mut_ptr(), res);
-    let (q, u) = (q.as_ptr(), u.as_ptr());
+    let (d, r, u) = (dst.as_mut_ptr(), res, u.as_ptr());
     let mut tv = 0;
     while tv < nt {
         // V of these tiles, (16, n_in, 16 nv): in L1 (n_in <= 24) or L2
@@ -71,7 +79,21 @@ pub(super) unsafe fn conv_image(
         for j in 0..nv {
             for i in 0..n_in {
                 let at = v.as_mut_ptr().add(i * 16 * nv + 16 * j);
-                input_tiles(at, n_in * 16 * nv, q.add(i * 4 * tl.qs), tl, tv + j);
+                let p = src.as_ptr().add(i * stride + first);
+                match bn {
+                    None => input_tiles::<false>(
+                        at,
+                        xs(n_in, nv),
+                        p,
+                        tl,
+                        tv + j,
+                        [_mm512_setzero_ps(); 3],
+                    ),
+                    Some([m, k, b]) => {
+                        let bn = splat3([m[i], k[i], b[i]]);
+                        input_tiles::<true>(at, xs(n_in, nv), p, tl, tv + j, bn)
+                    }
+                }
             }
         }
         let v = v.as_ptr();
@@ -90,6 +112,91 @@ pub(super) unsafe fn conv_image(
                 block::<8, 1>(d, r, v, u, n_in, n_out, tl, tv, o0, add);
             }
             tv += 1;
+        }
+    }
+}
+
+/// Input row `r` (0..4) of the 16 tiles `16 tv ..` of plane `p`, as 32
+/// consecutive entries `(lo, hi)`: the tiles' rows `2 ty - 1 + r` one
+/// after the other (one row of 32, two of 16 or four of 8: the tile rows
+/// the vector spans), 0 for a row outside the image (the padding). With
+/// `BN`, the BN-ReLU of what is read (`bn = [m, k, b]`, the direct path's
+/// expression), the padding left 0.
+#[inline(always)]
+unsafe fn input_row<const BN: bool>(
+    p: *const f32,
+    tl: &Tiles,
+    tv: usize,
+    r: usize,
+    bn: [__m512; 3],
+) -> (__m512, __m512) {
+    let (h, w) = (tl.h as isize, tl.w);
+    // `n` entries of image row y from column `col` into lanes `at..` of x
+    let part = |x: __m512, y: isize, col: usize, at: usize, n: usize| {
+        if y < 0 || y >= h {
+            return x;
+        }
+        let m = lanes(n) << at;
+        let v = _mm512_mask_loadu_ps(x, m, p.add(y as usize * w + col).wrapping_sub(at));
+        if BN {
+            _mm512_mask_mov_ps(x, m, bn_relu_vec(v, bn, _mm512_setzero_ps()))
+        } else {
+            v
+        }
+    };
+    let z = _mm512_setzero_ps();
+    let y = 2 * (16 * tv / tl.tw) as isize - 1 + r as isize;
+    match w {
+        32 => (part(z, y, 0, 0, 16), part(z, y, 16, 0, 16)),
+        16 => (part(z, y, 0, 0, 16), part(z, y + 2, 0, 0, 16)),
+        _ => (
+            part(part(z, y, 0, 0, 8), y + 2, 0, 8, 8),
+            part(part(z, y + 4, 0, 0, 8), y + 6, 0, 8, 8),
+        ),
+    }
+}
+
+/// `V[xi][i][t]` of 16 tiles `16 tv ..` of one input plane `p`: `v` points
+/// at `V[0][i][16 tv]`, entries `xi` `xstride` apart. `d[r][s]` of the 16
+/// tiles is lane `l` <- entry `2l + s - 1` of their input row `r`
+/// ([`input_row`], one permute), the row ends masked to 0 (the padding
+/// columns); then `B^T d B`.
+#[inline(always)]
+unsafe fn input_tiles<const BN: bool>(
+    v: *mut f32,
+    xstride: usize,
+    p: *const f32,
+    tl: &Tiles,
+    tv: usize,
+    bn: [__m512; 3],
+) {
+    let (m0, m3) = tl.masks[tv];
+    let c = [idx(&COL[0]), idx(&COL[1]), idx(&COL[2]), idx(&COL[3])];
+    // in the forward pass of the identity this is B^T d B; here d B first,
+    // a row of d at a time (so 16 vectors live, not 32):
+    // x B = [x0 - x2, x1 + x2, x2 - x1, x1 - x3], and B^T the same on columns
+    let bt = |x: [__m512; 4]| {
+        [
+            _mm512_sub_ps(x[0], x[2]),
+            _mm512_add_ps(x[1], x[2]),
+            _mm512_sub_ps(x[2], x[1]),
+            _mm512_sub_ps(x[1], x[3]),
+        ]
+    };
+    let mut f = [[_mm512_setzero_ps(); 4]; 4];
+    for (r, fr) in f.iter_mut().enumerate() {
+        let (lo, hi) = input_row::<BN>(p, tl, tv, r, bn);
+        *fr = bt([
+            _mm512_maskz_permutex2var_ps(m0, lo, c[0], hi),
+            _mm512_permutex2var_ps(lo, c[1], hi),
+            _mm512_permutex2var_ps(lo, c[2], hi),
+            _mm512_maskz_permutex2var_ps(m3, lo, c[3], hi),
+        ]);
+    }
+    for j in 0..4 {
+        let col = bt([f[0][j], f[1][j], f[2][j], f[3][j]]);
+        for (i, x) in col.iter().enumerate() {
+            _mm512_storeu_ps(v.add((4 * i + j) * xstride), *x);
         }
     }
 }
@@ -126,105 +233,6 @@ unsafe fn block<const KO: usize, const V: usize>(
     }
 }
 
-/// The four quarter planes of one input plane `p` (h x w) at `q` (4, qs),
-/// quarter `(pr, pc)` at `2 pr + pc`, its row `a` at `16 + a tw`: `Q[pr][pc][a][b]
-/// = p[2a + pr - 1][2b + pc]`, rows `a = 0` of `pr = 0` and `a = h/2` of
-/// `pr = 1` zero (the padding rows). With `BN`, `p` is a BN-ReLU's input
-/// and its output `max(0, (p - m) k + b)` (`bn = [m, k, b]`, the direct
-/// path's expression, so the same bits) is what is split.
-#[inline(always)]
-unsafe fn quarters<const BN: bool>(q: *mut f32, p: *const f32, tl: &Tiles, bn: [__m512; 3]) {
-    let (h, w, tw, qs) = (tl.h, tl.w, tl.tw, tl.qs);
-    let z = _mm512_setzero_ps();
-    let load = |at: *const f32| {
-        let x = _mm512_loadu_ps(at);
-        if BN {
-            bn_relu_vec(x, bn, z)
-        } else {
-            x
-        }
-    };
-    let row = |pr: usize, pc: usize, a: usize| q.add((2 * pr + pc) * qs + 16 + a * tw);
-    for pc in 0..2 {
-        std::ptr::write_bytes(row(0, pc, 0), 0, tw);
-        std::ptr::write_bytes(row(1, pc, h / 2), 0, tw);
-    }
-    // input row y goes to quarter row pr = (y + 1) % 2, a = (y + 1) / 2
-    if w == 8 {
-        // two rows (y even, y + 1) per vector: 4 entries per quarter row
-        let ix = idx(&SPLIT8);
-        for y in (0..h).step_by(2) {
-            let x = _mm512_permutexvar_ps(ix, load(p.add(y * 8)));
-            let a = y / 2;
-            _mm512_mask_storeu_ps(row(1, 0, a), 0x000F, x);
-            _mm512_mask_storeu_ps(row(1, 1, a).wrapping_sub(4), 0x00F0, x);
-            _mm512_mask_storeu_ps(row(0, 0, a + 1).wrapping_sub(8), 0x0F00, x);
-            _mm512_mask_storeu_ps(row(0, 1, a + 1).wrapping_sub(12), 0xF000, x);
-        }
-        return;
-    }
-    let (ie, io, i16) = (idx(&EVEN), idx(&ODD), idx(&SPLIT16));
-    for y in 0..h {
-        let (pr, a) = ((y + 1) % 2, y.div_ceil(2));
-        let (de, d_o) = (row(pr, 0, a), row(pr, 1, a));
-        let s = p.add(y * w);
-        let mut x = 0;
-        while x + 32 <= w {
-            let (lo, hi) = (load(s.add(x)), load(s.add(x + 16)));
-            _mm512_storeu_ps(de.add(x / 2), _mm512_permutex2var_ps(lo, ie, hi));
-            _mm512_storeu_ps(d_o.add(x / 2), _mm512_permutex2var_ps(lo, io, hi));
-            x += 32;
-        }
-        if x < w {
-            // 16 left (w % 16 == 0)
-            let v = _mm512_permutexvar_ps(i16, load(s.add(x)));
-            _mm512_mask_storeu_ps(de.add(x / 2), 0x00FF, v);
-            _mm512_mask_storeu_ps(d_o.add(x / 2).wrapping_sub(8), 0xFF00, v);
-        }
-    }
-}
-
-/// `V[xi][i][t]` of 16 tiles `16 tv ..` of one input channel: `v` points at
-/// `V[0][i][16 tv]`, entries `xi` `xstride` apart; `q` the channel's
-/// quarter planes. `d[r][s]` = quarter `(r % 2, pc(s))` at `16 tv + (r/2)
-/// tw + ds(s)` (module docs), the row ends masked to 0; then `B^T d B`.
-#[inline(always)]
-unsafe fn input_tiles(v: *mut f32, xstride: usize, q: *const f32, tl: &Tiles, tv: usize) {
-    let (m0, m3) = tl.masks[tv];
-    let t0 = 16 * tv;
-    // in the forward pass of the identity this is B^T d B; here d B first,
-    // a row of d at a time (so 16 vectors live, not 32):
-    // x B = [x0 - x2, x1 + x2, x2 - x1, x1 - x3], and B^T the same on columns
-    let bt = |x: [__m512; 4]| {
-        [
-            _mm512_sub_ps(x[0], x[2]),
-            _mm512_add_ps(x[1], x[2]),
-            _mm512_sub_ps(x[2], x[1]),
-            _mm512_sub_ps(x[1], x[3]),
-        ]
-    };
-    let mut f = [[_mm512_setzero_ps(); 4]; 4];
-    for (r, fr) in f.iter_mut().enumerate() {
-        let at = 16 + t0 + (r / 2) * tl.tw;
-        let (qe, qo) = (
-            q.add((r % 2) * 2 * tl.qs + at),
-            q.add(((r % 2) * 2 + 1) * tl.qs + at),
-        );
-        *fr = bt([
-            _mm512_maskz_loadu_ps(m0, qo.wrapping_sub(1)),
-            _mm512_loadu_ps(qe),
-            _mm512_loadu_ps(qo),
-            _mm512_maskz_loadu_ps(m3, qe.wrapping_add(1)),
-        ]);
-    }
-    for j in 0..4 {
-        let col = bt([f[0][j], f[1][j], f[2][j], f[3][j]]);
-        for (i, x) in col.iter().enumerate() {
-            _mm512_storeu_ps(v.add((4 * i + j) * xstride), *x);
-        }
-    }
-}
-
 /// `M[xi][k][j]` (16 lanes of tiles) `= sum_i U[xi][i][o0 + k] * V[xi][i][16
 /// j ..]` for `KO` output channels `o0 ..` and `V` vectors of tiles: `v`
 /// holds their `V` (16, n_in, 16 V), `u` points at `U[0][0][o0]`.
@@ -244,7 +252,7 @@ unsafe fn products<const KO: usize, const V: usize>(
     let mp = m.as_mut_ptr() as *mut __m512;
     for xi in 0..16 {
         let mut acc = [[_mm512_setzero_ps(); V]; KO];
-        let (vx, ux) = (v.add(xi * n_in * t), u.add(xi * n_in * n_out));
+        let (vx, ux) = (v.add(xi * xs(n_in, V)), u.add(xi * n_in * n_out));
         for i in 0..n_in {
             let mut a = [_mm512_setzero_ps(); V];
             for (j, a) in a.iter_mut().enumerate() {

@@ -50,33 +50,33 @@
 //! products, so each output is the exact sum plus a few more roundings of
 //! terms as large as the inputs' (bounded and measured in `tests.rs`).
 //!
-//! ## Layout: the tiles as 16-lane vectors, the input in quarter planes
+//! ## Layout: the tiles as 16-lane vectors
 //!
 //! Tiles are numbered row-major, `t = ty * tw + tx` (`tw = w/2`), and the
 //! kernels work on 16 consecutive tiles at once (one vector per entry of
-//! `d`, `V`, `M`). Entry `d[r][s]` of 16 consecutive tiles is one vector
-//! load once the input is split into its four *quarter planes* (rows and
-//! columns by parity, with the zero padding rows):
+//! `d`, `V`, `M`): one tile row of a 32-wide plane, two of a 16-wide, four
+//! of an 8-wide. Row `r` of their input tiles is the image rows `2ty - 1 +
+//! r` of those tile rows, 32 entries `e` in two vectors (0 for a padding
+//! row), and entry `d[r][s]` of tile lane `l` is `e[2l + s - 1]`: one
+//! two-vector permute per `(r, s)`, no copy of the input:
 //!
 //! ```text
-//! Q[pr][pc][a][b] = inp[2a + pr - 1, 2b + pc]      a in 0..=h/2, b in 0..w/2 (0 off the image)
-//! d[r][s] of tile t = Q[r % 2][pc(s)][ty + r/2][tx + ds(s)]
-//!                   = Q[r % 2][pc(s)] at t + (r/2) tw + ds(s)      (rows of tw entries)
-//! (pc, ds) = (1, -1), (0, 0), (1, 0), (0, +1)  for s = 0, 1, 2, 3
+//! d[r][s] of the 16 tiles = permute(e_r, [2l + s - 1 for l in 0..16])
 //! ```
 //!
-//! `s = 0` of a row's first tile and `s = 3` of its last read the
+//! `s = 0` of a row's first tile and `s = 3` of its last would take the
 //! neighbouring row's entry: masked to 0 (the padding columns), as the
-//! direct kernel masks its edge taps. Per image: the quarter planes of
-//! every input channel, `V` (16, n_in, T), then per 16 tiles and 8 output
-//! channels the 16 products into `M` (16, 8, 16 lanes, in L1) and straight
-//! through `A^T . A` into the output planes, with the direct kernel's
-//! stores ([`Store`]) and BN-ReLU reduction ([`Stats`], in a pass over the
-//! image's stored planes, in the kernel's lane order).
+//! direct kernel masks its edge taps. Per 16 or 32 tiles: `V` (16, n_in,
+//! 16 or 32) of every input channel (in L1 for up to 24 channels), then
+//! per 8 output channels the 16 products into `M` (16, 8, 16 or 32 lanes,
+//! on the stack) and straight through `A^T . A` into the output planes,
+//! with the direct kernel's stores ([`Store`]) and BN-ReLU reduction
+//! ([`Stats`], in a pass over the image's stored planes, in the kernel's
+//! lane order).
 //!
-//! Applies to f32 planes with `h`, `w` even, `tw` a multiple of 8 or `w =
-//! 8` (so 8 tiles of a vector's half are one output row's run, or two
-//! rows' for `w = 8`), and `h*w/4` a multiple of 16: the CIFAR planes
+//! Applies to f32 planes 32, 16 or 8 wide (so a vector's 16 tiles are
+//! whole tile rows, and 8 tiles one output row's run, or two rows' for
+//! `w = 8`) with `h` even and `h*w/4` a multiple of 16: the CIFAR planes
 //! 32x32, 16x16 and 8x8.
 
 #[cfg(target_arch = "x86_64")]
@@ -92,7 +92,7 @@ use super::Conv2dShape;
 /// lanes of sums in registers per entry `xi`).
 pub(super) const TILE_O: usize = 8;
 
-/// The geometry of one plane size: tiles, quarter planes, edge masks.
+/// The geometry of one plane size: tiles, edge masks.
 #[derive(Clone, Debug)]
 pub(super) struct Tiles {
     pub h: usize,
@@ -100,9 +100,6 @@ pub(super) struct Tiles {
     /// tiles per row, per plane: w/2, h*w/4
     pub tw: usize,
     pub t: usize,
-    /// entries per quarter plane, with 16 of slack before (the origin at
-    /// 16) and after: the masked lanes of the `ds = -1, +1` loads
-    pub qs: usize,
     /// per vector of 16 tiles: bit `l` clear where tile `16v + l` is a
     /// row's first (`s = 0` masked), and (`.1`) its last (`s = 3`)
     pub masks: Vec<(u16, u16)>,
@@ -126,46 +123,26 @@ impl Tiles {
                 (first, last)
             })
             .collect();
-        Tiles {
-            h,
-            w,
-            tw,
-            t,
-            qs: (16 + (h / 2 + 1) * tw + 16).next_multiple_of(16),
-            masks,
-        }
+        Tiles { h, w, tw, t, masks }
     }
 }
 
 /// Whether the Winograd kernels take plane size `h x w` (see the module
 /// docs: the CIFAR planes).
 pub(super) fn fits(h: usize, w: usize) -> bool {
-    h >= 2
-        && h.is_multiple_of(2)
-        && w.is_multiple_of(2)
-        && ((w / 2).is_multiple_of(8) || w == 8)
-        && (h * w / 4).is_multiple_of(16)
+    h >= 2 && h.is_multiple_of(2) && matches!(w, 8 | 16 | 32) && (h * w / 4).is_multiple_of(16)
 }
 
-/// Largest plane the Winograd kernels take by default: measured faster
-/// than the direct kernel (one image, one thread, `winograd_rates`) by
-/// 1.16-1.21x on 16x16 planes (32 channels) and 1.40-1.47x on 8x8 (64),
-/// but only 0.92-1.16x on 32x32 (16 channels: its transforms cost as
-/// much as its products save, with 16 channels to share them).
-const MAX_PLANE: usize = 16 * 16;
-
 /// Whether `s` (3x3, stride 1, pad 1 already checked by the caller) takes
-/// the Winograd kernels: a plane they fit, at most [`MAX_PLANE`], unless
-/// `RESGRAD_WINOGRAD` says otherwise (for A/B measurements): `0` never,
-/// `all` every plane they fit.
+/// the Winograd kernels: a plane they fit, unless `RESGRAD_WINOGRAD=0`
+/// (the direct kernels instead, for A/B measurements). Measured against
+/// the direct kernel (`winograd_rates`: one image, one thread) 1.20x on
+/// 32x32 planes of 16 channels, 1.55x on 16x16 of 32 and 1.64x on 8x8 of
+/// 64 (BENCHMARKS.md, stop 20).
 pub(super) fn applies(s: &Conv2dShape) -> bool {
-    static MODE: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-    let max = *MODE.get_or_init(|| match std::env::var("RESGRAD_WINOGRAD").as_deref() {
-        Ok("0") => None,
-        Ok("all") => Some(usize::MAX),
-        _ => Some(MAX_PLANE),
-    });
-    max.is_some_and(|m| s.h * s.w <= m) && fits(s.h, s.w)
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let on = *ON.get_or_init(|| std::env::var("RESGRAD_WINOGRAD").as_deref() != Ok("0"));
+    on && fits(s.h, s.w)
 }
 
 /// `U = G g G^T` of every 3x3 kernel `g = w[o, c]` (w: (cout, cin, 9)),
@@ -216,11 +193,10 @@ pub(super) fn transform_weights(u: &mut Vec<f32>, w: &[f32], cin: usize, cout: u
     }
 }
 
-/// One chunk's buffers: the quarter planes (n_in, 4, qs) and `V` (16,
-/// n_in, T) of one image, with 16 floats of slack each for alignment.
+/// One chunk's buffer: `V` (16, n_in, 32, each entry `xi` a line apart
+/// more) of 2 vectors of tiles, with 16 floats of slack for alignment.
 #[derive(Default)]
 pub(super) struct Scratch {
-    q: Vec<f32>,
     v: Vec<f32>,
 }
 
@@ -280,12 +256,10 @@ pub(super) fn conv_image(
         assert!(st.x.len() == n_out * hw && st.lanes.len() >= n_out * 64);
         assert!(st.mean.len() == n_out && st.k.len() == n_out && st.beta.len() == n_out);
     }
-    grow(&mut sc.q, n_in * 4 * tl.qs + 16);
-    grow(&mut sc.v, 16 * n_in * 32 + 16);
+    grow(&mut sc.v, 16 * avx512::xs(n_in, 2) + 16);
     #[cfg(target_arch = "x86_64")]
     {
         assert!(std::arch::is_x86_feature_detected!("avx512f"));
-        let qo = aligned_from(&sc.q);
         let vo = aligned_from(&sc.v);
         // SAFETY: AVX-512F is available (checked above); the asserts above
         // and the buffer sizes bound every load and store (see the kernels).
@@ -298,7 +272,6 @@ pub(super) fn conv_image(
                 n_out,
                 tl,
                 store,
-                &mut sc.q[qo..],
                 &mut sc.v[vo..],
             )
         }

@@ -148,15 +148,17 @@ fn winograd_matches_the_definition_within_its_bound() {
     }
     let mut r = Rand::new(17);
     let mut sc = Scratch::default();
-    // every plane width path: 8 (two rows per vector), 16 (one row), 32
-    // (two vectors a row), 48 (32 + 16); n_in odd and 3 (a stem)
+    // every plane width: 8 (four tile rows per vector), 16 (two), 32 (one);
+    // a plane of one tile row (both input rows past it padding); n_in odd
+    // and 3 (a stem)
     for &(h, wd, n_in, n_out) in &[
         (8, 8, 16, 8),
         (8, 8, 3, 16),
         (16, 16, 24, 16),
         (16, 8, 5, 8),
         (32, 32, 16, 16),
-        (4, 48, 7, 8),
+        (2, 32, 7, 8),
+        (24, 16, 9, 8),
         (8, 16, 64, 8),
     ] {
         assert!(fits(h, wd), "{h}x{wd}");
@@ -341,7 +343,7 @@ fn a_bn_relu_input_is_its_written_out_output() {
     }
     let mut r = Rand::new(9);
     let mut sc = Scratch::default();
-    for &(h, wd, n_in) in &[(8, 8, 5), (16, 16, 8), (32, 32, 3), (4, 48, 2)] {
+    for &(h, wd, n_in) in &[(8, 8, 5), (16, 16, 8), (32, 32, 3), (2, 32, 4), (8, 16, 4)] {
         let (hw, n_out) = (h * wd, 8);
         let tl = Tiles::of(h, wd);
         let x = rand_vec(&mut r, n_in * hw);
@@ -365,7 +367,7 @@ fn a_bn_relu_input_is_its_written_out_output() {
                 )
             }
         }
-        assert!(y.contains(&0.0) && y.iter().any(|v| *v > 0.0));
+        assert!(y.contains(&0.0) && y.iter().any(|v| *v > 0.0), "{h}x{wd}");
         let w = rand_vec(&mut r, n_out * n_in * 9);
         let mut u = Vec::new();
         transform_weights(&mut u, &w, n_in, n_out, false);
@@ -404,7 +406,16 @@ fn winograd_takes_the_cifar_planes_only() {
         assert!(fits(h, w), "{h}x{w}");
     }
     // MNIST's 28 and 14 (tw 14, 7), odd sizes, a 4x4 plane (4 tiles)
-    for (h, w) in [(28, 28), (14, 14), (7, 7), (4, 4), (33, 32), (32, 24)] {
+    for (h, w) in [
+        (28, 28),
+        (14, 14),
+        (7, 7),
+        (4, 4),
+        (33, 32),
+        (32, 24),
+        (4, 48),
+        (8, 64),
+    ] {
         assert!(!fits(h, w), "{h}x{w}");
     }
 }
