@@ -3,6 +3,11 @@
 //! the convolutions that make up almost all of a CIFAR ResNet's FLOPs; every
 //! other shape (and f64, and CPUs without AVX-512) takes the im2col path in
 //! `cpu.rs`, which is also the reference these kernels are tested against.
+//! In f32 on the CIFAR planes (32, 16 and 8 wide) the forward and the
+//! input gradient are computed by Winograd F(2x2, 3x3) instead
+//! ([`super::winograd`], called from [`forward`] and [`backward`] below,
+//! with these kernels' stores and BN-ReLU reduction); the weight gradient
+//! and bf16 stay here.
 //!
 //! ## The trick: the image read at shifted offsets, its edges masked
 //!
