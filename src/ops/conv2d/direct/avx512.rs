@@ -13,7 +13,7 @@ macro_rules! bh {
 
 /// Mask of the first `n` (<= 16) lanes.
 #[inline(always)]
-fn lanes(n: usize) -> __mmask16 {
+pub(in crate::ops::conv2d) fn lanes(n: usize) -> __mmask16 {
     if n >= 16 {
         u16::MAX
     } else {

@@ -4,7 +4,7 @@
 // the transforms index 4x4 arrays by row and column, as written in the sums
 #![allow(clippy::needless_range_loop)]
 use super::{Source, Tiles};
-use crate::ops::conv2d::direct::avx512::{bn_relu_vec, splat3};
+use crate::ops::conv2d::direct::avx512::{bn_relu_vec, lanes, splat3};
 use crate::ops::conv2d::direct::Store;
 use std::arch::x86_64::*;
 
@@ -21,16 +21,6 @@ const COL: [[i32; 16]; 4] = [
     [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31],
     [2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 0],
 ];
-
-/// Mask of the first `n` (<= 16) lanes.
-#[inline(always)]
-fn lanes(n: usize) -> __mmask16 {
-    if n >= 16 {
-        u16::MAX
-    } else {
-        ((1u32 << n) - 1) as __mmask16
-    }
-}
 
 #[inline(always)]
 unsafe fn idx(i: &[i32; 16]) -> __m512i {

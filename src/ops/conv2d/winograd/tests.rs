@@ -28,6 +28,14 @@ fn avx512() -> bool {
     false
 }
 
+/// True (and says so) where the CPU lacks AVX-512: the kernels are unused.
+fn skipped() -> bool {
+    if !avx512() {
+        println!("SKIPPED: no AVX-512 on this CPU: the Winograd kernels are unused");
+    }
+    !avx512()
+}
+
 /// `(y, bound)`: the convolution of one image in f64 (`inp` (n_in, h, w),
 /// `w` (n_out, n_in, 9)), and per output the forward error bound of the
 /// Winograd evaluation in f32,
@@ -142,8 +150,7 @@ fn spread(inp: &[f32], n_in: usize, hw: usize, stride: usize, first: usize) -> V
 
 #[test]
 fn winograd_matches_the_definition_within_its_bound() {
-    if !avx512() {
-        println!("SKIPPED: no AVX-512 on this CPU: the Winograd kernels are unused");
+    if skipped() {
         return;
     }
     let mut r = Rand::new(17);
@@ -263,39 +270,59 @@ fn flipped_weights_are_the_forward_transform_of_the_flipped_kernel() {
     }
 }
 
+/// One image as the direct kernel reads it: its grid, edge masks, the
+/// input `inp` (n_in, h, w) as padded planes (zeros around) and `w`
+/// (n_out, n_in, 9) packed.
+struct DirectCase {
+    g: Grid,
+    edges: Vec<(u16, u16)>,
+    src: Vec<f32>,
+    wk: Vec<f32>,
+}
+
+fn direct_case(
+    h: usize,
+    wd: usize,
+    inp: &[f32],
+    w: &[f32],
+    n_in: usize,
+    n_out: usize,
+) -> DirectCase {
+    let s = Conv2dShape {
+        n: 1,
+        cin: n_in,
+        h,
+        w: wd,
+        cout: n_out,
+        kh: 3,
+        kw: 3,
+        stride: 1,
+        pad: 1,
+    };
+    let g = Grid::of(&s);
+    let mut edges = Vec::new();
+    direct::edge_masks(&mut edges, &g);
+    let src = spread(inp, n_in, h * wd, g.ps, g.first())
+        .into_iter()
+        .map(|v| if v.is_nan() { 0.0 } else { v })
+        .collect();
+    let mut wk = Vec::new();
+    direct::pack_forward(&mut wk, w, n_in, n_out);
+    DirectCase { g, edges, src, wk }
+}
+
 #[test]
 fn stats_after_the_store_are_the_direct_kernels_stats() {
-    if !avx512() {
-        println!("SKIPPED: no AVX-512 on this CPU");
+    if skipped() {
         return;
     }
     let mut r = Rand::new(5);
     for &(h, wd) in &[(8, 8), (16, 16), (32, 32)] {
         let (n_in, n_out) = (8, 8);
-        let s = Conv2dShape {
-            n: 1,
-            cin: n_in,
-            h,
-            w: wd,
-            cout: n_out,
-            kh: 3,
-            kw: 3,
-            stride: 1,
-            pad: 1,
-        };
-        let g = Grid::of(&s);
         let hw = h * wd;
-        let mut edges = Vec::new();
-        direct::edge_masks(&mut edges, &g);
         let inp = rand_vec(&mut r, n_in * hw);
-        let src = spread(&inp, n_in, hw, g.ps, g.first());
-        let src: Vec<f32> = src
-            .iter()
-            .map(|v| if v.is_nan() { 0.0 } else { *v })
-            .collect();
         let w = rand_vec(&mut r, n_out * n_in * 9);
-        let mut wk = Vec::new();
-        direct::pack_forward(&mut wk, &w, n_in, n_out);
+        let DirectCase { g, edges, src, wk } = direct_case(h, wd, &inp, &w, n_in, n_out);
         let x = rand_vec(&mut r, n_out * hw);
         let mean = rand_vec(&mut r, n_out);
         let k = rand_vec(&mut r, n_out);
@@ -337,8 +364,7 @@ fn stats_after_the_store_are_the_direct_kernels_stats() {
 
 #[test]
 fn a_bn_relu_input_is_its_written_out_output() {
-    if !avx512() {
-        println!("SKIPPED: no AVX-512 on this CPU");
+    if skipped() {
         return;
     }
     let mut r = Rand::new(9);
@@ -428,37 +454,18 @@ fn winograd_takes_the_cifar_planes_only() {
 #[test]
 #[ignore]
 fn winograd_rates() {
-    if !avx512() {
-        println!("SKIPPED: needs AVX-512F");
+    if skipped() {
         return;
     }
     let time = super::super::direct::tests::best_cpu_time;
     let mut r = Rand::new(1);
     println!("| plane | channels | direct us | winograd us | speedup |");
     for &(hw, c) in &[(32, 16), (16, 32), (8, 64)] {
-        let s = Conv2dShape {
-            n: 1,
-            cin: c,
-            h: hw,
-            w: hw,
-            cout: c,
-            kh: 3,
-            kw: 3,
-            stride: 1,
-            pad: 1,
-        };
-        let g = Grid::of(&s);
         let n = hw * hw;
-        let mut edges = Vec::new();
-        direct::edge_masks(&mut edges, &g);
         let inp = rand_vec(&mut r, c * n);
-        let src: Vec<f32> = spread(&inp, c, n, g.ps, g.first())
-            .into_iter()
-            .map(|v| if v.is_nan() { 0.0 } else { v })
-            .collect();
         let w = rand_vec(&mut r, c * c * 9);
-        let (mut wk, mut u) = (Vec::new(), Vec::new());
-        direct::pack_forward(&mut wk, &w, c, c);
+        let DirectCase { g, edges, src, wk } = direct_case(hw, hw, &inp, &w, c, c);
+        let mut u = Vec::new();
         transform_weights(&mut u, &w, c, c, false);
         let tl = Tiles::of(hw, hw);
         let mut dst = vec![0f32; c * n];
