@@ -85,11 +85,11 @@ mod avx512;
 mod tests;
 
 use super::direct::{Stats, Store};
-
 use super::Conv2dShape;
 
-/// Output channels per block of the products (the kernel keeps 8 x 16
-/// lanes of sums in registers per entry `xi`).
+/// The output channels a block of the products takes (8 x 2 vectors of
+/// tiles, or 16 x 1 on a one-vector plane where there are 16): `n_out`
+/// must be a multiple.
 pub(super) const TILE_O: usize = 8;
 
 /// The geometry of one plane size: tiles, edge masks.
