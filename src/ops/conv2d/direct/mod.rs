@@ -805,8 +805,9 @@ impl Stats<'_> {
 /// `dst`, as [`conv_planes`] adds them while it stores (the same bits):
 /// for a kernel that stores whole images first (the Winograd path).
 pub(super) fn stats_of(dst: &[f32], st: &mut Stats, n_out: usize, hw: usize) {
-    assert!(dst.len() >= n_out * hw && st.x.len() == n_out * hw);
-    assert!(st.mean.len() == n_out && st.lanes.len() >= n_out * 64);
+    assert!(dst.len() >= n_out * hw, "stats_of: dst too short");
+    assert!(st.x.len() == n_out * hw && st.lanes.len() >= n_out * 64);
+    assert!(st.mean.len() == n_out && st.k.len() == n_out && st.beta.len() == n_out);
     #[cfg(target_arch = "x86_64")]
     {
         assert!(enabled(), "stats_of without AVX-512");
@@ -1145,8 +1146,7 @@ pub(super) struct Scratch {
     gimg: Vec<f32>,
     dq: Vec<u32>,
     pe: Vec<u32>,
-    /// the Winograd path's quarter planes and transformed tiles of one
-    /// image
+    /// the Winograd path's transformed input tiles
     wg: winograd::Scratch,
 }
 
@@ -1173,13 +1173,13 @@ pub(super) struct Workspace {
 /// The first index `i < 16` of `buf` that starts a 64-byte line (16
 /// floats), for buffers with 16 floats of slack: planes whose stride is a
 /// multiple of 16 then all start on a line.
-fn aligned_from<E>(buf: &[E]) -> usize {
+pub(super) fn aligned_from<E>(buf: &[E]) -> usize {
     assert!(std::mem::size_of::<E>() == 4);
     let at = buf.as_ptr() as usize / 4;
     (16 - at % 16) % 16
 }
 
-fn grow<E: Copy + Default>(v: &mut Vec<E>, len: usize) {
+pub(super) fn grow<E: Copy + Default>(v: &mut Vec<E>, len: usize) {
     if v.len() < len {
         v.resize(len, E::default());
     }
@@ -1225,12 +1225,11 @@ pub(super) fn forward(
         out,
         oimg,
         &|imgs, sc: &mut Scratch, out| {
+            // (the Winograd kernel reads the input where it lies)
             if bf16 {
                 grow(&mut sc.pp, pairs(s.cin) * g.ps + 16);
                 grow(&mut sc.tmp, 2 * g.hw);
-            } else if wino.is_some() {
-                // the Winograd kernel reads the input where it lies
-            } else {
+            } else if wino.is_none() {
                 grow(&mut sc.p, s.cin * g.ps + 16);
             }
             if want_sums {
@@ -1251,7 +1250,7 @@ pub(super) fn forward(
                     pad_pairs(pp, &inp, i, s.cin, &g, zero, &mut sc.tmp);
                     conv_planes_bf16(out_img, pp, wpf, np, s.cout, &g, edges, store, None);
                 } else if let Some(tl) = &wino {
-                    // a BN-ReLU input made as its quarter planes are
+                    // a BN-ReLU input made as the kernel reads it
                     let (x, bn) = match inp {
                         ConvInput::Plain(x) => (x, None),
                         ConvInput::BnRelu { x, mean, k, beta } => (x, Some([mean, k, beta])),

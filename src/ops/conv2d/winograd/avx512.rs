@@ -3,7 +3,7 @@
 
 // the transforms index 4x4 arrays by row and column, as written in the sums
 #![allow(clippy::needless_range_loop)]
-use super::{Source, Tiles};
+use super::{xs, Source, Tiles};
 use crate::ops::conv2d::direct::avx512::{bn_relu_vec, lanes, splat3};
 use crate::ops::conv2d::direct::Store;
 use std::arch::x86_64::*;
@@ -25,14 +25,6 @@ const COL: [[i32; 16]; 4] = [
 #[inline(always)]
 unsafe fn idx(i: &[i32; 16]) -> __m512i {
     _mm512_loadu_si512(i.as_ptr() as *const _)
-}
-
-/// Floats between the entries `xi` of `V` (16, n_in, 16 nv): one 64-byte
-/// line more than `n_in` rows, so that the 16 entries of a tile do not
-/// fall on the same L1 sets (`n_in 16 nv` floats is a multiple of 4 KiB
-/// for 64 channels, or 32 with 2 vectors: measured 1.3-1.5x slower).
-pub(super) fn xs(n_in: usize, nv: usize) -> usize {
-    n_in * 16 * nv + 16
 }
 
 /// See [`super::conv_image`]: per 1 or 2 vectors of 16 tiles, their `V`
