@@ -61,6 +61,14 @@ impl<'a, T: Scalar> ConvInput<'a, T> {
         }
     }
 
+    /// The stored tensor the input is read from: itself, or the BN-ReLU's
+    /// input `x`.
+    pub(super) fn tensor(&self) -> &'a [T] {
+        match *self {
+            ConvInput::Plain(x) | ConvInput::BnRelu { x, .. } => x,
+        }
+    }
+
     /// The same input over f32 (`None` unless `T` is f32).
     pub(super) fn as_f32(&self) -> Option<ConvInput<'a, f32>> {
         Some(match *self {

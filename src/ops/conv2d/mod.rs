@@ -46,6 +46,7 @@
 //! (cin, h*w) already is its column matrix, and col2im is the identity.
 //! The kernels (and the threading over images) live in `cpu.rs`.
 
+pub(crate) mod ahead;
 mod cpu;
 mod direct;
 mod input;

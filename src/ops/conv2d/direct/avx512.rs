@@ -1,6 +1,7 @@
 //! The AVX-512 kernels of the direct path (see the module docs in
 //! `mod.rs` for the sums). Callers assert every bound these rely on.
 
+use crate::ops::conv2d::ahead;
 use super::{Grid, Stats, Store, TILE_O, TILE_V};
 use std::arch::x86_64::*;
 
@@ -116,10 +117,12 @@ unsafe fn conv_tile<const V: usize, const ADD: bool, const STATS: bool>(
         ms[v] = lanes(hw - (j0 + 16 * v));
     }
     let s0 = src.add(g.lead - 1 + j0);
+    let mut ahead = ahead::take();
     for o0 in (0..n_out).step_by(TILE_O) {
         prefetch_tile::<V, ADD, STATS>(dst, res, hw, o0, j0 + 16 * V, st);
         let mut acc = [[_mm512_setzero_ps(); V]; TILE_O];
         for i in 0..n_in {
+            ahead.step();
             let s = s0.add(i * ps);
             let wi = wk.add(i * 9 * n_out + o0);
             for ky in 0..3 {
@@ -150,6 +153,7 @@ unsafe fn conv_tile<const V: usize, const ADD: bool, const STATS: bool>(
         }
         store_tile::<V, ADD, STATS>(&acc, dst, res, hw, o0, j0, &ms, v0, st);
     }
+    ahead::put(ahead);
 }
 
 /// Asks for the lines [`store_tile`] will touch for output channels `o0 ..
@@ -324,10 +328,12 @@ unsafe fn bf16_tile<const V: usize, const ADD: bool, const STATS: bool>(
         ms[v] = lanes(hw - (j0 + 16 * v));
     }
     let s0 = src.add(g.lead - 1 + j0);
+    let mut ahead = ahead::take();
     for o0 in (0..n_out).step_by(TILE_O) {
         prefetch_tile::<V, ADD, STATS>(dst, res, hw, o0, j0 + 16 * V, st);
         let mut acc = [[_mm512_setzero_ps(); V]; TILE_O];
         for q in 0..n_pairs {
+            ahead.step();
             let s = s0.add(q * ps);
             let wq = wk.add(q * 9 * n_out + o0);
             for ky in 0..3 {
@@ -353,6 +359,7 @@ unsafe fn bf16_tile<const V: usize, const ADD: bool, const STATS: bool>(
         }
         store_tile::<V, ADD, STATS>(&acc, dst, res, hw, o0, j0, &ms, v0, st);
     }
+    ahead::put(ahead);
 }
 
 /// `dst[j] = lo[j]` rounded to bf16 in the low half, `hi[j]` in the high
@@ -437,9 +444,11 @@ pub(super) unsafe fn weight_grad_planes_bf16(
     let w = g.w;
     let dl = 16 * masks.len();
     let lanes = dwv.as_mut_ptr();
+    let mut ahead = ahead::take();
     for o0 in (0..n_out).step_by(TILE_O) {
         for i in 0..n_in {
             for ky in 0..3 {
+                ahead.step();
                 // tap kx reads P from b = lead - 1 + ky w + kx on: pairs
                 // (P[b + 2m], P[b + 2m + 1]) start at 16-bit entry b of
                 // pe, the bf16 values of P in order (for an odd b, the
@@ -487,6 +496,7 @@ pub(super) unsafe fn weight_grad_planes_bf16(
             }
         }
     }
+    ahead::put(ahead);
 }
 
 /// `dst[t] = (src[2t], src[2t + 1])` rounded to bf16 (low, high half),
@@ -529,9 +539,11 @@ pub(super) unsafe fn weight_grad_planes(
     let dp0 = d.as_ptr().add(g.first());
     let pp0 = p.as_ptr().add(g.lead - 1);
     let lanes = dwv.as_mut_ptr();
+    let mut ahead = ahead::take();
     for o0 in (0..n_out).step_by(TILE_O) {
         for i in 0..n_in {
             for ky in 0..3 {
+                ahead.step();
                 let mut acc = [[_mm512_setzero_ps(); 3]; TILE_O];
                 for n in 0..imgs {
                     let prow = pp0.add((n * n_in + i) * ps + ky * w);
@@ -565,6 +577,7 @@ pub(super) unsafe fn weight_grad_planes(
             }
         }
     }
+    ahead::put(ahead);
 }
 
 /// See [`super::reduce_lanes`].

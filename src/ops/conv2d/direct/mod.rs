@@ -218,6 +218,7 @@ use std::any::TypeId;
 use std::ops::Range;
 use std::sync::OnceLock;
 
+use super::ahead;
 use super::winograd::{self, Tiles};
 use super::{Conv2dShape, ConvGradOut, ConvInput};
 use crate::gemm_bf16::to_bf16;
@@ -1107,6 +1108,13 @@ pub(super) fn weight_grad_planes_bf16(
     unreachable!("the direct path is only enabled on x86_64")
 }
 
+/// The tiles [`conv_planes`] and [`conv_planes_bf16`] compute over a
+/// plane of `g` with `n_out` output channels (each steps the prefetch
+/// queue, [`ahead`], once per input channel or pair).
+fn conv_tiles(g: &Grid, n_out: usize) -> usize {
+    g.nv.div_ceil(TILE_V) * n_out.div_ceil(TILE_O)
+}
+
 /// One parallel chunk's buffers for the direct path, grown on demand.
 #[derive(Default)]
 pub(super) struct Scratch {
@@ -1237,7 +1245,19 @@ pub(super) fn forward(
                 sc.osums.resize(imgs.len() * s.cout, 0.0);
                 sc.first = imgs.start;
             }
+            let end = imgs.end;
             for (t, (i, out_img)) in imgs.zip(out.chunks_exact_mut(oimg)).enumerate() {
+                // the next image's input, into L2 while this one's kernel
+                // computes
+                if i + 1 < end {
+                    let steps = match &wino {
+                        _ if bf16 => conv_tiles(&g, s.cout) * pairs(s.cin),
+                        Some(tl) => winograd::steps(tl, s.cout),
+                        None => conv_tiles(&g, s.cout) * s.cin,
+                    };
+                    let x = inp.tensor();
+                    ahead::set(&[&x[(i + 1) * s.cin * g.hw..][..s.cin * g.hw]], steps);
+                }
                 let store = match res {
                     Some(r) => Store::Plus(&r[i * oimg..][..oimg]),
                     None => Store::Set,
@@ -1398,6 +1418,25 @@ pub(super) fn backward(
                     aligned_from(&sc.dq).min(sc.dq.len()),
                     aligned_from(&sc.pe).min(sc.pe.len()),
                 );
+                // the next image's operands (dout, or a BN's dy and x; the
+                // input the weight gradient reads), into L2 while this
+                // one's kernels compute
+                if i + 1 < imgs.end {
+                    let steps = match &wino {
+                        _ if !want_dinp => s.cout.div_ceil(TILE_O) * s.cin * 3,
+                        _ if bf16 => conv_tiles(&g, s.cin) * pairs(s.cout),
+                        Some(tl) => winograd::steps(tl, s.cin),
+                        None => conv_tiles(&g, s.cin) * s.cout,
+                    };
+                    let (at, len) = ((i + 1) * s.cout * g.hw, s.cout * g.hw);
+                    let (a, b) = match dout {
+                        ConvGradOut::Plain(d) => (&d[at..][..len], &[][..]),
+                        ConvGradOut::Bn { dy, x, .. } => (&dy[at..][..len], &x[at..][..len]),
+                    };
+                    let x = inp.tensor();
+                    let c = if want_dw { &x[(i + 1) * img..][..img] } else { &[] };
+                    ahead::set(&[a, b, c], steps);
+                }
                 if bf16 {
                     // dout's image in f32 (cout, hw), read by both
                     // layouts: a stored dout where it lies, a BN's input

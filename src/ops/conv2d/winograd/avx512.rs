@@ -5,6 +5,7 @@
 #![allow(clippy::needless_range_loop)]
 use super::{xs, Source, Tiles};
 use crate::ops::conv2d::direct::avx512::{bn_relu_vec, lanes, splat3};
+use crate::ops::conv2d::ahead::{self, Queue};
 use crate::ops::conv2d::direct::Store;
 use std::arch::x86_64::*;
 
@@ -54,6 +55,7 @@ pub(super) unsafe fn conv_image(
     // vector) 8 x 1
     let nt = tl.t / 16;
     let (d, r, u) = (dst.as_mut_ptr(), res, u.as_ptr());
+    let mut q = ahead::take();
     let mut tv = 0;
     while tv < nt {
         // V of these tiles, (16, n_in, 16 nv): in L1 (n_in <= 24) or L2
@@ -81,21 +83,22 @@ pub(super) unsafe fn conv_image(
         let v = v.as_ptr();
         if nv == 2 {
             for o0 in (0..n_out).step_by(8) {
-                block::<8, 2>(d, r, v, u, n_in, n_out, tl, tv, o0, add);
+                block::<8, 2>(d, r, v, u, n_in, n_out, tl, tv, o0, add, &mut q);
             }
             tv += 2;
         } else if n_out.is_multiple_of(16) {
             for o0 in (0..n_out).step_by(16) {
-                block::<16, 1>(d, r, v, u, n_in, n_out, tl, tv, o0, add);
+                block::<16, 1>(d, r, v, u, n_in, n_out, tl, tv, o0, add, &mut q);
             }
             tv += 1;
         } else {
             for o0 in (0..n_out).step_by(8) {
-                block::<8, 1>(d, r, v, u, n_in, n_out, tl, tv, o0, add);
+                block::<8, 1>(d, r, v, u, n_in, n_out, tl, tv, o0, add, &mut q);
             }
             tv += 1;
         }
     }
+    ahead::put(q);
 }
 
 /// Input row `r` (0..4) of the 16 tiles `16 tv ..` of plane `p`, as 32
@@ -199,9 +202,10 @@ unsafe fn block<const KO: usize, const V: usize>(
     tv: usize,
     o0: usize,
     add: bool,
+    q: &mut Queue,
 ) {
     let hw = tl.h * tl.w;
-    let m = products::<KO, V>(v, u.add(o0), n_in, n_out);
+    let m = products::<KO, V>(v, u.add(o0), n_in, n_out, q);
     for (k, mk) in m.iter().enumerate() {
         let at = (o0 + k) * hw;
         let (d, r) = (dst.add(at), res.add(at));
@@ -226,6 +230,7 @@ unsafe fn products<const KO: usize, const V: usize>(
     u: *const f32,
     n_in: usize,
     n_out: usize,
+    q: &mut Queue,
 ) -> [[[__m512; 16]; V]; KO] {
     let t = 16 * V;
     // every entry written below: no zero fill (16 KiB a call, measured
@@ -233,6 +238,7 @@ unsafe fn products<const KO: usize, const V: usize>(
     let mut m = std::mem::MaybeUninit::<[[[__m512; 16]; V]; KO]>::uninit();
     let mp = m.as_mut_ptr() as *mut __m512;
     for xi in 0..16 {
+        q.step();
         let mut acc = [[_mm512_setzero_ps(); V]; KO];
         let (vx, ux) = (v.add(xi * xs(n_in, V)), u.add(xi * n_in * n_out));
         for i in 0..n_in {

@@ -145,6 +145,21 @@ pub(super) fn applies(s: &Conv2dShape) -> bool {
     on && fits(s.h, s.w)
 }
 
+/// How many times [`conv_image`] steps the prefetch queue
+/// ([`super::ahead`]) over one image of `tl` with `n_out` output channels:
+/// once per entry of each block's 16 products.
+pub(super) fn steps(tl: &Tiles, n_out: usize) -> usize {
+    let nt = tl.t / 16;
+    let odd = if nt % 2 == 0 {
+        0
+    } else if n_out.is_multiple_of(16) {
+        n_out / 16
+    } else {
+        n_out.div_ceil(8)
+    };
+    16 * ((nt / 2) * n_out.div_ceil(8) + odd)
+}
+
 /// `U = G g G^T` of every 3x3 kernel `g = w[o, c]` (w: (cout, cin, 9)),
 /// laid out `u[xi][i][o]` (16, n_in, n_out): for the forward (`flip =
 /// false`) `i = c`, `o = o`; for the input gradient (`flip = true`) the

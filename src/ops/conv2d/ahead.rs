@@ -1,0 +1,118 @@
+//! Prefetching the next image's operands while a kernel computes.
+//!
+//! The direct and Winograd kernels run at their arithmetic peak from L1
+//! and L2; the passes that make their operands (a BN's input gradient from
+//! `dy` and `x`, a BN-ReLU input made as it is paired or read) read
+//! tensors the forward wrote long before, from DRAM, and stall on it. The
+//! memory bus is idle while a kernel computes, so the image loops hand the
+//! next image's operand planes to [`set`] before the current image's
+//! kernels run, and the kernels call [`step`] once per tile: each call
+//! prefetches the next few cache lines of those planes into L2
+//! (`prefetcht1`), spread over the kernel's tiles so the fill buffers never
+//! back up. When the next image's pass runs, its planes are in L2.
+//!
+//! A prefetch never faults and changes no value: results are the same
+//! bits with or without it (`RESGRAD_AHEAD=0` turns it off, for A/B
+//! measurements).
+
+use std::cell::Cell;
+
+/// One thread's queue: up to [`REGIONS`] byte ranges, the range and the
+/// offset in it where the next prefetch goes, and how many lines a
+/// [`step`] prefetches.
+#[derive(Clone, Copy)]
+pub(super) struct Queue {
+    regions: [(*const u8, usize); REGIONS],
+    r: usize,
+    off: usize,
+    per: usize,
+}
+
+/// The most ranges one queue holds.
+const REGIONS: usize = 4;
+/// A cache line.
+const LINE: usize = 64;
+
+const EMPTY: Queue = Queue {
+    regions: [(std::ptr::null(), 0); REGIONS],
+    r: REGIONS,
+    off: 0,
+    per: 0,
+};
+
+thread_local! {
+    static QUEUE: Cell<Queue> = const { Cell::new(EMPTY) };
+}
+
+/// Whether prefetching is on (`RESGRAD_AHEAD=0` turns it off).
+pub(super) fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("RESGRAD_AHEAD").map_or(true, |v| v != "0"))
+}
+
+/// Queues `regions` (at most [`REGIONS`], empty ones skipped) to be
+/// prefetched over the next `steps` calls of [`step`] on this thread,
+/// replacing what was left of the previous queue.
+pub(super) fn set(regions: &[&[f32]], steps: usize) {
+    if !enabled() {
+        return;
+    }
+    let mut q = EMPTY;
+    let mut n = 0;
+    let mut bytes = 0;
+    for r in regions.iter().filter(|r| !r.is_empty()).take(REGIONS) {
+        // from the line the range starts in
+        let p = r.as_ptr() as *const u8;
+        let lead = p as usize % LINE;
+        let len = std::mem::size_of_val(*r) + lead;
+        q.regions[n] = (p.wrapping_sub(lead), len);
+        bytes += len;
+        n += 1;
+    }
+    q.r = if n == 0 { REGIONS } else { 0 };
+    q.per = bytes.div_ceil(LINE).div_ceil(steps.max(1));
+    QUEUE.with(|c| c.set(q));
+}
+
+/// This thread's queue, for a kernel to [`Queue::step`] through locally
+/// and [`put`] back when it returns.
+#[inline(always)]
+pub(super) fn take() -> Queue {
+    QUEUE.with(|c| c.replace(EMPTY))
+}
+
+/// Gives back what a kernel left of the queue [`take`] gave it.
+#[inline(always)]
+pub(super) fn put(q: Queue) {
+    QUEUE.with(|c| c.set(q))
+}
+
+impl Queue {
+    /// Prefetches the next lines (see the module docs); nothing when the
+    /// queue is empty.
+    #[inline(always)]
+    pub(super) fn step(&mut self) {
+        if self.r >= REGIONS {
+            return;
+        }
+        for _ in 0..self.per {
+            let (p, len) = self.regions[self.r];
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a prefetch reads nothing architecturally and never
+            // faults; the address is inside a live slice's lines anyway
+            unsafe {
+                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+                _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(self.off) as *const i8);
+            }
+            self.off += LINE;
+            if self.off >= len {
+                self.off = 0;
+                self.r += 1;
+                if self.r >= REGIONS || self.regions[self.r].1 == 0 {
+                    self.r = REGIONS;
+                    return;
+                }
+            }
+        }
+    }
+}
