@@ -59,18 +59,18 @@ pub(super) fn set(regions: &[&[f32]], steps: usize) {
     }
     let mut q = EMPTY;
     let mut n = 0;
-    let mut bytes = 0;
+    let mut lines = 0;
     for r in regions.iter().filter(|r| !r.is_empty()).take(REGIONS) {
         // from the line the range starts in
         let p = r.as_ptr() as *const u8;
         let lead = p as usize % LINE;
         let len = std::mem::size_of_val(*r) + lead;
         q.regions[n] = (p.wrapping_sub(lead), len);
-        bytes += len;
+        lines += len.div_ceil(LINE);
         n += 1;
     }
     q.r = if n == 0 { REGIONS } else { 0 };
-    q.per = bytes.div_ceil(LINE).div_ceil(steps.max(1));
+    q.per = lines.div_ceil(steps.max(1));
     QUEUE.with(|c| c.set(q));
 }
 
@@ -87,23 +87,40 @@ pub(super) fn put(q: Queue) {
     QUEUE.with(|c| c.set(q))
 }
 
+/// Empties this thread's queue (at the end of an image loop: what is left
+/// belongs to buffers the next loop may not have).
+pub(super) fn clear() {
+    QUEUE.with(|c| c.set(EMPTY))
+}
+
 impl Queue {
-    /// Prefetches the next lines (see the module docs); nothing when the
-    /// queue is empty.
+    /// Prefetches the next lines into L2 (see the module docs); nothing
+    /// when the queue is empty.
     #[inline(always)]
     pub(super) fn step(&mut self) {
+        self.step_with(|line| {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a prefetch reads nothing architecturally and never
+            // faults; the line is one of a live slice's anyway
+            unsafe {
+                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+                _mm_prefetch::<_MM_HINT_T1>(line as *const i8);
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = line;
+        })
+    }
+
+    /// [`step`](Queue::step) with `touch` called on each line's address
+    /// instead of the prefetch (the tests watch it).
+    #[inline(always)]
+    fn step_with(&mut self, mut touch: impl FnMut(*const u8)) {
         if self.r >= REGIONS {
             return;
         }
         for _ in 0..self.per {
             let (p, len) = self.regions[self.r];
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: a prefetch reads nothing architecturally and never
-            // faults; the address is inside a live slice's lines anyway
-            unsafe {
-                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-                _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(self.off) as *const i8);
-            }
+            touch(p.wrapping_add(self.off));
             self.off += LINE;
             if self.off >= len {
                 self.off = 0;
@@ -114,5 +131,52 @@ impl Queue {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every line of every queued range is touched once, in order, spread
+    /// over the steps asked for (no step touches more than its share),
+    /// and nothing after; take leaves the thread's queue empty, put
+    /// gives it back.
+    #[test]
+    fn steps_cover_each_line_once() {
+        if !enabled() {
+            return;
+        }
+        let a = vec![1.0f32; 1000];
+        let b = vec![2.0f32; 37];
+        let c = vec![3.0f32; 4096];
+        // an unaligned start, an empty range, a range of one float
+        let regions: [&[f32]; 5] = [&a[3..], &[], &b[..1], &c, &b];
+        let steps = 7;
+        set(&regions[..4], steps);
+        let mut q = take();
+        assert!(take().r >= REGIONS, "take left the queue");
+        let mut want = Vec::new();
+        for r in regions[..4].iter().filter(|r| !r.is_empty()) {
+            let (s, e) = (r.as_ptr() as usize, r.as_ptr() as usize + 4 * r.len());
+            want.extend((s / LINE..e.div_ceil(LINE)).map(|l| l * LINE));
+        }
+        let per = want.len().div_ceil(steps);
+        let mut got = Vec::new();
+        for _ in 0..steps {
+            let before = got.len();
+            q.step_with(|p| got.push(p as usize));
+            assert!(got.len() - before <= per);
+        }
+        assert_eq!(got, want);
+        q.step_with(|_| panic!("a line after the queue ran out"));
+        // put gives the queue back; clear empties it
+        set(&[&a], 1);
+        let q = take();
+        put(q);
+        assert_eq!(take().regions[0].1, q.regions[0].1);
+        put(q);
+        clear();
+        assert!(take().r >= REGIONS);
     }
 }

@@ -1289,6 +1289,7 @@ pub(super) fn forward(
                     bn_plane_sums(&mut sc.osums[t * s.cout..][..s.cout], out_img, g.hw);
                 }
             }
+            ahead::clear();
         },
     );
     if let Some(plane_sums) = plane_sums {
@@ -1558,6 +1559,7 @@ pub(super) fn backward(
             if want_dw {
                 reduce_lanes(&mut sc.dw[..nw], &sc.dwv[vofs..]);
             }
+            ahead::clear();
         },
     );
     if let (Some(plane_sums), Some(_)) = (plane_sums, bn) {
