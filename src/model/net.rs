@@ -51,8 +51,13 @@ pub struct Net<T: Scalar> {
     dpooled: Vec<T>,
     dlogits: Vec<T>,
     ws: ConvWorkspace<T>,
-    /// gradient scratch shared by every unit's backward
-    grads: UnitGrads<T>,
+    /// gradient scratch of the units' backward: one set per output
+    /// geometry (a stage of a CIFAR net), `grads[grad_slot[i]]` unit i's:
+    /// shared within a stage, so that a step grows no buffer (one set for
+    /// all the units re-grew, and zero-filled, the largest stage's buffers
+    /// from the smaller ones every step)
+    grads: Vec<UnitGrads<T>>,
+    grad_slot: Vec<usize>,
     /// RNG of the dropout shortcuts
     pub rng: ChaCha8Rng,
     /// per-unit gradient split of the last `backward(.., probe = true)`
@@ -90,6 +95,23 @@ fn alloc<T: Scalar>(v: &mut Vec<T>, len: usize) {
 
 fn zero<T: Scalar>(v: &mut Vec<T>) {
     Cpu::zero(v);
+}
+
+/// Unit `i`'s gradient scratch set, one per distinct output geometry,
+/// and how many sets that makes.
+fn grad_slots<T: Scalar>(units: &[Unit<T>]) -> (Vec<usize>, usize) {
+    let mut geoms: Vec<Geom> = Vec::new();
+    let slots = units
+        .iter()
+        .map(|u| match geoms.iter().position(|g| *g == u.out_geom) {
+            Some(k) => k,
+            None => {
+                geoms.push(u.out_geom);
+                geoms.len() - 1
+            }
+        })
+        .collect();
+    (slots, geoms.len())
 }
 
 impl<T: Scalar> Net<T> {
@@ -177,6 +199,7 @@ impl<T: Scalar> Net<T> {
         let top_geom = units.last().map(|u| u.out_geom).unwrap_or(body_geom);
         let fc = WeightLayer::linear("fc", top_c, spec.classes, true, None, &mut rng);
         let nu = units.len();
+        let (grad_slot, slots) = grad_slots(&units);
         Ok(Net {
             spec: spec.clone(),
             stem,
@@ -203,7 +226,8 @@ impl<T: Scalar> Net<T> {
             dpooled: vec![],
             dlogits: vec![],
             ws: ConvWorkspace::default(),
-            grads: UnitGrads::default(),
+            grads: vec![UnitGrads::default(); slots],
+            grad_slot,
             rng: ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_d20b),
             flow: vec![UnitFlow::default(); nu],
         })
@@ -459,7 +483,8 @@ impl<T: Scalar> Net<T> {
                 ulo[i - 1].output()
             };
             let flow = if probe { Some(&mut self.flow[i]) } else { None };
-            uhi[0].backward(dx, &dhi[0], x, ws, &mut self.grads, flow)?;
+            let grads = &mut self.grads[self.grad_slot[i]];
+            uhi[0].backward(dx, &dhi[0], x, ws, grads, flow)?;
             if let Some(h) = on_group.as_deref_mut() {
                 h(nu - i, &mut uhi[0].params_mut());
             }

@@ -101,7 +101,7 @@ pub struct UnitFlow {
 
 /// The gradient scratch of a unit's backward (branch steps, post steps,
 /// the probe's two terms, grad sums): alive only during one unit's
-/// backward, so a network keeps one set for all its units.
+/// backward, so a network shares one set between the units of a stage.
 #[derive(Clone, Default)]
 pub struct UnitGrads<T: Scalar, B: Backend = Cpu> {
     /// `dacts[s]`: dL/d(output of branch step s); the last one is dF
@@ -416,8 +416,8 @@ impl<T: Scalar, B: Backend> Unit<T, B> {
     /// and recorded.
     ///
     /// The gradient buffers of the branch and of `post` live only during this
-    /// call, so they come from `grads`, one set shared by every unit of the
-    /// net (sized for the largest): swapped in here, swapped back at the end.
+    /// call, so they come from `grads`, one set the net shares between the
+    /// units of a stage: swapped in here, swapped back at the end.
     pub fn backward(
         &mut self,
         dx: &mut B::Buf<T>,
