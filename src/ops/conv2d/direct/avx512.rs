@@ -1,8 +1,8 @@
 //! The AVX-512 kernels of the direct path (see the module docs in
 //! `mod.rs` for the sums). Callers assert every bound these rely on.
 
-use crate::ops::conv2d::ahead;
 use super::{Grid, Stats, Store, TILE_O, TILE_V};
+use crate::ops::conv2d::ahead;
 use std::arch::x86_64::*;
 
 /// A `__m512i` of `u32` bf16 pairs as the `__m512bh` `vdpbf16ps` takes.

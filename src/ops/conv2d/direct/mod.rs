@@ -1435,7 +1435,11 @@ pub(super) fn backward(
                         ConvGradOut::Bn { dy, x, .. } => (&dy[at..][..len], &x[at..][..len]),
                     };
                     let x = inp.tensor();
-                    let c = if want_dw { &x[(i + 1) * img..][..img] } else { &[] };
+                    let c = if want_dw {
+                        &x[(i + 1) * img..][..img]
+                    } else {
+                        &[]
+                    };
                     ahead::set(&[a, b, c], steps);
                 }
                 if bf16 {

@@ -4,8 +4,8 @@
 // the transforms index 4x4 arrays by row and column, as written in the sums
 #![allow(clippy::needless_range_loop)]
 use super::{xs, Source, Tiles};
-use crate::ops::conv2d::direct::avx512::{bn_relu_vec, lanes, splat3};
 use crate::ops::conv2d::ahead::{self, Queue};
+use crate::ops::conv2d::direct::avx512::{bn_relu_vec, lanes, splat3};
 use crate::ops::conv2d::direct::Store;
 use std::arch::x86_64::*;
 
