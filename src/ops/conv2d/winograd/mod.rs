@@ -150,7 +150,7 @@ pub(super) fn applies(s: &Conv2dShape) -> bool {
 /// once per entry of each block's 16 products.
 pub(super) fn steps(tl: &Tiles, n_out: usize) -> usize {
     let nt = tl.t / 16;
-    let odd = if nt % 2 == 0 {
+    let odd = if nt.is_multiple_of(2) {
         0
     } else if n_out.is_multiple_of(16) {
         n_out / 16
