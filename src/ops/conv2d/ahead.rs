@@ -134,6 +134,23 @@ impl Queue {
     }
 }
 
+/// How many times `f` steps this thread's queue (with the queue on and
+/// one line per step; at most 65535): what the kernels' tests compare
+/// with the counts the batch loops pace the queue by.
+#[cfg(test)]
+pub(super) fn count_steps(f: impl FnOnce()) -> usize {
+    const LINES: usize = 1 << 16;
+    let buf = vec![0f32; LINES * LINE / 4];
+    let mut q = EMPTY;
+    (q.regions[0], q.r, q.per) = ((buf.as_ptr() as *const u8, LINES * LINE), 0, 1);
+    QUEUE.with(|c| c.set(q));
+    f();
+    let q = QUEUE.with(|c| c.replace(EMPTY));
+    let steps = if q.r >= REGIONS { LINES } else { q.off / LINE };
+    assert!(steps < LINES, "count_steps: {steps} steps or more");
+    steps
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1603,3 +1603,79 @@ fn pairing_rates() {
         );
     }
 }
+
+/// Each kernel steps the prefetch queue ([`crate::ops::conv2d::ahead`]) as
+/// often as the batch loops pace it by (`conv_tiles` times the input
+/// channels or pairs; the weight gradients once per output block, input
+/// channel and kernel row): a count off by much would bunch the prefetches
+/// up or leave the next image's planes half fetched.
+#[test]
+fn kernels_step_the_prefetch_queue_as_counted() {
+    use crate::ops::conv2d::ahead::count_steps;
+    if !enabled() {
+        return;
+    }
+    for &(hw, c) in &[(32, 16), (16, 32), (8, 64), (32, 8), (6, 24)] {
+        let s = Conv2dShape {
+            n: 1,
+            cin: c,
+            h: hw,
+            w: hw,
+            cout: c,
+            kh: 3,
+            kw: 3,
+            stride: 1,
+            pad: 1,
+        };
+        let g = Grid::of(&s);
+        let mut edges = Vec::new();
+        edge_masks(&mut edges, &g);
+        let mut dst = vec![0f32; c * g.hw];
+        let (src, wk) = (vec![0f32; c * g.ps], vec![0f32; c * 9 * c]);
+        let steps =
+            count_steps(|| conv_planes(&mut dst, &src, &wk, c, c, &g, &edges, Store::Set, None));
+        assert_eq!(steps, conv_tiles(&g, c) * c, "conv_planes {hw}x{hw} {c}");
+        let mut dwv = vec![0f32; c * c * 9 * 16];
+        let steps =
+            count_steps(|| weight_grad_planes(&mut dwv, true, &src, &src, c, c, 1, &g, &edges));
+        assert_eq!(
+            steps,
+            c / TILE_O * c * 3,
+            "weight_grad_planes {hw}x{hw} {c}"
+        );
+        if !bf16_enabled() {
+            continue;
+        }
+        let (srcp, wkp) = (vec![0u32; pairs(c) * g.ps], vec![0u32; pairs(c) * 9 * c]);
+        let steps = count_steps(|| {
+            conv_planes_bf16(
+                &mut dst,
+                &srcp,
+                &wkp,
+                pairs(c),
+                c,
+                &g,
+                &edges,
+                Store::Set,
+                None,
+            )
+        });
+        assert_eq!(
+            steps,
+            conv_tiles(&g, c) * pairs(c),
+            "conv_planes_bf16 {hw}x{hw} {c}"
+        );
+        let mut pmasks = Vec::new();
+        pair_masks(&mut pmasks, &edges);
+        let (dl, ph) = (16 * pmasks.len(), (g.ps / 2 + 16).next_multiple_of(16));
+        let (d, pe) = (vec![0u32; c * dl], vec![0u32; c * ph]);
+        let steps = count_steps(|| {
+            weight_grad_planes_bf16(&mut dwv, true, &d, &pe, c, c, 1, &g, ph, &pmasks)
+        });
+        assert_eq!(
+            steps,
+            c / TILE_O * c * 3,
+            "weight_grad_planes_bf16 {hw}x{hw} {c}"
+        );
+    }
+}

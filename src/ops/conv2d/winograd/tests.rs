@@ -494,3 +494,41 @@ fn winograd_rates() {
         );
     }
 }
+
+/// The kernel steps the prefetch queue ([`crate::ops::conv2d::ahead`])
+/// as often as [`steps`] says (the batch loops pace the queue by it), on
+/// every plane width and with 16 or 8 output channels a block.
+#[test]
+fn kernel_steps_the_prefetch_queue_as_counted() {
+    use crate::ops::conv2d::ahead::count_steps;
+    if skipped() {
+        return;
+    }
+    for &(h, wd, n_in, n_out) in &[
+        (32, 32, 16, 16),
+        (16, 16, 32, 32),
+        (8, 8, 64, 64),
+        (8, 8, 8, 24),
+        (2, 32, 8, 8),
+    ] {
+        let tl = Tiles::of(h, wd);
+        let hw = h * wd;
+        let (x, u) = (vec![0f32; n_in * hw], vec![0f32; 16 * n_in * n_out]);
+        let mut dst = vec![0f32; n_out * hw];
+        let mut sc = Scratch::default();
+        let got = count_steps(|| {
+            conv_image(
+                &mut dst,
+                (&x, (hw, 0), None),
+                &u,
+                n_in,
+                n_out,
+                &tl,
+                Store::Set,
+                None,
+                &mut sc,
+            )
+        });
+        assert_eq!(got, steps(&tl, n_out), "{h}x{wd} {n_in} -> {n_out}");
+    }
+}
