@@ -5,11 +5,10 @@
 
 use crate::error::{check_len, Error, Result};
 use crate::model::layers::{BnLayer, Geom, WeightLayer};
-use crate::ops::activation::relu_inplace;
 use crate::ops::batchnorm::{
-    batchnorm_backward_coefs, batchnorm_backward_to, batchnorm_forward_eval, forward_train_act,
-    normalise_add_act, train_stats, BnAffine, BnBatchStats, BnParamGrads, BnRunning, BnSaved,
-    BN_EPS, BN_MOMENTUM,
+    batchnorm_backward_coefs, batchnorm_backward_to, batchnorm_forward_eval,
+    batchnorm_relu_forward_eval, forward_train_act, normalise_add_act, train_stats, BnAffine,
+    BnBatchStats, BnParamGrads, BnRunning, BnSaved, BN_EPS, BN_MOMENTUM,
 };
 use crate::ops::conv2d::{
     conv2d_backward_from, conv2d_backward_to, conv2d_forward, conv2d_forward_from,
@@ -380,9 +379,12 @@ impl<T: Scalar> BnLayer<T> {
         if train {
             return self.forward_train::<true>(out, inp, n, g);
         }
-        self.forward(out, inp, n, g, false)?;
-        relu_inplace(out);
-        Ok(())
+        let p = BnAffine {
+            gamma: &self.gamma.value,
+            beta: &self.beta.value,
+        };
+        let (rm, rv) = (&self.running_mean.value, &self.running_var.value);
+        batchnorm_relu_forward_eval(out, inp, p, rm, rv, BN_EPS, self.shape(n, g))
     }
 
     /// The training backward of [`BnLayer::forward`] or, when `relu`, of

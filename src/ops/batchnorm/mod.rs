@@ -343,6 +343,7 @@ fn batch_stats_across<T: Scalar>(
 }
 
 /// `out[n,c,p] = (inp[n,c,p] - mu[c]) * k[c] + beta[c]`, i.e. `k = gamma * rstd`.
+#[cfg(test)]
 fn normalise<T: Scalar>(
     out: &mut [T],
     inp: &[T],
@@ -525,6 +526,33 @@ pub fn batchnorm_forward_eval<T: Scalar>(
     eps: f64,
     s: BnShape,
 ) -> Result<()> {
+    forward_eval::<T, false>(out, inp, p, (running_mean, running_var), eps, s)
+}
+
+/// [`batchnorm_forward_eval`] and the ReLU after it in one pass (parallel,
+/// as the normalisation is): `out = max(0, BN(inp))`, the same bits as
+/// the two passes (`v <= 0` sent to +0, NaN kept).
+pub fn batchnorm_relu_forward_eval<T: Scalar>(
+    out: &mut [T], // (N, C, HW)
+    inp: &[T],     // (N, C, HW)
+    p: BnAffine<T>,
+    running_mean: &[T], // (C)
+    running_var: &[T],  // (C)
+    eps: f64,
+    s: BnShape,
+) -> Result<()> {
+    forward_eval::<T, true>(out, inp, p, (running_mean, running_var), eps, s)
+}
+
+/// The eval-mode forward, with the ReLU when `RELU`.
+fn forward_eval<T: Scalar, const RELU: bool>(
+    out: &mut [T],
+    inp: &[T],
+    p: BnAffine<T>,
+    (running_mean, running_var): (&[T], &[T]),
+    eps: f64,
+    s: BnShape,
+) -> Result<()> {
     let BnAffine { gamma, beta } = p;
     s.validate()?;
     check_len(OP, "output", out, &[s.n, s.c, s.hw])?;
@@ -539,7 +567,7 @@ pub fn batchnorm_forward_eval<T: Scalar>(
         .zip(running_var)
         .map(|(&g, &v)| T::of(g.f64() / (v.f64() + eps).sqrt()))
         .collect();
-    normalise(out, inp, running_mean, &k, beta, s, s.parallel());
+    normalise_act::<T, RELU>(out, inp, running_mean, &k, beta, s, s.parallel());
     Ok(())
 }
 

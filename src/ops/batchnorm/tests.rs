@@ -150,6 +150,35 @@ fn running_stats_match_hand_computed_values() {
     assert!(rm == [0.5, 0.0] && rv == [1.0, 2.0]);
 }
 
+/// The eval-mode BN-ReLU in one pass gives the bits of the BN and then the
+/// ReLU (`v <= 0` to +0, NaN kept), on a tensor large enough to run in
+/// parallel, in f32 and f64.
+#[test]
+fn eval_bn_relu_is_bn_then_relu() {
+    fn check<T: Scalar>() {
+        let mut r = Rand::new(4);
+        let s = BnShape {
+            n: 6,
+            c: 5,
+            hw: 1000,
+        };
+        let mut x: Vec<T> = r.normal_vec(s.len()).into_iter().map(T::of).collect();
+        x[7] = T::of(f64::NAN);
+        let v = |r: &mut Rand, n| -> Vec<T> { r.normal_vec(n).into_iter().map(T::of).collect() };
+        let (g, b, rm) = (v(&mut r, 5), v(&mut r, 5), v(&mut r, 5));
+        let rv: Vec<T> = v(&mut r, 5).into_iter().map(|a| a * a).collect();
+        let (mut two, mut one) = (vec![T::zero(); s.len()], vec![T::zero(); s.len()]);
+        batchnorm_forward_eval(&mut two, &x, aff(&g, &b), &rm, &rv, BN_EPS, s).unwrap();
+        crate::ops::activation::relu_inplace(&mut two);
+        batchnorm_relu_forward_eval(&mut one, &x, aff(&g, &b), &rm, &rv, BN_EPS, s).unwrap();
+        let bits = |v: &[T]| v.iter().map(|a| a.f64().to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&one), bits(&two));
+        assert!(one[7].f64().is_nan() && one.iter().any(|a| *a == T::zero()));
+    }
+    check::<f32>();
+    check::<f64>();
+}
+
 #[test]
 fn eval_mode_uses_running_stats() {
     // eps = 1 for round numbers: rm = 1, rv = 3 => rstd = 1/sqrt(4) = 1/2
