@@ -7,7 +7,7 @@ use crate::error::{check_len, Error, Result};
 use crate::model::layers::{BnLayer, Geom, WeightLayer};
 use crate::ops::batchnorm::{
     batchnorm_backward_coefs, batchnorm_backward_to, batchnorm_forward_eval,
-    batchnorm_relu_forward_eval, forward_train_act, normalise_add_act, train_stats, BnAffine,
+    batchnorm_forward_eval_act, forward_train_act, normalise_add_act, train_stats, BnAffine,
     BnBatchStats, BnParamGrads, BnRunning, BnSaved, BN_EPS, BN_MOMENTUM,
 };
 use crate::ops::conv2d::{
@@ -384,7 +384,7 @@ impl<T: Scalar> BnLayer<T> {
             beta: &self.beta.value,
         };
         let (rm, rv) = (&self.running_mean.value, &self.running_var.value);
-        batchnorm_relu_forward_eval(out, inp, p, rm, rv, BN_EPS, self.shape(n, g))
+        batchnorm_forward_eval_act::<T, true>(out, inp, p, (rm, rv), BN_EPS, self.shape(n, g))
     }
 
     /// The training backward of [`BnLayer::forward`] or, when `relu`, of

@@ -526,26 +526,13 @@ pub fn batchnorm_forward_eval<T: Scalar>(
     eps: f64,
     s: BnShape,
 ) -> Result<()> {
-    forward_eval::<T, false>(out, inp, p, (running_mean, running_var), eps, s)
+    batchnorm_forward_eval_act::<T, false>(out, inp, p, (running_mean, running_var), eps, s)
 }
 
-/// [`batchnorm_forward_eval`] and the ReLU after it in one pass (parallel,
-/// as the normalisation is): `out = max(0, BN(inp))`, the same bits as
-/// the two passes (`v <= 0` sent to +0, NaN kept).
-pub fn batchnorm_relu_forward_eval<T: Scalar>(
-    out: &mut [T], // (N, C, HW)
-    inp: &[T],     // (N, C, HW)
-    p: BnAffine<T>,
-    running_mean: &[T], // (C)
-    running_var: &[T],  // (C)
-    eps: f64,
-    s: BnShape,
-) -> Result<()> {
-    forward_eval::<T, true>(out, inp, p, (running_mean, running_var), eps, s)
-}
-
-/// The eval-mode forward, with the ReLU when `RELU`.
-fn forward_eval<T: Scalar, const RELU: bool>(
+/// [`batchnorm_forward_eval`], and with `RELU` the ReLU after it in the
+/// same pass (parallel, as the normalisation is): `out = max(0, BN(inp))`,
+/// the bits of the two passes (`v <= 0` sent to +0, NaN kept).
+pub fn batchnorm_forward_eval_act<T: Scalar, const RELU: bool>(
     out: &mut [T],
     inp: &[T],
     p: BnAffine<T>,

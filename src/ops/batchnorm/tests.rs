@@ -170,7 +170,8 @@ fn eval_bn_relu_is_bn_then_relu() {
         let (mut two, mut one) = (vec![T::zero(); s.len()], vec![T::zero(); s.len()]);
         batchnorm_forward_eval(&mut two, &x, aff(&g, &b), &rm, &rv, BN_EPS, s).unwrap();
         crate::ops::activation::relu_inplace(&mut two);
-        batchnorm_relu_forward_eval(&mut one, &x, aff(&g, &b), &rm, &rv, BN_EPS, s).unwrap();
+        let run = (&rm[..], &rv[..]);
+        batchnorm_forward_eval_act::<T, true>(&mut one, &x, aff(&g, &b), run, BN_EPS, s).unwrap();
         let bits = |v: &[T]| v.iter().map(|a| a.f64().to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&one), bits(&two));
         assert!(one[7].f64().is_nan() && one.iter().any(|a| *a == T::zero()));
