@@ -6,9 +6,9 @@
 use crate::error::{check_len, Error, Result};
 use crate::model::layers::{BnLayer, Geom, WeightLayer};
 use crate::ops::batchnorm::{
-    batchnorm_backward_coefs, batchnorm_backward_to, batchnorm_forward_eval,
-    batchnorm_forward_eval_act, forward_train_act, normalise_add_act, train_stats, BnAffine,
-    BnBatchStats, BnParamGrads, BnRunning, BnSaved, BN_EPS, BN_MOMENTUM,
+    batchnorm_backward_coefs, batchnorm_backward_to, batchnorm_forward_eval_act, forward_train_act,
+    normalise_add_act, train_stats, BnAffine, BnBatchStats, BnParamGrads, BnRunning, BnSaved,
+    BN_EPS, BN_MOMENTUM,
 };
 use crate::ops::conv2d::{
     conv2d_backward_from, conv2d_backward_to, conv2d_forward, conv2d_forward_from,
@@ -352,19 +352,7 @@ impl<T: Scalar> BnLayer<T> {
         if train {
             return self.forward_train::<false>(out, inp, n, g);
         }
-        let p = BnAffine {
-            gamma: &self.gamma.value,
-            beta: &self.beta.value,
-        };
-        batchnorm_forward_eval(
-            out,
-            inp,
-            p,
-            &self.running_mean.value,
-            &self.running_var.value,
-            BN_EPS,
-            self.shape(n, g),
-        )
+        self.forward_eval::<false>(out, inp, n, g)
     }
 
     /// BN followed by ReLU, fused (`ops::fused`): `out = max(0, BN(inp))`.
@@ -379,12 +367,23 @@ impl<T: Scalar> BnLayer<T> {
         if train {
             return self.forward_train::<true>(out, inp, n, g);
         }
+        self.forward_eval::<true>(out, inp, n, g)
+    }
+
+    /// The eval-mode forward (running statistics), with the ReLU when `RELU`.
+    fn forward_eval<const RELU: bool>(
+        &self,
+        out: &mut [T],
+        inp: &[T],
+        n: usize,
+        g: Geom,
+    ) -> Result<()> {
         let p = BnAffine {
             gamma: &self.gamma.value,
             beta: &self.beta.value,
         };
-        let (rm, rv) = (&self.running_mean.value, &self.running_var.value);
-        batchnorm_forward_eval_act::<T, true>(out, inp, p, (rm, rv), BN_EPS, self.shape(n, g))
+        let run = (&self.running_mean.value[..], &self.running_var.value[..]);
+        batchnorm_forward_eval_act::<T, RELU>(out, inp, p, run, BN_EPS, self.shape(n, g))
     }
 
     /// The training backward of [`BnLayer::forward`] or, when `relu`, of

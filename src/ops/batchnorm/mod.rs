@@ -342,21 +342,8 @@ fn batch_stats_across<T: Scalar>(
     (stats, m as usize)
 }
 
-/// `out[n,c,p] = (inp[n,c,p] - mu[c]) * k[c] + beta[c]`, i.e. `k = gamma * rstd`.
-#[cfg(test)]
-fn normalise<T: Scalar>(
-    out: &mut [T],
-    inp: &[T],
-    mu: &[T],
-    k: &[T],
-    beta: &[T],
-    s: BnShape,
-    parallel: bool,
-) {
-    normalise_act::<T, false>(out, inp, mu, k, beta, s, parallel)
-}
-
-/// [`normalise`], then `max(0, .)` when `RELU` (the fused BN-ReLU forward).
+/// `out[n,c,p] = (inp[n,c,p] - mu[c]) * k[c] + beta[c]`, i.e. `k = gamma *
+/// rstd`, then `max(0, .)` when `RELU` (the fused BN-ReLU forward).
 pub(crate) fn normalise_act<T: Scalar, const RELU: bool>(
     out: &mut [T],
     inp: &[T],

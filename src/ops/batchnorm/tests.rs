@@ -338,7 +338,7 @@ fn parallel_path_is_bitwise_the_serial_one() {
     let mut dg = [vec![0.0f32; s.c], vec![0.0f32; s.c]];
     let mut db = [vec![0.0f32; s.c], vec![0.0f32; s.c]];
     for (k, par) in [false, true].into_iter().enumerate() {
-        normalise(&mut out[k], &x, &mean, &rstd, &g, s, par);
+        normalise_act::<_, false>(&mut out[k], &x, &mean, &rstd, &g, s, par);
         batchnorm_backward_unchecked(
             Accum::Add,
             &mut dx[k],
@@ -362,7 +362,7 @@ fn normalise_add_relu_is_bitwise_the_three_plain_passes() {
         let (mean, k, beta) = (f(r.normal_vec(c)), f(r.normal_vec(c)), f(r.normal_vec(c)));
         // plain: y = BN(x); sum = h + y; out = relu(sum)
         let mut y = vec![0.0f32; s.len()];
-        normalise(&mut y, &x, &mean, &k, &beta, s, false);
+        normalise_act::<_, false>(&mut y, &x, &mean, &k, &beta, s, false);
         let sum: Vec<f32> = h.iter().zip(&y).map(|(&a, &b)| a + b).collect();
         let mut plain = vec![0.0f32; s.len()];
         crate::ops::activation::relu_forward(&mut plain, &sum).unwrap();

@@ -1115,6 +1115,18 @@ fn conv_tiles(g: &Grid, n_out: usize) -> usize {
     g.nv.div_ceil(TILE_V) * n_out.div_ceil(TILE_O)
 }
 
+/// How often the kernel of one image's `n_in -> n_out` pass steps the
+/// prefetch queue: [`conv_planes_bf16`]'s tiles per input pair in bf16,
+/// [`winograd::steps`] where Winograd computes it, else [`conv_planes`]'s
+/// tiles per input channel.
+fn conv_steps(bf16: bool, wino: Option<&Tiles>, g: &Grid, n_in: usize, n_out: usize) -> usize {
+    match wino {
+        _ if bf16 => conv_tiles(g, n_out) * pairs(n_in),
+        Some(tl) => winograd::steps(tl, n_out),
+        None => conv_tiles(g, n_out) * n_in,
+    }
+}
+
 /// One parallel chunk's buffers for the direct path, grown on demand.
 #[derive(Default)]
 pub(super) struct Scratch {
@@ -1250,11 +1262,7 @@ pub(super) fn forward(
                 // the next image's input, into L2 while this one's kernel
                 // computes
                 if i + 1 < end {
-                    let steps = match &wino {
-                        _ if bf16 => conv_tiles(&g, s.cout) * pairs(s.cin),
-                        Some(tl) => winograd::steps(tl, s.cout),
-                        None => conv_tiles(&g, s.cout) * s.cin,
-                    };
+                    let steps = conv_steps(bf16, wino.as_ref(), &g, s.cin, s.cout);
                     let x = inp.tensor();
                     ahead::set(&[&x[(i + 1) * s.cin * g.hw..][..s.cin * g.hw]], steps);
                 }
@@ -1423,11 +1431,10 @@ pub(super) fn backward(
                 // input the weight gradient reads), into L2 while this
                 // one's kernels compute
                 if i + 1 < imgs.end {
-                    let steps = match &wino {
-                        _ if !want_dinp => s.cout.div_ceil(TILE_O) * s.cin * 3,
-                        _ if bf16 => conv_tiles(&g, s.cin) * pairs(s.cout),
-                        Some(tl) => winograd::steps(tl, s.cin),
-                        None => conv_tiles(&g, s.cin) * s.cout,
+                    let steps = if want_dinp {
+                        conv_steps(bf16, wino.as_ref(), &g, s.cout, s.cin)
+                    } else {
+                        s.cout.div_ceil(TILE_O) * s.cin * 3
                     };
                     let (at, len) = ((i + 1) * s.cout * g.hw, s.cout * g.hw);
                     let (a, b) = match dout {

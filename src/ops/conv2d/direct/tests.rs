@@ -12,7 +12,14 @@ use crate::ops::batchnorm::{
     batchnorm_backward_dx, bn_plane_sums, bn_relu_plane_sums, normalise_act, BnShape,
 };
 
-fn shape(n: usize, cin: usize, h: usize, w: usize, cout: usize) -> Conv2dShape {
+/// A 3x3 / stride-1 / pad-1 convolution's shape (the direct path's).
+pub(in crate::ops::conv2d) fn shape(
+    n: usize,
+    cin: usize,
+    h: usize,
+    w: usize,
+    cout: usize,
+) -> Conv2dShape {
     Conv2dShape {
         n,
         cin,
@@ -1616,18 +1623,7 @@ fn kernels_step_the_prefetch_queue_as_counted() {
         return;
     }
     for &(hw, c) in &[(32, 16), (16, 32), (8, 64), (32, 8), (6, 24)] {
-        let s = Conv2dShape {
-            n: 1,
-            cin: c,
-            h: hw,
-            w: hw,
-            cout: c,
-            kh: 3,
-            kw: 3,
-            stride: 1,
-            pad: 1,
-        };
-        let g = Grid::of(&s);
+        let g = Grid::of(&shape(1, c, hw, hw, c));
         let mut edges = Vec::new();
         edge_masks(&mut edges, &g);
         let mut dst = vec![0f32; c * g.hw];

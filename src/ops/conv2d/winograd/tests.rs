@@ -288,18 +288,7 @@ fn direct_case(
     n_in: usize,
     n_out: usize,
 ) -> DirectCase {
-    let s = Conv2dShape {
-        n: 1,
-        cin: n_in,
-        h,
-        w: wd,
-        cout: n_out,
-        kh: 3,
-        kw: 3,
-        stride: 1,
-        pad: 1,
-    };
-    let g = Grid::of(&s);
+    let g = Grid::of(&direct::tests::shape(1, n_in, h, wd, n_out));
     let mut edges = Vec::new();
     direct::edge_masks(&mut edges, &g);
     let src = spread(inp, n_in, h * wd, g.ps, g.first())
