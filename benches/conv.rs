@@ -1,6 +1,7 @@
 //! Throughput of the convolution passes (GFLOP/s, and the share of this
 //! machine's measured peak of the pass's precision: f32 FMA or bf16
-//! `vdpbf16ps`, see [`peak`]), and of the memory-bound pointwise layers
+//! `vdpbf16ps`, measured in the same process as `resgrad peak` measures it:
+//! [`measured_peaks`]), and of the memory-bound pointwise layers
 //! (GB/s) on a ResNet-sized tensor.
 //!
 //! `cargo bench --bench conv` runs every case through criterion and then
@@ -30,25 +31,21 @@ use resgrad::ops::conv2d::{
 };
 use resgrad::precision::Precision;
 
-/// Measured peaks of the project machine, GFLOP/s as (threads, f32 FMA,
-/// bf16 `vdpbf16ps`): `resgrad peak --json --rounds 9 [--threads 1]`, best
-/// of its rounds over three runs, 2026-12-03 21:34 UTC. The VM reports an
-/// AMD EPYC of family 25 model 17 (Zen 4: 512-bit FMAs on 256-bit units, one
-/// zmm FMA or `vdpbf16ps` per cycle, 32 KiB L1d, 1 MiB L2 per core), half
-/// the f32 rate of the stop-13 figures; the 461 used before was the
-/// machine before that. See BENCHMARKS.md, "Kernel efficiency (stop 17)".
-const PEAKS: [(usize, f64, f64); 2] = [(1, 116.2, 225.2), (2, 231.6, 463.5)];
 const BATCH: usize = 128;
 
-/// The measured peak of `p` on `threads` threads (per-thread scaled from
-/// the one-thread figure for thread counts not measured).
-fn peak(p: Precision, threads: usize) -> f64 {
-    let pick = |&(_, f, b): &(usize, f64, f64)| if p == Precision::Bf16 { b } else { f };
-    match PEAKS.iter().find(|e| e.0 == threads) {
-        Some(e) => pick(e),
-        None => pick(&PEAKS[0]) * threads as f64,
-    }
+/// This machine's peaks on the bench's pool, measured in this process
+/// right after the cases ran (`resgrad peak`'s loops, best of
+/// [`PEAK_ROUNDS`]), GFLOP/s: (f32 FMA, bf16 `vdpbf16ps`; `None` without
+/// AVX512-BF16). A figure written down once goes stale: the project's VM
+/// has changed CPUs twice, and the shares printed against the old ones
+/// read 130-200%.
+fn measured_peaks() -> (f64, Option<f64>) {
+    let r = resgrad::backend::cpu::peak::measure_peak(PEAK_ROUNDS, 20_000_000);
+    (r.gflops, r.bf16_gflops)
 }
+
+/// Rounds of the peak measurement (~0.1 s each per precision).
+const PEAK_ROUNDS: usize = 5;
 
 /// One summary line: `work` is FLOPs (conv) or bytes (pointwise).
 struct Row {
@@ -287,19 +284,27 @@ fn main() {
     c.final_summary();
 
     let threads = rayon::current_num_threads();
+    let (f32_peak, bf16_peak) = measured_peaks();
+    let bf16_shown = bf16_peak.map_or("- (no AVX512-BF16)".to_string(), |b| format!("{b:.1}"));
     println!(
-        "\nrayon threads: {threads}, batch {BATCH}; peaks (GFLOP/s): f32 {}, bf16 {}",
-        peak(Precision::F32, threads),
-        peak(Precision::Bf16, threads)
+        "\nrayon threads: {threads}, batch {BATCH}; peaks measured now (GFLOP/s): f32 {f32_peak:.1}, bf16 {bf16_shown}"
+    );
+    println!(
+        "(work: the direct sum's FLOPs, 2 per multiply-add; f32 3x3 forward and input gradient \
+         run Winograd F(2x2, 3x3), 2.25x fewer multiplies, so their share can pass 100%)"
     );
     println!("| case | pass | work | median time | median | best sample | best, share of peak |");
     println!("|---|---|---|---|---|---|---|");
     for r in &rows {
         let (ms, med, best) = (r.secs * 1e3, r.work / r.secs / 1e9, r.work / r.best / 1e9);
         if let Some(p) = r.conv {
-            let pk = peak(p, threads);
+            // (a bf16 case runs only where the CPU has AVX512-BF16)
+            let pk = match p {
+                Precision::Bf16 => bf16_peak.unwrap_or(f64::NAN),
+                _ => f32_peak,
+            };
             println!(
-                "| conv {} | {} | {:.3} GFLOP | {ms:.2} ms | {med:.1} GFLOP/s ({:.0}%) | {best:.1} GFLOP/s | {:.0}% of {pk} |",
+                "| conv {} | {} | {:.3} GFLOP | {ms:.2} ms | {med:.1} GFLOP/s ({:.0}%) | {best:.1} GFLOP/s | {:.0}% of {pk:.1} |",
                 r.case,
                 r.pass,
                 r.work / 1e9,
