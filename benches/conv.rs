@@ -2,7 +2,7 @@
 //! machine's measured peak of the pass's precision: f32 FMA or bf16
 //! `vdpbf16ps`, measured in the same process as `resgrad peak` measures it:
 //! [`measured_peaks`]), and of the memory-bound pointwise layers
-//! (GB/s) on a ResNet-sized tensor.
+//! (GB/s) on the three stages' tensors of a CIFAR ResNet at batch 128.
 //!
 //! `cargo bench --bench conv` runs every case through criterion and then
 //! prints a summary table (median time per pass of criterion's samples).
@@ -175,10 +175,21 @@ fn conv_benches(c: &mut Criterion, rows: &mut Vec<Row>) {
 }
 
 fn pointwise_benches(c: &mut Criterion, rows: &mut Vec<Row>) {
+    // the three stages' planes of a CIFAR ResNet at batch 128: ReLU on the
+    // first, BatchNorm on each (its reductions read a channel's planes,
+    // one per image: the smaller the plane, the shorter each run)
+    for (c_, side) in [(16, 32), (32, 16), (64, 8)] {
+        pointwise_case(c, rows, c_, side, c_ == 16);
+    }
+}
+
+/// The pointwise passes on a (128, `c_`, `side`, `side`) f32 tensor: ReLU
+/// forward and backward (`relu`), BatchNorm's training forward and backward.
+fn pointwise_case(c: &mut Criterion, rows: &mut Vec<Row>, c_: usize, side: usize, relu: bool) {
     let mut r = Rand::new(8);
-    let (c_, hw) = (16, 32 * 32);
+    let hw = side * side;
     let numel = BATCH * c_ * hw;
-    let label = "(128,16,32,32) f32";
+    let label = format!("({BATCH},{c_},{side},{side}) f32");
     let bytes = |streams: usize| (streams * numel * std::mem::size_of::<f32>()) as f64;
     let inp = randn(&mut r, numel);
     let dout = randn(&mut r, numel);
@@ -187,7 +198,7 @@ fn pointwise_benches(c: &mut Criterion, rows: &mut Vec<Row>) {
     let mut push = |pass, work: f64, t: Option<(f64, f64)>| {
         if let Some((secs, best)) = t {
             rows.push(Row {
-                case: label.to_string(),
+                case: label.clone(),
                 pass,
                 work,
                 conv: None,
@@ -199,23 +210,25 @@ fn pointwise_benches(c: &mut Criterion, rows: &mut Vec<Row>) {
     // bytes counted = compulsory traffic: forward reads inp and writes out
     // (2 streams); backward reads dout and the saved tensor and
     // reads+writes the accumulated dinp (4 streams)
-    let t = bench(
-        c,
-        "relu",
-        "forward",
-        Throughput::Bytes(bytes(2) as u64),
-        || relu_forward(&mut out, black_box(&inp)).unwrap(),
-    );
-    push("relu forward", bytes(2), t);
-    let t = bench(
-        c,
-        "relu",
-        "backward",
-        Throughput::Bytes(bytes(4) as u64),
-        || relu_backward(&mut dinp, black_box(&dout), &out).unwrap(),
-    );
-    push("relu backward", bytes(4), t);
-
+    if relu {
+        let t = bench(
+            c,
+            "relu",
+            "forward",
+            Throughput::Bytes(bytes(2) as u64),
+            || relu_forward(&mut out, black_box(&inp)).unwrap(),
+        );
+        push("relu forward", bytes(2), t);
+        let t = bench(
+            c,
+            "relu",
+            "backward",
+            Throughput::Bytes(bytes(4) as u64),
+            || relu_backward(&mut dinp, black_box(&dout), &out).unwrap(),
+        );
+        push("relu backward", bytes(4), t);
+    }
+    let group = format!("batchnorm2d {c_}x{side}x{side}");
     let s = BnShape {
         n: BATCH,
         c: c_,
@@ -227,7 +240,7 @@ fn pointwise_benches(c: &mut Criterion, rows: &mut Vec<Row>) {
     let (mut dgamma, mut dbeta) = (vec![0.0f32; c_], vec![0.0f32; c_]);
     let t = bench(
         c,
-        "batchnorm2d",
+        &group,
         "forward-train",
         Throughput::Bytes(bytes(2) as u64),
         || {
@@ -251,7 +264,7 @@ fn pointwise_benches(c: &mut Criterion, rows: &mut Vec<Row>) {
     push("batchnorm2d forward-train", bytes(2), t);
     let t = bench(
         c,
-        "batchnorm2d",
+        &group,
         "backward",
         Throughput::Bytes(bytes(4) as u64),
         || {
