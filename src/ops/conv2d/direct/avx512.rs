@@ -422,8 +422,9 @@ unsafe fn pair_bf16_with<const LO: bool, const HI: bool>(
 }
 
 /// See [`super::weight_grad_planes_bf16`]: [`weight_grad_planes`] over
-/// pairs of adjacent positions. Bounds: `d` holds `imgs * n_out` runs of
-/// `dl = 16 nv2` pairs (`nv2 = masks.len()`), `pe` `imgs * n_in` runs of
+/// pairs of adjacent positions. Bounds: `d` holds `imgs` images of `n_out`
+/// runs of `dl = 16 nv2` pairs (`nv2 = masks.len()`), `dq_stride(n_out,
+/// dl)` apart, `pe` `imgs * n_in` runs of
 /// `ph` pairs (`2 ph` 16-bit entries) with `lead + 2w + 1 + 2 dl <= 2 ph`
 /// (the caller asserts it), so every load of tap `(ky, kx)` from 16-bit
 /// entry `b = lead - 1 + ky w + kx` on (`dl` pairs) stays in its run.
@@ -443,6 +444,7 @@ pub(super) unsafe fn weight_grad_planes_bf16(
 ) {
     let w = g.w;
     let dl = 16 * masks.len();
+    let dstride = super::dq_stride(n_out, dl);
     let lanes = dwv.as_mut_ptr();
     let mut ahead = ahead::take();
     for o0 in (0..n_out).step_by(TILE_O) {
@@ -462,7 +464,7 @@ pub(super) unsafe fn weight_grad_planes_bf16(
                 for n in 0..imgs {
                     let at = (n * n_in + i) * ph;
                     let (t0, t1, t2) = (tap[0].add(at), tap[1].add(at), tap[2].add(at));
-                    let drow = d.as_ptr().add((n * n_out + o0) * dl);
+                    let drow = d.as_ptr().add(n * dstride + o0 * dl);
                     for (v, &(ml, mr)) in masks.iter().enumerate() {
                         let j = 16 * v;
                         // the edge masks per position (per 16-bit half)

@@ -1057,7 +1057,8 @@ fn run_pairs_at(dst: &mut [u32], (src, bn): Half, n: usize, shift: usize) {
 /// PQ_k[i, m] = (bf16(P[i, b + 2m]) e_kx(2m), bf16(P[i, b + 2m + 1]) e_kx(2m + 1)),   b = lead - 1 + off(k)
 /// ```
 ///
-/// `d` holds the dout pairs `DQ` (imgs, n_out, dl = 16 nv2); `pe` holds
+/// `d` holds the dout pairs `DQ` (imgs, n_out, dl = 16 nv2), image `n` at
+/// `n * dq_stride(n_out, dl)` ([`DQ_PAD`] entries after each image); `pe` holds
 /// the input pairs without masks, and the kernel zeroes the positions the
 /// masks `pmasks` (nv2 = ceil(hw / 32) entries) clear, per bf16 half, in
 /// the taps `kx = 0, 2` it loads; `pe` (imgs, n_in, ph) holds the padded
@@ -1085,7 +1086,7 @@ pub(super) fn weight_grad_planes_bf16(
         "weight_grad_planes_bf16: dwv too short"
     );
     assert!(
-        d.len() >= imgs * n_out * dl,
+        imgs == 0 || d.len() >= (imgs - 1) * dq_stride(n_out, dl) + n_out * dl,
         "weight_grad_planes_bf16: d too short"
     );
     assert!(pe.len() >= imgs * n_in * ph);
@@ -1107,6 +1108,25 @@ pub(super) fn weight_grad_planes_bf16(
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("the direct path is only enabled on x86_64")
 }
+
+/// Entries (`u32` pairs) between two images' dout pairs in the bf16
+/// weight gradient's scratch (`Scratch.dq`): the image's `n_out * dl`, then
+/// [`DQ_PAD`].
+pub(super) fn dq_stride(n_out: usize, dl: usize) -> usize {
+    n_out * dl + DQ_PAD
+}
+
+/// 1 KiB between two images' dout pairs. Without it an image's pairs
+/// span a multiple of 4 KiB on 8x8 planes of 64 channels (64 x 32 pairs,
+/// 8 KiB), so the 8 channels' rows the kernel reads lie in the same 16 of
+/// L1's 64 sets for every image of a group: 12 images filled those sets'
+/// 12 ways, and a group of 18 (the data the kernel reads per flush of its
+/// sums grown by half) ran 25% slower instead of faster. With the pad
+/// consecutive images' rows fall a quarter of the sets apart; groups of
+/// twice the positions gain instead (`kernel_rates`, one thread: 8x8
+/// 378-390 -> 414-425 GFLOP/s, 16x16 406-423 -> 436-438; BENCHMARKS.md,
+/// stop 22).
+const DQ_PAD: usize = 256;
 
 /// The tiles [`conv_planes`] and [`conv_planes_bf16`] compute over a
 /// plane of `g` with `n_out` output channels (each steps the prefetch
@@ -1367,7 +1387,13 @@ pub(super) fn backward(
     // slower on 16x16 and 8x8 planes, their D rows no longer staying in
     // L1; with the lanes, 256 or 512 ran 3-14% slower on 16x16 and 8x8,
     // 1024 ran 11% slower on 8x8)
-    let group = (768 / (16 * g.nv)).clamp(1, 16);
+    // (bf16: twice the positions, its dout rows kept apart in L1's sets by
+    // DQ_PAD: 1.06-1.13x on 16x16 and 8x8 planes at 2 threads, stop 22)
+    let group = if bf16 {
+        (1536 / (16 * g.nv)).clamp(1, 32)
+    } else {
+        (768 / (16 * g.nv)).clamp(1, 16)
+    };
     let (dimg_len, pimg_len) = (s.cout * g.ps, s.cin * g.ps);
     // the BN-ReLU whose output gradient dinp is, when its sums are wanted
     let bn = match (&plane_sums, inp) {
@@ -1394,7 +1420,7 @@ pub(super) fn backward(
                     grow(&mut sc.gimg, s.cout * g.hw);
                 }
                 if want_dw {
-                    grow(&mut sc.dq, group * s.cout * dl + 16);
+                    grow(&mut sc.dq, group * dq_stride(s.cout, dl) + 16);
                     grow(&mut sc.pe, group * s.cin * ph + 16);
                 }
             } else {
@@ -1462,7 +1488,7 @@ pub(super) fn backward(
                         pad_pairs(pp, &one, 0, s.cout, &g, zero, &mut sc.tmp);
                     }
                     if want_dw {
-                        let dq = &mut sc.dq[dqofs + slot * s.cout * dl..][..s.cout * dl];
+                        let dq = &mut sc.dq[dqofs + slot * dq_stride(s.cout, dl)..][..s.cout * dl];
                         for (d, src) in dq.chunks_exact_mut(dl).zip(gimg.chunks_exact(g.hw)) {
                             run_pairs(d, src, g.hw);
                         }

@@ -1329,11 +1329,12 @@ fn kernel_rates() {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or((768 / (16 * g.nv)).clamp(1, 16));
+        // (bf16 backward() takes twice these positions per group)
         let (d, p) = (rnd(imgs * c * g.ps), rnd(imgs * c * g.ps));
         let mut dwv = vec![0f32; c * c * 9 * 16];
         let tf = time(&mut || weight_grad_planes(&mut dwv, false, &d, &p, c, c, imgs, &g, &edges));
         let (dl, ph) = (16 * g.hw.div_ceil(32), (g.ps / 2 + 16).next_multiple_of(16));
-        let dq = to_u32(&rnd(imgs * c * dl));
+        let dq = to_u32(&rnd(imgs * dq_stride(c, dl)));
         let pe = to_u32(&rnd(imgs * c * ph));
         dwv.fill(0.0);
         let tb = time(&mut || {
