@@ -104,7 +104,12 @@
 //! slowest (a group of 12 images, 2 vectors each: short inner loops and
 //! each image's input runs new to L1); groups of 4, 8 and 16 images were no
 //! better than 12 on this CPU, and a software prefetch of the next image's
-//! input runs was within the noise.
+//! input runs was within the noise. (Stop 22 found why in bf16: the dout
+//! pairs of consecutive images lay a multiple of 4 KiB apart, all in the
+//! same L1 sets; with [`DQ_PAD`] between images the bf16 groups take
+//! twice the positions, 1.06-1.13x on 16x16 and 8x8. What the kernel
+//! still loses is the flush of its 24 sums into the lanes: with the flush
+//! replaced by register adds, a bound, it runs at ~90% of a core's peak.)
 //!
 //! ## bf16 ([`Precision::Bf16`]): the same sums over channel pairs
 //!
