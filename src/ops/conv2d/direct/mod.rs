@@ -1133,6 +1133,19 @@ pub(super) fn dq_stride(n_out: usize, dl: usize) -> usize {
 /// stop 22).
 const DQ_PAD: usize = 256;
 
+/// Images per weight-gradient group on planes of `g`: enough positions
+/// per flush of the kernel's accumulators into the lanes, 768 in f32 (one
+/// image for 32x32 planes, 12 for 8x8; measured: larger groups, 1536 or
+/// 3072 positions, ran 20-50% slower on 16x16 and 8x8 planes, their D
+/// rows no longer staying in L1; with the lanes, 256 or 512 ran 3-14%
+/// slower on 16x16 and 8x8, 1024 ran 11% slower on 8x8), twice that in
+/// bf16, whose dout rows [`DQ_PAD`] keeps apart in L1's sets (1.06-1.13x
+/// on 16x16 and 8x8 planes at 2 threads, stop 22).
+fn weight_grad_group(bf16: bool, g: &Grid) -> usize {
+    let (positions, most) = if bf16 { (1536, 32) } else { (768, 16) };
+    (positions / (16 * g.nv)).clamp(1, most)
+}
+
 /// The tiles [`conv_planes`] and [`conv_planes_bf16`] compute over a
 /// plane of `g` with `n_out` output channels (each steps the prefetch
 /// queue, [`ahead`], once per input channel or pair).
@@ -1386,19 +1399,7 @@ pub(super) fn backward(
         Some(d) => (d, img),
         None => (&mut [], 0),
     };
-    // images per weight-gradient group: enough positions (~768) per flush
-    // of the accumulators into the lanes, one image for 32x32 planes, 12
-    // for 8x8 (measured: larger groups, 1536 or 3072 positions, ran 20-50%
-    // slower on 16x16 and 8x8 planes, their D rows no longer staying in
-    // L1; with the lanes, 256 or 512 ran 3-14% slower on 16x16 and 8x8,
-    // 1024 ran 11% slower on 8x8)
-    // (bf16: twice the positions, its dout rows kept apart in L1's sets by
-    // DQ_PAD: 1.06-1.13x on 16x16 and 8x8 planes at 2 threads, stop 22)
-    let group = if bf16 {
-        (1536 / (16 * g.nv)).clamp(1, 32)
-    } else {
-        (768 / (16 * g.nv)).clamp(1, 16)
-    };
+    let group = weight_grad_group(bf16, &g);
     let (dimg_len, pimg_len) = (s.cout * g.ps, s.cin * g.ps);
     // the BN-ReLU whose output gradient dinp is, when its sums are wanted
     let bn = match (&plane_sums, inp) {

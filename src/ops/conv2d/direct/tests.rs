@@ -1190,8 +1190,8 @@ pub(in crate::ops::conv2d) fn best_cpu_time(f: &mut dyn FnMut()) -> f64 {
 
 /// The kernels alone, without the passes around them (padding, pairing,
 /// the lane reduction): GFLOP/s and share of this machine's one-thread
-/// peak (`resgrad peak --threads 1`, f32 FMA / bf16 `vdpbf16ps`; override
-/// with `RESGRAD_PEAK1=f32,bf16`) per CIFAR ResNet shape, one image (the
+/// peak (measured first, as `resgrad peak --threads 1` measures it: f32
+/// FMA / bf16 `vdpbf16ps`; override with `RESGRAD_PEAK1=f32,bf16`) per CIFAR ResNet shape, one image (the
 /// forward / input-gradient kernels) or one group of images (the weight
 /// gradient, the group size the pass uses; `GROUP=n` overrides it) over and
 /// over, best of 60 timings of ~2 ms of the thread's CPU time (`ONLY=8`:
@@ -1210,7 +1210,15 @@ fn kernel_rates() {
             let (a, b) = v.split_once(',')?;
             Some((a.parse().ok()?, b.parse().ok()?))
         })
-        .unwrap_or((116.2f64, 225.2f64));
+        .unwrap_or_else(|| {
+            // measured now, on one thread, as `resgrad peak --threads 1`
+            // does (a figure written down goes stale with the machine)
+            let one = rayon::ThreadPoolBuilder::new().num_threads(1).build();
+            let r = one
+                .expect("a one-thread pool")
+                .install(|| crate::backend::cpu::peak::measure_peak(5, 20_000_000));
+            (r.gflops, r.bf16_gflops.unwrap_or(f64::NAN))
+        });
     let time = best_cpu_time;
     let mut r = Rand::new(5);
     let mut rnd =
@@ -1325,22 +1333,25 @@ fn kernel_rates() {
             conv_flops,
         );
         // weight gradient: one group of images, as backward() makes them
-        let imgs = std::env::var("GROUP")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or((768 / (16 * g.nv)).clamp(1, 16));
-        // (bf16 backward() takes twice these positions per group)
-        let (d, p) = (rnd(imgs * c * g.ps), rnd(imgs * c * g.ps));
+        // (per precision; GROUP=n for both); timed per image
+        let group = |bf16| {
+            std::env::var("GROUP")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(weight_grad_group(bf16, &g))
+        };
+        let (fi, bi) = (group(false), group(true));
+        let (d, p) = (rnd(fi * c * g.ps), rnd(fi * c * g.ps));
         let mut dwv = vec![0f32; c * c * 9 * 16];
-        let tf = time(&mut || weight_grad_planes(&mut dwv, false, &d, &p, c, c, imgs, &g, &edges));
+        let tf = time(&mut || weight_grad_planes(&mut dwv, false, &d, &p, c, c, fi, &g, &edges));
         let (dl, ph) = (16 * g.hw.div_ceil(32), (g.ps / 2 + 16).next_multiple_of(16));
-        let dq = to_u32(&rnd(imgs * dq_stride(c, dl)));
-        let pe = to_u32(&rnd(imgs * c * ph));
+        let dq = to_u32(&rnd(bi * dq_stride(c, dl)));
+        let pe = to_u32(&rnd(bi * c * ph));
         dwv.fill(0.0);
-        let tb = time(&mut || {
-            weight_grad_planes_bf16(&mut dwv, false, &dq, &pe, c, c, imgs, &g, ph, &pm)
-        });
-        row("weight_grad_planes", tf, tb, imgs as f64 * conv_flops);
+        let tb =
+            time(&mut || weight_grad_planes_bf16(&mut dwv, false, &dq, &pe, c, c, bi, &g, ph, &pm));
+        let (tf, tb) = (tf / fi as f64, tb / bi as f64);
+        row("weight_grad_planes", tf, tb, conv_flops);
         std::hint::black_box((&dst, &dwv));
     }
 }
